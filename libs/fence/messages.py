@@ -1,0 +1,134 @@
+"""Every message that crosses the bus, as msgspec Structs.
+
+Wire format: JSON (readable with ``nats sub``), one Struct per message.  Each
+message carries its class name in ``"type"`` (a msgspec tag), so a reply can be
+decoded as ``ExpectedReply | ErrorReply`` in one pass, and a version ``"v"``.
+
+Versioning rule: adding a field with a default is compatible and keeps ``v``;
+renaming, removing or changing the meaning of a field bumps ``v`` of that
+message, and receivers reject versions they do not know with ``bad_request``.
+
+Subjects (see ``fence.subjects``) name who answers; the Struct names what
+is said.  Keep this module free of logic: it is imported on every run.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from fence.policy import NetworkConfig, Policy
+
+PROTOCOL_VERSION = 1
+
+
+class Message(msgspec.Struct, kw_only=True, tag=True, tag_field="type", omit_defaults=True):
+    """Base of every bus message: tagged with its class name, versioned."""
+
+    v: int = PROTOCOL_VERSION
+
+
+# --- errors -----------------------------------------------------------------
+
+class ErrorReply(Message):
+    """A typed failure in place of a reply.
+
+    ``code`` is one of: ``bad_request`` (undecodable, wrong type, unknown
+    version), ``too_large`` (payload over the handler's limit), ``internal``
+    (the handler raised), ``unavailable`` (service cannot serve now).
+    ``message`` is for humans and names what was wrong.
+    """
+
+    code: str
+    message: str
+
+
+# --- config service ----------------------------------------------------------
+
+class ConfigResolveRequest(Message):
+    """Resolve the policy for a run: explicit file or template, else discovery."""
+
+    cwd: str
+    settings: str = ""
+    template: str = ""
+    home: str = ""
+
+
+class ConfigResolveReply(Message):
+    """The resolved policy and where it came from (chain of sources, nearest first)."""
+
+    policy: Policy
+    sources: list[str] = []
+
+
+# --- proxy service -----------------------------------------------------------
+
+class ProxySessionOpen(Message):
+    """Ask the proxy service to serve one sandbox with this network policy."""
+
+    sandbox: str
+    network: NetworkConfig
+
+
+class ProxySessionOpened(Message):
+    """Where the sandbox's proxies listen; 0 means no listener (network fully off)."""
+
+    sandbox: str
+    http_port: int = 0
+    socks_port: int = 0
+
+
+class ProxySessionClose(Message):
+    sandbox: str
+
+
+class ProxySessionClosed(Message):
+    sandbox: str
+    existed: bool = True
+
+
+# --- executor service ----------------------------------------------------------
+
+class ExecPlanRequest(Message):
+    """Plan (without running) the sandbox for ``argv`` under ``policy``."""
+
+    policy: Policy
+    argv: list[str]
+    cwd: str
+    env: dict[str, str] = {}
+
+
+class ExecPlanReply(Message):
+    bwrap_argv: list[str]
+    env: dict[str, str]
+    summary: str
+    stripped_env: list[str] = []
+
+
+# --- monitor service -----------------------------------------------------------
+
+class LifecycleEvent(Message):
+    """A sandbox started or ended.  Published on ``fence.events.<sandbox>.lifecycle``."""
+
+    sandbox: str
+    phase: str  # "started" | "exited" | "failed"
+    ts: float
+    pid: int = 0
+    argv: list[str] = []
+    exit_code: int | None = None
+    signal: int | None = None
+    detail: str = ""
+
+
+Event = LifecycleEvent
+"""Every event kind a monitor may receive (a tagged union as kinds are added)."""
+
+
+class RecentEventsRequest(Message):
+    """Ask the monitor for the last ``limit`` events it kept, newest last."""
+
+    limit: int = 100
+    sandbox: str = ""
+
+
+class RecentEventsReply(Message):
+    events: list[Event] = []

@@ -1,0 +1,1 @@
+"""fence.config: the config service and its parts."""

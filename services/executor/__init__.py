@@ -1,0 +1,1 @@
+"""fence.executor: the executor service and its parts."""

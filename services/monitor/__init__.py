@@ -1,0 +1,1 @@
+"""fence.monitor: the monitor service and its parts."""

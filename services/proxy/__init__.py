@@ -1,0 +1,1 @@
+"""fence.proxy: the proxy service and its parts."""
