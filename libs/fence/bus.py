@@ -76,6 +76,18 @@ class BadSubject(BusError):
     pass
 
 
+class ServiceError(Exception):
+    """Raised by a handler to answer with a typed ``ErrorReply`` (code + message, verbatim)."""
+
+    code = "failed"
+
+    def __init__(self, message: str, code: str = ""):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+
+
 class RemoteError(BusError):
     """The responder answered with an ``ErrorReply``."""
 
@@ -195,7 +207,7 @@ def make_responder(subject: str, request_type: Any, handler: Handler, max_reques
             try:
                 reply = await handler(req)
                 return encode(reply)
-            except RemoteError as e:  # a nested request failed: pass its verdict on
+            except (RemoteError, ServiceError) as e:  # a typed verdict: pass it on verbatim
                 outcome = e.code
                 return _error(e.code, e.message)
             except Exception as e:  # a handler bug must never kill the service

@@ -12,14 +12,17 @@ import os
 
 import msgspec
 
+from fence.bus import ServiceError
 from fence.messages import ConfigResolveReply, ConfigResolveRequest
 from fence.policy import Policy
 
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
-class ConfigError(Exception):
+class ConfigError(ServiceError):
     """A config that cannot be used; the message names the file and the problem."""
+
+    code = "invalid_config"
 
 
 def load_file(path: str) -> Policy | None:

@@ -1,0 +1,220 @@
+"""The ``fence`` command line.
+
+Root form (as the reference): ``fence [flags] -- CMD...`` or ``fence -c "STRING"``;
+``fence run [flags] -- CMD...`` is the same.  Subcommands: ``up``, ``status``,
+``down`` (the supervisor).
+
+The root form is the hot path of every agent tool call, so its flags are
+parsed by hand (argparse costs milliseconds we would pay on every run) and
+nothing heavy is imported unless a supervisor is in use: a lone run drives the
+services over the in-process bus without an event loop.  Flag parsing stops at
+the first positional argument or ``--``, so ``fence ls -la`` works.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from fence import __version__
+
+USAGE = """\
+fence - lightweight, container-free sandbox for running untrusted commands
+
+Usage:
+  fence [flags] -- COMMAND [ARGS...]
+  fence [flags] -c "COMMAND STRING"
+  fence run [flags] -- COMMAND [ARGS...]
+  fence up [--detach]       start the supervisor (NATS bus + services)
+  fence status              show the supervisor's components
+  fence down                stop the supervisor
+
+Flags:
+  -c STRING                 run STRING with bash -c
+  -s, --settings PATH       config file (JSON)
+  -t, --template NAME       built-in template
+  -d, --debug               verbose output on stderr
+  -m, --monitor             report blocked operations on stderr
+      --force-new-session   always run the command in a new terminal session
+      --bus URL             use the supervisor's NATS bus at URL
+  -v, --version             print the version
+  -h, --help                this help
+"""
+
+SUBCOMMANDS = ("up", "status", "down")
+
+
+class UsageError(Exception):
+    pass
+
+
+class RunOptions:
+    """The root command's flags, parsed by hand (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.command_string: str | None = None
+        self.command: list[str] = []
+        self.settings = ""
+        self.template = ""
+        self.debug = False
+        self.monitor = False
+        self.force_new_session = False
+        self.bus_url = ""
+        self.version = False
+        self.help = False
+
+
+_VALUE_FLAGS = {"-c": "command_string", "-s": "settings", "--settings": "settings", "-t": "template",
+                "--template": "template", "--bus": "bus_url"}
+_BOOL_FLAGS = {"-d": "debug", "--debug": "debug", "-m": "monitor", "--monitor": "monitor",
+               "--force-new-session": "force_new_session", "-v": "version", "--version": "version",
+               "-h": "help", "--help": "help"}
+
+
+def parse_run_args(args: list[str]) -> RunOptions:
+    opts = RunOptions()
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            opts.command = args[i + 1:]
+            return opts
+        if not arg.startswith("-") or arg == "-":
+            opts.command = args[i:]
+            return opts
+        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if name in _BOOL_FLAGS and not eq:
+            setattr(opts, _BOOL_FLAGS[name], True)
+        elif name in _VALUE_FLAGS:
+            if eq:
+                value = inline
+            elif len(arg) > 2 and not arg.startswith("--"):
+                value = arg[2:]
+            elif i + 1 < len(args):
+                i += 1
+                value = args[i]
+            else:
+                raise UsageError(f"flag needs an argument: {arg}")
+            setattr(opts, _VALUE_FLAGS[name], value)
+        elif len(arg) > 2 and arg[1] != "-" and arg[:2] in _VALUE_FLAGS:  # -cSTRING, -sPATH
+            setattr(opts, _VALUE_FLAGS[arg[:2]], arg[2:])
+        elif len(arg) > 2 and arg[1] != "-" and all(f"-{c}" in _BOOL_FLAGS for c in arg[1:]):  # -dm
+            for c in arg[1:]:
+                setattr(opts, _BOOL_FLAGS[f"-{c}"], True)
+        else:
+            raise UsageError(f"unknown flag: {arg}")
+        i += 1
+    return opts
+
+
+def print_version() -> None:
+    print("fence - lightweight, container-free sandbox for running untrusted commands")
+    print(f"  Version: {__version__}")
+    print("  Built:   unknown")
+    print("  Commit:  unknown")
+
+
+def error(message: str) -> int:
+    print(f"Error: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in SUBCOMMANDS:
+        from fence import supervisor
+
+        return getattr(supervisor, f"main_{args[0]}")(args[1:])
+    if args and args[0] == "run":
+        args = args[1:]
+    try:
+        opts = parse_run_args(args)
+    except UsageError as e:
+        return error(str(e))
+    if opts.help:
+        sys.stdout.write(USAGE)
+        return 0
+    if opts.version:
+        print_version()
+        return 0
+    return run_command(opts)
+
+
+def run_command(opts: RunOptions) -> int:
+    from fence.executor.host import HostError, host_facts, which
+    from fence.executor.runner import FenceError, RunRequest, new_sandbox_id
+
+    if opts.command_string:
+        shell = which("bash") or which("sh")
+        if not shell:
+            return error('shell "bash" not found on PATH')
+        command = [shell, "-c", opts.command_string]
+    elif opts.command:
+        command = opts.command
+    else:
+        return error("no command specified. Use -c <command> or provide command arguments")
+
+    env = dict(os.environ)
+    if not which(command[0], env.get("PATH", "")):
+        print(f"Error: command not found: {command[0]}", file=sys.stderr)
+        return 127
+    try:
+        host = host_facts(masked_dirs=_private_dirs())
+    except HostError as e:
+        return error(str(e))
+    req = RunRequest(command=command, sandbox=new_sandbox_id(), cwd=os.getcwd(), env=env, settings=opts.settings,
+                     template=opts.template, debug=opts.debug)
+    try:
+        bus_url, supervisor = _find_bus(opts)
+        if bus_url:
+            from fence.executor.remote import run_over_nats
+
+            return run_over_nats(bus_url, supervisor, req, host, monitor=opts.monitor)
+        return _run_lone(req, host, monitor=opts.monitor)
+    except FenceError as e:
+        return error(str(e))
+
+
+def _run_lone(req, host, monitor: bool) -> int:
+    """Every service in this process over the in-process bus, no event loop."""
+    from fence.bus import InProcessBus, run_sync
+    from fence.config.service import ConfigService
+    from fence.executor.runner import run
+    from fence.monitor.service import MonitorService
+    from fence.proxy.service import ProxyService
+
+    bus = InProcessBus()
+    console = sys.stderr if (req.debug or monitor) else None
+    for service in (ConfigService(), ProxyService(), MonitorService(console=console, debug=req.debug)):
+        run_sync(service.start(bus))
+    return run_sync(run(bus, req, host))
+
+
+def _private_dirs() -> tuple[str, ...]:
+    """Directories a sandbox must never see: fence's runtime dir (bus credentials).
+
+    Created if missing so it can always be masked: a supervisor started while
+    this sandbox runs must not write credentials into a directory it can read.
+    """
+    from fence.runtime import runtime_dir
+
+    path = runtime_dir()
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError:
+        return ()
+    return (path,)
+
+
+def _find_bus(opts: RunOptions):
+    """The supervisor's bus URL (``--bus`` or its runtime file), or "" for a lone run."""
+    if opts.bus_url:
+        return opts.bus_url, None
+    from fence.runtime import find_supervisor
+
+    info = find_supervisor()
+    return (info.nats_url, info) if info is not None else ("", None)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""Planning is pure: policy + command + host facts -> the exact sandbox to launch.
+
+``plan_sandbox`` has no side effects (no filesystem writes, no processes), so
+every rule is testable without running anything and ``fence -d`` can print
+precisely what will run.  The launcher (``fence.executor.launch``) only
+executes a ``SandboxPlan``.
+
+The bwrap argument list is built flat and in a fixed order, bubblewrap style:
+process/namespaces, then the filesystem view (later mounts win over earlier
+ones), then the command.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from fence.policy import Policy
+
+DANGEROUS_ENV_PREFIXES = ("LD_",)
+"""Dynamic-loader variables never reach the sandbox (write-a-.so-then-LD_PRELOAD)."""
+
+INFO_FD = 3
+"""bwrap writes the sandbox's init pid here (``--info-fd``), for signal forwarding."""
+
+
+class HostFacts(msgspec.Struct, frozen=True):
+    """What the planner needs to know about the machine; gathered once by the caller."""
+
+    bwrap: str
+    is_root: bool
+    masked_dirs: tuple[str, ...] = ()
+    """Host directories the sandbox must never see (fence's runtime dir: bus credentials)."""
+
+
+class SandboxPlan(msgspec.Struct):
+    """Everything needed to start one sandbox, and nothing that needs doing first."""
+
+    argv: list[str]
+    """Full argv to execute: bwrap, its options, ``--``, the command."""
+    env: dict[str, str]
+    command: list[str]
+    stripped_env: list[str]
+    layers: list[str]
+    info_fd: int = INFO_FD
+
+    @property
+    def summary(self) -> str:
+        return "[fence:linux] Sandbox: " + ", ".join(self.layers)
+
+
+def sanitize_env(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Drop every ``LD_*`` variable (case-sensitive, as the reference) and return what went."""
+    kept, stripped = {}, []
+    for name, value in env.items():
+        if name.startswith(DANGEROUS_ENV_PREFIXES):
+            stripped.append(name)
+        else:
+            kept[name] = value
+    return kept, sorted(stripped)
+
+
+def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, str], host: HostFacts) -> SandboxPlan:
+    """Build the bwrap invocation for ``command`` under ``policy``.
+
+    Foundation layers: read-only root, private /tmp, fresh /dev and /proc, new
+    PID and network namespaces (no network at all), ``--new-session`` (the
+    TIOCSTI defence), ``--die-with-parent``, and ``--cap-drop ALL`` when run as
+    root (a root bwrap otherwise keeps every capability inside and could remount
+    a read-only bind writable).
+    """
+    if not command:
+        raise ValueError("empty command")
+    args = [host.bwrap, "--new-session", "--die-with-parent", "--unshare-pid", "--unshare-net"]
+    if host.is_root:
+        args += ["--cap-drop", "ALL"]
+    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in host.masked_dirs:
+        args += ["--tmpfs", path]
+    args += ["--chdir", cwd, "--info-fd", str(INFO_FD), "--"]
+    args += command
+
+    clean, stripped = sanitize_env(env)
+    clean["FENCE_SANDBOX"] = "1"
+    layers = ["bwrap(network,pid,fs)"]
+    if host.is_root:
+        layers.append("cap-drop(ALL)")
+    return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers)

