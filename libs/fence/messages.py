@@ -51,13 +51,21 @@ class ConfigResolveRequest(Message):
     settings: str = ""
     template: str = ""
     home: str = ""
+    env_xdg_config_home: str = ""
+    """The caller's ``XDG_CONFIG_HOME`` (the service may run with another environment)."""
 
 
 class ConfigResolveReply(Message):
-    """The resolved policy and where it came from (chain of sources, nearest first)."""
+    """The resolved policy and where it came from (chain of sources, nearest first).
+
+    ``provenance`` maps the dotted JSON path of every field the policy sets
+    (``network.allowedDomains``) to the source(s) that set it, e.g.
+    ``template: code + project config: /src/app/fence.json``.
+    """
 
     policy: Policy
     sources: list[str] = []
+    provenance: dict[str, str] = {}
 
 
 # --- proxy service -----------------------------------------------------------

@@ -1,0 +1,31 @@
+"""``ConfigError``: a config that cannot be used, with a message that says why and what to do.
+
+Kept apart from the loaders so every module of ``fence.config`` can raise it
+without import cycles; ``fence.config.resolve`` re-exports it.
+"""
+
+from __future__ import annotations
+
+from fence.bus import ServiceError
+
+
+class ConfigError(ServiceError):
+    """A config that cannot be used; the message names the file, the JSON path and the problem.
+
+    The CLI prints it as ``Error: failed to load config: <message>`` (exit 1).
+    """
+
+    code = "invalid_config"
+
+
+Problem = tuple[str, str]
+"""(JSON path such as ``$.network.allowedDomains[2]``, message)."""
+
+
+def invalid(label: str, problems: list[Problem]) -> ConfigError:
+    """One error for every problem found in one source (a file or a template)."""
+    if len(problems) == 1:
+        path, message = problems[0]
+        return ConfigError(f"invalid configuration in {label}: {path}: {message}")
+    lines = "".join(f"\n  {path}: {message}" for path, message in problems)
+    return ConfigError(f"invalid configuration in {label} ({len(problems)} problems):{lines}")

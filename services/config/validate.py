@@ -1,0 +1,240 @@
+"""Semantic validation of one config (types are already checked by msgspec).
+
+``problems(policy)`` returns every problem as ``(JSON path, message)``; the
+messages keep the reference tool's wording (reference §2.3-2.7) and add
+what to do.  ``normalize`` applies the one implied setting
+(``strictDenyRead`` implies ``defaultDenyRead``).  ``cross_problems`` checks
+rules that span fields which may come from different files of an
+``extends`` chain, so it runs on the merged result.
+
+Everything here is plain string work: it runs on every ``fence run``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from fence.policy import Policy
+
+Problem = tuple[str, str]
+
+_DOMAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
+
+DOMAIN_HELP = {
+    "domain pattern cannot contain protocol, path, or port": "write the host name only, e.g. {example}",
+    "wildcard pattern too broad (e.g., *.com not allowed)": 'list the domains you need, e.g. "*.example.com"',
+    "only *.domain.com wildcard patterns are allowed":
+        'a wildcard is a single leading "*." (e.g. "*.example.com") or "*" alone',
+    "invalid domain format":
+        'a domain has a dot and no leading or trailing dot (e.g. "example.com"); "localhost" and "*" are also '
+        "accepted",
+}
+
+
+def domain_pattern_error(pattern: str) -> str | None:
+    """Why ``pattern`` is not a valid domain pattern (the reference's reasons), or None."""
+    if pattern == "localhost" or pattern == "*":
+        return None
+    if "://" in pattern or "/" in pattern or ":" in pattern:
+        return "domain pattern cannot contain protocol, path, or port"
+    if pattern.startswith("*."):
+        rest = pattern[2:]
+        if "*" in rest:
+            return "only *.domain.com wildcard patterns are allowed"
+        if "." not in rest:
+            return "wildcard pattern too broad (e.g., *.com not allowed)"
+        if not _plain_domain_ok(rest):
+            return "invalid domain format"
+        return None
+    if "*" in pattern:
+        return "only *.domain.com wildcard patterns are allowed"
+    if not _plain_domain_ok(pattern):
+        return "invalid domain format"
+    return None
+
+
+def _plain_domain_ok(domain: str) -> bool:
+    if "." not in domain or domain.startswith(".") or domain.endswith(".") or ".." in domain:
+        return False
+    return all(c in _DOMAIN_CHARS for c in domain)
+
+
+def _host_of(pattern: str) -> str:
+    """Best guess at the host inside a URL-ish pattern, for the hint."""
+    rest = pattern.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+    if rest.startswith("["):
+        return ""
+    return rest.split(":", 1)[0]
+
+
+def domain_problem(kind: str, pattern: str) -> str | None:
+    """The full message for a bad ``kind`` ("allowed"/"denied") domain, or None when it is fine."""
+    reason = domain_pattern_error(pattern)
+    if reason is None:
+        return None
+    help_ = DOMAIN_HELP[reason]
+    if "{example}" in help_:
+        host = _host_of(pattern)
+        example = f'"{host}"' if host and domain_pattern_error(host) is None else '"example.com"'
+        help_ = help_.format(example=example)
+    return f'invalid {kind} domain "{pattern}": {reason}; {help_}'
+
+
+def upstream_proxy_error(url: str) -> str | None:
+    """Why ``url`` is not a usable upstream proxy (the reference's reasons), or None."""
+    if "://" not in url:
+        return f'missing scheme: URL must start with http:// (got "{url}")'
+    scheme, rest = url.split("://", 1)
+    if scheme.lower() != "http":
+        return f'scheme "{scheme}" is not supported; only http:// upstream proxies are supported'
+    host = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+    if host.startswith("["):
+        host = host.split("]", 1)[0][1:]
+    else:
+        host = host.split(":", 1)[0]
+    if not host:
+        return "URL has no host"
+    return None
+
+
+def ssh_host_error(pattern: str) -> str | None:
+    if "://" in pattern or "/" in pattern:
+        return "a host pattern cannot contain a scheme or a path; write the host only, e.g. \"*.example.com\""
+    if "@" in pattern:
+        return "a host pattern cannot contain a user (user@host); write the host only"
+    if ":" in pattern and pattern.count(":") < 2:
+        return "a host pattern cannot contain a port; set ports in ~/.ssh/config"
+    if any(c.isspace() for c in pattern):
+        return "a host pattern cannot contain spaces"
+    return None
+
+
+def mach_error(name: str) -> str | None:
+    if name == "*":
+        return None
+    star = name.find("*")
+    if star != -1 and star != len(name) - 1:
+        return 'only a single trailing "*" is allowed (e.g. "com.apple.*"), or "*" alone'
+    return None
+
+
+def _empty_paths(problems: list[Problem], section: str, field: str, values: list[str]) -> None:
+    for i, v in enumerate(values):
+        if v == "":
+            problems.append((f"$.{section}.{field}[{i}]",
+                             f"{section}.{field} contains empty path; remove the empty entry"))
+
+
+def _empty_commands(problems: list[Problem], section: str, field: str, values: list[str]) -> bool:
+    bad = False
+    for i, v in enumerate(values):
+        if not v.strip():
+            problems.append((f"$.{section}.{field}[{i}]",
+                             f"{section}.{field} contains empty command; remove the empty entry"))
+            bad = True
+    return bad
+
+
+def problems(policy: Policy) -> list[Problem]:
+    """Every problem in one config, in file order of the fields."""
+    out: list[Problem] = []
+    net = policy.network
+    for kind, field, values in (("allowed", "allowedDomains", net.allowed_domains),
+                                ("denied", "deniedDomains", net.denied_domains)):
+        for i, pattern in enumerate(values):
+            if pattern == "localhost" or pattern == "*" or (
+                    "." in pattern and "*" not in pattern and ":" not in pattern and "/" not in pattern
+                    and _plain_domain_ok(pattern)):
+                continue  # the common case, without building a message
+            message = domain_problem(kind, pattern)
+            if message:
+                out.append((f"$.network.{field}[{i}]", message))
+    _empty_paths(out, "network", "allowUnixSockets", net.allow_unix_sockets)
+    for i, port in enumerate(net.allow_local_outbound_ports):
+        if not 1 <= port <= 65535:
+            out.append((f"$.network.allowLocalOutboundPorts[{i}]",
+                        f"invalid network.allowLocalOutboundPorts entry {port} (expected 1-65535)"))
+    for field, port in (("httpProxyPort", net.http_proxy_port), ("socksProxyPort", net.socks_proxy_port)):
+        if not 0 <= port <= 65535:
+            out.append((f"$.network.{field}",
+                        f"invalid network.{field} {port} (expected 0-65535; 0 picks a free port)"))
+    if net.upstream_proxy:
+        reason = upstream_proxy_error(net.upstream_proxy)
+        if reason:
+            out.append(("$.network.upstreamProxy",
+                        f"invalid network.upstreamProxy: {reason}; use http://host:port"))
+    if net.default_action not in ("", "deny", "proxy"):
+        out.append(("$.network.defaultAction",
+                    f'invalid network.defaultAction "{net.default_action}": must be "deny" or "proxy"'))
+
+    fs = policy.filesystem
+    for field, values in (("allowRead", fs.allow_read), ("allowExecute", fs.allow_execute),
+                          ("denyRead", fs.deny_read), ("allowWrite", fs.allow_write),
+                          ("denyWrite", fs.deny_write)):
+        if "" in values:
+            _empty_paths(out, "filesystem", field, values)
+
+    dev = policy.devices
+    if dev.mode not in ("", "auto", "minimal", "host"):
+        out.append(("$.devices.mode", f'invalid devices.mode "{dev.mode}" (expected one of: auto, minimal, host)'))
+    for i, path in enumerate(dev.allow):
+        where = f"$.devices.allow[{i}]"
+        if path == "":
+            out.append((where, "devices.allow contains empty path; remove the empty entry"))
+            continue
+        clean = posixpath.normpath(path)
+        if clean == "/dev":
+            out.append((where, f'devices.allow path "{path}" is too broad; use devices.mode "host" instead'))
+        elif not clean.startswith("/dev/"):
+            out.append((where, f'devices.allow path "{path}" must be under /dev/ (e.g. "/dev/kvm")'))
+
+    cmd = policy.command
+    _empty_commands(out, "command", "deny", cmd.deny)
+    _empty_commands(out, "command", "allow", cmd.allow)
+    _empty_commands(out, "command", "acceptSharedBinaryCannotRuntimeDeny",
+                    cmd.accept_shared_binary_cannot_runtime_deny)
+    if cmd.runtime_exec_policy not in ("", "path", "argv"):
+        out.append(("$.command.runtimeExecPolicy",
+                    f'invalid command.runtimeExecPolicy "{cmd.runtime_exec_policy}" (expected one of: path, argv)'))
+
+    ssh = policy.ssh
+    for field, values in (("allowedHosts", ssh.allowed_hosts), ("deniedHosts", ssh.denied_hosts)):
+        for i, pattern in enumerate(values):
+            where = f"$.ssh.{field}[{i}]"
+            if not pattern.strip():
+                out.append((where, f"ssh.{field} contains empty host pattern; remove the empty entry"))
+                continue
+            reason = ssh_host_error(pattern)
+            if reason:
+                out.append((where, f'invalid ssh.{field} entry "{pattern}": {reason}'))
+    _empty_commands(out, "ssh", "allowedCommands", ssh.allowed_commands)
+    _empty_commands(out, "ssh", "deniedCommands", ssh.denied_commands)
+
+    mach = policy.macos.mach
+    for field, values in (("lookup", mach.lookup), ("register", mach.register)):
+        for i, name in enumerate(values):
+            where = f"$.macos.mach.{field}[{i}]"
+            if not name.strip():
+                out.append((where, f"macos.mach.{field} contains empty service name; remove the empty entry"))
+                continue
+            reason = mach_error(name)
+            if reason:
+                out.append((where, f'invalid macos.mach.{field} entry "{name}": {reason}'))
+    return out
+
+
+def normalize(policy: Policy) -> Policy:
+    """Apply implied settings in place: ``strictDenyRead`` implies ``defaultDenyRead``."""
+    if policy.filesystem.strict_deny_read:
+        policy.filesystem.default_deny_read = True
+    return policy
+
+
+def cross_problems(policy: Policy) -> list[Problem]:
+    """Rules spanning fields that an ``extends`` chain may set in different files."""
+    out: list[Problem] = []
+    if policy.network.default_action == "proxy" and not policy.network.upstream_proxy:
+        out.append(("$.network.defaultAction",
+                    'network.defaultAction "proxy" requires network.upstreamProxy to be set; add '
+                    '"upstreamProxy": "http://host:port" or remove defaultAction'))
+    return out
