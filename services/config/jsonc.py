@@ -142,6 +142,10 @@ def describe(stripped: bytes, offset: int, reason: str) -> tuple[str, int]:
     if reason == "invalid character" and offset < len(stripped) and stripped[offset] < 0x20:
         return (f"raw control character 0x{stripped[offset]:02x} (a line break or tab inside a string must be "
                 f"written as \\n or \\t)"), offset
+    if reason.startswith("object keys must be strings"):
+        near = _word_near(stripped, offset)
+        if near is not None and near[1] <= offset:
+            return f"unexpected {near[0].decode()!r}: keys need double quotes", near[1]
     if reason == "invalid character" or reason == "invalid number":
         near = _word_near(stripped, offset)
         if near is not None and near[0][:1].isalpha():
