@@ -131,7 +131,13 @@ def test_schema_content():
     assert net["allowLocalOutboundPorts"]["items"]["maximum"] == 65535
     for name, definition in [("Policy", schema), *schema["$defs"].items()]:
         for key, prop in definition["properties"].items():
-            assert prop.get("description"), f"{name}.{key} has no description"
+            assert prop.get("description"), f"{name}.{key} has no description (a docstring under the field)"
+    from fence.policy import SCHEMA_EXTRA
+
+    for key in SCHEMA_EXTRA:
+        cls, field = key.split(".")
+        definition = schema if cls == "Policy" else schema["$defs"][cls]
+        assert field in definition["properties"], f"SCHEMA_EXTRA names an unknown field {key}"
 
 
 def test_every_template_follows_the_schema_shape():

@@ -37,7 +37,9 @@ _STR = rb'"[^"\\\n]*(?:\\.[^"\\\n]*)*"'
 _LINE = rb"//[^\n]*+"
 _BLOCK = rb"/\*[^*]*\*+(?:[^/*][^*]*\*+)*/"
 _TRAILING_COMMA = rb",(?=(?:\s|" + _LINE + rb"|" + _BLOCK + rb")*[}\]])"
-_TOKENS = re.compile(_STR + rb"|" + _LINE + rb"|" + _BLOCK + rb"|" + _TRAILING_COMMA)
+_TOKENS = _STR + rb"|" + _LINE + rb"|" + _BLOCK + rb"|" + _TRAILING_COMMA
+_tokens: re.Pattern | None = None
+"""Compiled on first use (~0.3 ms): runs with no config or a plain-JSON one never pay it."""
 
 JSON5_HINT_LIMIT = 64 * 1024
 """Largest file json5 is asked about on the error path (it costs ~6 ms per KB)."""
@@ -54,7 +56,10 @@ def _blank(m: re.Match) -> bytes:
 
 def strip(data: bytes) -> bytes:
     """``data`` with comments and trailing commas replaced by spaces (same length)."""
-    return _TOKENS.sub(_blank, data)
+    global _tokens
+    if _tokens is None:
+        _tokens = re.compile(_TOKENS)
+    return _tokens.sub(_blank, data)
 
 
 class JSONCSyntaxError(ValueError):
@@ -95,14 +100,14 @@ def position(data: bytes, offset: int) -> tuple[int, int]:
     return line, column
 
 
-_BYTE = re.compile(r"\(byte (\d+)\)")
-_OPENERS = re.compile(_STR + rb'|"|[{}\[\]]')
+_BYTE = r"\(byte (\d+)\)"
+_OPENERS = _STR + rb'|"|[{}\[\]]'
 
 
 def syntax_error(original: bytes, stripped: bytes, message: str) -> JSONCSyntaxError:
     """Turn msgspec's ``DecodeError`` text into a positioned, readable error."""
-    m = _BYTE.search(message)
-    reason = _BYTE.sub("", message.replace("JSON is malformed: ", "")).strip()
+    m = re.search(_BYTE, message)
+    reason = re.sub(_BYTE, "", message.replace("JSON is malformed: ", "")).strip()
     if m is None:  # "Input data was truncated": say what is left open
         what, offset = _unclosed(stripped)
         return JSONCSyntaxError(what, *position(original, offset))
@@ -113,7 +118,7 @@ def syntax_error(original: bytes, stripped: bytes, message: str) -> JSONCSyntaxE
     return JSONCSyntaxError(what, *position(original, offset))
 
 
-_WORD = re.compile(rb"[A-Za-z0-9_$.+-]+")
+_WORD = rb"[A-Za-z0-9_$.+-]+"
 _WORD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_$.+-")
 
 
@@ -125,7 +130,7 @@ def _word_near(buf: bytes, offset: int) -> tuple[bytes, int] | None:
             start = at
             while start > 0 and buf[start - 1] in _WORD_CHARS:
                 start -= 1
-            return _WORD.match(buf, start).group(), start
+            return re.compile(_WORD).match(buf, start).group(), start
         if at < offset and buf[at] in b" \t\r\n,:[{":
             break
     return None
@@ -179,7 +184,7 @@ def describe(stripped: bytes, offset: int, reason: str) -> tuple[str, int]:
 def _unclosed(stripped: bytes) -> tuple[str, int]:
     """For a truncated document: the innermost opener never closed (or the unterminated string)."""
     stack: list[tuple[bytes, int]] = []
-    for m in _OPENERS.finditer(stripped):
+    for m in re.finditer(_OPENERS, stripped):
         tok = m.group()
         if tok == b'"':
             line_end = stripped.find(b"\n", m.start())

@@ -135,9 +135,10 @@ def _too_deep(label: str) -> ConfigError:
 
 # --- friendly type and unknown-key messages (error path only) ----------------------
 
-_UNKNOWN = re.compile(r"Object contains unknown field `(.*?)`(?: - at `(\$[^`]*)`)?$", re.S)
-_AT = re.compile(r"^(.*) - at `(\$[^`]*)`$", re.S)
-_INDEX = re.compile(r"\[\d+\]")
+# patterns compiled on first use (re caches them): this is the error path
+_UNKNOWN = r"(?s)Object contains unknown field `(.*?)`(?: - at `(\$[^`]*)`)?$"
+_AT = r"(?s)^(.*) - at `(\$[^`]*)`$"
+_INDEX = r"\[\d+\]"
 
 
 def _fields(cls) -> dict[str, tuple[str, object]]:
@@ -227,7 +228,7 @@ _TYPE_WORDS = {"str": "a string", "int": "an integer", "bool": "true or false", 
 
 def _describe_field(path: str) -> str:
     """What the field at JSONPath ``path`` holds, e.g. "network.allowedDomains is a list of strings"."""
-    parts = [p for p in _INDEX.sub("", path).lstrip("$").split(".") if p]
+    parts = [p for p in re.sub(_INDEX, "", path).lstrip("$").split(".") if p]
     if not parts:
         return ""
     cls = _class_at(parts[:-1])
@@ -255,7 +256,7 @@ def _describe_field(path: str) -> str:
 
 def _explain_validation(data: bytes, message: str) -> list[Problem]:
     """msgspec's first ValidationError, rewritten; all unknown keys when that is the problem."""
-    m = _UNKNOWN.match(message)
+    m = re.match(_UNKNOWN, message)
     if m:
         found: list[Problem] = []
         try:
@@ -265,9 +266,9 @@ def _explain_validation(data: bytes, message: str) -> list[Problem]:
         if found:
             return found
         key, at = m.group(1), m.group(2) or "$"
-        path = [p for p in _INDEX.sub("", at).lstrip("$").split(".") if p]
+        path = [p for p in re.sub(_INDEX, "", at).lstrip("$").split(".") if p]
         return [(at + f".{key}", unknown_key_message(path, key))]
-    m = _AT.match(message)
+    m = re.match(_AT, message)
     text, at = (m.group(1), m.group(2)) if m else (message, "$")
     text = text[:1].lower() + text[1:]
     described = _describe_field(at)
