@@ -19,8 +19,9 @@ Why json5 is not used on the hot path: the ``json5`` package is pure Python
 and parses at ~6 ms per KB on this machine (a 10 KB config would cost 60 ms
 per run; the ``code`` template 25 ms), and importing it costs more than the
 whole fast path.  It is used exactly once, lazily, on the error path: when
-the fast path rejects a file, json5 gets a second look at files up to
-``JSON5_HINT_LIMIT`` bytes.  If json5 *accepts* the file, the user wrote
+the fast path rejects a file where JSON5 syntax may be the cause (a bare
+word, a single quote, a leading ``+`` or ``.``), json5 gets a second look at
+files up to ``JSON5_HINT_LIMIT`` bytes.  If json5 *accepts* the file, the user wrote
 JSON5 (unquoted keys, single quotes, hex numbers, ``Infinity``...), which
 fence does not read, and the error says so -- that is the one thing json5
 knows that a JSON parser cannot tell.  Its own error positions add nothing
@@ -112,7 +113,9 @@ def syntax_error(original: bytes, stripped: bytes, message: str) -> JSONCSyntaxE
         what, offset = _unclosed(stripped)
         return JSONCSyntaxError(what, *position(original, offset))
     what, offset = describe(stripped, int(m.group(1)), reason)
-    hint = _json5_hint(original)
+    at = stripped[offset:offset + 1]
+    json5_syntax = at in (b"'", b"+", b".") or at.isalnum() or reason.startswith("object keys")
+    hint = _json5_hint(original) if json5_syntax else ""
     if hint:
         what = f"{what}; {hint}"
     return JSONCSyntaxError(what, *position(original, offset))
@@ -160,6 +163,8 @@ def describe(stripped: bytes, offset: int, reason: str) -> tuple[str, int]:
             return f"unexpected {word!r}: keys and strings need double quotes", near[1]
         if near is not None and reason == "invalid number":
             return f"invalid number {near[0].decode()!r}", near[1]
+    if "escape" in reason or "surrogate" in reason or "utf" in reason:
+        return f"{reason} (in a string)", min(offset, len(stripped.rstrip()) - 1)
     if offset >= len(stripped.rstrip()):
         return "unexpected end of file", len(stripped.rstrip())
     ch = stripped[offset:offset + 1]
