@@ -206,6 +206,9 @@ def _unclosed(stripped: bytes) -> tuple[str, int]:
         return f"unexpected end of file: this '{tok.decode()}' is never closed (add '{closer}')", at
     if not stripped.strip():
         return "no JSON value (only comments)", 0
+    surrogate = re.search(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}", stripped)
+    if surrogate:
+        return "a \\uD800-\\uDFFF escape must be half of a surrogate pair", surrogate.start()
     return "unexpected end of file", len(stripped.rstrip())
 
 
