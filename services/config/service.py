@@ -1,4 +1,12 @@
-"""The config service: answers ``fence.config.resolve`` with a resolved policy."""
+"""The config service: answers ``fence.config.resolve`` with a resolved policy.
+
+The reply carries the policy, the chain of sources (nearest first) and the
+provenance of every field set (``fence.config.resolve``).  The handler only
+reads files and never blocks on anything but them: FIFOs and devices are
+refused (``fence.config.load``), so a request cannot stall a shared service.
+Bad configs raise ``ConfigError`` (code ``invalid_config``), which the bus
+turns into an ``ErrorReply``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ from fence.subjects import CONFIG_RESOLVE
 
 class ConfigService(Service):
     name = "fence-config"
-    description = "Resolves the policy of a run: settings file, templates, extends, defaults"
+    description = "Resolves the policy of a run: templates, settings files, discovery, extends, validation"
 
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint("resolve", CONFIG_RESOLVE, ConfigResolveRequest, self.resolve)]
