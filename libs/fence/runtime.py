@@ -1,0 +1,194 @@
+"""Where a running supervisor is found: the runtime directory and its files.
+
+``fence run`` imports this on its hot path to decide between a lone run and
+the supervisor's bus, so it stays small: stdlib (os, time) and msgspec only,
+no asyncio, nats or subprocess.
+
+Layout of the runtime directory (mode 0700, every file 0600)::
+
+    <runtime_dir>/
+      supervisor.json          SupervisorInfo; written once every component is healthy
+      supervisor.lock          held (flock) by the running supervisor
+      nats.conf                the generated nats-server config (passwords inside)
+      nats-server_<pid>.ports  written by nats-server (ports_file_dir): its real port
+      creds/<user>.json        Credentials of each bus user (supervisor, services, client)
+
+Every file is written atomically (temporary file + rename) so a reader never
+sees half a file.  The supervisor removes all of them when it stops.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import msgspec
+
+INFO_FILE = "supervisor.json"
+LOCK_FILE = "supervisor.lock"
+NATS_CONF = "nats.conf"
+CREDS_DIR = "creds"
+CLIENT_USER = "client"
+
+
+class Credentials(msgspec.Struct, kw_only=True):
+    """How one bus user connects: the only secret a component holds."""
+
+    url: str
+    user: str
+    password: str
+    inbox_prefix: str
+    """Replies come to ``<inbox_prefix>.*``; the user may subscribe nowhere else for replies."""
+
+
+class ComponentInfo(msgspec.Struct, kw_only=True):
+    """One supervised process (nats-server or a service) as last seen by the supervisor."""
+
+    name: str
+    pid: int
+    started_at: float
+    """Unix time the current process was started (restarts reset it)."""
+    restarts: int = 0
+    metrics_url: str = ""
+    """Prometheus ``/metrics`` of the process ("" for nats-server)."""
+    healthy: bool = False
+    """Answered its last ``$SRV.PING`` (nats-server: accepts connections)."""
+    service: str = ""
+    """NATS micro service name (``fence-config``...), "" for nats-server."""
+
+
+class SupervisorInfo(msgspec.Struct, kw_only=True):
+    """The runtime file ``supervisor.json``: what ``fence run`` and ``fence status`` read."""
+
+    pid: int
+    started_at: float
+    nats_url: str
+    components: list[ComponentInfo] = []
+    log: str = ""
+    """Log file of a detached supervisor ("" when it runs in the foreground)."""
+    version: int = 1
+
+
+def runtime_dir() -> str:
+    """``$XDG_RUNTIME_DIR/fence`` when that is a usable directory, else ``~/.local/state/fence``.
+
+    ``XDG_RUNTIME_DIR`` (a per-user tmpfs on systemd hosts) is preferred: it
+    vanishes at logout and is private to the user.  An unset, relative or
+    unwritable one (su, containers, cron) falls back to the state directory.
+    """
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if xdg and os.path.isabs(xdg) and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK):
+        return os.path.join(xdg, "fence")
+    return os.path.join(os.path.expanduser("~"), ".local", "state", "fence")
+
+
+def info_path() -> str:
+    return os.path.join(runtime_dir(), INFO_FILE)
+
+
+def creds_path(user: str) -> str:
+    return os.path.join(runtime_dir(), CREDS_DIR, f"{user}.json")
+
+
+def ensure_private_dir(path: str) -> str:
+    """Create ``path`` (and parents) with mode 0700, and tighten it if it already existed."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def write_private(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically with mode 0600 (tmp + fsync-free rename).
+
+    The file is created 0600 from the start (``O_EXCL`` on the temporary name),
+    so a secret is never readable by others, not even for an instant.
+    """
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_struct(path: str, value: msgspec.Struct) -> None:
+    write_private(path, msgspec.json.format(msgspec.json.encode(value), indent=2) + b"\n")
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` names a live (non-zombie) process."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+    except (OSError, ValueError):
+        return True  # no /proc (macOS): kill(0) is all we know
+
+
+def _looks_like_fence(pid: int) -> bool:
+    """Guard against a recycled pid: the supervisor's command line mentions fence."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"fence" in f.read()
+    except FileNotFoundError:
+        return not os.path.isdir("/proc/self")  # no /proc at all: cannot tell, trust the pid
+    except OSError:
+        return True
+
+
+def read_info(path: str | None = None) -> SupervisorInfo | None:
+    """The runtime file as written, whether or not its supervisor still lives."""
+    try:
+        with open(path or info_path(), "rb") as f:
+            return msgspec.json.decode(f.read(), type=SupervisorInfo)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def find_supervisor() -> SupervisorInfo | None:
+    """The running supervisor, or None (no file, unreadable file, or its process is gone)."""
+    info = read_info()
+    if info is None or not pid_alive(info.pid) or not _looks_like_fence(info.pid):
+        return None
+    return info
+
+
+def read_credentials(path: str) -> Credentials:
+    """Credentials from a 0600 JSON file; raises ``OSError``/``ValueError`` with the path in it."""
+    try:
+        with open(path, "rb") as f:
+            return msgspec.json.decode(f.read(), type=Credentials)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def client_credentials() -> Credentials:
+    """The ``client`` user's credentials (``fence run`` and tools), from the runtime dir."""
+    return read_credentials(creds_path(CLIENT_USER))
+
+
+def uptime(since: float, now: float | None = None) -> str:
+    """``3d4h``, ``2h05m``, ``4m12s``, ``9s``: a compact age for ``fence status``."""
+    s = max(0, int((time.time() if now is None else now) - since))
+    if s >= 86400:
+        return f"{s // 86400}d{s % 86400 // 3600}h"
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
