@@ -65,9 +65,9 @@ def _base_env(home: str, user: str) -> dict[str, str]:
             "LANG": "C.UTF-8"}
 
 
-def _current_runner(tmp_root: Path) -> FenceRunner:
-    home = tmp_root / "home"
-    home.mkdir(parents=True, exist_ok=True)
+def _current_runner() -> FenceRunner:
+    # not under /tmp: the sandbox's /tmp is a private tmpfs
+    home = Path(tempfile.mkdtemp(prefix="fence-self-home-", dir="/var/tmp"))
     env = _base_env(str(home), pwd.getpwuid(os.getuid()).pw_name)
     return FenceRunner("self", [sys.executable, "-m", "fence"], env, None, str(home))
 
@@ -144,8 +144,10 @@ def unprivileged_runner(tmp_path_factory) -> FenceRunner:
 
 
 @pytest.fixture(scope="session")
-def self_runner(tmp_path_factory) -> FenceRunner:
-    return _current_runner(tmp_path_factory.mktemp("fence-self"))
+def self_runner() -> FenceRunner:
+    runner = _current_runner()
+    yield runner
+    shutil.rmtree(runner.home, ignore_errors=True)
 
 
 @pytest.fixture(params=["self", "unprivileged"])

@@ -21,7 +21,8 @@ def test_cap_drop_only_as_root():
     assert "--cap-drop" not in plan(is_root=False).argv
     argv = plan(is_root=True).argv
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
-    assert "cap-drop(ALL)" in plan(is_root=True).summary
+    assert "--unshare-user" in argv and "--unshare-user" not in plan(is_root=False).argv
+    assert "userns+cap-drop(ALL)" in plan(is_root=True).summary
 
 
 def test_filesystem_view_order():

@@ -109,10 +109,11 @@ def test_no_network_at_all(fence):
 
 
 def test_new_pid_namespace_and_session(fence):
-    r = fence.run("--", "sh", "-c", "echo $$; ps -o sid= -p $$ 2>/dev/null || cut -d' ' -f6 /proc/$$/stat")
-    lines = r.stdout.split()
-    assert int(lines[0]) < 10  # pid 1 is bwrap's init, the command comes right after
-    assert lines[1] == lines[0]  # session leader: --new-session
+    r = fence.run("--", "sh", "-c", "echo $$; cut -d' ' -f6,7 /proc/$$/stat")
+    pid, sid, tty = r.stdout.split()
+    assert int(pid) < 10  # pid 1 is bwrap's init, the command comes right after
+    assert sid == "1"  # a session made inside the sandbox (--new-session) ...
+    assert tty == "0"  # ... with no controlling terminal (the TIOCSTI defence)
 
 
 def test_capabilities_dropped(fence):
@@ -220,3 +221,18 @@ def test_bad_settings_file(fence):
     r = fence.run("--settings", str(wrong), "--", "true")
     assert r.returncode == 1 and "Error: failed to load config:" in r.stderr
     assert "$.network.allowedDomains" in r.stderr
+
+
+def test_signal_reaches_the_whole_process_group(fence):
+    # Like Ctrl-C in a terminal: every process of the command's group sees it.
+    inner = 'trap "echo inner got INT; exit 0" INT; echo ready; while :; do sleep 0.05; done'
+    outer = f"trap 'echo outer got INT' INT; sh -c '{inner}'; wait; echo outer done"
+    proc = fence.popen("--", "sh", "-c", outer, stdout=__import__("subprocess").PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "inner got INT" in out and "outer got INT" in out and "outer done" in out

@@ -28,6 +28,9 @@ Usage:
   fence up [--detach]       start the supervisor (NATS bus + services)
   fence status              show the supervisor's components
   fence down                stop the supervisor
+  fence config show|init|schema|templates
+  fence import --claude     translate Claude Code permissions into a fence config
+  fence completion bash|zsh|fish
 
 Flags:
   -c STRING                 run STRING with bash -c
@@ -41,7 +44,8 @@ Flags:
   -h, --help                this help
 """
 
-SUBCOMMANDS = ("up", "status", "down")
+SUPERVISOR_COMMANDS = ("up", "status", "down")
+CONFIG_COMMANDS = ("config", "import", "completion")
 
 
 class UsageError(Exception):
@@ -121,10 +125,14 @@ def error(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in SUBCOMMANDS:
+    if args and args[0] in SUPERVISOR_COMMANDS:
         from fence import supervisor
 
         return getattr(supervisor, f"main_{args[0]}")(args[1:])
+    if args and args[0] in CONFIG_COMMANDS:
+        from fence.config import commands
+
+        return getattr(commands, f"main_{args[0]}")(args[1:])
     if args and args[0] == "run":
         args = args[1:]
     try:

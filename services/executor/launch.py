@@ -100,17 +100,24 @@ class Sandbox:
             self.deliver(signum)
 
     def deliver(self, signum: int) -> None:
-        """Send ``signum`` to the sandboxed command's process group."""
+        """Send ``signum`` to the sandboxed command's process group, as a terminal would.
+
+        bwrap's ``--new-session`` makes its init (pid 1 inside) the session and
+        group leader, so the group includes that init; it is unaffected, since
+        a namespace's init only receives signals it has handlers for.
+        """
         pid = self.command_pid or self._find_command()
         if not pid:
             if signum != signal.SIGWINCH:  # the command never started or already ended: stop the sandbox
                 _kill(self.pid, signal.SIGKILL)
             return
+        pgid = _process_group(pid)
         try:
-            os.killpg(pid, signum)
-        except ProcessLookupError:
-            _kill(pid, signum)
-        except PermissionError:
+            if pgid:
+                os.killpg(pgid, signum)
+            else:
+                os.kill(pid, signum)
+        except OSError:
             _kill(pid, signum)
 
     def _find_command(self, patience: float = 0.5) -> int:
@@ -141,6 +148,17 @@ def _kill(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except OSError:
         pass
+
+
+def _process_group(pid: int) -> int:
+    """The process group of ``pid`` as this pid namespace numbers it (0 if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return int(fields[2]) if len(fields) > 2 else 0
 
 
 def _read_child_pid(fd: int) -> int:

@@ -72,7 +72,10 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
         raise ValueError("empty command")
     args = [host.bwrap, "--new-session", "--die-with-parent", "--unshare-pid", "--unshare-net"]
     if host.is_root:
-        args += ["--cap-drop", "ALL"]
+        # A non-root bwrap always creates a user namespace; a root one must be
+        # asked to.  Inside it capabilities are namespaced and the bounding set
+        # is emptied; without it root keeps the host's bounding set.
+        args += ["--unshare-user", "--cap-drop", "ALL"]
     args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for path in host.masked_dirs:
         args += ["--tmpfs", path]
@@ -83,5 +86,5 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     clean["FENCE_SANDBOX"] = "1"
     layers = ["bwrap(network,pid,fs)"]
     if host.is_root:
-        layers.append("cap-drop(ALL)")
+        layers.append("userns+cap-drop(ALL)")
     return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers)

@@ -52,7 +52,8 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     sandbox_id = req.sandbox
     try:
         resolved = await bus.request(CONFIG_RESOLVE, ConfigResolveRequest(
-            cwd=req.cwd, settings=req.settings, template=req.template, home=req.env.get("HOME", "")),
+            cwd=req.cwd, settings=req.settings, template=req.template, home=req.env.get("HOME", ""),
+            env_xdg_config_home=req.env.get("XDG_CONFIG_HOME", "")),
             ConfigResolveReply)
     except BusError as e:
         raise FenceError(f"failed to load config: {getattr(e, 'message', e)}") from None
