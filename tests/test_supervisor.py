@@ -314,3 +314,53 @@ def test_foreground_up_stops_on_sigterm(tmp_path):
         info = env.info()
         if info is not None:
             kill_all(all_pids(info))
+
+
+def test_killed_supervisor_leaves_no_orphans(tmp_path):
+    """SIGKILL gives the supervisor no chance to clean up: its services notice and exit, and
+    the next ``up`` stops the orphaned nats-server (found through its ports file)."""
+    env = Env(tmp_path)
+    r = env.cli("up", "--detach")
+    assert r.returncode == 0, r.stderr
+    info = env.info()
+    nats_pid, services = info.components[0].pid, [c.pid for c in info.components[1:]]
+    try:
+        os.kill(info.pid, signal.SIGKILL)
+        assert not wait_gone(services, 3.0)
+        assert pid_alive(nats_pid)
+        r = env.cli("up", "--detach")
+        assert r.returncode == 0, r.stderr
+        assert not wait_gone([nats_pid], 2.0)
+        second = env.info()
+        assert second.pid != info.pid and second.components[0].pid != nats_pid
+        r = env.cli("down")
+        assert r.returncode == 0, r.stderr
+        assert not wait_gone(all_pids(second), 5.0)
+        assert not env.rdir.exists() or list(env.rdir.iterdir()) == []
+    finally:
+        kill_all([nats_pid, *services])
+        last = env.info()
+        if last is not None:
+            kill_all(all_pids(last))
+
+
+def test_service_process_fails_clearly():
+    env = {k: v for k, v in os.environ.items() if k != "FENCE_BUS_CREDS"}
+    r = subprocess.run([sys.executable, "-m", "fence.serve", "config"], env=env, capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode == 1 and "Error:" in r.stderr and "FENCE_BUS_CREDS" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "fence.serve", "nonesuch"], env=env, capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode == 1 and "unknown component" in r.stderr
+
+
+def test_restart_backoff_doubles_to_ten_seconds_and_resets_after_thirty_healthy():
+    from fence.supervisor import Child
+
+    child = Child("config", "fence-config")
+    assert [child.next_backoff() for _ in range(8)] == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0]
+    child.mark_healthy(True)
+    assert child.next_backoff() == 10.0  # crashed again soon after coming back
+    child.mark_healthy(True)
+    child.healthy_since -= 31
+    assert child.next_backoff() == 0.2

@@ -517,6 +517,7 @@ class Supervisor:
             env=env, start_new_session=True, cwd="/")
         child.info.pid = child.proc.pid
         child.info.started_at = time.time()
+        child.info.metrics_url = ""  # the new process serves on a new port, known once it answers INFO
         child.mark_healthy(False)
         child.failed_checks = 0
 
