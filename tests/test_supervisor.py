@@ -363,4 +363,6 @@ def test_restart_backoff_doubles_to_ten_seconds_and_resets_after_thirty_healthy(
     assert child.next_backoff() == 10.0  # crashed again soon after coming back
     child.mark_healthy(True)
     child.healthy_since -= 31
+    child.mark_healthy(False)  # stopped answering, then died: it had still been healthy for 30 s
     assert child.next_backoff() == 0.2
+    assert child.next_backoff() == 0.4
