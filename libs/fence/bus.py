@@ -19,10 +19,14 @@ Semantics (both transports):
 * ``serve`` answers requests on a subject; each request runs in its own task,
   so one slow request never stalls the others.  Undecodable, wrongly typed,
   unknown-version or oversized requests get an ``ErrorReply`` and the service
-  carries on; a handler that raises gets ``internal``.
+  carries on; a handler that raises gets ``internal``; a reply over
+  ``max_payload`` is replaced by ``too_large``.
 * ``subscribe`` receives published messages in order, one at a time per
   subscription; a message that does not decode is dropped and counted, never
   raised into the publisher.
+* ``close`` drains: delivery stops, in-flight request handlers get
+  ``DRAIN_GRACE`` seconds to answer, requests still waiting fail with
+  ``BusError("bus is closed")``, as does every later call.
 * Subjects use NATS syntax: ``.``-separated tokens, ``*`` matches one token,
   ``>`` matches one or more trailing tokens.  Subscribers sharing a non-empty
   ``queue`` name split the messages between them (one delivery per group).
@@ -53,6 +57,9 @@ MAX_REQUEST = 256 * 1024
 PENDING_LIMIT = 65536
 """Messages a subscription may have waiting before new ones are dropped (as NATS)."""
 
+DRAIN_GRACE = 2.0
+"""Seconds ``close`` lets in-flight request handlers finish and answer."""
+
 
 # --- errors -------------------------------------------------------------------
 
@@ -74,6 +81,10 @@ class PayloadTooLarge(BusError):
 
 class BadSubject(BusError):
     pass
+
+
+class PermissionDenied(BusError):
+    """The server refused a publish or subscribe (NATS user permissions); never raised in-process."""
 
 
 class ServiceError(Exception):
@@ -179,6 +190,13 @@ def decoder_for(msg_type: Any) -> msgspec.json.Decoder:
 
 def _error(code: str, message: str) -> bytes:
     return _encoder.encode(ErrorReply(code=code, message=message))
+
+
+def fit_reply(subject: str, data: bytes, limit: int) -> bytes:
+    """A reply the transport can carry: one over ``limit`` becomes a ``too_large`` ErrorReply."""
+    if len(data) <= limit:
+        return data
+    return _error("too_large", f"{subject}: reply is {len(data)} bytes; the limit is {limit}")
 
 
 def make_responder(subject: str, request_type: Any, handler: Handler, max_request: int,
@@ -327,7 +345,7 @@ class _Sub:
         """Queue a message; without an event loop, return a coroutine to run it inline."""
         loop = _running_loop()
         if loop is None:
-            return self.deliver(data, reply)
+            return self._deliver(data, reply)
         if len(self.pending) >= PENDING_LIMIT:
             self.dropped += 1  # a slow consumer loses messages, as with NATS; the publisher never waits
             return None
@@ -339,7 +357,13 @@ class _Sub:
     async def _drain(self) -> None:
         while self.pending and self.active:
             data, reply = self.pending.popleft()
+            await self._deliver(data, reply)
+
+    async def _deliver(self, data: bytes, reply: Callable[[bytes], None] | None) -> None:
+        try:
             await self.deliver(data, reply)
+        except Exception as e:  # a raw subscriber bug must not stop later deliveries (nor reach the publisher)
+            print(f"[fence:bus] subscriber on {self.pattern} failed: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 class InProcessBus(TypedBus):
@@ -350,6 +374,7 @@ class InProcessBus(TypedBus):
         self._subs: list[_Sub] = []
         self._rr = 0
         self._tasks: set = set()
+        self._waiting: set = set()
         self.closed = False
 
     def _route(self, subject: str) -> list[_Sub]:
@@ -400,10 +425,13 @@ class InProcessBus(TypedBus):
 
         if not await self._dispatch(subject, data, on_reply):
             raise NoResponders(f"no responders on {subject}")
+        self._waiting.add(future)
         try:
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise RequestTimeout(f"request on {subject} timed out after {timeout}s") from None
+        finally:
+            self._waiting.discard(future)
 
     async def serve_raw(self, subject: str, respond: RawResponder, *, queue: str = "") -> _Sub:
         if self.closed:
@@ -415,11 +443,14 @@ class InProcessBus(TypedBus):
                 return
             loop = _running_loop()
             if loop is None:
-                reply(await respond(data))
+                reply(fit_reply(subject, await respond(data), self.max_payload))
                 return
 
             async def run() -> None:
-                reply(await respond(data))
+                try:
+                    reply(fit_reply(subject, await respond(data), self.max_payload))
+                except Exception as e:  # a raw responder bug: no reply, as over NATS
+                    print(f"[fence:bus] responder on {subject} failed: {type(e).__name__}: {e}", file=sys.stderr)
 
             task = loop.create_task(run())  # concurrent: a slow request stalls no other
             self._tasks.add(task)
@@ -442,8 +473,16 @@ class InProcessBus(TypedBus):
         return sub
 
     async def close(self) -> None:
+        """Drain, as NatsBus: stop delivery, let in-flight handlers answer, fail requests still waiting."""
         for sub in list(self._subs):
             await sub.unsubscribe()
+        if self._tasks:
+            import asyncio
+
+            await asyncio.wait(list(self._tasks), timeout=DRAIN_GRACE)
         for task in list(self._tasks):
             task.cancel()
         self.closed = True
+        for future in list(self._waiting):
+            if not future.done():
+                future.set_exception(BusError("bus is closed"))
