@@ -1,0 +1,117 @@
+"""``fence run`` with a supervisor: config, proxy and monitor over NATS, executor in-process.
+
+A real ``fence up --detach`` in private XDG dirs; a NATS client (the
+``client`` user) watches ``fence.events.>`` while ``fence run`` executes, and
+the run's lifecycle events (started, exited with code) arrive on the bus and
+at the supervisor's monitor service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from fence.messages import Event, LifecycleEvent, RecentEventsReply, RecentEventsRequest
+from fence.natsbus import NatsBus
+from fence.runtime import Credentials
+from fence.subjects import MONITOR_RECENT
+
+pytestmark = [pytest.mark.nats, pytest.mark.sandbox]
+
+
+@pytest.fixture(scope="module")
+def supervised():
+    root = Path(tempfile.mkdtemp(prefix="fence-supervised-", dir="/var/tmp"))  # not /tmp: private inside
+    (root / "run").mkdir(mode=0o700)
+    (root / "home").mkdir()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root / "home"), "LANG": "C.UTF-8",
+           "XDG_RUNTIME_DIR": str(root / "run"), "XDG_DATA_HOME": str(root / "data")}
+    up = subprocess.run([sys.executable, "-m", "fence", "up", "--detach"], env=env, cwd=root,
+                        capture_output=True, text=True, timeout=60)
+    assert up.returncode == 0, up.stderr
+    try:
+        yield root, env
+    finally:
+        subprocess.run([sys.executable, "-m", "fence", "down"], env=env, capture_output=True, timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def client_creds(root: Path) -> Credentials:
+    return msgspec.json.decode((root / "run" / "fence" / "creds" / "client.json").read_bytes(), type=Credentials)
+
+
+def test_run_events_arrive_on_the_bus(supervised):
+    root, env = supervised
+    creds = client_creds(root)
+
+    async def scenario():
+        bus = await NatsBus.connect(creds.url, user=creds.user, password=creds.password,
+                                    inbox_prefix=creds.inbox_prefix)
+        seen: list[LifecycleEvent] = []
+        done = asyncio.Event()
+
+        async def record(event):
+            if isinstance(event, LifecycleEvent):
+                seen.append(event)
+                if event.phase == "exited":
+                    done.set()
+
+        await bus.subscribe("fence.events.>", Event, record)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fence", "-d", "--", "sh", "-c", "echo inside; exit 3", env=env, cwd=str(root),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        await asyncio.wait_for(done.wait(), 10)
+        recent = None
+        for _ in range(50):  # the monitor service consumes the same events asynchronously
+            recent = await bus.request(MONITOR_RECENT, RecentEventsRequest(sandbox=seen[0].sandbox),
+                                       RecentEventsReply)
+            if len(recent.events) == 2:
+                break
+            await asyncio.sleep(0.05)
+        await bus.close()
+        return proc.returncode, out.decode(), err.decode(), seen, recent
+
+    code, out, err, seen, recent = asyncio.run(scenario())
+    assert code == 3 and out == "inside\n", err
+    assert [e.phase for e in seen] == ["started", "exited"]
+    assert seen[0].argv == ["sh", "-c", "echo inside; exit 3"] and seen[0].pid > 0
+    assert seen[1].exit_code == 3 and seen[1].sandbox == seen[0].sandbox
+    assert [e.phase for e in recent.events] == ["started", "exited"]
+    # the run used the supervisor's services (debug lines come from its event subscription)
+    assert f"[fence] Sandbox {seen[0].sandbox} exited with code 3" in err
+
+
+def test_supervised_run_keeps_the_sandbox_contract(supervised):
+    root, env = supervised
+    target = root / "written-from-sandbox"
+    r = subprocess.run([sys.executable, "-m", "fence", "--", "sh", "-c", f"echo x > {target}"], env=env,
+                       cwd=root, capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and not target.exists()
+    r = subprocess.run([sys.executable, "-m", "fence", "--", "printf", "%s\\n", "a b", "c"], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout) == (0, "a b\nc\n")
+    # the sandbox cannot read the bus credentials
+    r = subprocess.run([sys.executable, "-m", "fence", "--", "sh", "-c", f"ls -A {root}/run/fence"], env=env,
+                       cwd=root, capture_output=True, text=True, timeout=30)
+    assert r.stdout.strip() == ""
+
+
+def test_bad_config_error_over_the_bus(supervised):
+    root, env = supervised
+    bad = root / "bad.json"
+    bad.write_text('{"network": {"allowedDomains": ["*.com"]}}')
+    r = subprocess.run([sys.executable, "-m", "fence", "-s", str(bad), "--", "true"], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stderr.startswith("Error: failed to load config:")
+    assert 'invalid allowed domain "*.com": wildcard pattern too broad' in r.stderr
