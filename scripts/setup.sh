@@ -42,5 +42,7 @@ extra=""
 # costs ~15 ms on every `fence run`.
 .venv/bin/python -m pip install -q --disable-pip-version-check ".${extra}" 2>&1 | grep -v '^WARNING: Location' >&2 || true
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --force-reinstall . 2>&1 | grep -v '^WARNING: Location' >&2 || true
+# setuptools is not needed at run time; its .pth hook costs every start-up.
+.venv/bin/python -m pip uninstall -q -y setuptools >/dev/null 2>&1 || true
 .venv/bin/fence --version >/dev/null
 echo "setup: fence is at $(pwd)/.venv/bin/fence" >&2
