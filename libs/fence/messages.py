@@ -78,11 +78,18 @@ class ProxySessionOpen(Message):
 
 
 class ProxySessionOpened(Message):
-    """Where the sandbox's proxies listen; 0 means no listener (network fully off)."""
+    """Where the sandbox's proxies listen; 0 means no listener (network fully off).
+
+    ``address`` is the host the ports are on (``127.0.0.1``; "" without
+    listeners).  ``relaxed`` is true for ``allowedDomains: ["*"]`` (the
+    sandbox shares the host's network; only proxy-aware clients are filtered).
+    """
 
     sandbox: str
     http_port: int = 0
     socks_port: int = 0
+    address: str = ""
+    relaxed: bool = False
 
 
 class ProxySessionClose(Message):
@@ -127,7 +134,36 @@ class LifecycleEvent(Message):
     detail: str = ""
 
 
-Event = LifecycleEvent
+class NetDecisionEvent(Message):
+    """One proxy decision.  Published on ``fence.events.<sandbox>.net`` by the proxy service.
+
+    ``proto`` is ``http`` or ``socks``; ``host`` the canonical host (as
+    written when it did not canonicalise, then ``reason`` is ``invalid``);
+    ``decision`` what the filter said (``allow``/``deny``/``proxy``),
+    ``reason`` why (``allowed``, ``denied``, ``nomatch``, ``noconfig``,
+    ``invalid``, ``resolved-denied``) and ``rule`` the pattern that matched;
+    ``status`` the HTTP status (or SOCKS5 reply code) the client got and
+    ``outcome`` ``allowed``, ``blocked`` or ``error``.  Console lines:
+    ``fence.proxy.lines.net_lines``.
+    """
+
+    sandbox: str
+    ts: float
+    proto: str
+    method: str = "CONNECT"
+    host: str = ""
+    port: int = 0
+    url: str = ""
+    decision: str = ""
+    reason: str = ""
+    rule: str = ""
+    status: int = 0
+    outcome: str = ""
+    duration_ms: float = 0.0
+    detail: str = ""
+
+
+Event = LifecycleEvent | NetDecisionEvent
 """Every event kind a monitor may receive (a tagged union as kinds are added)."""
 
 
