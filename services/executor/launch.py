@@ -41,26 +41,56 @@ class Sandbox:
         self.init_pid = 0
         self.command_pid = 0
         self.pending: list[int] = []
+        self.listeners: list = []
+        """Listening sockets made inside the sandbox's netns (``plan.listen_inside``), in order."""
         self._old_handlers: dict[int, object] = {}
 
     def start(self) -> "Sandbox":
-        read_end, write_end = os.pipe()
+        """Spawn bwrap; with bridges planned, create them inside before the command may run."""
+        read_end, write_end = _pipe()
+        block_read = block_write = -1
+        if self.plan.block_fd:
+            block_read, block_write = _pipe()
         try:
             if self.relay_signals:  # else the caller routes signals to on_signal (an event loop's handlers)
                 self._install_signal_relay()
             actions = [(os.POSIX_SPAWN_DUP2, write_end, self.plan.info_fd)]
+            if block_read >= 0:
+                actions.append((os.POSIX_SPAWN_DUP2, block_read, self.plan.block_fd))
             try:
                 self.pid = os.posix_spawn(self.plan.argv[0], self.plan.argv, self.plan.env,
                                           file_actions=actions, setpgroup=0)
             except OSError as e:
                 self._restore_signals()
+                os.close(read_end)
+                if block_write >= 0:
+                    os.close(block_write)
                 raise LaunchError(f"cannot start bwrap ({self.plan.argv[0]}): {e.strerror}") from None
         finally:
             os.close(write_end)
+            if block_read >= 0:
+                os.close(block_read)
         try:
             self.init_pid = _read_child_pid(read_end)
         finally:
             os.close(read_end)
+        if block_write >= 0:
+            try:
+                if self.plan.listen_inside:
+                    if not self.init_pid:
+                        raise LaunchError("bwrap failed before the sandbox existed")
+                    from fence.executor.bridge import BridgeError, listen_inside
+
+                    try:
+                        self.listeners = listen_inside(self.init_pid, self.plan.listen_inside)
+                    except BridgeError as e:
+                        _kill(self.pid, signal.SIGKILL)
+                        os.waitpid(self.pid, 0)
+                        self._restore_signals()
+                        raise LaunchError(str(e)) from None
+                os.write(block_write, b"go")
+            finally:
+                os.close(block_write)
         if self.pending:
             self._flush_pending()
         return self
@@ -141,6 +171,20 @@ def exit_code(status: int) -> int:
     """fence's exit code for a wait status: the code, or 128+N for death by signal N."""
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def _pipe() -> tuple[int, int]:
+    """A close-on-exec pipe whose ends sit above the fds bwrap is told to use (3, 4).
+
+    posix_spawn's dup2 into fd 3/4 must never clobber another end we still need.
+    """
+    import fcntl
+
+    ends = []
+    for fd in os.pipe():
+        ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10))
+        os.close(fd)
+    return ends[0], ends[1]
 
 
 def _kill(pid: int, signum: int) -> None:

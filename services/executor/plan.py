@@ -22,6 +22,9 @@ DANGEROUS_ENV_PREFIXES = ("LD_",)
 INFO_FD = 3
 """bwrap writes the sandbox's init pid here (``--info-fd``), for signal forwarding."""
 
+BLOCK_FD = 4
+"""bwrap waits for a byte here (``--block-fd``) when bridges must exist before the command runs."""
+
 
 class HostFacts(msgspec.Struct, frozen=True):
     """What the planner needs to know about the machine; gathered once by the caller."""
@@ -42,6 +45,10 @@ class SandboxPlan(msgspec.Struct):
     stripped_env: list[str]
     layers: list[str]
     info_fd: int = INFO_FD
+    block_fd: int = 0
+    """Non-zero when the launcher must prepare ``listen_inside`` and then release bwrap."""
+    listen_inside: list[tuple[str, int]] = []
+    """Loopback addresses to listen on inside the sandbox's netns (proxies, local ports)."""
 
     @property
     def summary(self) -> str:
@@ -59,7 +66,8 @@ def sanitize_env(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
     return kept, sorted(stripped)
 
 
-def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, str], host: HostFacts) -> SandboxPlan:
+def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, str], host: HostFacts,
+                 listen_inside: list[tuple[str, int]] = ()) -> SandboxPlan:
     """Build the bwrap invocation for ``command`` under ``policy``.
 
     Foundation layers: read-only root, private /tmp, fresh /dev and /proc, new
@@ -79,7 +87,10 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for path in host.masked_dirs:
         args += ["--tmpfs", path]
-    args += ["--chdir", cwd, "--info-fd", str(INFO_FD), "--"]
+    args += ["--chdir", cwd, "--info-fd", str(INFO_FD)]
+    if listen_inside:
+        args += ["--block-fd", str(BLOCK_FD)]
+    args.append("--")
     args += command
 
     clean, stripped = sanitize_env(env)
@@ -87,4 +98,5 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     layers = ["bwrap(network,pid,fs)"]
     if host.is_root:
         layers.append("userns+cap-drop(ALL)")
-    return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers)
+    return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers,
+                       block_fd=BLOCK_FD if listen_inside else 0, listen_inside=list(listen_inside))

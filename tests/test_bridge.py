@@ -1,0 +1,69 @@
+"""Bridges without socat: listeners created inside a sandbox's network namespace."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+from fence.executor.host import host_facts
+from fence.executor.launch import Sandbox
+from fence.executor.plan import plan_sandbox
+from fence.policy import Policy
+
+pytestmark = pytest.mark.sandbox
+
+CLIENT = ("import socket,sys\n"
+          "for port in (3128, 1080):\n"
+          "    s = socket.create_connection(('127.0.0.1', port), timeout=5)\n"
+          "    s.sendall(b'hello %d' % port)\n"
+          "    print(s.recv(100).decode())\n")
+
+
+def _serve_once(listener: socket.socket, out: list) -> None:
+    conn, _ = listener.accept()
+    with conn:
+        data = conn.recv(100)
+        out.append(data)
+        conn.sendall(b"host saw " + data)
+
+
+def test_listeners_inside_the_netns_reach_the_host(tmp_path, capfd):
+    plan = plan_sandbox(Policy(), ["python3", "-c", CLIENT], "/", dict(os.environ), host_facts(),
+                        listen_inside=[("127.0.0.1", 3128), ("127.0.0.1", 1080)])
+    assert "--block-fd" in plan.argv and "--unshare-net" in plan.argv
+    sandbox = Sandbox(plan).start()
+    assert len(sandbox.listeners) == 2
+    seen: list = []
+    threads = [threading.Thread(target=_serve_once, args=(sock, seen)) for sock in sandbox.listeners]
+    for t in threads:
+        t.start()
+    code = sandbox.wait()
+    for t in threads:
+        t.join(5)
+    for sock in sandbox.listeners:
+        sock.close()
+    out = capfd.readouterr().out
+    assert code == 0
+    assert sorted(seen) == [b"hello 1080", b"hello 3128"]
+    assert out.splitlines() == ["host saw hello 3128", "host saw hello 1080"]
+
+
+def test_listener_is_not_on_the_host_loopback():
+    # The sandbox's 127.0.0.1:PORT lives in its own netns: the host's port stays free.
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    plan = plan_sandbox(Policy(), ["true"], "/", dict(os.environ), host_facts(),
+                        listen_inside=[("127.0.0.1", port)])
+    sandbox = Sandbox(plan).start()
+    try:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))  # would fail with EADDRINUSE if it were the host's
+    finally:
+        sandbox.wait()
+        for sock in sandbox.listeners:
+            sock.close()
