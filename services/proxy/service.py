@@ -1,25 +1,83 @@
-"""The proxy service: one filtering session per sandbox.
+"""The proxy service: one filtering session (HTTP + SOCKS5 proxies) per sandbox.
 
-Foundation scope: sessions are opened and closed and counted, but carry no
-listeners yet (port 0): a sandbox has no network at all, so there is nothing
-to proxy.  The HTTP/SOCKS5 filtering proxies attach to these sessions in the
-network issue; the session is where a sandbox's identity lives.
+Endpoints (bus):
+
+* ``fence.proxy.session.open`` (``ProxySessionOpen{sandbox, network}`` ->
+  ``ProxySessionOpened{sandbox, http_port, socks_port, address, relaxed}``):
+  builds the sandbox's filter and, when the policy can allow anything
+  (some ``allowedDomains``, or ``defaultAction: "proxy"``), opens the
+  session's own listeners on ``127.0.0.1`` (random ports unless
+  ``httpProxyPort``/``socksProxyPort``).  A policy that allows nothing gets
+  no listeners (ports 0): no event loop is started for it, so the default
+  no-network run never pays for asyncio.  Opening an id again replaces its
+  session.
+* ``fence.proxy.session.close``: stops the listeners, cuts every connection
+  and tunnel of the session.
+
+In process (not on the bus): ``attach(sandbox, sock_http, sock_socks)``
+serves listening sockets that a bridge created inside the sandbox's network
+namespace (and passed over SCM_RIGHTS); the session owns and closes them.
+A session without listeners of its own is created on demand there.
+
+Where the proxies run: on the running event loop when the service was
+started on one (``python -m fence.serve proxy``: uvloop), otherwise (a lone
+run drives the in-process bus without a loop) on a uvloop loop in a daemon
+thread the service starts on the first session that needs it.
+
+Every decision is published as a ``NetDecisionEvent`` on
+``fence.events.<sandbox>.net`` through the service's bus, from a bounded
+queue drained by one task (a flood of requests never waits on the bus; past
+``EVENT_BACKLOG`` queued events the oldest are dropped and counted), and
+counted in Prometheus metrics (``fence.proxy.prom``) when the service has
+``metrics``.
 """
 
 from __future__ import annotations
 
+import sys
+import threading
+from collections import deque
+
+from fence.bus import ServiceError
+from fence.domains import DomainFilter
 from fence.messages import ProxySessionClose, ProxySessionClosed, ProxySessionOpen, ProxySessionOpened
 from fence.service import Endpoint, Service
-from fence.subjects import PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN
+from fence.subjects import PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN, event
+
+EVENT_BACKLOG = 10000
+LOOPBACK = "127.0.0.1"
+
+
+class _Idle:
+    """A session that has no listeners (its policy allows nothing) and no loop yet."""
+
+    __slots__ = ("sandbox", "network")
+
+    def __init__(self, sandbox: str, network):
+        self.sandbox, self.network = sandbox, network
 
 
 class ProxyService(Service):
     name = "fence-proxy"
     description = "Filtering HTTP and SOCKS5 proxies, one session per sandbox"
 
-    def __init__(self, metrics=None):
+    def __init__(self, metrics=None, *, resolver=None, loopback: str = "always", session_options: dict | None = None):
+        """``resolver``: the sessions' name resolver hook (tests); ``loopback``: when sessions get their own
+        listeners on 127.0.0.1: ``"always"`` (when the policy can allow anything), ``"relaxed"`` (only for
+        ``"*"``, once bridges serve the others) or ``"never"``; ``session_options``: ``Session`` keyword
+        arguments (timeouts, limits)."""
         super().__init__(metrics)
-        self.sessions: dict[str, ProxySessionOpen] = {}
+        self.sessions: dict = {}
+        self.resolver = resolver
+        self.loopback = loopback
+        self.session_options = dict(session_options or {})
+        self.loop = None
+        self._thread: threading.Thread | None = None
+        self._events: deque = deque()
+        self._dropped = 0
+        self._publishing = False
+        self._stats = None
+        self.bus = None
 
     def endpoints(self) -> list[Endpoint]:
         return [
@@ -27,17 +85,172 @@ class ProxyService(Service):
             Endpoint("session-close", PROXY_SESSION_CLOSE, ProxySessionClose, self.close),
         ]
 
+    # --- where the proxies run ---------------------------------------------------------------
+    def _proxy_loop(self):
+        """(loop, on_it): the loop the sessions run on, and whether the caller is running it."""
+        running = _running_loop()
+        if self.loop is None:
+            if running is not None:
+                self.loop = running
+            else:
+                self._start_thread()
+        return self.loop, running is self.loop
+
+    def _start_thread(self) -> None:
+        import asyncio
+
+        try:
+            import uvloop
+
+            loop = uvloop.new_event_loop()
+        except ImportError:  # pragma: no cover - uvloop is a dependency
+            loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            try:
+                loop.run_forever()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="fence-proxy", daemon=True)
+        self._thread.start()
+        ready.wait()
+        self.loop = loop
+
+    async def _on_loop(self, coro):
+        """Run ``coro`` on the proxy loop, from any thread (blocking only when the caller has no loop)."""
+        import asyncio
+
+        loop, on_it = self._proxy_loop()
+        if on_it:
+            return await coro
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        if _running_loop() is None:
+            return future.result(30)
+        return await asyncio.wrap_future(future)
+
+    # --- endpoints ---------------------------------------------------------------------------
     async def open(self, req: ProxySessionOpen) -> ProxySessionOpened:
-        self.sessions[req.sandbox] = req
-        if self.metrics is not None:
-            self.metrics.set_gauge("fence_proxy_sessions", len(self.sessions))
-        return ProxySessionOpened(sandbox=req.sandbox)
+        old = self.sessions.pop(req.sandbox, None)
+        if old is not None and not isinstance(old, _Idle):
+            await self._on_loop(old.close())
+        filt = DomainFilter.from_network(req.network)
+        listen = filt.may_allow and (self.loopback == "always" or (self.loopback == "relaxed" and filt.relaxed))
+        if not listen:
+            self.sessions[req.sandbox] = _Idle(req.sandbox, req.network)
+            self._gauge()
+            return ProxySessionOpened(sandbox=req.sandbox, relaxed=filt.relaxed)
+        try:
+            session = await self._on_loop(self._open_session(req.sandbox, req.network, listen=True))
+        except OSError as e:
+            raise ServiceError(f"cannot open proxy listeners for {req.sandbox}: {e.strerror or e}",
+                               "unavailable") from None
+        self.sessions[req.sandbox] = session
+        self._gauge()
+        return ProxySessionOpened(sandbox=req.sandbox, http_port=session.http_port, socks_port=session.socks_port,
+                                  address=LOOPBACK, relaxed=filt.relaxed)
+
+    async def _open_session(self, sandbox: str, network, listen: bool):
+        from fence.proxy.session import Session
+
+        session = Session(sandbox, network, loop=self.loop, resolver=self.resolver, emit=self._emit,
+                          stats=self._metrics_stats(), **self.session_options)
+        if listen:
+            try:
+                await session.listen(LOOPBACK, network.http_proxy_port, network.socks_proxy_port)
+            except OSError:
+                await session.close()
+                raise
+        return session
 
     async def close(self, req: ProxySessionClose) -> ProxySessionClosed:
-        existed = self.sessions.pop(req.sandbox, None) is not None
+        session = self.sessions.pop(req.sandbox, None)
+        if session is not None and not isinstance(session, _Idle):
+            await self._on_loop(session.close())
+        self._gauge()
+        return ProxySessionClosed(sandbox=req.sandbox, existed=session is not None)
+
+    # --- bridges (in process) -----------------------------------------------------------------
+    def attach(self, sandbox: str, sock_http=None, sock_socks=None) -> None:
+        """Serve listening sockets made inside ``sandbox``'s network namespace (ownership passes here).
+
+        Call from a thread that is not running the proxy loop (a lone run's
+        main thread), after ``session.open``; returns once they are served.
+        On the proxy loop, ``await attach_async(...)`` instead.
+        """
+        import asyncio
+
+        loop, on_it = self._proxy_loop()
+        if on_it:
+            raise RuntimeError("attach() would block the proxy loop: await attach_async() there")
+        asyncio.run_coroutine_threadsafe(self.attach_async(sandbox, sock_http, sock_socks), loop).result(30)
+
+    async def attach_async(self, sandbox: str, sock_http=None, sock_socks=None) -> None:
+        """``attach`` for callers on the proxy loop (a supervised proxy service process)."""
+        session = self.sessions.get(sandbox)
+        if session is None:
+            raise ServiceError(f"no proxy session {sandbox}", "not_found")
+        if isinstance(session, _Idle):
+            session = await self._open_session(sandbox, session.network, listen=False)
+            self.sessions[sandbox] = session
+        session.serve(sock_http, sock_socks)
+
+    # --- events and metrics -------------------------------------------------------------------
+    def _emit(self, ev) -> None:
+        if self.bus is None:
+            return
+        if len(self._events) >= EVENT_BACKLOG:
+            self._events.popleft()
+            self._dropped += 1
+        self._events.append(ev)
+        if not self._publishing:
+            self._publishing = True
+            self.loop.create_task(self._publish())
+
+    async def _publish(self) -> None:
+        try:
+            while self._events:
+                ev = self._events.popleft()
+                try:
+                    await self.bus.publish(event(ev.sandbox, "net"), ev)
+                except Exception as e:  # the bus going away must not take the proxy with it
+                    print(f"[fence:proxy] Warning: cannot publish a net event: {type(e).__name__}: {e}",
+                          file=sys.stderr)
+                    self._events.clear()
+        finally:
+            self._publishing = False
+
+    def _metrics_stats(self):
+        if self.metrics is None:
+            return None
+        if self._stats is None:
+            from fence.proxy.prom import ProxyStats
+
+            self._stats = ProxyStats()
+        return self._stats
+
+    def _gauge(self) -> None:
         if self.metrics is not None:
             self.metrics.set_gauge("fence_proxy_sessions", len(self.sessions))
-        return ProxySessionClosed(sandbox=req.sandbox, existed=existed)
 
     async def on_stop(self) -> None:
+        sessions = [s for s in self.sessions.values() if not isinstance(s, _Idle)]
         self.sessions.clear()
+        for session in sessions:
+            try:
+                await self._on_loop(session.close())
+            except Exception:
+                pass
+        if self._thread is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(2)
+            self._thread = None
+            self.loop = None
+
+
+def _running_loop():
+    asyncio = sys.modules.get("asyncio")
+    return asyncio._get_running_loop() if asyncio is not None else None

@@ -1,0 +1,347 @@
+"""Host canonicalisation and the domain filter (the proxies share it; command preflight will too).
+
+Two jobs, kept apart so each is easy to check:
+
+``canonical_host(raw)`` turns whatever a client wrote into the one form fence
+matches *and* dials, or raises ``HostError``.  Matching a raw string and then
+handing the same string to the resolver is how allowlists get bypassed:
+glibc's ``inet_aton`` reads ``127.1``, ``2130706433``, ``0x7f.1`` and
+``0177.0.0.1`` as 127.0.0.1, and Python encodes a ``str`` host with the IDNA
+codec before resolving, which maps full-width letters and digits, drops soft
+hyphens and splits on ideographic dots.  So:
+
+* names: lowercase, IDNA (Python's ``encodings.idna``: IDNA 2003 nameprep,
+  so ``ＥＸＡＭＰＬＥ。ｃｏｍ`` and ``exa<U+00AD>mple.com`` become
+  ``example.com``, ``bücher.example`` becomes ``xn--bcher-kva.example``,
+  ``straße.de`` becomes ``strasse.de``), one trailing dot removed; the result
+  must be LDH-ish ASCII (``a-z 0-9 - _``, labels 1-63, at most 253) and every
+  ``xn--`` label must decode.  A mapping that changes the number of labels
+  (``a<U+2024>b.com``) is refused.
+* IPv4: only the canonical dotted quad (four decimal numbers 0-255, no
+  leading zeros), written in ASCII.  Any host whose last label looks numeric
+  (digits, or ``0x`` hex) and is not canonical is refused, so no
+  ``inet_aton`` spelling ever reaches a resolver.
+* IPv6 (``[...]`` in URLs, bare from SOCKS): ``ipaddress`` compressed form;
+  an IPv4-mapped address (``::ffff:127.0.0.1``) becomes its IPv4 dotted quad,
+  because that is where a connection to it goes (so a rule about
+  ``127.0.0.1`` covers it); zone ids (``%eth0``) are refused.
+
+``DomainFilter`` decides allow / deny / proxy for a canonical host, as the
+reference (§2.3, §5): deny wins; exact names and a leading ``*.`` (which does
+not match the apex); ``*`` allows everything not denied; the port is ignored.
+Patterns go through the same canonicalisation (case, IDN, trailing dot), so a
+rule and a host always compare like with like.  A *denied* pattern that is a
+non-canonical IPv4 spelling (``0177.0.0.1``) also denies its canonical form.
+
+Nothing here resolves a name: deciding never touches DNS.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+
+__all__ = ["HostError", "canonical_host", "split_host_port", "is_ip", "display_host", "Decision",
+           "DomainFilter", "ALLOW", "DENY", "PROXY", "block_hint", "pattern_problem", "pattern_error"]
+
+ALLOW, DENY, PROXY = "allow", "deny", "proxy"
+
+# reasons (``Decision.reason``): why the filter decided what it did
+ALLOWED, DENIED, NO_MATCH, NO_CONFIG, INVALID = "allowed", "denied", "nomatch", "noconfig", "invalid"
+
+
+class HostError(ValueError):
+    """A host that does not canonicalise cleanly; the message says why (for 403 bodies and logs)."""
+
+
+# --- canonical hosts --------------------------------------------------------------------
+
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_NAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_NUMERIC_LABEL_RE = re.compile(r"[0-9]+|0x[0-9a-f]*")
+_QUAD_PART_RE = re.compile(r"0|[1-9][0-9]{0,2}")
+_DOTS_RE = re.compile("[.\u3002\uff0e\uff61]")  # the dots IDNA 2003 (and Python's codec) split on
+_V6_CHARS = frozenset("0123456789abcdefABCDEF:.")
+
+
+def _canonical_v4(host: str) -> str:
+    parts = host.split(".")
+    if len(parts) == 4 and all(_QUAD_PART_RE.fullmatch(p) and int(p) < 256 for p in parts):
+        return host
+    raise HostError(f'"{host}" is not a canonical IPv4 address; write it as four decimal numbers '
+                    f'(e.g. 127.0.0.1)')
+
+
+def _canonical_v6(text: str) -> str:
+    if not text or not set(text) <= _V6_CHARS:
+        raise HostError(f'"[{text}]" is not an IPv6 address (zone ids are not accepted)')
+    try:
+        addr = ipaddress.IPv6Address(text)
+    except ValueError:
+        raise HostError(f'"[{text}]" is not an IPv6 address') from None
+    mapped = addr.ipv4_mapped
+    return str(mapped) if mapped is not None else addr.compressed
+
+
+def canonical_host(raw: str) -> str:
+    """The canonical form of a host as written by a client (no port, no brackets in the result).
+
+    Raises ``HostError`` for anything that does not canonicalise cleanly.
+    Never resolves anything.
+    """
+    if not raw:
+        raise HostError("empty host")
+    if raw[0] == "[":
+        if raw[-1] != "]":
+            raise HostError(f'"{raw}" is not a host')
+        return _canonical_v6(raw[1:-1])
+    if ":" in raw:  # a bare IPv6 address (SOCKS5 ATYP 4 formats to this; URLs use brackets)
+        return _canonical_v6(raw)
+    was_ascii = raw.isascii()
+    if was_ascii:
+        host = raw.lower()
+    else:
+        if any(c.isspace() or c < " " or "\x7f" <= c < "\xa0" for c in raw):
+            raise HostError(f"{raw!r} contains spaces or control characters")
+        try:
+            host = raw.encode("idna").decode("ascii").lower()
+        except UnicodeError as e:
+            raise HostError(f"{raw!r} is not a valid internationalised domain name ({e})") from None
+        if host.count(".") != len(_DOTS_RE.findall(raw)):
+            raise HostError(f"{raw!r} maps to a different number of labels ({host!r})")
+    if host.endswith("."):
+        host = host[:-1]
+    if not host or len(host) > 253:
+        raise HostError(f"{raw!r} is not a valid host name (empty or longer than 253)")
+    last = host.rpartition(".")[2]
+    if _NUMERIC_LABEL_RE.fullmatch(last):
+        # an IPv4 spelling: only the canonical dotted quad, written in ASCII as it is matched
+        if not was_ascii or host != raw:
+            raise HostError(f'"{raw}" is not a canonical IPv4 address; write it as four decimal numbers '
+                            f'(e.g. 127.0.0.1)')
+        return _canonical_v4(host)
+    if not _NAME_RE.fullmatch(host):
+        raise HostError(f"{raw!r} is not a valid host name (letters, digits, '-', '_' and dots only)")
+    if "xn--" in host:
+        for label in host.split("."):
+            if label.startswith("xn--"):
+                try:
+                    label[4:].encode("ascii").decode("punycode").encode("idna")
+                except UnicodeError:
+                    raise HostError(f"{raw!r} has an invalid IDNA label {label!r}") from None
+    return host
+
+
+def is_ip(host: str) -> bool:
+    """True for a canonical host that is an IP address (as ``canonical_host`` returns them)."""
+    return ":" in host or (host[-1:].isdigit() and _NUMERIC_LABEL_RE.fullmatch(host.rpartition(".")[2]) is not None)
+
+
+def display_host(host: str) -> str:
+    """A canonical host as it is written before ``:port`` (IPv6 in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def split_host_port(authority: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split ``host:port`` / ``[v6]:port`` / ``host`` (with ``default_port``); strict decimal port 1-65535.
+
+    The host part is returned as written (canonicalise it next); raises ``HostError``.
+    """
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            raise HostError(f'"{authority}": unclosed "["')
+        host, rest = authority[:end + 1], authority[end + 1:]
+        if rest and rest[0] != ":":
+            raise HostError(f'"{authority}" is not host:port')
+        port_text = rest[1:] if rest else None
+    else:
+        host, sep, port_text = authority.rpartition(":")
+        if not sep:
+            host, port_text = authority, None
+        elif ":" in host:
+            raise HostError(f'"{authority}": write IPv6 addresses in brackets ([::1]:443)')
+    if port_text is None:
+        if default_port is None:
+            raise HostError(f'"{authority}" has no port')
+        return host, default_port
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5 and 0 < int(port_text) < 65536):
+        raise HostError(f'"{authority}" has an invalid port (expected 1-65535)')
+    return host, int(port_text)
+
+
+# --- the filter ---------------------------------------------------------------------------
+
+class Decision:
+    """What the filter decided for one host: ``action`` (allow/deny/proxy), why, and the rule."""
+
+    __slots__ = ("action", "reason", "rule")
+
+    def __init__(self, action: str, reason: str, rule: str = ""):
+        self.action, self.reason, self.rule = action, reason, rule
+
+    def __repr__(self) -> str:
+        return f"Decision({self.action!r}, {self.reason!r}, {self.rule!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Decision) and (self.action, self.reason, self.rule) == (
+            other.action, other.reason, other.rule)
+
+
+def _canonical_pattern(pattern: str) -> str | None:
+    """A pattern in canonical form ("*", "*.<canonical>", "<canonical>"), or None if it can never match."""
+    p = pattern.strip()
+    if p == "*":
+        return "*"
+    wildcard = p.startswith("*.")
+    try:
+        host = canonical_host(p[2:] if wildcard else p)
+    except HostError:
+        return None
+    if wildcard:
+        return None if ":" in host else "*." + host
+    return host
+
+
+def _inet_aton_spelling(pattern: str) -> str | None:
+    """The dotted quad glibc would read ``pattern`` as (``0177.0.0.1`` -> 127.0.0.1), else None."""
+    p = pattern.strip().lower().rstrip(".")
+    if not p or not p.isascii() or not _NUMERIC_LABEL_RE.fullmatch(p.rpartition(".")[2]):
+        return None
+    try:
+        return socket.inet_ntoa(socket.inet_aton(p))  # a pure parse: never a lookup
+    except OSError:
+        return None
+
+
+class _Rules:
+    """One list of patterns, as a set of exact names and a set of wildcard suffixes."""
+
+    __slots__ = ("exact", "suffix", "star")
+
+    def __init__(self, patterns: list[str], expand_ip_spellings: bool = False):
+        self.exact: dict[str, str] = {}
+        self.suffix: dict[str, str] = {}
+        self.star = ""
+        for pattern in patterns:
+            canon = _canonical_pattern(pattern)
+            if canon is None:
+                if expand_ip_spellings:
+                    quad = _inet_aton_spelling(pattern)
+                    if quad is not None:
+                        self.exact.setdefault(quad, pattern)
+                continue
+            if canon == "*":
+                self.star = self.star or pattern
+            elif canon.startswith("*."):
+                self.suffix.setdefault(canon[2:], pattern)
+            else:
+                self.exact.setdefault(canon, pattern)
+
+    def match(self, host: str) -> str:
+        """The (first-listed form of the) pattern matching canonical ``host``, or ""."""
+        rule = self.exact.get(host)
+        if rule is not None:
+            return rule
+        if self.suffix and ":" not in host:
+            i = host.find(".")
+            while i >= 0:
+                rule = self.suffix.get(host[i + 1:])
+                if rule is not None:
+                    return rule
+                i = host.find(".", i + 1)
+        return self.star
+
+
+class DomainFilter:
+    """allow / deny / proxy for canonical hosts; built once per policy, then pure lookups.
+
+    ``DomainFilter(None)`` (no config) denies everything, as the reference.
+    ``default_action="proxy"`` turns no-match into ``PROXY`` (the caller
+    forwards to the upstream proxy, or denies where it cannot, as SOCKS).
+    """
+
+    __slots__ = ("allowed", "denied", "grey", "configured", "relaxed")
+
+    def __init__(self, allowed: list[str] | None, denied: list[str] | None = None, default_action: str = ""):
+        self.configured = allowed is not None
+        self.allowed = _Rules(allowed or [])
+        self.denied = _Rules(denied or [], expand_ip_spellings=True)
+        self.grey = PROXY if default_action == "proxy" else DENY
+        self.relaxed = bool(self.allowed.star)
+
+    @classmethod
+    def from_network(cls, network) -> "DomainFilter":
+        """From a ``fence.policy.NetworkConfig`` (or None: deny everything)."""
+        if network is None:
+            return cls(None)
+        return cls(network.allowed_domains, network.denied_domains, network.default_action)
+
+    @property
+    def may_allow(self) -> bool:
+        """False when every request would be denied (nothing allowed, no upstream forwarding)."""
+        return bool(self.allowed.exact or self.allowed.suffix or self.allowed.star) or self.grey == PROXY
+
+    def decide(self, host: str) -> Decision:
+        """The decision for a canonical host (``canonical_host``); the port never matters."""
+        if not self.configured:
+            return Decision(DENY, NO_CONFIG)
+        rule = self.denied.match(host)
+        if rule:
+            return Decision(DENY, DENIED, rule)
+        rule = self.allowed.match(host)
+        if rule:
+            return Decision(ALLOW, ALLOWED, rule)
+        return Decision(self.grey, NO_MATCH)
+
+    def denies_address(self, ip: str) -> str:
+        """The denied pattern naming a resolved address exactly (deny wins after DNS too), or ""."""
+        return self.denied.exact.get(ip, "")
+
+
+def block_hint(host: str, decision: Decision) -> str:
+    """One line telling the user which config key would change a block (the 403 body's second line)."""
+    if decision.reason == DENIED:
+        canon = _canonical_pattern(decision.rule)
+        if canon == host:
+            return f'"{host}" is in network.deniedDomains.'
+        return f'"{host}" matches "{decision.rule}" in network.deniedDomains.'
+    if decision.reason == NO_CONFIG:
+        return "No network policy is configured; add network.allowedDomains to allow hosts."
+    return f'Add "{host}" to network.allowedDomains to allow it.'
+
+
+# --- pattern validation ---------------------------------------------------------------------
+
+def pattern_error(pattern: str) -> str | None:
+    """Why ``pattern`` is not a valid domain pattern (the reference's reasons, §2.3), or None.
+
+    The reference's rules (``fence.config.validate``), applied to the IDNA
+    (ASCII) form of a non-ASCII pattern, so ``bücher.example`` is accepted as
+    ``xn--bcher-kva.example`` is.
+    """
+    from fence.config.validate import domain_pattern_error
+
+    return domain_pattern_error(_ascii_pattern(pattern))
+
+
+def pattern_problem(kind: str, pattern: str) -> str | None:
+    """The full message for a bad ``kind`` ("allowed"/"denied") pattern, as the config validator words it."""
+    from fence.config.validate import domain_pattern_error, domain_problem
+
+    ascii_form = _ascii_pattern(pattern)
+    if domain_pattern_error(ascii_form) is None:
+        return None
+    message = domain_problem(kind, ascii_form)
+    return message.replace(f'"{ascii_form}"', f'"{pattern}"', 1) if message and ascii_form != pattern else message
+
+
+def _ascii_pattern(pattern: str) -> str:
+    if pattern.isascii():
+        return pattern
+    prefix, rest = ("*.", pattern[2:]) if pattern.startswith("*.") else ("", pattern)
+    try:
+        return prefix + rest.encode("idna").decode("ascii")
+    except UnicodeError:
+        return pattern.encode("ascii", "replace").decode("ascii").replace("?", "\x00")  # never valid
