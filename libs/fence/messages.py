@@ -163,7 +163,26 @@ class NetDecisionEvent(Message):
     detail: str = ""
 
 
-Event = LifecycleEvent | NetDecisionEvent
+class PreflightBlockedEvent(Message):
+    """A command was refused before anything started (command or SSH policy).
+
+    Published on ``fence.events.<sandbox>.preflight`` by the executor.
+    ``command`` is the offending (sub)command, ``rule`` the rule that matched
+    ("" when none did, e.g. a host not in ``ssh.allowedHosts``), ``source``
+    the config file or template it came from, ``default_rule`` whether it is
+    one of the built-in default deny rules, ``kind`` ``"command"`` or ``"ssh"``.
+    """
+
+    sandbox: str
+    ts: float
+    command: str
+    rule: str = ""
+    source: str = ""
+    default_rule: bool = False
+    kind: str = "command"
+
+
+Event = LifecycleEvent | NetDecisionEvent | PreflightBlockedEvent
 """Every event kind a monitor may receive (a tagged union as kinds are added)."""
 
 
