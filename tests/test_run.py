@@ -236,3 +236,37 @@ def test_signal_reaches_the_whole_process_group(fence):
         if proc.poll() is None:
             proc.kill()
     assert "inner got INT" in out and "outer got INT" in out and "outer done" in out
+
+
+# --- policy fields that the foundation already honours ------------------------------
+
+def _write_config(fence, work, text):
+    cfg = work / "fence.json"
+    cfg.write_text(text)
+    return str(cfg)
+
+
+def test_deny_read_masks_files_dirs_and_globs(fence):
+    work = fence.workdir()
+    (work / "secret-dir").mkdir()
+    (work / "secret-dir" / "key").write_text("TOP SECRET\n")
+    (work / "token.txt").write_text("TOKEN\n")
+    (work / "id_rsa").write_text("PRIVATE\n")
+    (work / "visible.txt").write_text("fine\n")
+    link = work / "link-to-token"
+    link.symlink_to(work / "token.txt")
+    cfg = _write_config(fence, work, '{"filesystem": {"denyRead": ["secret-dir", "token.txt", "id_*", "missing"]}}')
+    r = fence.run("-s", cfg, "--", "sh", "-c",
+                  "ls -A secret-dir; cat secret-dir/key token.txt id_rsa link-to-token; cat visible.txt", cwd=str(work))
+    assert "SECRET" not in r.stdout and "TOKEN" not in r.stdout and "PRIVATE" not in r.stdout
+    assert "fine" in r.stdout
+    assert (work / "secret-dir" / "key").read_text() == "TOP SECRET\n"  # host untouched
+
+
+def test_read_isolation_not_yet_enforced_is_refused(fence):
+    work = fence.workdir()
+    cfg = _write_config(fence, work, '{"filesystem": {"defaultDenyRead": true}}')
+    marker = work / "ran"
+    r = fence.run("-s", cfg, "--", "sh", "-c", f"echo > {marker}", cwd=str(work))
+    assert r.returncode == 1 and r.stderr.startswith("Error: this fence cannot enforce filesystem.defaultDenyRead")
+    assert not marker.exists()

@@ -67,7 +67,7 @@ def sanitize_env(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
 
 
 def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, str], host: HostFacts,
-                 listen_inside: list[tuple[str, int]] = ()) -> SandboxPlan:
+                 listen_inside: list[tuple[str, int]] = (), deny_read: list[tuple[str, bool]] = ()) -> SandboxPlan:
     """Build the bwrap invocation for ``command`` under ``policy``.
 
     Foundation layers: read-only root, private /tmp, fresh /dev and /proc, new
@@ -85,6 +85,11 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
         # is emptied; without it root keeps the host's bounding set.
         args += ["--unshare-user", "--cap-drop", "ALL"]
     args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path, is_dir in deny_read:  # existing canonical paths (fence.executor.paths)
+        if path == "/tmp" or path.startswith("/tmp/"):
+            continue  # the sandbox's /tmp is already its own
+        # a directory appears empty, a file reads as empty (reference §6.2 step 9)
+        args += ["--tmpfs", path] if is_dir else ["--ro-bind", "/dev/null", path]
     for path in host.masked_dirs:
         args += ["--tmpfs", path]
     args += ["--chdir", cwd, "--info-fd", str(INFO_FD)]
@@ -96,6 +101,8 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     clean, stripped = sanitize_env(env)
     clean["FENCE_SANDBOX"] = "1"
     layers = ["bwrap(network,pid,fs)"]
+    if deny_read:
+        layers.append(f"denyRead({len(deny_read)})")
     if host.is_root:
         layers.append("userns+cap-drop(ALL)")
     return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers,

@@ -16,7 +16,9 @@ from typing import Awaitable, Callable
 import msgspec
 
 from fence.bus import Bus, BusError
+from fence.executor.coverage import refused, ungranted
 from fence.executor.launch import Sandbox
+from fence.executor.paths import expand
 from fence.executor.plan import HostFacts, SandboxPlan, plan_sandbox
 from fence.messages import (ConfigResolveReply, ConfigResolveRequest, LifecycleEvent, ProxySessionClose,
                             ProxySessionClosed, ProxySessionOpen, ProxySessionOpened)
@@ -61,9 +63,21 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         for source in resolved.sources:
             print(f"[fence] Config: {source}", file=sys.stderr)
 
-    plan = plan_sandbox(resolved.policy, req.command, req.cwd, req.env, host)
+    policy = resolved.policy
+    missing = refused(policy)
+    if missing:
+        raise FenceError(f"this fence cannot enforce {', '.join(missing)} yet; refusing to run with less "
+                         "protection than the config asks for (remove the field or pick another template)")
+    masks = expand(policy.filesystem.deny_read, req.cwd, req.env.get("HOME", "/"))
+    if masks.truncated:
+        raise FenceError("filesystem.denyRead: a glob matched too much to expand safely; make it narrower "
+                         "(for a whole directory write DIR/**)")
+    plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, deny_read=masks.paths)
     if req.debug:
         debug_plan(plan)
+        for name in ungranted(policy):
+            print(f"[fence] Note: {name} is not granted by this build yet; the sandbox stays stricter",
+                  file=sys.stderr)
 
     await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(sandbox=sandbox_id, network=resolved.policy.network),
                       ProxySessionOpened)
