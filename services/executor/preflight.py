@@ -1,0 +1,404 @@
+"""Command policy: decide, before anything starts, whether a command may run.
+
+``check_command(argv, command_string, policy, sources)`` returns ``None``
+(allowed) or a ``Blocked`` naming the command, the rule and where the rule
+came from.  The runner calls it after resolving the policy and before opening
+a proxy session or starting bwrap; the CLI prints ``Error: <message>`` and
+exits 1, and the runner publishes ``Blocked.event(sandbox)`` on
+``fence.events.<sandbox>.preflight``.
+
+What is checked: every command the input would run, as
+``fence.executor.shellparse`` sees it (chains, pipelines, substitutions,
+nested shells, wrappers such as ``sudo``/``env``/``xargs``).  For each
+(reference §4.2):
+
+1. a ``command.allow`` prefix matches -> this command is allowed;
+2. else a ``command.deny`` prefix matches -> blocked;
+3. else (unless ``command.useDefaults`` is false) a default rule
+   (``fence.defaults``) matches -> blocked by the *default* policy.
+
+Then, when an SSH policy is configured (``ssh.allowedHosts`` or
+``ssh.deniedHosts`` is non-empty: the policy is opt-in, as in the reference),
+every ssh/scp/sftp/rsync/git-over-ssh command is checked by
+``fence.executor.sshpolicy``; ``command.allow`` does not exempt from it.
+
+Matching (``matches``): the executable is compared by basename; rule tokens
+match positionally on whole tokens (``git push`` matches ``git push origin``,
+not ``git pushall``); a rule token ending in ``=`` is an option that may be
+anywhere later (``dd if=`` matches ``dd of=x if=/dev/zero``); flags before the
+rule's first subcommand-like token are skipped (``docker --debug run
+--privileged`` matches ``docker run --privileged``).  Deny and allow rules
+are matched asymmetrically so that a doubt never turns into "allowed": for a
+*deny* rule a skipped flag may also take a value (``git -C dir push``), a
+glob word may stand for the rule's token, and ``xargs``' stdin may supply the
+missing tail; an *allow* rule gets none of these.  See docs/command-policy.md.
+"""
+
+from __future__ import annotations
+
+import time
+from fnmatch import fnmatchcase
+from typing import Mapping, Sequence
+
+import msgspec
+
+from fence.defaults import DEFAULT_DENIED_COMMANDS, DEFAULT_DENY_SOURCE
+from fence.executor import shellparse
+from fence.executor.shellparse import Command, ParseError, basename
+from fence.policy import Policy
+
+__all__ = ["Blocked", "RuleSources", "RuleSet", "check_command", "check_commands", "go_quote", "matches",
+           "rule_tokens"]
+
+
+class Blocked(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a command may not run.
+
+    ``message`` is the full text for ``Error: ...`` (reference shape, then
+    where the rule came from); ``command`` is the offending (sub)command;
+    ``rule`` the rule that matched ("" when no single rule did, e.g. a host
+    not in ``ssh.allowedHosts`` or input too deep to check); ``source``
+    where that rule (or list) came from; ``default_rule`` whether it is a
+    rule of the built-in default list; ``kind`` "command" or "ssh".
+    """
+
+    message: str
+    command: str
+    rule: str = ""
+    source: str = ""
+    default_rule: bool = False
+    kind: str = "command"
+
+    def event(self, sandbox: str, ts: float | None = None):
+        """The bus event for this block (``fence.events.<sandbox>.preflight``)."""
+        from fence.messages import PreflightBlockedEvent
+
+        return PreflightBlockedEvent(sandbox=sandbox, ts=time.time() if ts is None else ts, command=self.command,
+                                     rule=self.rule, source=self.source, default_rule=self.default_rule,
+                                     kind=self.kind)
+
+
+# --------------------------------------------------------------------------- where rules came from
+
+class RuleSources:
+    """Which config file or template each rule came from.
+
+    Built from the config service's provenance (``ConfigResolveReply.provenance``:
+    dotted JSON path of a list -> ``"template: code + project config: /p/fence.json"``).
+    Provenance names the sources of a whole list; when several sources
+    contributed, ``rule_label`` re-reads those sources (only on this, the
+    blocked path) to name the one(s) that contain the rule, and otherwise
+    names them all.  ``RuleSources()`` (no provenance) names nothing.
+    """
+
+    __slots__ = ("provenance",)
+
+    def __init__(self, provenance: Mapping[str, str] | None = None):
+        self.provenance = dict(provenance or {})
+
+    @classmethod
+    def from_reply(cls, reply) -> "RuleSources":
+        """From a ``ConfigResolveReply``."""
+        return cls(getattr(reply, "provenance", None))
+
+    def list_label(self, field: str) -> str:
+        """The source(s) of a whole field, e.g. ``ssh.allowedHosts`` -> ``project config: /p/fence.json``."""
+        return self.provenance.get(field, "")
+
+    def rule_label(self, field: str, rule: str) -> str:
+        """The source(s) of one entry of a list field (``command.deny``, ``git push``)."""
+        label = self.provenance.get(field, "")
+        parts = label.split(" + ")
+        if len(parts) < 2:
+            return label
+        owners = [part for part in parts if _source_has(part, field, rule) is not False]
+        return " + ".join(owners or parts)
+
+
+def _source_has(label: str, field: str, rule: str) -> bool | None:
+    """Does the source named ``label`` itself list ``rule`` under ``field``?  None when it cannot tell."""
+    kind, sep, value = label.partition(": ")
+    if not sep:
+        return None
+    try:
+        from fence.config.load import load_file
+
+        if kind.endswith("template"):
+            from fence.config import templates
+
+            path = templates.path_of(value)
+        elif value.startswith("/"):
+            path = value
+        else:
+            return None
+        if not path:
+            return None
+        obj = load_file(path, path)
+        if obj is None:  # missing (changed since the run resolved it) or blank
+            return None
+        for part in field.split("."):
+            obj = getattr(obj, _snake(part))
+        return rule in obj
+    except Exception:  # a source that cannot be re-read: keep naming it
+        return None
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name)
+
+
+def _from(label: str) -> str:
+    return f" (rule from {label})" if label else ""
+
+
+# --------------------------------------------------------------------------- rules and matching
+
+def rule_tokens(rule: str) -> list[str]:
+    """Tokens of a rule as the reference splits them: on blanks outside quotes, quotes removed;
+    the executable reduced to its basename."""
+    tokens: list[str] = []
+    cur: list[str] = []
+    quote = ""
+    has = False
+    for c in rule:
+        if quote:
+            if c == quote:
+                quote = ""
+            else:
+                cur.append(c)
+        elif c in "'\"":
+            quote = c
+            has = True
+        elif c in " \t\n":
+            if cur or has:
+                tokens.append("".join(cur))
+                cur, has = [], False
+        else:
+            cur.append(c)
+    if cur or has:
+        tokens.append("".join(cur))
+    if tokens:
+        tokens[0] = basename(tokens[0])
+    return tokens
+
+
+def _globby(word: str) -> bool:
+    return "*" in word or "?" in word or "[" in word
+
+
+def _same(word: str, dynamic: bool, want: str, deny: bool) -> bool:
+    if dynamic:
+        return False
+    if word == want:
+        return True
+    return deny and _globby(word) and fnmatchcase(want, word)
+
+
+def _skip_flags(argv: Sequence[str], pos: int, want: str, deny: bool) -> int:
+    """Skip flags before a subcommand; for deny rules a flag may take the following word as its value."""
+    n = len(argv)
+    while pos < n:
+        word = argv[pos]
+        if word == "--" or not word.startswith("-"):
+            return pos
+        pos += 1
+        if deny and pos < n and "=" not in word and (word.startswith("--") or len(word) == 2):
+            nxt = argv[pos]
+            if nxt != "--" and not nxt.startswith("-") and nxt != want:
+                pos += 1
+    return pos
+
+
+def matches(argv: Sequence[str], rule: Sequence[str], *, deny: bool = True,
+            dynamic: Sequence[bool] | None = None, open_tail: bool = False) -> bool:
+    """Does the command ``argv`` match the tokenized ``rule``?  (``rule_tokens``; heads compared by basename.)
+
+    ``deny`` selects the generous reading (deny rules) or the strict one (allow rules).
+    """
+    if not argv or not rule:
+        return False
+    dyn = dynamic if dynamic is not None else [False] * len(argv)
+    head = basename(argv[0])
+    if not _same(head, dyn[0] and not head, rule[0], deny):
+        return False
+    tail = open_tail and deny
+    n = len(argv)
+    pos = 1
+    lead = True
+    for want in rule[1:]:
+        if want.endswith("="):
+            for k in range(pos, n):
+                if not dyn[k] and argv[k].startswith(want):
+                    break
+            else:
+                if not tail:
+                    return False
+            continue
+        if lead and want and want != "--" and not want.startswith("-"):
+            pos = _skip_flags(argv, pos, want, deny)
+            lead = False
+        if pos >= n:
+            return tail
+        if not _same(argv[pos], dyn[pos], want, deny):
+            return False
+        pos += 1
+    return True
+
+
+class RuleSet:
+    """Rules indexed by executable, tokenized once."""
+
+    __slots__ = ("rules", "by_head", "globbed")
+
+    def __init__(self, rules: Sequence[str]):
+        self.rules: list[tuple[str, list[str]]] = []
+        self.by_head: dict[str, list[tuple[str, list[str]]]] = {}
+        for text in rules:
+            tokens = rule_tokens(text)
+            if not tokens or not tokens[0]:
+                continue
+            entry = (text, tokens)
+            self.rules.append(entry)
+            self.by_head.setdefault(tokens[0], []).append(entry)
+        self.globbed = [e for e in self.rules if _globby(e[1][0])]
+
+    def first_match(self, cmd: Command, deny: bool) -> str | None:
+        """The first rule (in config order) matching ``cmd``, or None."""
+        name = cmd.name
+        if not name:
+            return None
+        candidates = self.by_head.get(name)
+        if deny and _globby(name):
+            candidates = [e for e in self.rules if fnmatchcase(e[1][0], name)]
+        if not candidates:
+            return None
+        argv = cmd.argv if cmd.argv[0] == name else [name] + cmd.argv[1:]
+        for text, tokens in candidates:
+            if matches(argv, tokens, deny=deny, dynamic=cmd.dynamic, open_tail=cmd.open_tail):
+                return text
+        return None
+
+
+_CACHE: dict[tuple[str, ...], RuleSet] = {}
+
+
+def ruleset(rules: Sequence[str]) -> RuleSet:
+    """A cached ``RuleSet`` for these rules (a long-running executor sees the same lists again and again)."""
+    key = tuple(rules)
+    found = _CACHE.get(key)
+    if found is None:
+        if len(_CACHE) > 64:
+            _CACHE.clear()
+        found = _CACHE[key] = RuleSet(key)
+    return found
+
+
+# --------------------------------------------------------------------------- the decision
+
+def go_quote(text: str) -> str:
+    """Quote like Go's %q (the reference's messages use it)."""
+    out = ['"']
+    for c in text:
+        if c == '"' or c == "\\":
+            out.append("\\" + c)
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\t":
+            out.append("\\t")
+        elif c == "\r":
+            out.append("\\r")
+        elif ord(c) < 0x20 or c == "\x7f":
+            out.append(f"\\x{ord(c):02x}")
+        else:
+            out.append(c)
+    out.append('"')
+    return "".join(out)
+
+
+def use_defaults(policy: Policy) -> bool:
+    return policy.command.use_defaults is not False
+
+
+def command_rule_hit(cmd: Command, policy: Policy) -> tuple[str, bool] | None:
+    """(rule, is default) of the first deny rule blocking ``cmd``, honouring ``command.allow``; or None."""
+    allow = policy.command.allow
+    if allow and ruleset(allow).first_match(cmd, deny=False) is not None:
+        return None
+    deny = policy.command.deny
+    if deny:
+        hit = ruleset(deny).first_match(cmd, deny=True)
+        if hit is not None:
+            return hit, False
+    if use_defaults(policy):
+        hit = ruleset(DEFAULT_DENIED_COMMANDS).first_match(cmd, deny=True)
+        if hit is not None:
+            return hit, True
+    return None
+
+
+def _unparseable(text: str, why: str) -> Blocked:
+    return Blocked(message=f"command blocked by sandbox command policy: cannot check {go_quote(text[:200])}: {why}",
+                   command=text, kind="command")
+
+
+def check_commands(cmds: Sequence[Command], policy: Policy, sources: RuleSources | None = None,
+                   env: Mapping[str, str] | None = None) -> Blocked | None:
+    """Check already-parsed commands (``shellparse``); see ``check_command``."""
+    sources = sources or RuleSources()
+    for cmd in cmds:
+        hit = command_rule_hit(cmd, policy)
+        if hit is None:
+            continue
+        rule, default = hit
+        shown = cmd.text()
+        if default:
+            return Blocked(message=f"command blocked by default sandbox command policy: {go_quote(shown)} matches "
+                                   f"{go_quote(rule)}{_from(DEFAULT_DENY_SOURCE)}",
+                           command=shown, rule=rule, source=DEFAULT_DENY_SOURCE, default_rule=True)
+        label = sources.rule_label("command.deny", rule)
+        return Blocked(message=f"command blocked by sandbox command policy: {go_quote(shown)} matches "
+                               f"{go_quote(rule)}{_from(label)}",
+                       command=shown, rule=rule, source=label)
+    ssh = policy.ssh
+    if ssh.allowed_hosts or ssh.denied_hosts:
+        from fence.executor import sshpolicy
+
+        for cmd in cmds:
+            blocked = sshpolicy.check(cmd, policy, sources, env=env)
+            if blocked is not None:
+                return blocked
+    return None
+
+
+def check_command(argv: list[str] | None, command_string: str | None, policy: Policy,
+                  sources: RuleSources | None = None, *, env: Mapping[str, str] | None = None) -> Blocked | None:
+    """May this run?  ``None`` when allowed, else a ``Blocked``.
+
+    ``argv``: the exact argv of ``fence -- cmd args...`` (checked as one
+    simple command, no re-parsing of its quoting; nested ``sh -c STRING`` and
+    wrappers are still looked into).  ``command_string``: the string of
+    ``fence -c STRING`` (parsed as bash would).  If both are given both are
+    checked.  ``env``: the environment the command will run with (used for
+    ``GIT_SSH_COMMAND`` and to find and run ``ssh -G``); default ``os.environ``.
+    Input that cannot be checked (nested deeper than ``shellparse.MAX_DEPTH``)
+    is blocked.  Never raises.
+    """
+    cmds: list[Command] = []
+    what = command_string if command_string is not None else " ".join(argv or [])
+    try:
+        if command_string is not None:
+            cmds += shellparse.commands(command_string)
+        if argv:
+            cmds += shellparse.commands_from_argv(list(argv))
+        if env:
+            for cmd in cmds:
+                for name in ("GIT_SSH_COMMAND", "GIT_SSH", "RSYNC_RSH"):
+                    if name in env and name not in cmd.env:
+                        cmd.env[name] = env[name]
+        return check_commands(cmds, policy, sources, env)
+    except ParseError as e:
+        return _unparseable(what, str(e))
+    except RecursionError:
+        return _unparseable(what, "nested too deeply")
+    except Exception as e:  # fail closed: a bug here must not let a command through
+        return _unparseable(what, f"internal error in the command checker ({type(e).__name__}: {e})")
