@@ -11,6 +11,7 @@ block, so a request that has already arrived costs no extra loop turn.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 
@@ -26,38 +27,63 @@ class PeerClosed(Exception):
     """The peer closed the connection in the middle of a message."""
 
 
+class DeadlineExceeded(Exception):
+    """A wait passed its deadline (deliberately not ``TimeoutError``, which is an ``OSError``)."""
+
+
 def _wake(fut) -> None:
     if not fut.done():
         fut.set_result(None)
 
 
+def _expire(fut) -> None:
+    if not fut.done():
+        fut.set_exception(DeadlineExceeded())
+
+
+async def wait_fd(loop, fd: int, write: bool, deadline: float | None) -> None:
+    """Wait until ``fd`` is readable (writable); ``DeadlineExceeded`` at loop time ``deadline``.
+
+    The timer exists only while waiting: the common case (data already
+    there) never creates one.
+    """
+    fut = loop.create_future()
+    if write:
+        loop.add_writer(fd, _wake, fut)
+    else:
+        loop.add_reader(fd, _wake, fut)
+    timer = loop.call_at(deadline, _expire, fut) if deadline is not None else None
+    try:
+        await fut
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+        if timer is not None:
+            timer.cancel()
+
+
 class Conn:
-    """One non-blocking socket with a read buffer."""
+    """One non-blocking socket with a read buffer.
 
-    __slots__ = ("loop", "sock", "fd", "buf")
+    ``deadline`` (loop time, or None) bounds every wait of every operation
+    until it is changed: ``DeadlineExceeded`` when it passes.
+    """
 
-    def __init__(self, loop, sock: socket.socket):
+    __slots__ = ("loop", "sock", "fd", "buf", "deadline")
+
+    def __init__(self, loop, sock: socket.socket, deadline: float | None = None):
         self.loop, self.sock = loop, sock
         self.fd = sock.fileno()
         self.buf = b""
+        self.deadline = deadline
 
-    async def readable(self) -> None:
-        loop, fd = self.loop, self.fd
-        fut = loop.create_future()
-        loop.add_reader(fd, _wake, fut)
-        try:
-            await fut
-        finally:
-            loop.remove_reader(fd)
+    def readable(self):
+        return wait_fd(self.loop, self.fd, False, self.deadline)
 
-    async def writable(self) -> None:
-        loop, fd = self.loop, self.fd
-        fut = loop.create_future()
-        loop.add_writer(fd, _wake, fut)
-        try:
-            await fut
-        finally:
-            loop.remove_writer(fd)
+    def writable(self):
+        return wait_fd(self.loop, self.fd, True, self.deadline)
 
     async def recv(self, n: int = 65536) -> bytes:
         """Buffered bytes first, else at least one byte from the socket; b"" at EOF."""
@@ -127,22 +153,16 @@ class Conn:
             pass
 
 
-async def connect(loop, family: int, sockaddr) -> socket.socket:
-    """A connected non-blocking TCP socket (TCP_NODELAY); raises OSError with the errno."""
+async def connect(loop, family: int, sockaddr, deadline: float | None = None) -> socket.socket:
+    """A connected non-blocking TCP socket (TCP_NODELAY); raises OSError with the errno, DeadlineExceeded."""
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
         err = sock.connect_ex(sockaddr)
         if err == errno.EINPROGRESS:
-            fd = sock.fileno()
-            fut = loop.create_future()
-            loop.add_writer(fd, _wake, fut)
-            try:
-                await fut
-            finally:
-                loop.remove_writer(fd)
+            await wait_fd(loop, sock.fileno(), True, deadline)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            raise OSError(err, errno.errorcode.get(err, str(err)))
+            raise OSError(err, os.strerror(err))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     except BaseException:

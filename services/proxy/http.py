@@ -31,8 +31,8 @@ import re
 import time
 from email.utils import formatdate
 
-from fence.domains import ALLOW, DENY, Decision, HostError, block_hint, canonical_host, display_host, split_host_port
-from fence.proxy.conn import Conn, PeerClosed, ProtocolError
+from fence.domains import ALLOW, DENY, Decision, HostError, block_hint, display_host, split_host_port
+from fence.proxy.conn import Conn, DeadlineExceeded, PeerClosed, ProtocolError
 from fence.proxy.session import DialError
 
 BLOCKED = "Connection blocked by network allowlist\n"
@@ -153,26 +153,28 @@ async def handle_http(session, sock) -> None:
         timeout = session.head_timeout
         while True:
             started = time.monotonic()
+            conn.deadline = session.loop.time() + timeout  # slowloris: the whole head within the deadline
             try:
-                async with asyncio.timeout(timeout):
-                    head = await conn.read_until(b"\r\n\r\n", session.max_head)
-            except TimeoutError:
+                head = await conn.read_until(b"\r\n\r\n", session.max_head)
+            except DeadlineExceeded:
+                conn.deadline = None
                 if conn.buf:
                     await _send_quietly(conn, error_response(408, "Request Timeout\n", close=True))
                 return
             except ProtocolError as e:
-                await _send_quietly(conn, error_response(e.status, f"{REASONS[e.status]}\n{e}\n", close=True))
                 session.record("http", "", "", 0, "", None, e.status, "error", started, str(e))
+                await _send_quietly(conn, error_response(e.status, f"{REASONS[e.status]}\n{e}\n", close=True))
                 return
             except (PeerClosed, OSError):
                 return
             if head is None:
                 return
+            conn.deadline = None  # from here on, each phase bounds its own waits
             try:
                 req = parse_request(head)
             except ProtocolError as e:
-                await _send_quietly(conn, error_response(e.status, f"{REASONS[e.status]}\n{e}\n", close=True))
                 session.record("http", "", "", 0, "", None, e.status, "error", started, str(e))
+                await _send_quietly(conn, error_response(e.status, f"{REASONS[e.status]}\n{e}\n", close=True))
                 return
             if req.method == "CONNECT":
                 result = await ex.connect(req, started)
@@ -189,10 +191,10 @@ async def handle_http(session, sock) -> None:
 
 
 async def _send_quietly(conn: Conn, data: bytes) -> None:
+    conn.deadline = conn.loop.time() + 5
     try:
-        async with asyncio.timeout(5):
-            await conn.sendall(data)
-    except (OSError, TimeoutError):
+        await conn.sendall(data)
+    except (OSError, DeadlineExceeded):
         pass
 
 
@@ -227,21 +229,20 @@ class _Exchange:
         try:
             raw_host, port = split_host_port(req.target, 443)
         except HostError as e:
-            await self._reply(error_response(400, f"Bad Request\n{e}\n", close=True))
             session.record("http", "CONNECT", req.target, 0, "", None, 400, "error", started, str(e))
+            await self._reply(error_response(400, f"Bad Request\n{e}\n", close=True))
             return "close"
         try:
-            host = canonical_host(raw_host)
+            host, decision = session.check(raw_host)
         except HostError as e:
-            await self._reply(error_response(403, BLOCKED + f"{e}\n"))
             session.record("http", "CONNECT", raw_host, port, f"https://{raw_host}:{port}", None, 403, "blocked",
                            started, str(e), reason="invalid")
+            await self._reply(error_response(403, BLOCKED + f"{e}\n"))
             return "keep"
         url = f"https://{display_host(host)}:{port}"
-        decision = session.filter.decide(host)
         if decision.action == DENY:
-            await self._reply(error_response(403, blocked_body(host, decision)))
             session.record("http", "CONNECT", host, port, url, decision, 403, "blocked", started)
+            await self._reply(error_response(403, blocked_body(host, decision)))
             return "keep"
         if decision.action == ALLOW:
             try:
@@ -254,6 +255,7 @@ class _Exchange:
             if isinstance(result, str):
                 return result
             upstream, leftover = result
+        session.record("http", "CONNECT", host, port, url, decision, 200, "allowed", started)
         try:
             await conn.sendall(ESTABLISHED)
             if conn.buf:  # the client did not wait for our 200 (e.g. a TLS ClientHello already sent)
@@ -264,7 +266,6 @@ class _Exchange:
         except OSError:
             upstream.close()
             return "close"
-        session.record("http", "CONNECT", host, port, url, decision, 200, "allowed", started)
         session.relay(conn.sock, upstream)
         return "handed"
 
@@ -273,13 +274,13 @@ class _Exchange:
         session = self.session
         if e.kind == "denied":
             blocked = Decision(DENY, "denied", e.rule)
-            await self._reply(error_response(403, BLOCKED + f"{e.message}: "
-                                             f"{block_hint(host, blocked)}\n"))
             session.record("http", method, host, port, url, decision, 403, "blocked", started, e.message,
                            reason="resolved-denied", rule=e.rule)
+            await self._reply(error_response(403, BLOCKED + f"{e.message}: "
+                                             f"{block_hint(host, blocked)}\n"))
             return "keep"
-        await self._reply(error_response(502, f"Bad Gateway\n{e.message}\n"))
         session.record("http", method, host, port, url, decision, 502, "error", started, e.message)
+        await self._reply(error_response(502, f"Bad Gateway\n{e.message}\n"))
         return "keep"
 
     async def _dial_upstream_proxy(self) -> Conn:
@@ -313,17 +314,17 @@ class _Exchange:
         return upc.sock, upc.buf
 
     async def _upstream_unreachable(self, method, host, port, url, decision, message, started) -> str:
+        self.session.record("http", method, host, port, url, decision, 502, "error", started, message)
         await self._reply(error_response(502, f"Bad Gateway\nupstream proxy {self.session.upstream.url}: "
                                          f"{message}\n"))
-        self.session.record("http", method, host, port, url, decision, 502, "error", started, message)
         return "keep"
 
     async def _upstream_refused(self, method, host, port, url, decision, status, started) -> str:
         text = (BLOCKED + f'The upstream proxy (network.upstreamProxy) refused "{display_host(host)}:{port}" '
                 f"(HTTP {status}).\n")
-        await self._reply(error_response(403, text))
         self.session.record("http", method, host, port, url, decision, 403, "blocked", started,
                             f"upstream proxy answered {status}")
+        await self._reply(error_response(403, text))
         return "keep"
 
     # --- plain HTTP ------------------------------------------------------------------------
@@ -349,21 +350,20 @@ class _Exchange:
                 raise ProtocolError(str(e)) from None
             framing, length = _body_framing(req.headers)
         except ProtocolError as e:
-            await self._reply(error_response(e.status, f"{REASONS[e.status]}\n{e}\n", close=True))
             session.record("http", req.method, "", 0, target, None, e.status, "error", started, str(e))
+            await self._reply(error_response(e.status, f"{REASONS[e.status]}\n{e}\n", close=True))
             return "close"
         has_body = framing != "none" and not (framing == "length" and length == 0)
         try:
-            host = canonical_host(raw_host)
+            host, decision = session.check(raw_host)
         except HostError as e:
-            await self._reply(error_response(403, BLOCKED + f"{e}\n", close=has_body))
             session.record("http", req.method, raw_host, port, target, None, 403, "blocked", started, str(e),
                            reason="invalid")
+            await self._reply(error_response(403, BLOCKED + f"{e}\n", close=has_body))
             return "close" if has_body else "keep"
-        decision = session.filter.decide(host)
         if decision.action == DENY:
-            await self._reply(error_response(403, blocked_body(host, decision), close=has_body))
             session.record("http", req.method, host, port, target, decision, 403, "blocked", started)
+            await self._reply(error_response(403, blocked_body(host, decision), close=has_body))
             return "close" if has_body else "keep"
 
         via_upstream = decision.action != ALLOW
@@ -426,8 +426,8 @@ class _Exchange:
             if upc is not None:
                 upc.close()
             message = str(e) or type(e).__name__
-            await self._reply(error_response(502, f"Bad Gateway\n{message}\n", close=True))
             session.record("http", req.method, host, port, target, decision, 502, "error", started, message)
+            await self._reply(error_response(502, f"Bad Gateway\n{message}\n", close=True))
             return "close"
         except (OSError, PeerClosed):
             if upc is not None:
@@ -452,7 +452,13 @@ class _Exchange:
         if status == 407 and key == ("upstream",):
             upc.close()
             return await self._upstream_refused(req.method, host, port, target, decision, status, started)
-        outcome = "allowed"
+        if status == 101 or req.method == "HEAD" or status in (204, 304):
+            framing, length = "none", 0
+        else:
+            framing, length = _body_framing(headers)
+            if framing == "none":
+                framing = "close"
+        session.record("http", req.method, host, port, target, decision, status, "allowed", started)
         await conn.sendall(resp_head)
         if status == 101:
             if conn.buf:
@@ -461,16 +467,8 @@ class _Exchange:
             if upc.buf:
                 await conn.sendall(upc.buf)
                 upc.buf = b""
-            session.record("http", req.method, host, port, target, decision, status, outcome, started)
             session.relay(conn.sock, upc.sock)
             return "handed"
-        if req.method == "HEAD" or status in (204, 304):
-            framing, length = "none", 0
-        else:
-            framing, length = _body_framing(headers)
-            if framing == "none":
-                framing = "close"
-        session.record("http", req.method, host, port, target, decision, status, outcome, started)
         if framing == "close":
             await _copy_until_eof(upc, conn)
             upc.close()

@@ -1,33 +1,33 @@
 """Tunnel relay: move bytes between two sockets in the kernel (``os.splice``) on the event loop.
 
 After a CONNECT or SOCKS5 handshake the proxy has nothing left to read in the
-bytes, so it must not pull them through Python objects.  Each direction
-(a -> b, b -> a) owns a pipe and splices socket -> pipe -> socket with
-non-blocking fds, driven by the loop's readiness callbacks
-(``add_reader``/``add_writer``) -- no task, no future, no bytes object per
-chunk:
+bytes, so bulk data must not go through Python objects.  Each direction
+(a -> b, b -> a) is driven by the loop's readiness callbacks
+(``add_reader``/``add_writer``) on the non-blocking fds -- no task, no
+future per chunk -- and works in one of two modes:
 
-* on "src readable": splice as much as the pipe holds from src into the pipe,
-  then from the pipe into dst; repeat until src would block (or a fairness
-  budget is spent, so one fast tunnel cannot starve the others);
-* when dst would block: stop reading src and wait for "dst writable" (the
-  pipe is the only buffer: at most one pipe's worth per direction);
-* src at EOF: ``shutdown(SHUT_WR)`` on dst once the pipe is drained (the
-  other direction carries on: half-closed tunnels work), both done: close;
-* a reset or any other error on either socket: close both.
+* copy mode, at the start: ``recv_into`` one 64 KiB buffer shared by the
+  session's relays, ``send`` it on at once.  A short exchange (a TLS
+  handshake, a request and its answer, one SSH packet) costs two system calls
+  and no pipe.  The first read that fills the buffer switches the direction
+  to
+* splice mode: ``os.splice`` socket -> pipe -> socket, the kernel moves the
+  bytes.  The direction's pipe starts at the default size and grows to
+  ``BULK_PIPE_SIZE`` once a read fills it; one callback keeps splicing until
+  the source would block or ``BUDGET`` bytes moved (fairness).
 
-Pipes are created lazily on a direction's first data (an idle tunnel holds
-two sockets and no pipe) and start at the default pipe size; a direction that
-fills its pipe in one go grows it to ``BULK_PIPE_SIZE`` (fewer syscalls per
-byte for bulk transfers, small memory for chatty ones).
+Either way, when dst would block the direction stops reading src and waits
+for "dst writable" (at most one buffer or one pipe per direction is held);
+src at EOF -> ``shutdown(SHUT_WR)`` on dst once drained (the other direction
+carries on: half-closed tunnels work); both done -> close; a reset or any
+other error on either socket -> close both.
 
 A tunnel where one side has finished and the other has been silent for
 ``half_open_timeout`` seconds is closed, so a half-open peer cannot hold a
 shared proxy's file descriptors forever.
 
 Where ``os.splice`` is missing (not Linux) or fails with EINVAL (a socket type
-that cannot splice), the direction falls back to ``recv_into``/``send`` with
-one reusable buffer.
+that cannot splice), the direction stays in copy mode.
 """
 
 from __future__ import annotations
@@ -46,13 +46,14 @@ BULK_PIPE_SIZE = 1 << 20
 DEFAULT_PIPE_SIZE = 1 << 16
 BUDGET = 32 << 20
 """Bytes one readiness callback may move before yielding to the loop (fairness)."""
-COPY_CHUNK = 1 << 18
+COPY_CHUNK = 1 << 16
+"""Copy-mode buffer (shared by a session's relays: a read fills it, a send empties it at once)."""
 HALF_OPEN_TIMEOUT = 60.0
 
 
 class _Direction:
     __slots__ = ("relay", "src", "dst", "sfd", "dfd", "pr", "pw", "pipe_size", "in_pipe", "done", "moved",
-                 "waiting_write", "copy_buf", "eof")
+                 "splicing", "pending", "eof")
 
     def __init__(self, relay: "Relay", src: socket.socket, dst: socket.socket):
         self.relay, self.src, self.dst = relay, src, dst
@@ -63,14 +64,69 @@ class _Direction:
         self.done = False
         self.eof = False
         self.moved = 0
-        self.waiting_write = False
-        self.copy_buf = None if SPLICE is not None else bytearray(COPY_CHUNK)
+        self.splicing = False
+        self.pending = b""
 
-    # --- splice path -------------------------------------------------------------------
     def on_readable(self) -> None:
+        if self.splicing:
+            return self._splice_readable()
+        # copy mode: small exchanges cost one recv and one send, no pipe
         relay = self.relay
-        if self.copy_buf is not None:
-            return self._copy_readable()
+        buf = relay.buf
+        try:
+            n = self.src.recv_into(buf)
+        except BlockingIOError:
+            return
+        except OSError:
+            return relay.close()
+        if n == 0:
+            return self._at_eof()
+        try:
+            sent = self.dst.send(relay.view[:n])
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return relay.close()
+        self.moved += sent
+        relay.last_activity = relay.now()
+        if sent < n:
+            self.pending = bytes(relay.view[sent:n])
+            self._wait_writable()
+        if n == len(buf) and SPLICE is not None:
+            self.splicing = True  # bulk: from the next read on, the kernel moves the bytes
+
+    def on_writable(self) -> None:
+        if self.pending:
+            try:
+                sent = self.dst.send(self.pending)
+            except BlockingIOError:
+                return
+            except OSError:
+                return self.relay.close()
+            self.moved += sent
+            self.pending = self.pending[sent:]
+            if self.pending:
+                return
+        else:
+            try:
+                while self.in_pipe:
+                    m = SPLICE(self.pr, self.dfd, self.in_pipe, flags=_FLAGS)
+                    self.in_pipe -= m
+                    self.moved += m
+            except BlockingIOError:
+                return
+            except OSError:
+                return self.relay.close()
+        self.relay.last_activity = self.relay.now()
+        loop = self.relay.loop
+        loop.remove_writer(self.dfd)
+        if self.eof:
+            return self._finish()
+        loop.add_reader(self.sfd, self.on_readable)
+
+    # --- splice mode ------------------------------------------------------------------
+    def _splice_readable(self) -> None:
+        relay = self.relay
         if self.pr < 0:
             try:
                 self.pr, self.pw = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -80,18 +136,17 @@ class _Direction:
         sfd, dfd, pr, pw = self.sfd, self.dfd, self.pr, self.pw
         try:
             while budget > 0:
-                if not self.in_pipe:
-                    try:
-                        n = SPLICE(sfd, pw, self.pipe_size, flags=_FLAGS)
-                    except BlockingIOError:
-                        break
-                    if n == 0:
-                        return self._at_eof()
-                    self.in_pipe = n
-                    if n == self.pipe_size and self.pipe_size < BULK_PIPE_SIZE:
-                        self._grow()
                 try:
-                    m = SPLICE(pr, dfd, self.in_pipe, flags=_FLAGS)
+                    n = SPLICE(sfd, pw, self.pipe_size, flags=_FLAGS)
+                except BlockingIOError:
+                    break
+                if n == 0:
+                    return self._at_eof()
+                self.in_pipe = n
+                if n == self.pipe_size and self.pipe_size < BULK_PIPE_SIZE:
+                    self._grow()
+                try:
+                    m = SPLICE(pr, dfd, n, flags=_FLAGS)
                 except BlockingIOError:
                     return self._wait_writable()
                 self.in_pipe -= m
@@ -99,45 +154,27 @@ class _Direction:
                 budget -= m
                 if self.in_pipe:
                     return self._wait_writable()
+                if n < DEFAULT_PIPE_SIZE:
+                    break  # drained for now; level-triggered readiness calls again when more arrives
         except OSError as e:
-            if e.errno == errno.EINVAL and not self.moved and not self.in_pipe:
-                self._fall_back_to_copy()
-                return self._copy_readable()
+            if e.errno == errno.EINVAL and not self.in_pipe:
+                self.splicing = False  # this pair cannot splice: copy from now on
+                self._close_pipe()
+                return self.on_readable()
             return relay.close()
         relay.last_activity = relay.now()
-
-    def on_writable(self) -> None:
-        if self.copy_buf is not None:
-            return self._copy_writable()
-        try:
-            while self.in_pipe:
-                m = SPLICE(self.pr, self.dfd, self.in_pipe, flags=_FLAGS)
-                self.in_pipe -= m
-                self.moved += m
-        except BlockingIOError:
-            return
-        except OSError:
-            return self.relay.close()
-        self.relay.last_activity = self.relay.now()
-        loop = self.relay.loop
-        loop.remove_writer(self.dfd)
-        self.waiting_write = False
-        if self.eof:
-            return self._finish()
-        loop.add_reader(self.sfd, self.on_readable)
 
     def _wait_writable(self) -> None:
         loop = self.relay.loop
         loop.remove_reader(self.sfd)
         loop.add_writer(self.dfd, self.on_writable)
-        self.waiting_write = True
         self.relay.last_activity = self.relay.now()
 
     def _grow(self) -> None:
         try:
             self.pipe_size = fcntl.fcntl(self.pw, F_SETPIPE_SZ, BULK_PIPE_SIZE)
         except OSError:
-            self.pipe_size = BULK_PIPE_SIZE  # never retry: treat as grown
+            self.pipe_size = BULK_PIPE_SIZE  # never retry; the pipe keeps its size, splice reads less
             try:
                 self.pipe_size = fcntl.fcntl(self.pw, 1032)  # F_GETPIPE_SZ
             except OSError:
@@ -146,69 +183,21 @@ class _Direction:
     def _at_eof(self) -> None:
         self.eof = True
         self.relay.loop.remove_reader(self.sfd)
-        if self.in_pipe:
+        if self.in_pipe or self.pending:
             self._wait_writable()
         else:
             self._finish()
 
     def _finish(self) -> None:
         self.done = True
-        self.relay.loop.remove_reader(self.sfd)
-        try:
-            self.dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        self.relay.direction_done()
-
-    # --- copy fallback ------------------------------------------------------------------
-    def _fall_back_to_copy(self) -> None:
-        self.copy_buf = bytearray(COPY_CHUNK)
-        self._close_pipe()
-
-    def _copy_readable(self) -> None:
-        buf = self.copy_buf
-        view = memoryview(buf)
-        try:
-            n = self.src.recv_into(buf)
-        except BlockingIOError:
-            return
-        except OSError:
-            return self.relay.close()
-        if n == 0:
-            self.eof = True
-            return self._finish()
-        try:
-            sent = self.dst.send(view[:n])
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            return self.relay.close()
-        self.moved += sent
-        self.relay.last_activity = self.relay.now()
-        if sent < n:
-            self.in_pipe = n - sent
-            buf[:self.in_pipe] = buf[sent:n]
-            self._wait_writable()
-
-    def _copy_writable(self) -> None:
-        view = memoryview(self.copy_buf)
-        try:
-            sent = self.dst.send(view[:self.in_pipe])
-        except BlockingIOError:
-            return
-        except OSError:
-            return self.relay.close()
-        self.moved += sent
-        rest = self.in_pipe - sent
-        if rest:
-            self.copy_buf[:rest] = self.copy_buf[sent:self.in_pipe]
-            self.in_pipe = rest
-            return
-        self.in_pipe = 0
-        loop = self.relay.loop
-        loop.remove_writer(self.dfd)
-        self.waiting_write = False
-        loop.add_reader(self.sfd, self.on_readable)
+        relay = self.relay
+        relay.loop.remove_reader(self.sfd)
+        if not (relay.ab.done and relay.ba.done):  # the last one needs no FIN of its own: close sends it
+            try:
+                self.dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        relay.direction_done()
 
     def _close_pipe(self) -> None:
         for fd in (self.pr, self.pw):
@@ -226,11 +215,13 @@ class Relay:
     """
 
     __slots__ = ("loop", "a", "b", "ab", "ba", "closed", "on_close", "last_activity", "_timer",
-                 "half_open_timeout", "now")
+                 "half_open_timeout", "now", "buf", "view")
 
     def __init__(self, loop, client: socket.socket, upstream: socket.socket, on_close=None,
-                 half_open_timeout: float = HALF_OPEN_TIMEOUT):
+                 half_open_timeout: float = HALF_OPEN_TIMEOUT, buf: bytearray | None = None):
         self.loop = loop
+        self.buf = buf if buf is not None else bytearray(COPY_CHUNK)
+        self.view = memoryview(self.buf)
         self.a, self.b = client, upstream
         self.ab = _Direction(self, client, upstream)
         self.ba = _Direction(self, upstream, client)

@@ -32,10 +32,10 @@ import socket
 import time
 from typing import Any, Awaitable, Callable
 
-from fence.domains import ALLOW, DENY, DomainFilter, display_host, is_ip
+from fence.domains import ALLOW, DENY, DomainFilter, canonical_host, display_host, is_ip
 from fence.messages import NetDecisionEvent
-from fence.proxy.conn import connect
-from fence.proxy.relay import HALF_OPEN_TIMEOUT, Relay
+from fence.proxy.conn import DeadlineExceeded, connect
+from fence.proxy.relay import COPY_CHUNK, HALF_OPEN_TIMEOUT, Relay
 
 Resolver = Callable[[str, int], "Awaitable[list[tuple[int, tuple]]] | list[tuple[int, tuple]]"]
 """(canonical name, port) -> [(family, sockaddr), ...]; may be sync or async; raises OSError on failure."""
@@ -120,7 +120,8 @@ class Session:
         self.relays: set[Relay] = set()
         self.connections = 0
         self.closed = False
-        self._paused: list = []
+        self._decisions: dict = {}
+        self._relay_buf = bytearray(COPY_CHUNK)  # one copy-mode buffer for all relays (one loop, sync use)
 
     # --- listeners ---------------------------------------------------------------------------
     async def listen(self, host: str = "127.0.0.1", http_port: int = 0, socks_port: int = 0) -> tuple[int, int]:
@@ -203,11 +204,27 @@ class Session:
         finally:
             self.connections -= 1
 
+    # --- deciding ---------------------------------------------------------------------------
+    def check(self, raw_host: str):
+        """(canonical host, Decision) for a host as the client wrote it; raises ``HostError``.
+
+        Cached per session (bounded): a client repeating a host costs a dict lookup.
+        """
+        hit = self._decisions.get(raw_host)
+        if hit is not None:
+            return hit
+        host = canonical_host(raw_host)
+        hit = (host, self.filter.decide(host))
+        if len(self._decisions) >= 1024:
+            self._decisions.clear()
+        self._decisions[raw_host] = hit
+        return hit
+
     # --- tunnels --------------------------------------------------------------------------
     def relay(self, client: socket.socket, upstream: socket.socket) -> Relay:
         """Hand both sockets to a splice relay (the session closes it at ``close()``)."""
         self.connections += 1  # a tunnel still holds descriptors after its handler returned
-        relay = Relay(self.loop, client, upstream, self._relay_closed, self.half_open_timeout)
+        relay = Relay(self.loop, client, upstream, self._relay_closed, self.half_open_timeout, self._relay_buf)
         self.relays.add(relay)
         if self.stats is not None:
             self.stats.tunnel_opened()
@@ -235,34 +252,35 @@ class Session:
         A name's resolved addresses are checked against the denied IP
         patterns first (deny wins after DNS too).
         """
+        deadline = self.loop.time() + self.dial_timeout
         try:
-            async with asyncio.timeout(self.dial_timeout):
-                if is_ip(host):
-                    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                    addrs = [(family, (host, port))]
-                else:
-                    try:
+            if is_ip(host):
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                addrs = [(family, (host, port))]
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
                         addrs = await self.resolve(host, port)
-                    except OSError as e:
-                        raise DialError("dns", f"cannot resolve {host}: {e.strerror or e}") from None
-                    if not addrs:
-                        raise DialError("dns", f"cannot resolve {host}: no addresses")
-                    if check_resolved:
-                        for _family, sockaddr in addrs:
-                            rule = self.filter.denies_address(_plain_ip(sockaddr[0]))
-                            if rule:
-                                raise DialError("denied", f"{host} resolves to {sockaddr[0]}, which is denied",
-                                                rule)
-                last: OSError | None = None
-                for family, sockaddr in addrs:
-                    try:
-                        return await connect(self.loop, family, sockaddr)
-                    except OSError as e:
-                        last = e
-                assert last is not None
-                raise DialError(_dial_kind(last), f"{display_host(host)}:{port}: "
-                                f"{(last.strerror or str(last)).lower()}")
-        except TimeoutError:
+                except TimeoutError:
+                    raise DeadlineExceeded() from None
+                except OSError as e:
+                    raise DialError("dns", f"cannot resolve {host}: {e.strerror or e}") from None
+                if not addrs:
+                    raise DialError("dns", f"cannot resolve {host}: no addresses")
+                if check_resolved:
+                    for _family, sockaddr in addrs:
+                        rule = self.filter.denies_address(_plain_ip(sockaddr[0]))
+                        if rule:
+                            raise DialError("denied", f"{host} resolves to {sockaddr[0]}, which is denied", rule)
+            last: OSError | None = None
+            for family, sockaddr in addrs:
+                try:
+                    return await connect(self.loop, family, sockaddr, deadline)
+                except OSError as e:
+                    last = e
+            assert last is not None
+            raise DialError(_dial_kind(last), f"{display_host(host)}:{port}: {(last.strerror or str(last)).lower()}")
+        except DeadlineExceeded:
             raise DialError("timeout", f"{display_host(host)}:{port}: connection timed out "
                             f"after {self.dial_timeout:g}s") from None
 

@@ -15,13 +15,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 import time
 
-from fence.domains import ALLOW, HostError, canonical_host, display_host
-from fence.proxy.conn import Conn, PeerClosed
+from fence.domains import ALLOW, HostError, display_host
+from fence.proxy.conn import Conn, DeadlineExceeded, PeerClosed
 from fence.proxy.session import DialError
 
 SUCCEEDED, GENERAL_FAILURE, NOT_ALLOWED, NET_UNREACHABLE, HOST_UNREACHABLE, REFUSED = 0, 1, 2, 3, 4, 5
@@ -44,7 +43,7 @@ async def handle_socks(session, sock) -> None:
     handed = False
     try:
         handed = await _serve(session, conn)
-    except (OSError, PeerClosed, TimeoutError):
+    except (OSError, PeerClosed, DeadlineExceeded):
         pass
     finally:
         if not handed:
@@ -53,67 +52,68 @@ async def handle_socks(session, sock) -> None:
 
 async def _serve(session, conn: Conn) -> bool:
     started = time.monotonic()
-    async with asyncio.timeout(session.head_timeout):
-        ver, nmethods = await conn.read_exact(2)
-        if ver != 5:
-            return False
-        methods = await conn.read_exact(nmethods) if nmethods else b""
-        if 0 not in methods:
-            await conn.sendall(b"\x05\xff")
-            return False
-        await conn.sendall(b"\x05\x00")
-        ver, cmd, _rsv, atyp = await conn.read_exact(4)
-        if ver != 5:
-            return False
-        if atyp == 1:
-            raw_host = socket.inet_ntop(socket.AF_INET, await conn.read_exact(4))
-        elif atyp == 4:
-            raw_host = socket.inet_ntop(socket.AF_INET6, await conn.read_exact(16))
-        elif atyp == 3:
-            (length,) = await conn.read_exact(1)
-            name = await conn.read_exact(length)
-            try:
-                raw_host = name.decode("utf-8")
-            except UnicodeDecodeError:
-                raw_host = name.decode("latin-1")
-                atyp = -1  # not a name: refused below
-        else:
-            await conn.sendall(reply(ADDRESS_NOT_SUPPORTED))
-            return False
-        port = int.from_bytes(await conn.read_exact(2), "big")
+    conn.deadline = session.loop.time() + session.head_timeout  # the whole handshake (slowloris)
+    ver, nmethods = await conn.read_exact(2)
+    if ver != 5:
+        return False
+    methods = await conn.read_exact(nmethods) if nmethods else b""
+    if 0 not in methods:
+        await conn.sendall(b"\x05\xff")
+        return False
+    await conn.sendall(b"\x05\x00")
+    ver, cmd, _rsv, atyp = await conn.read_exact(4)
+    if ver != 5:
+        return False
+    if atyp == 1:
+        raw_host = socket.inet_ntop(socket.AF_INET, await conn.read_exact(4))
+    elif atyp == 4:
+        raw_host = socket.inet_ntop(socket.AF_INET6, await conn.read_exact(16))
+    elif atyp == 3:
+        (length,) = await conn.read_exact(1)
+        name = await conn.read_exact(length)
+        try:
+            raw_host = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raw_host = name.decode("latin-1")
+            atyp = -1  # not a name: refused below
+    else:
+        await conn.sendall(reply(ADDRESS_NOT_SUPPORTED))
+        return False
+    port = int.from_bytes(await conn.read_exact(2), "big")
+    conn.deadline = None
     method = _COMMANDS.get(cmd, f"CMD{cmd}")
     if cmd != 1:
-        await conn.sendall(reply(COMMAND_NOT_SUPPORTED))
         session.record("socks", method, raw_host, port, "", None, COMMAND_NOT_SUPPORTED, "blocked", started,
                        "only CONNECT is supported", reason="unsupported")
+        await conn.sendall(reply(COMMAND_NOT_SUPPORTED))
         return False
     try:
         if atyp == -1:
             raise HostError(f"{raw_host!r} is not UTF-8")
-        host = canonical_host(raw_host)
+        host, decision = session.check(raw_host)
     except HostError as e:
-        await conn.sendall(reply(NOT_ALLOWED))
         session.record("socks", method, raw_host, port, "", None, NOT_ALLOWED, "blocked", started, str(e),
                        reason="invalid")
+        await conn.sendall(reply(NOT_ALLOWED))
         return False
     url = f"{display_host(host)}:{port}"
-    decision = session.filter.decide(host)
     if decision.action != ALLOW:  # SOCKS traffic is never forwarded to the upstream proxy
-        await conn.sendall(reply(NOT_ALLOWED))
         session.record("socks", method, host, port, url, decision, NOT_ALLOWED, "blocked", started,
                        "SOCKS5 is never forwarded to the upstream proxy" if decision.action == "proxy" else "")
+        await conn.sendall(reply(NOT_ALLOWED))
         return False
     try:
         upstream = await session.dial(host, port)
     except DialError as e:
         code = _DIAL_REPLY.get(e.kind, GENERAL_FAILURE)
-        await conn.sendall(reply(code))
         if e.kind == "denied":
             session.record("socks", method, host, port, url, decision, code, "blocked", started, e.message,
                            reason="resolved-denied", rule=e.rule)
         else:
             session.record("socks", method, host, port, url, decision, code, "error", started, e.message)
+        await conn.sendall(reply(code))
         return False
+    session.record("socks", method, host, port, url, decision, SUCCEEDED, "allowed", started)
     try:
         bound = upstream.getsockname()
         await conn.sendall(reply(SUCCEEDED, (bound[0], bound[1])))
@@ -123,6 +123,5 @@ async def _serve(session, conn: Conn) -> bool:
     except OSError:
         upstream.close()
         return False
-    session.record("socks", method, host, port, url, decision, SUCCEEDED, "allowed", started)
     session.relay(conn.sock, upstream)
     return True
