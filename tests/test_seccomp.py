@@ -1,0 +1,347 @@
+"""The seccomp program, tested by running real sandboxes (``bwrap --seccomp FD``).
+
+Nothing is decoded: a probe inside the sandbox makes each call and reports
+the errno.  Two ways of telling the filter's EPERM from the kernel's own:
+
+* every rule, compiled with a marker errno (1000) instead of EPERM, must
+  make its call fail with 1000 -- so each listed call really hits a rule;
+* the production program against a baseline sandbox that keeps every
+  capability of its user namespace (``--cap-add ALL``), where these calls
+  succeed: with the program they fail with EPERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from fence.executor import seccomp
+from fence.executor.host import find_bwrap
+from fence.policy import NetworkConfig, Policy
+
+pytestmark = pytest.mark.sandbox
+
+BWRAP = find_bwrap()
+MARKER = 1000
+X86_64 = os.uname().machine == "x86_64"
+SECCOMP_FD = 63
+
+PROBE = r'''
+import ctypes, errno, json, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+def arg(a):
+    return ctypes.c_ulong(a) if isinstance(a, int) else a
+
+def raw(nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *map(arg, args))
+    if r < 0:
+        raise OSError(ctypes.get_errno(), "")
+    return r
+
+def isolated(fn):
+    """Run fn in a child: namespace changes, clones and deaths stay there."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            fn()
+            out = "ok"
+        except OSError as e:
+            out = errno.errorcode.get(e.errno, str(e.errno))
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    out = os.read(r, 100).decode()
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return "signal %d" % os.WTERMSIG(status) if os.WIFSIGNALED(status) else out
+
+def clone(flags):
+    if raw(56, flags | 17, 0, 0, 0, 0) == 0:   # SIGCHLD; the clone child leaves at once
+        os._exit(0)
+
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+def tty_ioctl(request, hibits=0):
+    """An ioctl on our controlling terminal (a fresh pty), as TIOCSTI needs."""
+    import fcntl, termios
+    os.setsid()
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    raw(16, slave, hibits | request, ctypes.create_string_buffer(b"x", 256))
+
+def int80_getpid():
+    """getpid through the 32-bit ABI: mov eax, 20; int 0x80; ret -- in an executable mmap."""
+    import mmap
+    code = b"\xb8\x14\x00\x00\x00\xcd\x80\xc3"
+    m = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    m.write(code)
+    fn = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(m)))
+    if fn() != os.getpid():
+        raise OSError(errno.EIO, "int 0x80 getpid returned something else")
+
+def asyncio_loop():
+    import asyncio
+    asyncio.run(asyncio.sleep(0))
+
+NAMED = {
+    "socket_unix": lambda: socket.socket(socket.AF_UNIX).close(),
+    "socket_unix_hibits": lambda: os.close(raw(41, 0x100000001, 1, 0)),
+    "socketpair_unix": lambda: [s.close() for s in socket.socketpair()],
+    "socket_inet": lambda: socket.socket(socket.AF_INET).close(),
+    "socket_inet6": lambda: socket.socket(socket.AF_INET6).close(),
+    "unshare_user": lambda: raw(272, 0x10000000),
+    "unshare_net": lambda: raw(272, 0x40000000),
+    "unshare_mnt": lambda: raw(272, 0x00020000),
+    "unshare_files": lambda: raw(272, 0x00000400),   # CLONE_FILES: not a namespace, allowed
+    "clone_newuser": lambda: clone(0x10000000),
+    "clone_plain": lambda: clone(0),
+    "fork": fork,
+    "clone3": lambda: raw(435, 0, 0),
+    "tiocsti": lambda: tty_ioctl(0x5412),
+    "tiocsti_hibits": lambda: tty_ioctl(0x5412, 0x100000000),
+    "tcgets": lambda: tty_ioctl(0x5401),
+    "int80": int80_getpid,
+    "asyncio": asyncio_loop,
+    "ptrace_traceme": lambda: raw(101, 0, 0, 0, 0),
+    "io_uring_setup": lambda: os.close(raw(425, 1, ctypes.create_string_buffer(120))),
+    "fsopen": lambda: os.close(raw(430, b"tmpfs", 0)),
+    "mount": lambda: raw(165, b"none", b"/tmp", b"tmpfs", 0, 0),
+}
+req = json.loads(sys.argv[1])
+out = {name: isolated(NAMED[name]) for name in req.get("named", [])}
+for name, nr in req.get("numbers", {}).items():
+    out[name] = isolated(lambda: raw(nr, 0, 0, 0, 0, 0, 0))
+print(json.dumps(out))
+'''
+
+
+def run_probe(program: bytes | None, request: dict, *, caps: bool = False, user: str | None = None,
+              python: str = sys.executable) -> dict:
+    """Run PROBE in a sandbox shaped like fence's, with ``program`` loaded by bwrap."""
+    argv = [BWRAP, "--new-session", "--die-with-parent", "--unshare-pid", "--unshare-net"]
+    if caps:
+        argv += ["--unshare-user", "--cap-add", "ALL"]
+    elif os.geteuid() == 0 and user is None:
+        argv += ["--unshare-user", "--cap-drop", "ALL"]
+    argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    pass_fds = ()
+    with tempfile.TemporaryFile() as f:
+        if program is not None:
+            f.write(program)
+            f.seek(0)
+            os.dup2(f.fileno(), SECCOMP_FD)
+            argv += ["--seccomp", str(SECCOMP_FD)]
+            pass_fds = (SECCOMP_FD,)
+        argv += ["--", python, "-I", "-S", "-c", PROBE, json.dumps(request)]
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=30, pass_fds=pass_fds, user=user)
+        finally:
+            if pass_fds:
+                os.close(SECCOMP_FD)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def default_program(**kw) -> bytes:
+    return seccomp.build_program(Policy(), cache_dir="", **kw)
+
+
+def marker_program(ruleset) -> bytes:
+    """The same rules with a recognisable errno instead of EPERM."""
+    marked = tuple(seccomp.Rule(name, MARKER if err == seccomp.EPERM else err, *conds)
+                   for name, err, conds in ruleset)
+    return seccomp.compile_rules(marked)
+
+
+def syscall_numbers(names) -> dict[str, int]:
+    import pyseccomp as sc
+
+    out = {}
+    for name in names:
+        nr = sc.resolve_syscall(sc.Arch.NATIVE, name)
+        if nr < 0:
+            nr = seccomp.NEW_SYSCALL_NUMBERS.get(name, -1)
+        if nr >= 0:
+            out[name] = nr
+    return out
+
+
+# the list -------------------------------------------------------------------------------
+def test_reference_list_is_the_27():
+    assert len(seccomp.REFERENCE_DENIED) == len(set(seccomp.REFERENCE_DENIED)) == 27
+    assert {"ptrace", "process_vm_readv", "process_vm_writev", "keyctl", "add_key", "request_key", "personality",
+            "userfaultfd", "perf_event_open", "bpf", "kexec_load", "kexec_file_load", "reboot", "syslog", "acct",
+            "mount", "umount2", "pivot_root", "swapon", "swapoff", "sethostname", "setdomainname",
+            "init_module", "finit_module", "delete_module", "ioperm", "iopl"} == set(seccomp.REFERENCE_DENIED)
+
+
+def test_unix_sockets_follow_the_policy():
+    assert not seccomp.unix_sockets_allowed(Policy())
+    assert seccomp.unix_sockets_allowed(Policy(network=NetworkConfig(allow_all_unix_sockets=True)))
+    assert seccomp.unix_sockets_allowed(Policy(network=NetworkConfig(allow_unix_sockets=["/run/x.sock"])))
+    names = {r[0] for r in seccomp.rules(deny_unix=False)}
+    assert "socket" not in names and "socketpair" not in names
+
+
+# every rule matches its call ----------------------------------------------------------------
+def test_every_unconditional_rule_hits_its_call():
+    """Each listed call, made with zero arguments, comes back with the marker errno."""
+    ruleset = seccomp.rules(deny_unix=True)
+    unconditional = [name for name, err, conds in ruleset if not conds and err == seccomp.EPERM]
+    numbers = syscall_numbers(unconditional)
+    missing = set(unconditional) - set(numbers)
+    assert missing <= ({"ioperm", "iopl"} if not X86_64 else set())
+    got = run_probe(marker_program(ruleset), {"numbers": numbers})
+    assert got == {name: str(MARKER) for name in numbers}
+
+
+def test_conditional_rules_hit_only_their_arguments():
+    got = run_probe(marker_program(seccomp.rules(deny_unix=True)), {"named": [
+        "socket_unix", "socket_unix_hibits", "socketpair_unix", "socket_inet", "socket_inet6",
+        "unshare_user", "unshare_net", "unshare_mnt", "unshare_files", "clone_newuser", "clone_plain", "fork",
+        "tiocsti", "tiocsti_hibits", "tcgets", "clone3"]})
+    m = str(MARKER)
+    assert got == {"socket_unix": m, "socket_unix_hibits": m, "socketpair_unix": m, "socket_inet": "ok",
+                   "socket_inet6": "ok", "unshare_user": m, "unshare_net": m, "unshare_mnt": m,
+                   "unshare_files": "ok", "clone_newuser": m, "clone_plain": "ok", "fork": "ok",
+                   "tiocsti": m, "tiocsti_hibits": m, "tcgets": "ok", "clone3": "ENOSYS"}
+
+
+# the production program ---------------------------------------------------------------------
+DISTINGUISHABLE = ["socket_unix", "socket_unix_hibits", "socketpair_unix", "ptrace_traceme", "io_uring_setup",
+                   "unshare_user", "unshare_net", "clone_newuser", "tiocsti", "fsopen", "mount"]
+
+
+def test_program_denies_with_eperm_what_the_baseline_allows():
+    baseline = run_probe(None, {"named": DISTINGUISHABLE + ["clone3"]}, caps=True)
+    assert baseline == {**{name: "ok" for name in DISTINGUISHABLE}, "clone3": "EINVAL"}
+    got = run_probe(default_program(), {"named": DISTINGUISHABLE + ["clone3"]}, caps=True)
+    assert got == {**{name: "EPERM" for name in DISTINGUISHABLE}, "clone3": "ENOSYS"}
+
+
+@pytest.mark.skipif(not X86_64, reason="int 0x80 is x86")
+def test_32bit_abi_is_killed_unless_asked_for():
+    assert run_probe(None, {"named": ["int80"]}) == {"int80": "ok"}
+    assert run_probe(default_program(), {"named": ["int80"]}) == {"int80": f"signal {int(signal.SIGSYS)}"}
+    assert run_probe(default_program(arch_native_only=False), {"named": ["int80"]}) == {"int80": "ok"}
+
+
+@pytest.mark.skipif(not X86_64, reason="x32 is x86_64's")
+def test_x32_numbers_go_to_the_bad_arch_action():
+    """x32 calls carry the native arch with bit 30 set; this kernel may lack x32, so check the program."""
+    import struct
+
+    program = default_program()
+    insns = [struct.unpack("<HBBI", program[i:i + 8]) for i in range(0, len(program), 8)]
+    jge = 0x05 | 0x30  # BPF_JMP | BPF_JGE | BPF_K
+    assert any(code == jge and k == 0x40000000 for code, _, _, k in insns)
+
+
+def test_ordinary_work_still_runs():
+    program = default_program()
+    with tempfile.TemporaryFile() as f:
+        f.write(program)
+        f.seek(0)
+        os.dup2(f.fileno(), SECCOMP_FD)
+        try:
+            argv = [BWRAP, "--new-session", "--die-with-parent", "--unshare-pid", "--unshare-net"]
+            if os.geteuid() == 0:
+                argv += ["--unshare-user", "--cap-drop", "ALL"]
+            script = ("set -e; git --version >/dev/null; echo hi | tr h H; ls / >/dev/null; "
+                      "python3 -c 'import socket,threading,subprocess; "
+                      "s=socket.socket(); s.bind((\"127.0.0.1\",0)); s.listen(); "
+                      "c=socket.create_connection(s.getsockname()); a,_=s.accept(); c.send(b\"x\"); "
+                      "assert a.recv(1)==b\"x\"; "
+                      "t=threading.Thread(target=lambda: None); t.start(); t.join(); "
+                      "print(subprocess.run([\"echo\",\"sub\"],capture_output=True,text=True).stdout.strip())'")
+            argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+                     "--seccomp", str(SECCOMP_FD), "--", "sh", "-c", script]
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=30, pass_fds=(SECCOMP_FD,))
+        finally:
+            os.close(SECCOMP_FD)
+    assert (r.returncode, r.stdout) == (0, "Hi\nsub\n"), r.stderr
+
+
+def test_allow_all_unix_sockets_lets_af_unix_through():
+    for network in (NetworkConfig(allow_all_unix_sockets=True), NetworkConfig(allow_unix_sockets=["/x.sock"])):
+        program = seccomp.build_program(Policy(network=network), cache_dir="")
+        got = run_probe(program, {"named": ["socket_unix", "socketpair_unix", "asyncio", "ptrace_traceme"]})
+        assert got == {"socket_unix": "ok", "socketpair_unix": "ok", "asyncio": "ok", "ptrace_traceme": "EPERM"}
+
+
+def test_socketpair_can_be_left_open():
+    """``deny_socketpair=False``: anonymous pairs (asyncio's self-pipe, node's child stdio) work, socket() doesn't."""
+    assert run_probe(default_program(), {"named": ["asyncio"]}) == {"asyncio": "EPERM"}
+    got = run_probe(default_program(deny_socketpair=False), {"named": ["socket_unix", "socketpair_unix", "asyncio"]})
+    assert got == {"socket_unix": "EPERM", "socketpair_unix": "ok", "asyncio": "ok"}
+
+
+def test_program_works_for_an_unprivileged_user():
+    from conftest import TEST_USER, _ensure_test_user, _interpreter_for_others
+
+    if os.geteuid() != 0:
+        pytest.skip("not root: the current user is already unprivileged")
+    _ensure_test_user()
+    got = run_probe(default_program(), {"named": ["socket_unix", "ptrace_traceme", "unshare_user", "socket_inet"]},
+                    user=TEST_USER, python=_interpreter_for_others())
+    assert got == {"socket_unix": "EPERM", "ptrace_traceme": "EPERM", "unshare_user": "EPERM", "socket_inet": "ok"}
+
+
+# the cache ----------------------------------------------------------------------------------
+def test_cache_is_written_private_and_reused_without_pyseccomp(tmp_path):
+    cache = tmp_path / "cache"
+    first = seccomp.build_program(Policy(), cache_dir=str(cache))
+    assert first == default_program()
+    (entry,) = cache.iterdir()
+    assert entry.name.startswith("seccomp-") and entry.suffix == ".bpf"
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600 and stat.S_IMODE(cache.stat().st_mode) == 0o700
+    code = ("import sys, time; from fence.executor import seccomp; from fence.policy import Policy; "
+            f"t = time.perf_counter(); p = seccomp.build_program(Policy(), cache_dir={str(cache)!r}); "
+            "print(len(p), 'pyseccomp' in sys.modules, time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[:2] == [str(len(first)), "False"]
+    assert float(out[2]) < 0.002
+
+
+def test_cache_keys_differ_by_inputs_and_untrusted_entries_are_ignored(tmp_path):
+    deny = seccomp.rules(deny_unix=True)
+    allow = seccomp.rules(deny_unix=False)
+    names = {seccomp.cache_name(deny, True), seccomp.cache_name(allow, True), seccomp.cache_name(deny, False)}
+    assert len(names) == 3
+    seccomp.build_program(Policy(), cache_dir=str(tmp_path))
+    (entry,) = tmp_path.iterdir()
+    entry.write_bytes(b"\0" * 8)
+    os.chmod(entry, 0o666)  # writable by others: never trusted
+    assert seccomp.build_program(Policy(), cache_dir=str(tmp_path)) == default_program()
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+
+
+def test_unwritable_cache_still_builds(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert seccomp.build_program(Policy(), cache_dir=str(blocker / "sub")) == default_program()
+
+
+def test_build_program_cost_is_small_when_cached(tmp_path):
+    seccomp.build_program(Policy(), cache_dir=str(tmp_path))
+    t = time.perf_counter()
+    for _ in range(100):
+        seccomp.build_program(Policy(), cache_dir=str(tmp_path))
+    assert (time.perf_counter() - t) / 100 < 0.002
