@@ -291,7 +291,11 @@ def test_deep_nesting_is_an_error_not_a_crash():
 def test_large_inputs_stay_bounded():
     assert len(commands("echo " + "{a,b}" * 30)) == 1
     assert len(commands("echo " + "{a,b}" * 30)[0].argv) <= shellparse.MAX_BRACE_WORDS + 1
-    assert commands("{" * 20000 + "}" * 20000)
+    assert len(commands("echo " + "x" * 200000 + "{a,b}" * 10)[0].argv) == 2  # long words expand to fewer words
+    with pytest.raises(ParseError):
+        commands("{" * 20000 + "}" * 20000)
+    with pytest.raises(ParseError):
+        commands("echo " + "{a,b}" * 100)
     assert len(commands("a | " * 2000 + "b")) == 2001
     with pytest.raises(ParseError):
         commands("x;" * (shellparse.MAX_COMMANDS + 1))

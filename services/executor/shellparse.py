@@ -53,6 +53,10 @@ MAX_COMMANDS = 10000
 """Most commands one check may produce (brace expansion and nesting multiply them)."""
 MAX_BRACE_WORDS = 1024
 """Most words one brace expansion may produce; the rest are dropped."""
+MAX_BRACE_BYTES = 256 * 1024
+"""Most text one brace expansion may produce (a long word gets fewer words)."""
+PARSE_BUDGET = 64 * 1024
+"""Nested scripts may add this much text to parse, plus three times the input (eval chains re-read it)."""
 
 SHELLS = frozenset({"sh", "bash", "zsh", "ksh", "dash", "fish", "ash", "mksh", "lksh", "pdksh", "yash", "posh",
                     "rbash", "csh", "tcsh", "ksh93"})
@@ -139,6 +143,8 @@ _DQ_PLAIN = _LazyRe(r'[^"\\$`]+')
 _NAME = _LazyRe(r"[A-Za-z_][A-Za-z0-9_]*")
 _FD_REDIR = _LazyRe(r"(?:[0-9]+|\{[A-Za-z_][A-Za-z0-9_]*\})(?=[<>])")
 _ASSIGN_LHS = _LazyRe(r"[A-Za-z_][A-Za-z0-9_]*(?:\[[^\]]*\])?\+?\Z")
+_ARITH_SCAN = _LazyRe(r"\(+|\)+|['\\]")
+_SENTINEL_RE = _LazyRe("[\ue000-\ue002]")
 _COPROC_NAME = _LazyRe(r"[ \t]*[A-Za-z_][A-Za-z0-9_]*[ \t\n]+(?=[{(])")
 _SPECIAL_PARAMS = "@*#?$!-0123456789"
 
@@ -192,11 +198,17 @@ class _Simple:
 class _Ctx:
     """Shared by every parser of one check: output, limits."""
 
-    __slots__ = ("out", "budget")
+    __slots__ = ("out", "budget", "chars")
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = 0) -> None:
         self.out: list[Command] = []
         self.budget = MAX_COMMANDS
+        self.chars = 4 * size + PARSE_BUDGET
+
+    def read(self, size: int) -> None:
+        self.chars -= size
+        if self.chars < 0:
+            raise ParseError("nested scripts too large to check")
 
     def emit(self, cmd: Command) -> None:
         self.budget -= 1
@@ -211,6 +223,7 @@ class _Parser:
     def __init__(self, src: str, ctx: _Ctx, depth: int, params: dict[str, list[str]] | None = None):
         if depth > MAX_DEPTH:
             raise ParseError(f"nesting deeper than {MAX_DEPTH} levels")
+        ctx.read(len(src))
         self.s = src
         self.n = len(src)
         self.i = 0
@@ -550,26 +563,33 @@ class _Parser:
 
     def _is_arith(self, i: int) -> bool:
         """At ``((``: does it close as ``))`` (arithmetic) rather than as nested subshells?"""
-        s, n = self.s, self.n
+        s = self.s
         depth = 0
         k = i + 2
-        while k < n:
+        finder = _ARITH_SCAN.search
+        while True:
+            m = finder(s, k)
+            if m is None:
+                return False
+            k = m.start()
             c = s[k]
             if c == "(":
-                depth += 1
+                depth += m.end() - k
+                k = m.end() - 1
             elif c == ")":
-                if depth == 0:
-                    return s.startswith(")", k + 1)
-                depth -= 1
+                run = m.end() - k
+                if depth < run:  # closes at depth 0 inside this run of ")"
+                    return s.startswith(")", k + depth + 1)
+                depth -= run
+                k = m.end() - 1
             elif c == "'":
                 j = s.find("'", k + 1)
                 if j < 0:
                     return False
                 k = j
-            elif c == "\\":
+            else:  # backslash
                 k += 1
             k += 1
-        return False
 
     def _arith(self, i: int) -> int:
         """Inside ``((``...: skip to after ``))``, parsing substitutions; return the index after."""
@@ -1087,17 +1107,24 @@ def _split_assign(w: Word, p: _Parser) -> tuple[str, str | None]:
 def _brace_expand(btext: str) -> list[str]:
     """Bash brace expansion over a word whose unquoted braces/commas are sentinels."""
     out: list[str] = []
-    _brace(btext, out)
+    if btext.count(_RB) > 4 * MAX_DEPTH:
+        raise ParseError(f"more than {4 * MAX_DEPTH} braces in one word")
+    limit = max(1, min(MAX_BRACE_WORDS, MAX_BRACE_BYTES // max(1, len(btext))))
+    _brace(btext, out, limit, 0)
     return [w.translate(_UNSENTINEL) for w in out] or [""]
 
 
-def _brace(text: str, out: list[str]) -> None:
-    """Expand the leftmost expandable brace (bash's order), recursively; at most MAX_BRACE_WORDS words."""
-    if len(out) >= MAX_BRACE_WORDS:
+def _brace(text: str, out: list[str], limit: int, depth: int) -> None:
+    """Expand the leftmost expandable brace (bash's order), recursively; at most ``limit`` words."""
+    if len(out) >= limit:
         return
+    if depth > MAX_DEPTH:
+        raise ParseError(f"more than {MAX_DEPTH} brace expansions in one word")
     best = None  # (start, end, top-level commas) of the leftmost expandable pair
     stack: list[list] = []
-    for j, c in enumerate(text):
+    for m in _SENTINEL_RE.finditer(text):
+        j = m.start()
+        c = text[j]
         if c == _LB:
             stack.append([j, []])
         elif c == _COMMA:
@@ -1123,8 +1150,8 @@ def _brace(text: str, out: list[str]) -> None:
     else:
         pieces = _sequence(text[start + 1:end]) or []
     for piece in pieces:
-        _brace(pre + piece + post, out)
-        if len(out) >= MAX_BRACE_WORDS:
+        _brace(pre + piece + post, out, limit, depth + 1)
+        if len(out) >= limit:
             return
 
 
@@ -1712,7 +1739,7 @@ def _quote(word: str) -> str:
 
 def split_words(text: str) -> list[str]:
     """Split like the shell splits one simple command's words (quotes, escapes); no expansion."""
-    ctx = _Ctx()
+    ctx = _Ctx(len(text))
     p = _Parser(text, ctx, 0)
     out: list[str] = []
     while True:
@@ -1730,14 +1757,14 @@ def split_words(text: str) -> list[str]:
 
 def commands(text: str) -> list[Command]:
     """Every command ``text`` (a shell command string) would run, in source order."""
-    ctx = _Ctx()
+    ctx = _Ctx(len(text))
     _Parser(text, ctx, 0).parse()
     return ctx.out
 
 
 def commands_from_argv(argv: list[str], env: dict[str, str] | None = None) -> list[Command]:
     """Every command an exact argv would run: itself, what it wraps, nested ``sh -c`` scripts."""
-    ctx = _Ctx()
+    ctx = _Ctx(sum(len(a) + 1 for a in argv))
     if not argv:
         return []
     p = _Parser("", ctx, 0)
