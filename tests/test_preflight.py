@@ -97,6 +97,8 @@ NESTED = [
     ("echo $(echo $(echo $(git push)))", None),
     ("echo `echo \\`git push\\``", None),
     ("echo '$(git push)'", ["echo $(git push)"]),
+    ("echo ${ git push; }", ["git push", "echo ${ git push; }"]),  # bash 5.3 / mksh: runs in this shell
+    ("echo ${| git push; }", ["git push", "echo ${| git push; }"]),
     # grouping and compound commands: keywords never hide a command
     ("(git push)", ["git push"]),
     ("( (git push) )", ["git push"]),
@@ -141,6 +143,10 @@ NESTED = [
     ("printf '%s\\n' 'git push' | bash", ["printf %s\\n git push", "bash", "git push"]),
     ("cat <<EOF | sh\ngit push\nEOF\n", ["cat", "sh", "git push"]),
     ("echo x | sh -s arg", ["echo x", "sh -s arg", "x"]),
+    ('bash /dev/stdin <<< "git push"', ["bash /dev/stdin", "git push"]),
+    ("echo 'git push' | bash -", ["echo git push", "bash -", "git push"]),
+    ("source /dev/stdin <<EOF\ngit push\nEOF", ["source /dev/stdin", "git push"]),
+    ("echo 'git push' | . /dev/stdin", ["echo git push", ". /dev/stdin", "git push"]),
     ("echo x | bash script.sh", ["echo x", "bash script.sh"]),
     # nested shells and eval
     ('bash -c "git push"', ["bash -c git push", "git push"]),
@@ -228,7 +234,7 @@ def test_data_is_not_a_command(text):
 
 def test_unknown_until_run_is_marked_dynamic():
     for text in ("$(echo git) push", "`which git` push", "$cmd push", '"$x" push', "read x; $x push",
-                 "for x in git; do $x push; done"):
+                 "for x in git; do $x push; done", "IFS=x; y=gitxpush; $y"):
         cmds = commands(text)
         last = cmds[-1]
         assert last.dynamic[0] and last.name == "", (text, cmds)

@@ -58,6 +58,9 @@ MAX_BRACE_BYTES = 256 * 1024
 PARSE_BUDGET = 64 * 1024
 """Nested scripts may add this much text to parse, plus three times the input (eval chains re-read it)."""
 
+STDIN_PATHS = frozenset({"/dev/stdin", "/dev/fd/0", "/proc/self/fd/0", "-"})
+"""Script file names that mean "read the script from stdin"."""
+
 SHELLS = frozenset({"sh", "bash", "zsh", "ksh", "dash", "fish", "ash", "mksh", "lksh", "pdksh", "yash", "posh",
                     "rbash", "csh", "tcsh", "ksh93"})
 """Shells whose ``-c STRING`` (or stdin) is parsed as a nested script."""
@@ -451,6 +454,13 @@ class _Parser:
             segs = self._flush(buf, segs)
             segs.append(("d", s[i:j], in_dq))
             return j, segs, True, False
+        if nxt == "{" and s[i + 2:i + 3] in (" ", "\t", "\n", "|"):  # ${ cmd; } and ${| cmd; }: run in this shell
+            self.i = i + 3
+            self._nested_list("}")
+            j = self.i
+            segs = self._flush(buf, segs)
+            segs.append(("d", s[i:j], in_dq))
+            return j, segs, True, False
         if nxt == "{":
             j = self._param_body(i + 2)
             inner = s[i + 2:j - 1] if j - 1 >= i + 2 and s[j - 1:j] == "}" else s[i + 2:j]
@@ -676,11 +686,11 @@ class _Parser:
                 continue
             self._word()
 
-    def _nested_list(self) -> None:
-        """``$( ... )`` / ``<( ... )``: parse a list up to the matching ``)`` on the same cursor."""
+    def _nested_list(self, close: str = ")") -> None:
+        """``$( ... )`` / ``<( ... )`` (or bash 5.3's ``${ ...; }``): parse a list up to the closer."""
         self._enter()
         try:
-            self._parse_list(close=True)
+            self._parse_list(close=close)
         finally:
             self._leave()
 
@@ -739,10 +749,10 @@ class _Parser:
 
     # ------------------------------------------------------------------ the grammar (forgiving)
     def parse(self) -> None:
-        self._parse_list(close=False)
+        self._parse_list(close="")
         self._flush_awaiting(force=True)
 
-    def _parse_list(self, close: bool) -> None:
+    def _parse_list(self, close: str) -> None:
         s = self.s
         stack: list[str] = []
         expect = ""  # for_name, for_words, case_word, case_in, pattern, func_name, func_parens, time_opts
@@ -814,6 +824,8 @@ class _Parser:
                         stack.append(_OPENERS[lit])
                         self._check_depth(stack)
                     elif lit in _CLOSERS:
+                        if lit == "}" and close == "}" and "brace" not in stack:
+                            return
                         _pop(stack, _CLOSERS[lit])
                     elif lit in ("for", "select"):
                         stack.append("loop")
@@ -907,7 +919,7 @@ class _Parser:
                 if "paren" in stack:
                     _pop(stack, "paren")
                     continue
-                if close:
+                if close == ")":
                     return
                 continue
 
@@ -988,6 +1000,8 @@ class _Parser:
                 text = " ".join(values)
                 if quoted:
                     fields[-1] += text
+                elif "IFS" in self.params:  # splitting on another IFS: not modelled
+                    return None
                 else:
                     pieces = text.split()
                     if pieces:
@@ -1354,6 +1368,10 @@ def _expand_command(p: _Parser, argv: list[str], dyn: list[bool], env: dict[str,
     if name in SHELLS:
         _shell(p, argv, dyn, stdin, name)
         return
+    if name in ("source", ".") and n > 1 and argv[1] in STDIN_PATHS:
+        if stdin:
+            p._subscript(stdin, share=True)
+        return
     if name in ("eval",):
         if n > 1 and not any(dyn[1:]):
             script(" ".join(argv[1:]), share=True)
@@ -1518,7 +1536,7 @@ def _shell(p: _Parser, argv: list[str], dyn: list[bool], stdin: str | None, name
                 params = {}
             p._subscript(argv[i], params)
         return
-    if i < n and not has_s:
+    if i < n and not has_s and argv[i] not in STDIN_PATHS:
         return  # a script file: its content is not known here
     if stdin:
         p._subscript(stdin)
