@@ -54,14 +54,16 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "origin"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms Nagle/delayed-ACK stall
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             body = self._read_chunked()
-        self.server.requests.append({"method": self.command, "path": self.path,
-                                     "headers": dict(self.headers.items()), "conn": id(self.connection)})
+        if self.server.requests is not None:
+            self.server.requests.append({"method": self.command, "path": self.path,
+                                         "headers": dict(self.headers.items()), "conn": id(self.connection)})
         if self.path.startswith("/chunked"):
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -108,9 +110,9 @@ class ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
 
 
-def start_origin(tls_context: ssl.SSLContext | None = None):
+def start_origin(tls_context: ssl.SSLContext | None = None, record: bool = True):
     server = ThreadingServer(("127.0.0.1", 0), OriginHandler)
-    server.requests = []
+    server.requests = [] if record else None
     if tls_context is not None:
         server.socket = tls_context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -275,9 +277,11 @@ class ProxyFactory:
         self.service: ProxyService | None = None
         self._n = 0
 
-    def start(self, metrics=None, **session_options) -> None:
+    def start(self, metrics=None, collect_events: bool = True, **session_options) -> None:
         self.service = ProxyService(metrics, resolver=self.resolver, session_options=session_options)
         run_sync(self.service.start(self.bus))
+        if not collect_events:
+            return
 
         async def on_event(ev) -> None:
             self.events.setdefault(ev.sandbox, []).append(ev)
