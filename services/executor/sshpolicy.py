@@ -592,26 +592,39 @@ def _run(argv: list[str], env: Mapping[str, str], timeout: float) -> tuple[int, 
     os.close(out_w)
     os.close(err_w)
     chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
-    open_fds = {out_r, err_r}
+    poller = select.poll()  # not select(): a long-running executor may hold fds above 1024
+    poller.register(out_r, select.POLLIN)
+    poller.register(err_r, select.POLLIN)
+    open_fds = 2
     deadline = time.monotonic() + timeout
+
+    def give_up() -> ResolveError:
+        try:
+            os.killpg(pid, 9)
+        except OSError:
+            pass
+        os.waitpid(pid, 0)
+        return ResolveError(f"ssh -G took longer than {timeout:g} s")
+
     try:
         while open_fds:
             left = deadline - time.monotonic()
             if left <= 0:
-                try:
-                    os.killpg(pid, 9)
-                except OSError:
-                    pass
-                os.waitpid(pid, 0)
-                raise ResolveError(f"ssh -G took longer than {timeout:g} s")
-            ready, _, _ = select.select(list(open_fds), [], [], left)
-            for fd in ready:
+                raise give_up()
+            for fd, _ in poller.poll(max(1, int(left * 1000))):
                 data = os.read(fd, 65536)
                 if data:
                     chunks[fd].append(data)
                 else:
-                    open_fds.discard(fd)
-        _, status = os.waitpid(pid, 0)
+                    poller.unregister(fd)
+                    open_fds -= 1
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                raise give_up()
+            time.sleep(0.002)
     finally:
         os.close(out_r)
         os.close(err_r)
