@@ -618,13 +618,27 @@ def _run(argv: list[str], env: Mapping[str, str], timeout: float) -> tuple[int, 
                 else:
                     poller.unregister(fd)
                     open_fds -= 1
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                raise give_up()
-            time.sleep(0.002)
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if not done:  # output closed but still running: wait for the exit, not past the deadline
+            try:
+                pidfd = os.pidfd_open(pid)
+            except (AttributeError, OSError):
+                pidfd = -1
+            try:
+                while not done:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise give_up()
+                    if pidfd >= 0:
+                        exited = select.poll()
+                        exited.register(pidfd, select.POLLIN)
+                        exited.poll(max(1, int(left * 1000)))
+                    else:
+                        time.sleep(0.002)
+                    done, status = os.waitpid(pid, os.WNOHANG)
+            finally:
+                if pidfd >= 0:
+                    os.close(pidfd)
     finally:
         os.close(out_r)
         os.close(err_r)
