@@ -68,6 +68,9 @@ def concurrent_tunnels(proxy, echo) -> None:
             while b"\r\n\r\n" not in head:
                 head += s.recv(4096)
             assert head.startswith(b"HTTP/1.1 200 ")
+        end = time.monotonic() + 5  # the proxy hands a tunnel to its relay just after sending the 200
+        while len(proxy.session().relays) < TUNNELS and time.monotonic() < end:
+            time.sleep(0.01)
         assert len(proxy.session().relays) == TUNNELS  # all open at once
         for i, s in enumerate(socks):
             s.sendall(b"%d;" % i)
