@@ -692,3 +692,48 @@ def test_metrics_count_decisions_and_tunnels(resolver, origin, echo):
         f.close(p)
     finally:
         f.stop()
+
+
+def test_upgrade_101_becomes_a_tunnel(proxy):
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    break
+                conn.sendall(data.upper())
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.http_port), timeout=5) as s:
+            s.sendall(f"GET http://a.ok.test:{port}/ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+                      .encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += s.recv(4096)
+            assert head.startswith(b"HTTP/1.1 101 ")
+            s.sendall(b"shout")
+            assert s.recv(5) == b"SHOUT"
+    finally:
+        server.close()
+
+
+def test_expect_100_continue(proxy, origin):
+    port = origin.server_address[1]
+    body = "z" * 5000
+    start = time.monotonic()
+    r = curl("-v", "--proxy", proxy.url, "-H", "Expect: 100-continue", "--data-binary", body,
+             f"http://a.ok.test:{port}/expect")
+    assert r.returncode == 0, r.stderr
+    assert json_body(r)["body"] == body
+    assert "HTTP/1.1 100 Continue" in r.stderr
+    assert time.monotonic() - start < 0.9  # relayed at once, not curl's 1 s fallback

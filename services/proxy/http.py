@@ -376,6 +376,8 @@ class _Exchange:
         client_close = _has_token(req.headers, b"connection", b"close") or (
             req.version == b"HTTP/1.0" and not _has_token(req.headers, b"connection", b"keep-alive"))
 
+        expect = has_body and _has_token(req.headers, b"expect", b"100-continue")
+        reusable = True
         key = ("upstream",) if via_upstream else (host, port)
         upc = None
         if self.cache is not None and self.cache_key == key:
@@ -403,10 +405,20 @@ class _Exchange:
                     reused = False
                 try:
                     await upc.sendall(head)
-                    if has_body:
+                    if expect:  # the client waits for "100 Continue" before it sends the body
+                        async with asyncio.timeout(session.response_timeout):
+                            resp_head = await upc.read_until(b"\r\n\r\n", session.max_head)
+                        if resp_head is not None and _status_of(resp_head) == 100:
+                            await conn.sendall(resp_head)
+                            resp_head = None
+                        elif resp_head is not None:
+                            client_close = True  # a final answer instead: the unsent body must not follow
+                            reusable = False
+                    if has_body and resp_head is None:
                         await _copy_body(conn, upc, framing, length, session)
-                    async with asyncio.timeout(session.response_timeout):
-                        resp_head = await upc.read_until(b"\r\n\r\n", session.max_head)
+                    if resp_head is None:
+                        async with asyncio.timeout(session.response_timeout):
+                            resp_head = await upc.read_until(b"\r\n\r\n", session.max_head)
                 except (OSError, PeerClosed) as e:
                     if reused and not has_body and attempt == 0:
                         upc.close()
@@ -421,7 +433,7 @@ class _Exchange:
                     raise _UpstreamFailed("upstream closed the connection without a response")
                 break
             return await self._relay_response(req, upc, resp_head, client_close, key, host, port, target,
-                                              decision, started)
+                                              decision, started, reusable)
         except (_UpstreamFailed, ProtocolError, TimeoutError) as e:
             if upc is not None:
                 upc.close()
@@ -438,7 +450,8 @@ class _Exchange:
         return Conn(self.session.loop, await self.session.dial(host, port))
 
     async def _relay_response(self, req: Request, upc: Conn, resp_head: bytes, client_close: bool, key,
-                              host: str, port: int, target: str, decision, started: float) -> str:
+                              host: str, port: int, target: str, decision, started: float,
+                              reusable: bool = True) -> str:
         session, conn = self.session, self.conn
         while True:
             status, version, headers = _parse_response(resp_head)
@@ -475,7 +488,7 @@ class _Exchange:
             return "close"
         if framing != "none":
             await _copy_body(upc, conn, framing, length, session)
-        if version == b"HTTP/1.1" and not _has_token(headers, b"connection", b"close"):
+        if reusable and version == b"HTTP/1.1" and not _has_token(headers, b"connection", b"close"):
             self.cache_key, self.cache = key, upc
         else:
             upc.close()
