@@ -60,3 +60,23 @@ def test_lone_cli_path_does_not_import_asyncio_or_nats(tmp_path):
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=30)
     assert r.stdout.strip() == "0 []", r.stderr
+
+
+def test_preflight_block_is_an_event_and_nothing_starts():
+    from fence.executor.runner import FenceError
+    from fence.messages import PreflightBlockedEvent
+
+    bus = InProcessBus()
+    for service in (ConfigService(), ProxyService(), MonitorService()):
+        run_sync(service.start(bus))
+    seen = []
+
+    async def record(event):
+        seen.append(event)
+
+    run_sync(bus.subscribe("fence.events.>", Event, record))
+    req = RunRequest(command=["sh", "-c", "reboot"], cwd="/", env=dict(os.environ), sandbox=new_sandbox_id())
+    with pytest.raises(FenceError, match='blocked by default sandbox command policy: "reboot" matches "reboot"'):
+        run_sync(run(bus, req, host_facts()))
+    assert len(seen) == 1 and isinstance(seen[0], PreflightBlockedEvent)
+    assert seen[0].rule == "reboot" and seen[0].default_rule and seen[0].sandbox == req.sandbox

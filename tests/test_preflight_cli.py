@@ -1,5 +1,5 @@
 """Preflight through the real CLI: blocked commands never start, the message names the rule and its
-source, exit code 1.  Skipped until the runner calls ``fence.executor.preflight.check_command``."""
+source, exit code 1.  The runner calls ``fence.executor.preflight.check_command`` before planning."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.skip(reason="wired by lead")]
+pytestmark = pytest.mark.sandbox
 
 
 def settings(workdir: Path, config: dict) -> Path:

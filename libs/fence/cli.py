@@ -170,7 +170,8 @@ def run_command(opts: RunOptions) -> int:
         host = host_facts(masked_dirs=_private_dirs())
     except HostError as e:
         return error(str(e))
-    req = RunRequest(command=command, sandbox=new_sandbox_id(), cwd=os.getcwd(), env=env, settings=opts.settings,
+    req = RunRequest(command=command, sandbox=new_sandbox_id(), command_string=opts.command_string or "",
+                     cwd=os.getcwd(), env=env, settings=opts.settings,
                      template=opts.template, debug=opts.debug)
     try:
         bus_url, supervisor = _find_bus(opts)

@@ -19,6 +19,7 @@ from fence.bus import Bus, BusError
 from fence.executor.coverage import refused, ungranted
 from fence.executor.launch import Sandbox
 from fence.executor.paths import expand
+from fence.executor.preflight import RuleSources, check_command
 from fence.executor.plan import HostFacts, SandboxPlan, plan_sandbox
 from fence.messages import (ConfigResolveReply, ConfigResolveRequest, LifecycleEvent, ProxySessionClose,
                             ProxySessionClosed, ProxySessionOpen, ProxySessionOpened)
@@ -32,6 +33,8 @@ class RunRequest(msgspec.Struct):
     cwd: str
     env: dict[str, str]
     sandbox: str
+    command_string: str = ""
+    """Set for ``fence -c``: preflight parses this rather than ``command`` (``[bash, -c, it]``)."""
     settings: str = ""
     template: str = ""
     debug: bool = False
@@ -68,6 +71,11 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     if missing:
         raise FenceError(f"this fence cannot enforce {', '.join(missing)} yet; refusing to run with less "
                          "protection than the config asks for (remove the field or pick another template)")
+    blocked = check_command(None if req.command_string else req.command, req.command_string or None, policy,
+                            RuleSources.from_reply(resolved), env=req.env)
+    if blocked is not None:  # nothing starts; the block is an event like any other
+        await bus.publish(event(sandbox_id, "preflight"), blocked.event(sandbox_id))
+        raise FenceError(blocked.message)
     masks = expand(policy.filesystem.deny_read, req.cwd, req.env.get("HOME", "/"))
     if masks.truncated:
         raise FenceError("filesystem.denyRead: a glob matched too much to expand safely; make it narrower "
