@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -291,6 +292,29 @@ def test_socketpair_can_be_left_open():
     assert run_probe(default_program(), {"named": ["asyncio"]}) == {"asyncio": "EPERM"}
     got = run_probe(default_program(deny_socketpair=False), {"named": ["socket_unix", "socketpair_unix", "asyncio"]})
     assert got == {"socket_unix": "EPERM", "socketpair_unix": "ok", "asyncio": "ok"}
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="needs node")
+def test_socketpair_denial_breaks_node_child_processes():
+    """Evidence for the trade-off in docs/linux-layers.md: libuv makes child stdio pipes with socketpair."""
+    script = ('const r = require("child_process").spawnSync("echo", ["child ok"]); '
+              'console.log(r.error ? "error: " + r.error.code : r.stdout.toString().trim())')
+    outputs = []
+    for program in (default_program(), default_program(deny_socketpair=False)):
+        with tempfile.TemporaryFile() as f:
+            f.write(program)
+            f.seek(0)
+            os.dup2(f.fileno(), SECCOMP_FD)
+            try:
+                argv = [BWRAP, "--die-with-parent", "--unshare-pid", "--unshare-net"]
+                argv += ["--unshare-user", "--cap-drop", "ALL"] if os.geteuid() == 0 else []
+                argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+                         "--seccomp", str(SECCOMP_FD), "--", "node", "-e", script]
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=30, pass_fds=(SECCOMP_FD,))
+            finally:
+                os.close(SECCOMP_FD)
+        outputs.append(r.stdout)
+    assert outputs == ["error: EPERM\n", "child ok\n"]
 
 
 def test_program_works_for_an_unprivileged_user():
