@@ -737,3 +737,64 @@ def test_expect_100_continue(proxy, origin):
     assert json_body(r)["body"] == body
     assert "HTTP/1.1 100 Continue" in r.stderr
     assert time.monotonic() - start < 0.9  # relayed at once, not curl's 1 s fallback
+
+
+def test_connection_cap_per_session(resolver, echo):
+    f = ProxyFactory(resolver)
+    f.start(max_connections=3, collect_events=False)
+    try:
+        p = f.open(allowed_domains=["127.0.0.1"])
+        held = [socket.create_connection(("127.0.0.1", p.http_port), timeout=5) for _ in range(3)]
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", p.http_port), timeout=5)
+        assert extra.recv(10) == b""  # accepted and closed at once
+        extra.close()
+        held.pop().close()
+        time.sleep(0.2)
+        sock, head = connect_tunnel(p.http_port, f"127.0.0.1:{echo.port}".encode())
+        assert head.startswith(b"HTTP/1.1 200 ")
+        sock.close()
+        for s in held:
+            s.close()
+        f.close(p)
+    finally:
+        f.stop()
+
+
+def test_fixed_port_in_use_is_unavailable(factory):
+    from fence.bus import RemoteError
+
+    busy = socket.create_server(("127.0.0.1", 0))
+    try:
+        with pytest.raises(RemoteError) as e:
+            factory.open(allowed_domains=["a.test"], http_proxy_port=busy.getsockname()[1])
+        assert e.value.code == "unavailable"
+    finally:
+        busy.close()
+    free = socket.create_server(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    p = factory.open(allowed_domains=["a.test"], http_proxy_port=port)
+    assert p.http_port == port
+    factory.close(p)
+
+
+def test_loopback_relaxed_only(resolver):
+    from fence.bus import InProcessBus, run_sync
+    from fence.messages import ProxySessionOpen, ProxySessionOpened
+    from fence.policy import NetworkConfig
+    from fence.proxy.service import ProxyService
+    from fence.subjects import PROXY_SESSION_OPEN
+
+    bus = InProcessBus()
+    service = ProxyService(loopback="relaxed", resolver=resolver)
+    run_sync(service.start(bus))
+    try:
+        strict = run_sync(bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
+            sandbox="aa01", network=NetworkConfig(allowed_domains=["a.test"])), ProxySessionOpened))
+        relaxed = run_sync(bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
+            sandbox="aa02", network=NetworkConfig(allowed_domains=["*"])), ProxySessionOpened, timeout=10))
+        assert strict.http_port == 0 and not strict.relaxed
+        assert relaxed.http_port and relaxed.relaxed
+    finally:
+        run_sync(service.stop())

@@ -141,7 +141,7 @@ class NetDecisionEvent(Message):
     written when it did not canonicalise, then ``reason`` is ``invalid``);
     ``decision`` what the filter said (``allow``/``deny``/``proxy``),
     ``reason`` why (``allowed``, ``denied``, ``nomatch``, ``noconfig``,
-    ``invalid``, ``resolved-denied``) and ``rule`` the pattern that matched;
+    ``invalid``, ``resolved-denied``, ``unsupported``) and ``rule`` the pattern that matched;
     ``status`` the HTTP status (or SOCKS5 reply code) the client got and
     ``outcome`` ``allowed``, ``blocked`` or ``error``.  Console lines:
     ``fence.proxy.lines.net_lines``.
