@@ -33,14 +33,13 @@ Patterns go through the same canonicalisation (case, IDN, trailing dot), so a
 rule and a host always compare like with like.  A *denied* pattern that is a
 non-canonical IPv4 spelling (``0177.0.0.1``) also denies its canonical form.
 
-Nothing here resolves a name: deciding never touches DNS.
+Nothing here resolves a name: deciding never touches DNS.  Importing this
+module costs only ``re`` (command preflight uses it on every run).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import socket
 
 __all__ = ["HostError", "canonical_host", "split_host_port", "is_ip", "display_host", "Decision",
            "DomainFilter", "ALLOW", "DENY", "PROXY", "block_hint", "pattern_problem", "pattern_error"]
@@ -58,22 +57,42 @@ class HostError(ValueError):
 # --- canonical hosts --------------------------------------------------------------------
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_NAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-_NUMERIC_LABEL_RE = re.compile(r"[0-9]+|0x[0-9a-f]*")
-_QUAD_PART_RE = re.compile(r"0|[1-9][0-9]{0,2}")
-_DOTS_RE = re.compile("[.\u3002\uff0e\uff61]")  # the dots IDNA 2003 (and Python's codec) split on
 _V6_CHARS = frozenset("0123456789abcdefABCDEF:.")
+_DIGITS = frozenset("0123456789")
+_HEX = frozenset("0123456789abcdef")
+_IDNA_DOTS = ".\u3002\uff0e\uff61"  # the dots IDNA 2003 (and Python's codec) split on
+_name_re = None  # compiled on first use: importing this module stays cheap
+
+
+def _name_match(host: str) -> bool:
+    global _name_re
+    if _name_re is None:
+        _name_re = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+    return _name_re.fullmatch(host) is not None
+
+
+def _numeric_label(label: str) -> bool:
+    """Digits, or ``0x`` followed by hex digits: how ``inet_aton`` reads a part (so, an IPv4 spelling)."""
+    if label[:2] == "0x":
+        return set(label[2:]) <= _HEX
+    return bool(label) and set(label) <= _DIGITS
+
+
+def _quad_part(part: str) -> bool:
+    return (part == "0" or (0 < len(part) <= 3 and part[0] != "0" and set(part) <= _DIGITS)) and int(part) < 256
 
 
 def _canonical_v4(host: str) -> str:
     parts = host.split(".")
-    if len(parts) == 4 and all(_QUAD_PART_RE.fullmatch(p) and int(p) < 256 for p in parts):
+    if len(parts) == 4 and all(_quad_part(p) for p in parts):
         return host
     raise HostError(f'"{host}" is not a canonical IPv4 address; write it as four decimal numbers '
                     f'(e.g. 127.0.0.1)')
 
 
 def _canonical_v6(text: str) -> str:
+    import ipaddress  # lazily: ~2 ms, and only IPv6 literals need it
+
     if not text or not set(text) <= _V6_CHARS:
         raise HostError(f'"[{text}]" is not an IPv6 address (zone ids are not accepted)')
     try:
@@ -108,20 +127,20 @@ def canonical_host(raw: str) -> str:
             host = raw.encode("idna").decode("ascii").lower()
         except UnicodeError as e:
             raise HostError(f"{raw!r} is not a valid internationalised domain name ({e})") from None
-        if host.count(".") != len(_DOTS_RE.findall(raw)):
+        if host.count(".") != sum(raw.count(d) for d in _IDNA_DOTS):
             raise HostError(f"{raw!r} maps to a different number of labels ({host!r})")
     if host.endswith("."):
         host = host[:-1]
     if not host or len(host) > 253:
         raise HostError(f"{raw!r} is not a valid host name (empty or longer than 253)")
     last = host.rpartition(".")[2]
-    if _NUMERIC_LABEL_RE.fullmatch(last):
+    if _numeric_label(last):
         # an IPv4 spelling: only the canonical dotted quad, written in ASCII as it is matched
         if not was_ascii or host != raw:
             raise HostError(f'"{raw}" is not a canonical IPv4 address; write it as four decimal numbers '
                             f'(e.g. 127.0.0.1)')
         return _canonical_v4(host)
-    if not _NAME_RE.fullmatch(host):
+    if not _name_match(host):
         raise HostError(f"{raw!r} is not a valid host name (letters, digits, '-', '_' and dots only)")
     if "xn--" in host:
         for label in host.split("."):
@@ -135,7 +154,7 @@ def canonical_host(raw: str) -> str:
 
 def is_ip(host: str) -> bool:
     """True for a canonical host that is an IP address (as ``canonical_host`` returns them)."""
-    return ":" in host or (host[-1:].isdigit() and _NUMERIC_LABEL_RE.fullmatch(host.rpartition(".")[2]) is not None)
+    return ":" in host or (host[-1:].isdigit() and _numeric_label(host.rpartition(".")[2]))
 
 
 def display_host(host: str) -> str:
@@ -207,8 +226,10 @@ def _canonical_pattern(pattern: str) -> str | None:
 def _inet_aton_spelling(pattern: str) -> str | None:
     """The dotted quad glibc would read ``pattern`` as (``0177.0.0.1`` -> 127.0.0.1), else None."""
     p = pattern.strip().lower().rstrip(".")
-    if not p or not p.isascii() or not _NUMERIC_LABEL_RE.fullmatch(p.rpartition(".")[2]):
+    if not p or not p.isascii() or not _numeric_label(p.rpartition(".")[2]):
         return None
+    import socket
+
     try:
         return socket.inet_ntoa(socket.inet_aton(p))  # a pure parse: never a lookup
     except OSError:

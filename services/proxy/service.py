@@ -35,17 +35,21 @@ counted in Prometheus metrics (``fence.proxy.prom``) when the service has
 from __future__ import annotations
 
 import sys
-import threading
 from collections import deque
 
 from fence.bus import ServiceError
-from fence.domains import DomainFilter
 from fence.messages import ProxySessionClose, ProxySessionClosed, ProxySessionOpen, ProxySessionOpened
 from fence.service import Endpoint, Service
 from fence.subjects import PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN, event
 
 EVENT_BACKLOG = 10000
 LOOPBACK = "127.0.0.1"
+
+
+def _can_allow(network) -> tuple[bool, bool]:
+    """(may allow anything, relaxed) without importing the filter: the no-network run stays import-free."""
+    allowed = [p.strip() for p in network.allowed_domains]
+    return bool(allowed) or network.default_action == "proxy", "*" in allowed
 
 
 class _Idle:
@@ -72,7 +76,7 @@ class ProxyService(Service):
         self.loopback = loopback
         self.session_options = dict(session_options or {})
         self.loop = None
-        self._thread: threading.Thread | None = None
+        self._thread = None
         self._events: deque = deque()
         self._dropped = 0
         self._publishing = False
@@ -98,6 +102,7 @@ class ProxyService(Service):
 
     def _start_thread(self) -> None:
         import asyncio
+        import threading
 
         try:
             import uvloop
@@ -137,12 +142,12 @@ class ProxyService(Service):
         old = self.sessions.pop(req.sandbox, None)
         if old is not None and not isinstance(old, _Idle):
             await self._on_loop(old.close())
-        filt = DomainFilter.from_network(req.network)
-        listen = filt.may_allow and (self.loopback == "always" or (self.loopback == "relaxed" and filt.relaxed))
+        may_allow, relaxed = _can_allow(req.network)
+        listen = may_allow and (self.loopback == "always" or (self.loopback == "relaxed" and relaxed))
         if not listen:
             self.sessions[req.sandbox] = _Idle(req.sandbox, req.network)
             self._gauge()
-            return ProxySessionOpened(sandbox=req.sandbox, relaxed=filt.relaxed)
+            return ProxySessionOpened(sandbox=req.sandbox, relaxed=relaxed)
         try:
             session = await self._on_loop(self._open_session(req.sandbox, req.network, listen=True))
         except OSError as e:
@@ -151,7 +156,7 @@ class ProxyService(Service):
         self.sessions[req.sandbox] = session
         self._gauge()
         return ProxySessionOpened(sandbox=req.sandbox, http_port=session.http_port, socks_port=session.socks_port,
-                                  address=LOOPBACK, relaxed=filt.relaxed)
+                                  address=LOOPBACK, relaxed=relaxed)
 
     async def _open_session(self, sandbox: str, network, listen: bool):
         from fence.proxy.session import Session
