@@ -798,3 +798,13 @@ def test_loopback_relaxed_only(resolver):
         assert relaxed.http_port and relaxed.relaxed
     finally:
         run_sync(service.stop())
+
+
+def test_default_action_proxy_without_upstream_denies(factory, origin):
+    p = factory.open(allowed_domains=["a.test"], default_action="proxy")  # invalid config: fail closed
+    try:
+        port = origin.server_address[1]
+        resp = raw_exchange(p.http_port, f"GET http://grey.test:{port}/ HTTP/1.1\r\n\r\n".encode())
+        assert status_of(resp) == 403 and b'Add "grey.test"' in resp
+    finally:
+        factory.close(p)

@@ -472,6 +472,16 @@ class _Exchange:
             if framing == "none":
                 framing = "close"
         session.record("http", req.method, host, port, target, decision, status, "allowed", started)
+        try:
+            return await self._send_response(req, upc, resp_head, status, version, headers, framing, length,
+                                             client_close, key, reusable)
+        except (OSError, PeerClosed, ProtocolError, TimeoutError):
+            upc.close()  # the response has started: all that is left is to close
+            return "close"
+
+    async def _send_response(self, req: Request, upc: Conn, resp_head: bytes, status: int, version: bytes,
+                             headers, framing: str, length: int, client_close: bool, key, reusable: bool) -> str:
+        session, conn = self.session, self.conn
         await conn.sendall(resp_head)
         if status == 101:
             if conn.buf:
@@ -483,7 +493,7 @@ class _Exchange:
             session.relay(conn.sock, upc.sock)
             return "handed"
         if framing == "close":
-            await _copy_until_eof(upc, conn)
+            await _copy_until_eof(upc, conn, session)
             upc.close()
             return "close"
         if framing != "none":
@@ -554,9 +564,11 @@ async def _copy_body(src: Conn, dst: Conn, framing: str, length: int, session) -
             deadline.reschedule(loop.time() + session.idle_timeout)
 
 
-async def _copy_until_eof(src: Conn, dst: Conn) -> None:
-    while True:
-        chunk = await src.recv(262144)
-        if not chunk:
-            return
-        await dst.sendall(chunk)
+async def _copy_until_eof(src: Conn, dst: Conn, session) -> None:
+    async with asyncio.timeout(session.idle_timeout) as deadline:
+        while True:
+            chunk = await src.recv(262144)
+            if not chunk:
+                return
+            await dst.sendall(chunk)
+            deadline.reschedule(session.loop.time() + session.idle_timeout)

@@ -29,10 +29,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import sys
 import time
 from typing import Any, Awaitable, Callable
 
-from fence.domains import ALLOW, DENY, DomainFilter, canonical_host, display_host, is_ip
+from fence.domains import ALLOW, DENY, DomainFilter, HostError, canonical_host, display_host, is_ip
 from fence.messages import NetDecisionEvent
 from fence.proxy.conn import DeadlineExceeded, connect
 from fence.proxy.relay import COPY_CHUNK, HALF_OPEN_TIMEOUT, Relay
@@ -102,10 +103,18 @@ class Session:
                  max_connections: int = MAX_CONNECTIONS):
         self.sandbox = sandbox
         self.network = network
-        self.filter = DomainFilter.from_network(network)
         self.upstream: Upstream | None = None
         if network is not None and network.upstream_proxy and network.default_action == "proxy":
-            self.upstream = Upstream(network.upstream_proxy)
+            try:
+                self.upstream = Upstream(network.upstream_proxy)
+            except (HostError, IndexError, ValueError) as e:  # validated earlier; fail closed if not
+                print(f"[fence:proxy] Warning: ignoring network.upstreamProxy {network.upstream_proxy!r}: {e}; "
+                      f"traffic matching no rule is denied", file=sys.stderr)
+        if network is None:
+            self.filter = DomainFilter(None)
+        else:  # grey traffic goes upstream only when there is an upstream to go to
+            self.filter = DomainFilter(network.allowed_domains, network.denied_domains,
+                                       "proxy" if self.upstream is not None else "")
         self.loop = loop or asyncio.get_running_loop()
         self.resolver = resolver
         self.emit = emit
