@@ -270,3 +270,28 @@ def test_read_isolation_not_yet_enforced_is_refused(fence):
     r = fence.run("-s", cfg, "--", "sh", "-c", f"echo > {marker}", cwd=str(work))
     assert r.returncode == 1 and r.stderr.startswith("Error: this fence cannot enforce filesystem.defaultDenyRead")
     assert not marker.exists()
+
+
+SYSCALL_PROBE = """
+import ctypes, errno, socket
+libc = ctypes.CDLL(None, use_errno=True)
+r = libc.ptrace(0, 0, 0, 0)
+print("ptrace", "EPERM" if r == -1 and ctypes.get_errno() == errno.EPERM else r)
+try:
+    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); print("unix ok")
+except PermissionError: print("unix EPERM")
+a, b = socket.socketpair(); print("socketpair ok")
+"""
+
+
+def test_seccomp_filter_is_applied(fence):
+    r = fence.run("-d", "--", "python3", "-c", SYSCALL_PROBE)
+    assert r.stdout.split("\n")[:3] == ["ptrace EPERM", "unix EPERM", "socketpair ok"], r.stderr
+    assert "seccomp(" in r.stderr and "--seccomp 5" in r.stderr
+
+
+def test_allow_all_unix_sockets(fence):
+    work = fence.workdir()
+    cfg = _write_config(fence, work, '{"network": {"allowAllUnixSockets": true}}')
+    r = fence.run("-s", cfg, "--", "python3", "-c", SYSCALL_PROBE, cwd=str(work))
+    assert r.stdout.split("\n")[:3] == ["ptrace EPERM", "unix ok", "socketpair ok"], r.stderr

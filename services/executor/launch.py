@@ -51,12 +51,17 @@ class Sandbox:
         block_read = block_write = -1
         if self.plan.block_fd:
             block_read, block_write = _pipe()
+        seccomp_read = _filled_pipe(self.plan.seccomp_program) if self.plan.seccomp_program else -1
         try:
             if self.relay_signals:  # else the caller routes signals to on_signal (an event loop's handlers)
                 self._install_signal_relay()
             actions = [(os.POSIX_SPAWN_DUP2, write_end, self.plan.info_fd)]
             if block_read >= 0:
                 actions.append((os.POSIX_SPAWN_DUP2, block_read, self.plan.block_fd))
+            if seccomp_read >= 0:
+                from fence.executor.plan import SECCOMP_FD
+
+                actions.append((os.POSIX_SPAWN_DUP2, seccomp_read, SECCOMP_FD))
             try:
                 self.pid = os.posix_spawn(self.plan.argv[0], self.plan.argv, self.plan.env,
                                           file_actions=actions, setpgroup=0)
@@ -68,8 +73,9 @@ class Sandbox:
                 raise LaunchError(f"cannot start bwrap ({self.plan.argv[0]}): {e.strerror}") from None
         finally:
             os.close(write_end)
-            if block_read >= 0:
-                os.close(block_read)
+            for fd in (block_read, seccomp_read):
+                if fd >= 0:
+                    os.close(fd)
         try:
             self.init_pid = _read_child_pid(read_end)
         finally:
@@ -185,6 +191,18 @@ def _pipe() -> tuple[int, int]:
         ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10))
         os.close(fd)
     return ends[0], ends[1]
+
+
+def _filled_pipe(data: bytes) -> int:
+    """The read end of a pipe already holding ``data`` and closed for writing (bwrap reads to EOF)."""
+    read_end, write_end = _pipe()
+    try:
+        if len(data) > 65536:
+            raise LaunchError(f"seccomp program too large ({len(data)} bytes)")
+        os.write(write_end, data)
+    finally:
+        os.close(write_end)
+    return read_end
 
 
 def _kill(pid: int, signum: int) -> None:

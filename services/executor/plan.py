@@ -25,6 +25,10 @@ INFO_FD = 3
 BLOCK_FD = 4
 """bwrap waits for a byte here (``--block-fd``) when bridges must exist before the command runs."""
 
+SECCOMP_FD = 5
+"""bwrap reads the seccomp BPF program from here (``--seccomp``)."""
+"""bwrap waits for a byte here (``--block-fd``) when bridges must exist before the command runs."""
+
 
 class HostFacts(msgspec.Struct, frozen=True):
     """What the planner needs to know about the machine; gathered once by the caller."""
@@ -49,6 +53,8 @@ class SandboxPlan(msgspec.Struct):
     """Non-zero when the launcher must prepare ``listen_inside`` and then release bwrap."""
     listen_inside: list[tuple[str, int]] = []
     """Loopback addresses to listen on inside the sandbox's netns (proxies, local ports)."""
+    seccomp_program: bytes = b""
+    """The BPF program bwrap loads from ``SECCOMP_FD`` (empty: no filter)."""
 
     @property
     def summary(self) -> str:
@@ -67,7 +73,7 @@ def sanitize_env(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
 
 
 def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, str], host: HostFacts,
-                 listen_inside: list[tuple[str, int]] = (), deny_read: list[tuple[str, bool]] = ()) -> SandboxPlan:
+                 listen_inside: list[tuple[str, int]] = (), deny_read: list[tuple[str, bool]] = (), seccomp: tuple[bytes, str] = (b"", "")) -> SandboxPlan:
     """Build the bwrap invocation for ``command`` under ``policy``.
 
     Foundation layers: read-only root, private /tmp, fresh /dev and /proc, new
@@ -95,6 +101,9 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     args += ["--chdir", cwd, "--info-fd", str(INFO_FD)]
     if listen_inside:
         args += ["--block-fd", str(BLOCK_FD)]
+    program, seccomp_label = seccomp
+    if program:
+        args += ["--seccomp", str(SECCOMP_FD)]
     args.append("--")
     args += command
 
@@ -103,7 +112,10 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     layers = ["bwrap(network,pid,fs)"]
     if deny_read:
         layers.append(f"denyRead({len(deny_read)})")
+    if program:
+        layers.append(seccomp_label or "seccomp")
     if host.is_root:
         layers.append("userns+cap-drop(ALL)")
     return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers,
-                       block_fd=BLOCK_FD if listen_inside else 0, listen_inside=list(listen_inside))
+                       block_fd=BLOCK_FD if listen_inside else 0, listen_inside=list(listen_inside),
+                       seccomp_program=program)

@@ -80,7 +80,8 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     if masks.truncated:
         raise FenceError("filesystem.denyRead: a glob matched too much to expand safely; make it narrower "
                          "(for a whole directory write DIR/**)")
-    plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, deny_read=masks.paths)
+    plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, deny_read=masks.paths,
+                        seccomp=seccomp_for(policy))
     if req.debug:
         debug_plan(plan)
         for name in ungranted(policy):
@@ -105,6 +106,23 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
             await bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=sandbox_id), ProxySessionClosed)
         except BusError as e:
             print(f"[fence] Warning: closing proxy session {sandbox_id} failed: {e}", file=sys.stderr)
+
+
+def seccomp_for(policy) -> tuple[bytes, str]:
+    """The seccomp program and its label; a warning and no filter when it cannot be built.
+
+    socketpair(AF_UNIX) stays allowed: an anonymous connected pair reaches
+    nothing outside the sandbox, and denying it breaks asyncio and Node's child
+    processes.  socket(AF_UNIX), which can connect to host sockets, is denied.
+    """
+    from fence.executor import seccomp
+
+    try:
+        return seccomp.build_program(policy, deny_socketpair=False), seccomp.summary(policy)
+    except Exception as e:  # libseccomp missing or broken: degrade as documented, loudly
+        print(f"[fence:linux] Warning: seccomp filter unavailable ({type(e).__name__}: {e}): "
+              "running without syscall filtering", file=sys.stderr)
+        return b"", ""
 
 
 def debug_plan(plan: SandboxPlan) -> None:
