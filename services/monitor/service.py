@@ -13,7 +13,7 @@ from collections import deque
 from typing import TextIO
 
 from fence.bus import Bus
-from fence.messages import Event, LifecycleEvent, RecentEventsReply, RecentEventsRequest
+from fence.messages import Event, LifecycleEvent, NetDecisionEvent, RecentEventsReply, RecentEventsRequest
 from fence.service import Endpoint, Service
 from fence.subjects import EVENTS_ALL, MONITOR_RECENT
 
@@ -24,11 +24,12 @@ class MonitorService(Service):
     name = "fence-monitor"
     description = "Collects sandbox events: console lines, recent-event queries, metrics"
 
-    def __init__(self, metrics=None, console: TextIO | None = None, debug: bool = False):
+    def __init__(self, metrics=None, console: TextIO | None = None, debug: bool = False, monitor: bool = False):
         super().__init__(metrics)
         self.recent: deque = deque(maxlen=RING_SIZE)
         self.console = console
         self.debug = debug
+        self.monitor = monitor
 
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint("recent", MONITOR_RECENT, RecentEventsRequest, self.query)]
@@ -41,13 +42,22 @@ class MonitorService(Service):
         if self.metrics is not None:
             self.metrics.count_event(type(event).__name__)
         if self.console is not None:
-            line = console_line(event, self.debug)
-            if line:
+            for line in console_lines(event, self.debug, self.monitor):
                 print(line, file=self.console, flush=True)
 
     async def query(self, req: RecentEventsRequest) -> RecentEventsReply:
         events = [e for e in self.recent if not req.sandbox or e.sandbox == req.sandbox]
         return RecentEventsReply(events=events[-max(0, req.limit):] if req.limit else [])
+
+
+def console_lines(event: Event, debug: bool, monitor: bool = False) -> list[str]:
+    """Every stderr line for an event at this verbosity (-d: all, -m: blocks only)."""
+    if isinstance(event, NetDecisionEvent):
+        from fence.proxy.lines import net_lines
+
+        return net_lines(event, debug, monitor)
+    line = console_line(event, debug)
+    return [line] if line else []
 
 
 def console_line(event: Event, debug: bool) -> str:

@@ -1,0 +1,50 @@
+"""How a run reaches the network: none, filtered through the proxies, or relaxed.
+
+* ``none``: no allowed domain; ``--unshare-net`` and nothing else.
+* ``filtered``: ``--unshare-net``; listeners at 127.0.0.1:3128 (HTTP) and
+  :1080 (SOCKS5) are created inside the sandbox's netns (``bridge.py``) and
+  served by this run's proxy session; the proxy env points at them.
+* ``relaxed``: ``"*"`` in allowedDomains; no network namespace at all (direct
+  access for every program), the proxies on host loopback random ports for
+  proxy-aware clients, where deniedDomains still applies.  Weaker, on purpose.
+"""
+
+from __future__ import annotations
+
+from fence.messages import ProxySessionOpened
+from fence.policy import NetworkConfig
+
+HTTP_PORT_INSIDE = 3128
+SOCKS_PORT_INSIDE = 1080
+NO_PROXY = "localhost,127.0.0.1,::1"
+
+
+def mode(network: NetworkConfig) -> str:
+    if "*" in network.allowed_domains:
+        return "relaxed"
+    if network.allowed_domains or (network.default_action == "proxy" and network.upstream_proxy):
+        return "filtered"
+    return "none"
+
+
+def listeners(net_mode: str) -> list[tuple[str, int]]:
+    if net_mode == "filtered":
+        return [("127.0.0.1", HTTP_PORT_INSIDE), ("127.0.0.1", SOCKS_PORT_INSIDE)]
+    return []
+
+
+def proxy_env(net_mode: str, opened: ProxySessionOpened) -> dict[str, str]:
+    """HTTP_PROXY & co. for the command; empty when there is nothing to reach."""
+    if net_mode == "filtered":
+        http, socks = HTTP_PORT_INSIDE, SOCKS_PORT_INSIDE
+    elif net_mode == "relaxed" and opened.http_port:
+        http, socks = opened.http_port, opened.socks_port
+    else:
+        return {}
+    env = {}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        env[name] = f"http://127.0.0.1:{http}"
+    if socks:
+        env["ALL_PROXY"] = env["all_proxy"] = f"socks5h://127.0.0.1:{socks}"
+    env["NO_PROXY"] = env["no_proxy"] = NO_PROXY
+    return env

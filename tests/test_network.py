@@ -1,0 +1,110 @@
+"""Network policy through real sandboxes: proxies reached over bridges, as root and unprivileged.
+
+Only servers these tests start on 127.0.0.1 are contacted.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+
+import pytest
+
+pytestmark = pytest.mark.sandbox
+
+MARKER = "fence-network-marker"
+
+
+@pytest.fixture(scope="module")
+def origin():
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = MARKER.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def config(fence, network: dict):
+    work = fence.workdir()
+    path = work / "fence.json"
+    path.write_text(json.dumps({"network": network}))
+    return work
+
+
+def run(fence, work, script: str, *flags: str):
+    return fence.run(*flags, "-c", script, cwd=str(work))
+
+
+def test_allowed_through_the_http_proxy(fence, origin):
+    work = config(fence, {"allowedDomains": ["127.0.0.1"]})
+    r = run(fence, work, f"NO_PROXY= no_proxy= curl -sS --max-time 10 http://127.0.0.1:{origin}/")
+    assert (r.returncode, r.stdout) == (0, MARKER), r.stderr
+
+
+def test_allowed_through_socks5h(fence, origin):
+    work = config(fence, {"allowedDomains": ["127.0.0.1"]})
+    r = run(fence, work, f'curl -sS --max-time 10 --noproxy "" --proxy "$ALL_PROXY" http://127.0.0.1:{origin}/')
+    assert (r.returncode, r.stdout) == (0, MARKER), r.stderr
+
+
+def test_blocked_host_gets_403_with_the_config_key(fence, origin):
+    work = config(fence, {"allowedDomains": ["example.com"]})
+    r = run(fence, work, f"NO_PROXY= no_proxy= curl -s --max-time 10 -w '%{{http_code}}' http://localhost:{origin}/")
+    assert r.stdout.startswith("Connection blocked by network allowlist\n")
+    assert 'network.allowedDomains' in r.stdout and r.stdout.endswith("403")
+
+
+def test_denied_wins_over_allowed(fence, origin):
+    work = config(fence, {"allowedDomains": ["127.0.0.1"], "deniedDomains": ["127.0.0.1"]})
+    r = run(fence, work, f"NO_PROXY= no_proxy= curl -s --max-time 10 -o /dev/null -w '%{{http_code}}' "
+                         f"http://127.0.0.1:{origin}/")
+    assert r.stdout == "403"
+
+
+def test_direct_attempts_that_ignore_the_proxy_fail(fence, origin):
+    work = config(fence, {"allowedDomains": ["127.0.0.1"]})
+    script = (f"curl -sS --max-time 5 --noproxy '*' http://127.0.0.1:{origin}/ && echo CURL-DIRECT; "
+              f"(echo > /dev/tcp/127.0.0.1/{origin}) 2>/dev/null && echo BASH-DIRECT; "
+              f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {origin}), 3)\" 2>/dev/null "
+              "&& echo PY-DIRECT; "
+              "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+              "s.sendto(b'x', ('127.0.0.1', 53))\" 2>/dev/null && echo UDP-SENT-LOCAL-ONLY; true")
+    r = run(fence, work, script)
+    assert "CURL-DIRECT" not in r.stdout and "BASH-DIRECT" not in r.stdout and "PY-DIRECT" not in r.stdout
+
+
+def test_monitor_prints_blocked_requests_only(fence, origin):
+    work = config(fence, {"allowedDomains": ["127.0.0.1"]})
+    r = run(fence, work, f"NO_PROXY= no_proxy= curl -s --max-time 10 -o /dev/null http://127.0.0.1:{origin}/; "
+                         f"NO_PROXY= no_proxy= curl -s --max-time 10 -o /dev/null http://localhost:{origin}/", "-m")
+    lines = [line for line in r.stderr.splitlines() if line.startswith("[fence:http]")]
+    assert len(lines) == 1 and "✗" in lines[0] and "403 localhost" in lines[0], r.stderr
+
+
+def test_relaxed_mode_shares_the_network_and_still_applies_denied(fence, origin):
+    work = config(fence, {"allowedDomains": ["*"], "deniedDomains": ["localhost"]})
+    script = (f"echo $HTTP_PROXY; curl -sS --max-time 5 --noproxy '*' http://127.0.0.1:{origin}/; echo; "
+              f"NO_PROXY= no_proxy= curl -s --max-time 5 -o /dev/null -w '%{{http_code}}' http://localhost:{origin}/")
+    r = run(fence, work, script)
+    proxy, direct, denied = r.stdout.splitlines()
+    assert proxy.startswith("http://127.0.0.1:") and not proxy.endswith(":3128")
+    assert direct == MARKER and denied == "403"
+
+
+def test_no_network_without_allowed_domains(fence, origin):
+    work = config(fence, {})
+    r = run(fence, work, "echo ${HTTP_PROXY:-unset}; cat /proc/net/dev | tail -n +3 | cut -d: -f1")
+    assert r.stdout.split() == ["unset", "lo"]
