@@ -295,3 +295,9 @@ def test_allow_all_unix_sockets(fence):
     cfg = _write_config(fence, work, '{"network": {"allowAllUnixSockets": true}}')
     r = fence.run("-s", cfg, "--", "python3", "-c", SYSCALL_PROBE, cwd=str(work))
     assert r.stdout.split("\n")[:3] == ["ptrace EPERM", "unix ok", "socketpair ok"], r.stderr
+
+
+def test_linux_features_report(fence):
+    r = fence.run("--linux-features")
+    assert r.returncode == 0 and r.stdout.startswith("Linux Sandbox Features:")
+    assert "Minimum requirements met (bwrap)" in r.stdout and "Socat" not in r.stdout

@@ -40,6 +40,7 @@ Flags:
   -m, --monitor             report blocked operations on stderr
       --force-new-session   always run the command in a new terminal session
       --bus URL             use the supervisor's NATS bus at URL
+      --linux-features      report what this kernel and bwrap offer
   -v, --version             print the version
   -h, --help                this help
 """
@@ -65,6 +66,7 @@ class RunOptions:
         self.force_new_session = False
         self.bus_url = ""
         self.version = False
+        self.linux_features = False
         self.help = False
 
 
@@ -72,6 +74,7 @@ _VALUE_FLAGS = {"-c": "command_string", "-s": "settings", "--settings": "setting
                 "--template": "template", "--bus": "bus_url"}
 _BOOL_FLAGS = {"-d": "debug", "--debug": "debug", "-m": "monitor", "--monitor": "monitor",
                "--force-new-session": "force_new_session", "-v": "version", "--version": "version",
+               "--linux-features": "linux_features",
                "-h": "help", "--help": "help"}
 
 
@@ -144,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if opts.version:
         print_version()
+        return 0
+    if opts.linux_features:
+        from fence.executor.features import detect, report
+
+        sys.stdout.write(report(detect(probe=True)))
         return 0
     return run_command(opts)
 
