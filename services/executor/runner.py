@@ -94,6 +94,7 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     opened = await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(sandbox=sandbox_id, network=policy.network),
                                ProxySessionOpened)
     lifecycle = event(sandbox_id, "lifecycle")
+    finish_attach = None
     try:
         plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, deny_read=masks.paths,
                             seccomp=seccomp_for(policy), listen_inside=network.listeners(net_mode),
@@ -104,8 +105,8 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
                 print(f"[fence] Note: {name} is not granted by this build yet; the sandbox stays stricter",
                       file=sys.stderr)
         sandbox = Sandbox(plan, relay_signals).start()
-        if sandbox.listeners:  # the command may already connect: they queue until the proxy serves them
-            attach(sandbox_id, *sandbox.listeners)
+        if sandbox.listeners:  # connections queue in the backlog until the proxy serves them
+            finish_attach = network.attach_on_first_connection(attach, sandbox_id, sandbox.listeners)
         await bus.publish(lifecycle, LifecycleEvent(sandbox=sandbox_id, phase="started", ts=time.time(),
                                                     pid=sandbox.init_pid or sandbox.pid, argv=req.command))
         code = await wait(sandbox)
@@ -115,6 +116,8 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
                                                     signal=signum))
         return code
     finally:
+        if finish_attach is not None:
+            finish_attach()
         try:
             await bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=sandbox_id), ProxySessionClosed)
         except BusError as e:
