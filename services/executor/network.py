@@ -90,7 +90,10 @@ def attach_on_first_connection(attach, sandbox: str, listeners: list):
         with lock:
             state["finished"] = True
             attached = state["attached"]
-        os.write(wake_w, b"x")
+        try:
+            os.write(wake_w, b"x")
+        except OSError:  # the watcher already left (and closed its end)
+            pass
         if not attached:
             for sock in listeners:
                 sock.close()
