@@ -41,8 +41,10 @@ def supervised():
     try:
         yield root, env
     finally:
-        subprocess.run([sys.executable, "-m", "fence", "down"], env=env, capture_output=True, timeout=30)
+        down = subprocess.run([sys.executable, "-m", "fence", "down"], env=env, capture_output=True, timeout=30)
+        leftover = os.listdir(root / "run")
         shutil.rmtree(root, ignore_errors=True)
+        assert down.returncode == 0 and leftover == [], (down.stderr, leftover)
 
 
 def client_creds(root: Path) -> Credentials:

@@ -434,6 +434,7 @@ class Supervisor:
                 os.rmdir(d)
             except OSError:
                 pass
+        _clear_cache(os.path.join(self.rdir, "cache"))
 
     @property
     def stopping(self) -> bool:
@@ -830,6 +831,24 @@ def main_up(argv: list[str]) -> int:
             os.rmdir(rdir)  # only when empty: never remove what others put there
         except OSError:
             pass
+
+
+def _clear_cache(cache: str) -> None:
+    """Drop fence's regenerable caches (compiled seccomp programs, feature probes) kept in the runtime dir.
+
+    They are not the supervisor's, but a stopped fence leaves nothing in its
+    runtime dir, and every run rebuilds what it misses.
+    """
+    try:
+        names = os.listdir(cache)
+    except OSError:
+        return
+    for name in names:
+        _unlink(os.path.join(cache, name))
+    try:
+        os.rmdir(cache)
+    except OSError:
+        pass
 
 
 def _detach() -> int:
