@@ -24,12 +24,15 @@ Only runs that allow some network pay it (and the ctypes import).
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import socket
 
 NS_GET_USERNS = 0xB701  # _IO(0xb7, 0x1)
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
 
 
 class BridgeError(Exception):
@@ -78,11 +81,18 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def listen_inside(pid: int, addresses: list[tuple[str, int]]) -> list[socket.socket]:
+def _optional(host: str, err: BaseException) -> bool:
+    """An IPv6 loopback address is best effort: a netns may have no IPv6 at all."""
+    return ":" in host and isinstance(err, OSError) and err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+
+
+def listen_inside(pid: int, addresses: list[tuple[str, int]]) -> list[socket.socket | None]:
     """Listening sockets bound to ``addresses`` inside the network namespace of ``pid``.
 
     Raises BridgeError naming the address and the reason when anything fails:
-    a sandbox must never start with a proxy it was promised missing.
+    a sandbox must never start with a proxy it was promised missing.  The one
+    exception is an IPv6 address when the netns has no IPv6 (``::1`` cannot
+    be bound): its slot is ``None``.
     """
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     helper = os.fork()
@@ -91,8 +101,16 @@ def listen_inside(pid: int, addresses: list[tuple[str, int]]) -> list[socket.soc
         try:
             parent.close()
             _enter_netns(pid)
-            socks = [_listen(host, port) for host, port in addresses]
-            socket.send_fds(child, [b"ok"], [s.fileno() for s in socks])
+            socks, mask = [], []
+            for host, port in addresses:
+                try:
+                    socks.append(_listen(host, port))
+                    mask.append("1")
+                except OSError as e:
+                    if not _optional(host, e):
+                        raise
+                    mask.append("0")
+            socket.send_fds(child, [b"ok " + "".join(mask).encode()], [s.fileno() for s in socks])
         except BaseException as e:  # report, never raise out of a forked child
             try:
                 child.sendall(b"error: " + f"{type(e).__name__}: {e}".encode()[:4000])
@@ -106,11 +124,118 @@ def listen_inside(pid: int, addresses: list[tuple[str, int]]) -> list[socket.soc
     finally:
         parent.close()
         os.waitpid(helper, 0)
-    if msg != b"ok" or len(fds) != len(addresses):
+    mask = msg[3:].decode(errors="replace") if msg.startswith(b"ok ") else ""
+    if len(mask) != len(addresses) or len(fds) != mask.count("1"):
         for fd in fds:
             os.close(fd)
         reason = msg.decode(errors="replace").removeprefix("error: ") or "helper died"
         wanted = ", ".join(f"{h}:{p}" for h, p in addresses)
         raise BridgeError(f"cannot create listeners ({wanted}) inside the sandbox network: {reason}")
-    return [socket.socket(fileno=fd) for fd in fds]
+    it = iter(fds)
+    return [socket.socket(fileno=next(it)) if bit == "1" else None for bit in mask]
 
+
+class NetnsHelper:
+    """A long-lived child inside a sandbox's network namespace that connects sockets on request.
+
+    For ``-p``: a connection accepted on the host must become a connection to
+    127.0.0.1:PORT *inside* the sandbox.  Forking per connection would cost a
+    fork and two ``setns`` each time, so one child joins the namespaces once
+    (``_enter_netns``) and then serves ``connect HOST PORT`` requests read
+    from a ``SOCK_SEQPACKET`` socketpair, answering each with the connected
+    socket (``SCM_RIGHTS``) or ``error: ...``.  The socket keeps the netns it
+    was created in, so fence relays it from outside.
+
+    The child closes every other inherited descriptor, asks for SIGKILL when
+    its parent goes (``PR_SET_PDEATHSIG``), and exits on EOF: ``close()`` or
+    fence's death ends it.  Requests are serialised by a lock (loopback
+    connects are immediate; each has a timeout).  Call from the main thread:
+    the death signal follows the thread that forked.
+    """
+
+    def __init__(self, pid: int, connect_timeout: float = 3.0):
+        import ctypes
+        import threading
+
+        self._lock = threading.Lock()
+        libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the child only calls prctl
+        prctl = libc.prctl
+        fence_pid = os.getpid()
+        self._sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - runs in the forked helper
+            code = 0
+            try:
+                keep = child.fileno()
+                os.closerange(3, keep)
+                os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+                prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+                if os.getppid() != fence_pid:  # fence died before prctl
+                    os._exit(1)
+                _enter_netns(pid)
+                child.send(b"ready")
+                _serve_connects(child, connect_timeout)
+            except BaseException as e:
+                try:
+                    child.send(b"error: " + f"{type(e).__name__}: {e}".encode()[:4000])
+                except OSError:
+                    pass
+                code = 1
+            os._exit(code)
+        child.close()
+        first = self._sock.recv(4096)
+        if first != b"ready":
+            self.close()
+            reason = first.decode(errors="replace").removeprefix("error: ") or "helper died"
+            raise BridgeError(f"cannot enter the sandbox network: {reason}")
+
+    def connect(self, host: str, port: int) -> socket.socket:
+        """A socket connected to ``host:port`` inside the sandbox's netns (BridgeError otherwise)."""
+        with self._lock:
+            if self._sock is None:
+                raise BridgeError("netns helper closed")
+            try:
+                self._sock.send(f"connect {host} {port}".encode())
+                msg, fds, _flags, _addr = socket.recv_fds(self._sock, 4096, 1)
+            except OSError as e:
+                raise BridgeError(f"netns helper: {e}") from None
+        if msg == b"ok" and len(fds) == 1:
+            return socket.socket(fileno=fds[0])
+        for fd in fds:
+            os.close(fd)
+        raise BridgeError(msg.decode(errors="replace").removeprefix("error: ") or "netns helper died")
+
+    def close(self) -> None:
+        """End the child (EOF on its socket) and reap it."""
+        with self._lock:
+            sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        sock.close()
+        if self.pid > 0:
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _serve_connects(chan: socket.socket, timeout: float) -> None:  # pragma: no cover - in the helper
+    while True:
+        req = chan.recv(256)
+        if not req:
+            return  # fence closed its end (or died)
+        try:
+            verb, host, port = req.decode().split()
+            if verb != "connect":
+                raise ValueError(f"unknown request {verb!r}")
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect((host, int(port)))
+                sock.settimeout(None)
+                socket.send_fds(chan, [b"ok"], [sock.fileno()])
+            finally:
+                sock.close()
+        except Exception as e:
+            chan.send(b"error: " + f"{type(e).__name__}: {e}".encode()[:1000])
