@@ -38,6 +38,8 @@ Flags:
   -t, --template NAME       built-in template
   -d, --debug               verbose output on stderr
   -m, --monitor             report blocked operations on stderr
+  -p, --port [ADDR:]PORT    expose the sandbox's 127.0.0.1:PORT on the host's ADDR:PORT
+                            (default 127.0.0.1; repeatable)
       --force-new-session   always run the command in a new terminal session
       --bus URL             use the supervisor's NATS bus at URL
       --linux-features      report what this kernel and bwrap offer
@@ -68,10 +70,11 @@ class RunOptions:
         self.version = False
         self.linux_features = False
         self.help = False
+        self.ports: list[tuple[str, int]] = []
 
 
 _VALUE_FLAGS = {"-c": "command_string", "-s": "settings", "--settings": "settings", "-t": "template",
-                "--template": "template", "--bus": "bus_url"}
+                "--template": "template", "--bus": "bus_url", "-p": "ports", "--port": "ports"}
 _BOOL_FLAGS = {"-d": "debug", "--debug": "debug", "-m": "monitor", "--monitor": "monitor",
                "--force-new-session": "force_new_session", "-v": "version", "--version": "version",
                "--linux-features": "linux_features",
@@ -102,9 +105,9 @@ def parse_run_args(args: list[str]) -> RunOptions:
                 value = args[i]
             else:
                 raise UsageError(f"flag needs an argument: {arg}")
-            setattr(opts, _VALUE_FLAGS[name], value)
+            _set_value(opts, _VALUE_FLAGS[name], value)
         elif len(arg) > 2 and arg[1] != "-" and arg[:2] in _VALUE_FLAGS:  # -cSTRING, -sPATH
-            setattr(opts, _VALUE_FLAGS[arg[:2]], arg[2:])
+            _set_value(opts, _VALUE_FLAGS[arg[:2]], arg[2:])
         elif len(arg) > 2 and arg[1] != "-" and all(f"-{c}" in _BOOL_FLAGS for c in arg[1:]):  # -dm
             for c in arg[1:]:
                 setattr(opts, _BOOL_FLAGS[f"-{c}"], True)
@@ -112,6 +115,37 @@ def parse_run_args(args: list[str]) -> RunOptions:
             raise UsageError(f"unknown flag: {arg}")
         i += 1
     return opts
+
+
+def _set_value(opts: RunOptions, field: str, value: str) -> None:
+    if field == "ports":
+        opts.ports.append(parse_port(value))
+    else:
+        setattr(opts, field, value)
+
+
+def parse_port(value: str) -> tuple[str, int]:
+    """``PORT``, ``ADDR:PORT`` or ``[V6ADDR]:PORT`` -> (address, port); the address defaults to 127.0.0.1.
+
+    The address must be an IP literal (no name is resolved); anything else is
+    ``UsageError("invalid port: VALUE")``, as the reference words it.
+    """
+    import socket
+
+    addr, sep, port = value.rpartition(":")
+    if not sep:
+        addr = "127.0.0.1"
+    elif addr.startswith("[") and addr.endswith("]"):
+        addr = addr[1:-1]
+    elif ":" in addr:
+        raise UsageError(f"invalid port: {value}")  # a bare IPv6 address needs brackets
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise UsageError(f"invalid port: {value}")
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
+    except OSError:
+        raise UsageError(f"invalid port: {value}") from None
+    return addr, int(port)
 
 
 def print_version() -> None:
@@ -180,7 +214,7 @@ def run_command(opts: RunOptions) -> int:
         return error(str(e))
     req = RunRequest(command=command, sandbox=new_sandbox_id(), command_string=opts.command_string or "",
                      cwd=os.getcwd(), env=env, settings=opts.settings,
-                     template=opts.template, debug=opts.debug)
+                     template=opts.template, debug=opts.debug, ports=opts.ports)
     try:
         bus_url, supervisor = _find_bus(opts)
         if bus_url:

@@ -23,10 +23,9 @@ def refused(policy: Policy) -> list[str]:
 
 def ungranted(policy: Policy) -> list[str]:
     """Fields granting access this build does not provide yet (the sandbox stays stricter)."""
-    net, fs = policy.network, policy.filesystem
+    fs = policy.filesystem
     names = []
-    for label, value in (("network.allowLocalOutboundPorts", net.allow_local_outbound_ports),
-                         ("filesystem.allowWrite", fs.allow_write),
+    for label, value in (("filesystem.allowWrite", fs.allow_write),
                          ("allowPty", policy.allow_pty)):
         if value:
             names.append(label)

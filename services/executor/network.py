@@ -7,6 +7,12 @@
 * ``relaxed``: ``"*"`` in allowedDomains; no network namespace at all (direct
   access for every program), the proxies on host loopback random ports for
   proxy-aware clients, where deniedDomains still applies.  Weaker, on purpose.
+
+Local ports (``portfwd.py``) need the network namespace, not the proxies, so
+they work in ``none`` and ``filtered`` mode (allowedDomains may be empty) and
+under a supervisor: ``allowLocalOutboundPorts`` adds listeners inside the
+netns after the proxy ones, ``-p`` a host listener per port.  In ``relaxed``
+mode the sandbox shares the host's loopback, so neither is needed.
 """
 
 from __future__ import annotations
@@ -28,9 +34,42 @@ def mode(network: NetworkConfig) -> str:
 
 
 def listeners(net_mode: str) -> list[tuple[str, int]]:
+    """The proxy listeners inside the sandbox (served by the proxy service)."""
     if net_mode == "filtered":
         return [("127.0.0.1", HTTP_PORT_INSIDE), ("127.0.0.1", SOCKS_PORT_INSIDE)]
     return []
+
+
+def local_outbound(network: NetworkConfig) -> bool:
+    """``allowLocalOutbound``, or ``allowLocalBinding`` when it is unset (null)."""
+    if network.allow_local_outbound is None:
+        return network.allow_local_binding
+    return network.allow_local_outbound
+
+
+def outbound_ports(net_mode: str, network: NetworkConfig) -> list[int]:
+    """Host loopback ports relayed from the sandbox's own loopback (none in relaxed mode: shared)."""
+    if net_mode == "relaxed" or not local_outbound(network):
+        return []
+    return list(dict.fromkeys(network.allow_local_outbound_ports))
+
+
+def outbound_listeners(ports: list[int]) -> list[tuple[str, int]]:
+    """127.0.0.1:P and [::1]:P inside the sandbox for each port, in that order."""
+    return [(host, port) for port in ports for host in ("127.0.0.1", "::1")]
+
+
+OUTBOUND_WITHOUT_PORTS = ("[fence:linux] Warning: network.allowLocalOutbound is set but "
+                          "network.allowLocalOutboundPorts is empty: on Linux the sandbox has its own "
+                          "loopback, so no host port is reachable; list the host ports to reach in "
+                          "network.allowLocalOutboundPorts")
+
+
+def outbound_warning(net_mode: str, network: NetworkConfig) -> str:
+    """The reference's warning when local outbound is allowed without ports (it reaches nothing)."""
+    if net_mode != "relaxed" and local_outbound(network) and not network.allow_local_outbound_ports:
+        return OUTBOUND_WITHOUT_PORTS
+    return ""
 
 
 def proxy_env(net_mode: str, opened: ProxySessionOpened) -> dict[str, str]:

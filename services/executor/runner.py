@@ -39,6 +39,8 @@ class RunRequest(msgspec.Struct):
     settings: str = ""
     template: str = ""
     debug: bool = False
+    ports: list[tuple[str, int]] = []
+    """``-p [ADDR:]PORT``: the host's ADDR:PORT reaches the sandbox's 127.0.0.1:PORT."""
 
 
 class FenceError(Exception):
@@ -91,22 +93,57 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     if net_mode == "filtered" and attach is None:
         raise FenceError("network.allowedDomains needs this run's own proxy, and handing sandbox sockets to a "
                          "supervisor's proxy is not built yet: stop the supervisor (fence down) for this run")
+    proxy_listen = network.listeners(net_mode)
+    out_ports = network.outbound_ports(net_mode, policy.network)
+    clash = sorted({port for _, port in proxy_listen} & set(out_ports))
+    if clash:
+        raise FenceError(f"network.allowLocalOutboundPorts: port {clash[0]} is the sandbox's own proxy port "
+                         "when allowedDomains is set; it cannot also be relayed to the host")
+    warning = network.outbound_warning(net_mode, policy.network)
+    if warning:
+        print(warning, file=sys.stderr)
+    published = req.ports if net_mode != "relaxed" else []
+    if req.debug and req.ports:
+        print(f"[fence] Exposing ports: [{' '.join(str(p) for _, p in req.ports)}]", file=sys.stderr)
+        if not published:
+            print("[fence] Skipping reverse bridge (no network namespace, ports accessible directly)",
+                  file=sys.stderr)
     opened = await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(sandbox=sandbox_id, network=policy.network),
                                ProxySessionOpened)
     lifecycle = event(sandbox_id, "lifecycle")
     finish_attach = None
+    forwarder = None
     try:
+        host_listeners = []
+        if out_ports or published:
+            from fence.executor import portfwd
+
+            forwarder = portfwd.Forwarder(debug=req.debug)
+            try:
+                host_listeners = portfwd.bind_published(published)
+            except portfwd.PortError as e:
+                raise FenceError(str(e)) from None
         plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, deny_read=masks.paths,
-                            seccomp=seccomp_for(policy), listen_inside=network.listeners(net_mode),
+                            seccomp=seccomp_for(policy),
+                            listen_inside=proxy_listen + network.outbound_listeners(out_ports),
                             share_net=net_mode == "relaxed", extra_env=network.proxy_env(net_mode, opened))
         if req.debug:
             debug_plan(plan)
             for name in ungranted(policy):
                 print(f"[fence] Note: {name} is not granted by this build yet; the sandbox stays stricter",
                       file=sys.stderr)
-        sandbox = Sandbox(plan, relay_signals).start()
-        if sandbox.listeners:  # connections queue in the backlog until the proxy serves them
-            finish_attach = network.attach_on_first_connection(attach, sandbox_id, sandbox.listeners)
+        try:
+            sandbox = Sandbox(plan, relay_signals).start()
+        except BaseException:
+            for sock in host_listeners:
+                sock.close()
+            raise
+        proxy_socks = sandbox.listeners[:len(proxy_listen)]
+        if proxy_socks:  # connections queue in the backlog until the proxy serves them
+            finish_attach = network.attach_on_first_connection(attach, sandbox_id, proxy_socks)
+        if forwarder is not None:  # local ports: relayed by this process, no proxy (works supervised too)
+            _forward(forwarder, sandbox, network.outbound_listeners(out_ports),
+                     sandbox.listeners[len(proxy_listen):], list(zip(published, host_listeners)))
         await bus.publish(lifecycle, LifecycleEvent(sandbox=sandbox_id, phase="started", ts=time.time(),
                                                     pid=sandbox.init_pid or sandbox.pid, argv=req.command))
         code = await wait(sandbox)
@@ -118,10 +155,28 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     finally:
         if finish_attach is not None:
             finish_attach()
+        if forwarder is not None:
+            forwarder.close()
         try:
             await bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=sandbox_id), ProxySessionClosed)
         except BusError as e:
             print(f"[fence] Warning: closing proxy session {sandbox_id} failed: {e}", file=sys.stderr)
+
+
+def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_socks: list,
+             published: list) -> None:
+    """Start the local-port relays; a -p helper that cannot enter the sandbox is a warning."""
+    from fence.executor.bridge import BridgeError
+
+    for (host, port), sock in zip(inside, inside_socks):
+        if sock is not None:  # None: the sandbox's netns has no IPv6 ([::1] skipped)
+            forwarder.outbound(sock, (host, port))
+    for (_addr, port), sock in published:
+        try:
+            forwarder.inbound(sock, sandbox.init_pid, port)
+        except BridgeError as e:  # the command already ended, most likely
+            sock.close()
+            print(f"[fence] Warning: --port {port} is not forwarded: {e}", file=sys.stderr)
 
 
 def seccomp_for(policy) -> tuple[bytes, str]:
