@@ -115,7 +115,7 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     clean["FENCE_SANDBOX"] = "1"
     layers = ["bwrap(pid,fs)" if share_net else "bwrap(network,pid,fs)"]
     if listen_inside:
-        layers.append("proxy-bridges")
+        layers.append("netns-bridges")
     if deny_read:
         layers.append(f"denyRead({len(deny_read)})")
     if program:
