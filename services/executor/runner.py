@@ -76,19 +76,7 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
             print(f"[fence] Config: {source}", file=sys.stderr)
 
     policy = resolved.policy
-    missing = refused(policy)
-    if missing:
-        raise FenceError(f"this fence cannot enforce {', '.join(missing)} yet; refusing to run with less "
-                         "protection than the config asks for (remove the field or pick another template)")
-    blocked = check_command(None if req.command_string else req.command, req.command_string or None, policy,
-                            RuleSources.from_reply(resolved), env=req.env)
-    if blocked is not None:  # nothing starts; the block is an event like any other
-        await bus.publish(event(sandbox_id, "preflight"), blocked.event(sandbox_id))
-        raise FenceError(blocked.message)
-    masks = expand(policy.filesystem.deny_read, req.cwd, req.env.get("HOME", "/"))
-    if masks.truncated:
-        raise FenceError("filesystem.denyRead: a glob matched too much to expand safely; make it narrower "
-                         "(for a whole directory write DIR/**)")
+    masks = await admit(bus, req, resolved)
     net_mode = network.mode(policy.network)
     if net_mode == "filtered" and attach is None:
         raise FenceError("network.allowedDomains needs this run's own proxy, and handing sandbox sockets to a "
@@ -178,6 +166,30 @@ def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_
             sock.close()
             print(f"[fence] Warning: --port {port} is not forwarded: {e}", file=sys.stderr)
 
+
+
+async def admit(bus: Bus, req: RunRequest, resolved: ConfigResolveReply):
+    """Every check that must pass before anything starts; returns the denyRead masks.
+
+    Refuses fields this build cannot enforce, runs the command/SSH preflight
+    (a block is published on ``fence.events.<sandbox>.preflight``) and expands
+    ``denyRead`` within its bounds.
+    """
+    policy = resolved.policy
+    missing = refused(policy)
+    if missing:
+        raise FenceError(f"this fence cannot enforce {', '.join(missing)} yet; refusing to run with less "
+                         "protection than the config asks for (remove the field or pick another template)")
+    blocked = check_command(None if req.command_string else req.command, req.command_string or None, policy,
+                            RuleSources.from_reply(resolved), env=req.env)
+    if blocked is not None:  # nothing starts; the block is an event like any other
+        await bus.publish(event(req.sandbox, "preflight"), blocked.event(req.sandbox))
+        raise FenceError(blocked.message)
+    masks = expand(policy.filesystem.deny_read, req.cwd, req.env.get("HOME", "/"))
+    if masks.truncated:
+        raise FenceError("filesystem.denyRead: a glob matched too much to expand safely; make it narrower "
+                         "(for a whole directory write DIR/**)")
+    return masks
 
 def seccomp_for(policy) -> tuple[bytes, str]:
     """The seccomp program and its label; a warning and no filter when it cannot be built.
