@@ -195,7 +195,7 @@ def test_claude_project_relative_paths():
 
 
 @pytest.mark.parametrize("rule", ["Bash", "WebSearch", "mcp__github__create_issue", "Bash(git * main)",
-                                  "WebFetch(https://x.com)", "WebFetch(domain:*.com)", "Glob(**)", "Bash(*)",
+                                  "WebFetch(https://x.example.com)", "WebFetch(domain:*.com)", "Glob(**)", "Bash(*)",
                                   "not a rule ("])
 def test_claude_untranslatable_rules_are_reported(rule):
     result = translate_claude({"permissions": {"deny": [rule]}}, "/p/settings.json")
