@@ -10,7 +10,10 @@ enter), and every ``fence`` case runs both ways.
 from __future__ import annotations
 
 import os
+import contextlib
+import http.server
 import pwd
+import threading
 import shutil
 import subprocess
 import sys
@@ -159,3 +162,28 @@ def fence(request) -> FenceRunner:
     if request.param == "self":
         return request.getfixturevalue("self_runner")
     return request.getfixturevalue("unprivileged_runner")
+
+
+@contextlib.contextmanager
+def marker_server(body: str, host: str = "127.0.0.1"):
+    """A local HTTP server answering every GET with ``body``; yields its port (tests only talk to it)."""
+    payload = body.encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer((host, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

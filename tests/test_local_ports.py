@@ -5,15 +5,14 @@ Only servers these tests start on this machine's loopback are contacted.
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
 import subprocess
-import threading
 import time
 import urllib.request
 
 import pytest
+from conftest import marker_server
 
 from fence.cli import UsageError, parse_port
 
@@ -22,22 +21,8 @@ MARKER = "fence-local-ports-marker"
 
 @pytest.fixture(scope="module")
 def host_server():
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = MARKER.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
+    with marker_server(MARKER) as port:
+        yield port
 
 
 def free_port() -> int:

@@ -5,12 +5,10 @@ Only servers these tests start on 127.0.0.1 are contacted.
 
 from __future__ import annotations
 
-import http.server
 import json
-import socket
-import threading
 
 import pytest
+from conftest import marker_server
 
 pytestmark = pytest.mark.sandbox
 
@@ -19,22 +17,8 @@ MARKER = "fence-network-marker"
 
 @pytest.fixture(scope="module")
 def origin():
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = MARKER.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
+    with marker_server(MARKER) as port:
+        yield port
 
 
 def config(fence, network: dict):

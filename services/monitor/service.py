@@ -8,7 +8,6 @@ The durable audit stream (JetStream) builds on this subscription.
 
 from __future__ import annotations
 
-import sys
 from collections import deque
 from typing import TextIO
 
