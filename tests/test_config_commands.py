@@ -7,7 +7,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from fence.config import templates

@@ -1,6 +1,5 @@
 """Path patterns -> existing canonical host paths, bounded."""
 
-import os
 import time
 
 from fence.executor import paths

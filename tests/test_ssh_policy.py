@@ -10,7 +10,6 @@ ssh with ``-F <temp config>``: the same resolution ssh performs for
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 from pathlib import Path
