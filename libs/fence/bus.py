@@ -205,7 +205,7 @@ def make_responder(subject: str, request_type: Any, handler: Handler, max_reques
 
     This is the one place where bad input meets a service, for both transports.
     """
-    decoder = decoder_for(request_type)
+    decoders: list = []  # built on the first request: a lone run starts endpoints it never calls
 
     async def respond(data: bytes) -> bytes:
         start = time.perf_counter()
@@ -215,7 +215,9 @@ def make_responder(subject: str, request_type: Any, handler: Handler, max_reques
                 outcome = "too_large"
                 return _error("too_large", f"{subject}: request is {len(data)} bytes; the limit is {max_request}")
             try:
-                req = decoder.decode(data)
+                if not decoders:
+                    decoders.append(decoder_for(request_type))
+                req = decoders[0].decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
                 outcome = "bad_request"
                 return _error("bad_request", f"{subject}: {e}")
