@@ -37,6 +37,11 @@ def _run(parser: argparse.ArgumentParser, argv: list[str], handler) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2)
         return int(e.code or 0)
+    return _handle(handler, args)
+
+
+def _handle(handler, args) -> int:
+    """Run a subcommand: config errors become ``Error: failed to load config: ...``; a closed pipe is fine."""
     try:
         return handler(args)
     except ConfigError as e:
@@ -97,12 +102,7 @@ def main_config(argv: list[str]) -> int:
         return 2
     handler = {"show": _config_show, "init": _config_init, "schema": _config_schema,
                "templates": _config_templates}[args.command]
-    try:
-        return handler(args)
-    except ConfigError as e:
-        return _error(f"failed to load config: {e.message}")
-    except BrokenPipeError:
-        return 0
+    return _handle(handler, args)
 
 
 def _config_show(args) -> int:

@@ -39,6 +39,14 @@ class BridgeError(Exception):
     pass
 
 
+def _report(sock: socket.socket, error: BaseException) -> None:
+    """A forked helper's failure, sent to fence as ``error: ...`` (it must never raise out of the child)."""
+    try:
+        sock.sendall(b"error: " + f"{type(error).__name__}: {error}".encode()[:4000])
+    except OSError:
+        pass
+
+
 def _setns(fd: int, nstype: int) -> None:
     if hasattr(os, "setns"):  # Python >= 3.12
         os.setns(fd, nstype)
@@ -112,10 +120,7 @@ def listen_inside(pid: int, addresses: list[tuple[str, int]]) -> list[socket.soc
                     mask.append("0")
             socket.send_fds(child, [b"ok " + "".join(mask).encode()], [s.fileno() for s in socks])
         except BaseException as e:  # report, never raise out of a forked child
-            try:
-                child.sendall(b"error: " + f"{type(e).__name__}: {e}".encode()[:4000])
-            except OSError:
-                pass
+            _report(child, e)
             code = 1
         os._exit(code)
     child.close()
@@ -176,10 +181,7 @@ class NetnsHelper:
                 child.send(b"ready")
                 _serve_connects(child, connect_timeout)
             except BaseException as e:
-                try:
-                    child.send(b"error: " + f"{type(e).__name__}: {e}".encode()[:4000])
-                except OSError:
-                    pass
+                _report(child, e)
                 code = 1
             os._exit(code)
         child.close()

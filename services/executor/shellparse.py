@@ -546,23 +546,27 @@ class _Parser:
         """Skip to after ``closer`` at this level, parsing substitutions on the way (quotes respected)."""
         s, n = self.s, self.n
         while i < n:
-            c = s[i]
-            if c == closer:
+            if s[i] == closer:
                 return i + 1
-            if c == "\\":
-                i += 2
-            elif c == "'":
-                j = s.find("'", i + 1)
-                i = n if j < 0 else j + 1
-            elif c == '"':
-                i, _, _ = self._dquote(i + 1, [], None)
-            elif c == "`":
-                i = self._backtick(i + 1, False)
-            elif c == "$":
-                i, _, _, _ = self._dollar(i, [], None, False)
-            else:
-                i += 1
+            i = self._skip_unit(i)
         return n
+
+    def _skip_unit(self, i: int) -> int:
+        """Step over one unit at ``i``: an escape, a quoted string, or a substitution (parsed on the way)."""
+        s, n = self.s, self.n
+        c = s[i]
+        if c == "\\":
+            return i + 2
+        if c == "'":
+            j = s.find("'", i + 1)
+            return n if j < 0 else j + 1
+        if c == '"':
+            return self._dquote(i + 1, [], None)[0]
+        if c == "`":
+            return self._backtick(i + 1, False)
+        if c == "$":
+            return self._dollar(i, [], None, False)[0]
+        return i + 1
 
     def _param_body(self, i: int) -> int:
         self._enter()
@@ -617,19 +621,8 @@ class _Parser:
                         return min(n, i + 2)
                     depth -= 1
                     i += 1
-                elif c == "\\":
-                    i += 2
-                elif c == "'":
-                    j = s.find("'", i + 1)
-                    i = n if j < 0 else j + 1
-                elif c == '"':
-                    i, _, _ = self._dquote(i + 1, [], None)
-                elif c == "`":
-                    i = self._backtick(i + 1, False)
-                elif c == "$":
-                    i, _, _, _ = self._dollar(i, [], None, False)
                 else:
-                    i += 1
+                    i = self._skip_unit(i)
             return n
         finally:
             self._leave()
