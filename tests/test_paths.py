@@ -3,6 +3,7 @@
 import time
 
 from fence.executor import paths
+from fence.executor.mounts import FsView
 from fence.executor.plan import HostFacts, plan_sandbox
 from fence.policy import Policy
 
@@ -43,8 +44,9 @@ def test_huge_tree_is_bounded(tmp_path, monkeypatch):
 
 def test_plan_masks_dirs_with_tmpfs_and_files_with_dev_null():
     host = HostFacts(bwrap="/bwrap", is_root=False)
-    argv = plan_sandbox(Policy(), ["true"], "/", {}, host,
-                        deny_read=[("/home/u/.gnupg", True), ("/home/u/.netrc", False), ("/tmp/x", False)]).argv
+    view = FsView(deny_read=[("/home/u/.gnupg", True), ("/home/u/.netrc", False), ("/tmp", True)])
+    argv = plan_sandbox(Policy(), ["true"], "/", {}, host, fs=view).argv
     joined = " ".join(argv)
-    assert "--tmpfs /home/u/.gnupg" in joined and "--ro-bind /dev/null /home/u/.netrc" in joined
-    assert "/tmp/x" not in joined
+    assert "--tmpfs /home/u/.gnupg --remount-ro /home/u/.gnupg" in joined
+    assert "--ro-bind /dev/null /home/u/.netrc" in joined
+    assert joined.count("--tmpfs /tmp") == 1

@@ -29,7 +29,7 @@ def test_filesystem_view_order():
     argv = plan(masked=["/run/user/1/fence"]).argv
     view = argv[argv.index("--ro-bind"):argv.index("--chdir")]
     assert view == ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-                    "--tmpfs", "/run/user/1/fence"]
+                    "--dir", "/tmp/fence", "--tmpfs", "/run/user/1/fence"]
     assert argv[argv.index("--chdir") + 1] == "/work"
 
 
@@ -48,4 +48,4 @@ def test_env_sanitized():
 
 
 def test_summary_line():
-    assert plan().summary == "[fence:linux] Sandbox: bwrap(network,pid,fs)"
+    assert plan().summary == "[fence:linux] Sandbox: bwrap(network,pid,fs), landlock(not needed)"

@@ -14,19 +14,13 @@ from fence.policy import Policy
 
 def refused(policy: Policy) -> list[str]:
     """Fields asking for protection this build cannot apply: the run must not start."""
-    fs = policy.filesystem
-    out = []
-    if fs.default_deny_read or fs.strict_deny_read:
-        out.append("filesystem.defaultDenyRead/strictDenyRead (read isolation)")
-    return out
+    return []
 
 
 def ungranted(policy: Policy) -> list[str]:
     """Fields granting access this build does not provide yet (the sandbox stays stricter)."""
-    fs = policy.filesystem
     names = []
-    for label, value in (("filesystem.allowWrite", fs.allow_write),
-                         ("allowPty", policy.allow_pty)):
+    for label, value in (("allowPty", policy.allow_pty),):
         if value:
             names.append(label)
     return names

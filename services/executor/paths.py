@@ -35,8 +35,14 @@ def absolute(pattern: str, cwd: str, home: str) -> str:
     return os.path.normpath(os.path.join(cwd, pattern))
 
 
-def expand(patterns: list[str], cwd: str, home: str) -> Expansion:
-    """Existing canonical paths matching ``patterns`` (deduplicated, in order)."""
+def expand(patterns: list[str], cwd: str, home: str, contained: bool = False) -> Expansion:
+    """Existing canonical paths matching ``patterns`` (deduplicated, in order).
+
+    ``contained`` (for grants): a glob match that is a symlink leading out of
+    the glob's literal base directory is dropped.  A sandbox that could write
+    there earlier may have planted ``build/x -> ~/.ssh`` to be granted next
+    time by ``build/*``; a path the user wrote out in full is still followed.
+    """
     out = Expansion()
     seen: set[str] = set()
     deadline = time.monotonic() + MAX_SECONDS
@@ -45,15 +51,21 @@ def expand(patterns: list[str], cwd: str, home: str) -> Expansion:
         path = absolute(pattern, cwd, home)
         if path.endswith("/**"):  # everything under a directory: the directory itself
             path = path[:-3] or "/"
+        base = ""
         if "*" in path or "?" in path or "[" in path:
             matches = _glob(path, deadline, budget)
             if matches is None:
                 out.truncated = True
                 continue
+            if contained:
+                literal = path[:min(path.find(c) for c in "*?[" if c in path)].rsplit("/", 1)[0] or "/"
+                base = os.path.realpath(literal)
         else:
             matches = [path] if os.path.lexists(path) else []
         for match in matches:
             real = os.path.realpath(match)
+            if base and not (real == base or real.startswith(base.rstrip("/") + "/")):
+                continue
             if real not in seen and os.path.exists(real):
                 seen.add(real)
                 out.paths.append((real, os.path.isdir(real)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import msgspec
 
+from fence.executor.mounts import FsView, filesystem_args, landlock_options
 from fence.policy import Policy
 
 DANGEROUS_ENV_PREFIXES = ("LD_",)
@@ -27,7 +28,6 @@ BLOCK_FD = 4
 
 SECCOMP_FD = 5
 """bwrap reads the seccomp BPF program from here (``--seccomp``)."""
-"""bwrap waits for a byte here (``--block-fd``) when bridges must exist before the command runs."""
 
 
 class HostFacts(msgspec.Struct, frozen=True):
@@ -37,6 +37,10 @@ class HostFacts(msgspec.Struct, frozen=True):
     is_root: bool
     masked_dirs: tuple[str, ...] = ()
     """Host directories the sandbox must never see (fence's runtime dir: bus credentials)."""
+    landlock_abi: int = 0
+    """The kernel's Landlock ABI (0: unavailable)."""
+    helper: tuple[str, ...] = ()
+    """The init helper's command prefix (``python -I -S landlock.py``), run first inside when Landlock is used."""
 
 
 class SandboxPlan(msgspec.Struct):
@@ -72,19 +76,32 @@ def sanitize_env(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
     return kept, sorted(stripped)
 
 
+def wants_landlock(view: FsView) -> bool:
+    """Landlock adds protection when something is writable or execute-only; otherwise it is skipped.
+
+    With nothing writable the read-only root already refuses every write and
+    the helper's interpreter start (~10 ms) would buy nothing; the summary
+    line says ``landlock(not needed)``.
+    """
+    return bool(view.write or view.execute or view.default_deny_read)
+
+
 def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, str], host: HostFacts,
-                 listen_inside: list[tuple[str, int]] = (), deny_read: list[tuple[str, bool]] = (), seccomp: tuple[bytes, str] = (b"", ""),
-                 share_net: bool = False, extra_env: dict[str, str] | None = None) -> SandboxPlan:
+                 listen_inside: list[tuple[str, int]] = (), fs: FsView | None = None,
+                 seccomp: tuple[bytes, str] = (b"", ""), share_net: bool = False,
+                 extra_env: dict[str, str] | None = None, debug: bool = False) -> SandboxPlan:
     """Build the bwrap invocation for ``command`` under ``policy``.
 
-    Foundation layers: read-only root, private /tmp, fresh /dev and /proc, new
-    PID and network namespaces (no network at all), ``--new-session`` (the
-    TIOCSTI defence), ``--die-with-parent``, and ``--cap-drop ALL`` when run as
-    root (a root bwrap otherwise keeps every capability inside and could remount
-    a read-only bind writable).
+    Layers: the filesystem view of ``fs`` (``fence.executor.mounts``; default:
+    read-only root, private /tmp, minimal /dev, fresh /proc), new PID and
+    network namespaces, ``--new-session`` (the TIOCSTI defence),
+    ``--die-with-parent``, ``--cap-drop ALL`` when run as root (a root bwrap
+    otherwise keeps every capability inside and could remount a read-only bind
+    writable), the seccomp program, and Landlock through the init helper.
     """
     if not command:
         raise ValueError("empty command")
+    view = fs if fs is not None else FsView()
     args = [host.bwrap, "--new-session", "--die-with-parent", "--unshare-pid"]
     if not share_net:  # only relaxed "*" mode shares the host network (documented as weaker)
         args.append("--unshare-net")
@@ -93,14 +110,7 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
         # asked to.  Inside it capabilities are namespaced and the bounding set
         # is emptied; without it root keeps the host's bounding set.
         args += ["--unshare-user", "--cap-drop", "ALL"]
-    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    for path, is_dir in deny_read:  # existing canonical paths (fence.executor.paths)
-        if path == "/tmp" or path.startswith("/tmp/"):
-            continue  # the sandbox's /tmp is already its own
-        # a directory appears empty, a file reads as empty (reference §6.2 step 9)
-        args += ["--tmpfs", path] if is_dir else ["--ro-bind", "/dev/null", path]
-    for path in host.masked_dirs:
-        args += ["--tmpfs", path]
+    args += filesystem_args(view, host.masked_dirs)
     args += ["--chdir", cwd, "--info-fd", str(INFO_FD)]
     if listen_inside:
         args += ["--block-fd", str(BLOCK_FD)]
@@ -108,6 +118,9 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     if program:
         args += ["--seccomp", str(SECCOMP_FD)]
     args.append("--")
+    landlock = wants_landlock(view) and host.landlock_abi > 0 and bool(host.helper)
+    if landlock:
+        args += [*host.helper, *landlock_options(view), *(["--debug"] if debug else []), "--"]
     args += command
 
     clean, stripped = sanitize_env(env)
@@ -116,10 +129,22 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     layers = ["bwrap(pid,fs)" if share_net else "bwrap(network,pid,fs)"]
     if listen_inside:
         layers.append("netns-bridges")
-    if deny_read:
-        layers.append(f"denyRead({len(deny_read)})")
+    if view.write:
+        layers.append(f"allowWrite({len(view.write)})")
+    if view.protected or view.pinned:
+        layers.append(f"protected({len(view.protected) + len(view.pinned)})")
+    if view.deny_read:
+        layers.append(f"denyRead({len(view.deny_read)})")
+    if view.default_deny_read:
+        layers.append("defaultDenyRead")
     if program:
         layers.append(seccomp_label or "seccomp")
+    if landlock:
+        layers.append(f"landlock-v{host.landlock_abi}")
+    elif wants_landlock(view):
+        layers.append("landlock(unavailable)")
+    else:
+        layers.append("landlock(not needed)")
     if host.is_root:
         layers.append("userns+cap-drop(ALL)")
     return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers,

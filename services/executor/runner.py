@@ -19,7 +19,6 @@ from fence.bus import Bus, BusError
 from fence.executor.coverage import refused, ungranted
 from fence.executor.launch import Sandbox
 from fence.executor import network
-from fence.executor.paths import expand
 from fence.executor.preflight import RuleSources, check_command
 from fence.executor.plan import HostFacts, SandboxPlan, plan_sandbox
 from fence.messages import (ConfigResolveReply, ConfigResolveRequest, LifecycleEvent, ProxySessionClose,
@@ -76,7 +75,8 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
             print(f"[fence] Config: {source}", file=sys.stderr)
 
     policy = resolved.policy
-    masks = await admit(bus, req, resolved)
+    await admit(bus, req, resolved)
+    facts, host = filesystem(policy, req, resolved, host)
     net_mode = network.mode(policy.network)
     if net_mode == "filtered" and attach is None:
         raise FenceError("network.allowedDomains needs this run's own proxy, and handing sandbox sockets to a "
@@ -111,12 +111,17 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
                 host_listeners = portfwd.bind_published(published)
             except portfwd.PortError as e:
                 raise FenceError(str(e)) from None
-        plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, deny_read=masks.paths,
+        plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, fs=facts.view,
                             seccomp=seccomp_for(policy),
                             listen_inside=proxy_listen + network.outbound_listeners(out_ports),
-                            share_net=net_mode == "relaxed", extra_env=network.proxy_env(net_mode, opened))
+                            share_net=net_mode == "relaxed",
+                            extra_env={**facts.env, **network.proxy_env(net_mode, opened)}, debug=req.debug)
         if req.debug:
             debug_plan(plan)
+            for name, value in facts.env.items():
+                print(f"[fence] {name} is not usable inside the sandbox: set to {value}", file=sys.stderr)
+            for note in facts.notes:
+                print(f"[fence] Note: {note}", file=sys.stderr)
             for name in ungranted(policy):
                 print(f"[fence] Note: {name} is not granted by this build yet; the sandbox stays stricter",
                       file=sys.stderr)
@@ -141,6 +146,8 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
                                                     signal=signum))
         return code
     finally:
+        if facts.protection.watch:
+            _quarantine(facts.protection.watch, sandbox_id)
         if finish_attach is not None:
             finish_attach()
         if forwarder is not None:
@@ -168,12 +175,11 @@ def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_
 
 
 
-async def admit(bus: Bus, req: RunRequest, resolved: ConfigResolveReply):
-    """Every check that must pass before anything starts; returns the denyRead masks.
+async def admit(bus: Bus, req: RunRequest, resolved: ConfigResolveReply) -> None:
+    """Every check that must pass before anything starts.
 
-    Refuses fields this build cannot enforce, runs the command/SSH preflight
-    (a block is published on ``fence.events.<sandbox>.preflight``) and expands
-    ``denyRead`` within its bounds.
+    Refuses fields this build cannot enforce and runs the command/SSH
+    preflight (a block is published on ``fence.events.<sandbox>.preflight``).
     """
     policy = resolved.policy
     missing = refused(policy)
@@ -185,11 +191,52 @@ async def admit(bus: Bus, req: RunRequest, resolved: ConfigResolveReply):
     if blocked is not None:  # nothing starts; the block is an event like any other
         await bus.publish(event(req.sandbox, "preflight"), blocked.event(req.sandbox))
         raise FenceError(blocked.message)
-    masks = expand(policy.filesystem.deny_read, req.cwd, req.env.get("HOME", "/"))
-    if masks.truncated:
-        raise FenceError("filesystem.denyRead: a glob matched too much to expand safely; make it narrower "
-                         "(for a whole directory write DIR/**)")
-    return masks
+
+
+def filesystem(policy, req: RunRequest, resolved: ConfigResolveReply, host: HostFacts):
+    """The run's filesystem facts, and the host facts completed with Landlock's when it will be used."""
+    from fence.executor import fsfacts
+    from fence.executor.plan import wants_landlock
+
+    helper: tuple[str, ...] = ()
+    if policy.filesystem.default_deny_read or policy.filesystem.strict_deny_read:
+        helper = _helper()
+    try:
+        facts = fsfacts.gather(policy, req.cwd, req.env, req.sandbox, resolved.sources,
+                               config_dir=_user_config_dir(req.env), helper_paths=fsfacts.helper_read_paths(helper))
+    except fsfacts.FsError as e:
+        raise FenceError(str(e)) from None
+    if wants_landlock(facts.view):
+        from fence.executor import landlock
+
+        try:
+            abi = landlock.abi_version()
+        except OSError as e:
+            abi = 0
+            print(f"[fence:linux] Warning: Landlock unavailable ({e.strerror}): filesystem enforcement is "
+                  "bubblewrap-only", file=sys.stderr)
+        host = msgspec.structs.replace(host, landlock_abi=abi, helper=helper or _helper())
+    return facts, host
+
+
+def _helper() -> tuple[str, ...]:
+    from fence.executor.landlock import helper_command
+
+    return tuple(helper_command())
+
+
+def _user_config_dir(env: dict[str, str]) -> str:
+    from fence.config.discover import user_config_dir
+
+    return user_config_dir(env.get("HOME", "/"), env.get("XDG_CONFIG_HOME", ""))
+
+
+def _quarantine(watch: list[str], sandbox_id: str) -> None:
+    """Protected names the sandbox created are moved aside (see fence.executor.protect)."""
+    from fence.executor.protect import quarantine
+
+    for path, target in quarantine(watch, sandbox_id):
+        print(f"[fence] Warning: the sandbox created protected path {path}: moved to {target}", file=sys.stderr)
 
 def seccomp_for(policy) -> tuple[bytes, str]:
     """The seccomp program and its label; a warning and no filter when it cannot be built.

@@ -1,0 +1,94 @@
+"""Gather the filesystem facts for one run: expand the tiers, find the protections (bounded).
+
+The host-facing half of the filesystem layer: it stats and walks (within
+fixed bounds), then hands a plain ``FsView`` to the pure planner
+(``fence.executor.mounts``).  Grants that cannot be expanded safely are
+dropped with a note (fewer rights); denials that cannot be expanded refuse
+the run (``FsError``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env
+from fence.executor.paths import expand
+from fence.executor.protect import Protection, protected_paths
+from fence.policy import Policy
+
+
+class FsError(Exception):
+    """A filesystem rule that cannot be applied safely: the run must not start."""
+
+
+class FsFacts:
+    __slots__ = ("view", "protection", "env", "notes")
+
+    def __init__(self, view: FsView, protection: Protection, env: dict[str, str], notes: list[str]):
+        self.view, self.protection, self.env, self.notes = view, protection, env, notes
+
+
+def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_sources: list[str] = (),
+           config_dir: str = "", helper_paths: list[str] = ()) -> FsFacts:
+    """Everything ``plan_sandbox`` needs about the filesystem for ``policy`` run in ``cwd``."""
+    fs = policy.filesystem
+    home = env.get("HOME", "/")
+    notes: list[str] = []
+
+    def grant(field: str, patterns: list[str]):
+        found = expand(patterns, cwd, home, contained=True)
+        if found.truncated:
+            notes.append(f"filesystem.{field}: a glob matched too much to expand; those matches are not granted")
+        return found.paths
+
+    def deny(field: str, patterns: list[str]):
+        found = expand(patterns, cwd, home)
+        if found.truncated:
+            raise FsError(f"filesystem.{field}: a glob matched too much to expand safely; make it narrower "
+                          "(for a whole directory write DIR/**)")
+        return found.paths
+
+    write = grant("allowWrite", fs.allow_write)
+    view = FsView(write=write, deny_read=deny("denyRead", fs.deny_read), deny_write=deny("denyWrite", fs.deny_write),
+                  default_deny_read=fs.default_deny_read or fs.strict_deny_read)
+    if view.default_deny_read:
+        system = [] if fs.strict_deny_read else [(p, True) for p in SYSTEM_READ_PATHS if os.path.isdir(p)]
+        helper = [(os.path.realpath(p), os.path.isdir(p)) for p in helper_paths if os.path.exists(p)]
+        view.read = system + helper + grant("allowRead", fs.allow_read)
+        view.execute = grant("allowExecute", fs.allow_execute)
+        visible = [p for p, _ in view.read + view.execute + view.write]
+        real_cwd = os.path.realpath(cwd)
+        if not any(real_cwd == p or p == "/" or real_cwd.startswith(p + "/") for p in visible):
+            raise FsError(f"filesystem.defaultDenyRead: the working directory {cwd} is not readable in the sandbox; "
+                          'add it to filesystem.allowRead (e.g. ".") or run from a readable directory')
+    elif fs.allow_execute:
+        view.execute = grant("allowExecute", fs.allow_execute)
+
+    mode = policy.devices.mode or "auto"
+    view.devices = "host" if mode == "host" else "minimal"
+    if view.devices == "minimal":
+        view.devices_allow = [d for d in dict.fromkeys(policy.devices.allow) if os.path.exists(d)]
+
+    protection = protected_paths([p for p, _ in write], os.path.realpath(cwd), home, config_dir,
+                                 [_source_path(s) for s in config_sources], fs.allow_git_config)
+    if protection.truncated:
+        notes.append("mandatory protection: the nested-project walk hit its bound; deeper projects are not scanned")
+    view.protected = protection.readonly
+    view.pinned = protection.pinned
+    changes, view.runtime_dirs = repair_runtime_env(env, view, sandbox)
+    return FsFacts(view, protection, changes, notes)
+
+
+def _source_path(label: str) -> str:
+    """``project config: /a/fence.json (empty: ...)`` -> ``/a/fence.json``; templates -> ""."""
+    _, _, rest = label.partition(": ")
+    return rest.split(" (", 1)[0] if rest.startswith("/") else ""
+
+
+def helper_read_paths(helper: tuple[str, ...]) -> list[str]:
+    """What the init helper needs readable under defaultDenyRead: its interpreter's tree and its file."""
+    if not helper:
+        return []
+    paths = [os.path.realpath(helper[0]), sys.base_prefix, helper[-1]]
+    return list(dict.fromkeys(paths))
