@@ -10,7 +10,6 @@ the run (``FsError``).
 from __future__ import annotations
 
 import os
-import sys
 
 from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env
 from fence.executor.paths import expand
@@ -57,6 +56,7 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_s
         helper = [(os.path.realpath(p), os.path.isdir(p)) for p in helper_paths if os.path.exists(p)]
         view.read = system + helper + grant("allowRead", fs.allow_read)
         view.execute = grant("allowExecute", fs.allow_execute)
+        view.symlinks = _named_symlinks(fs.allow_read + fs.allow_execute + fs.allow_write, cwd, home)
         visible = [p for p, _ in view.read + view.execute + view.write]
         real_cwd = os.path.realpath(cwd)
         if not any(real_cwd == p or p == "/" or real_cwd.startswith(p + "/") for p in visible):
@@ -80,6 +80,22 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_s
     return FsFacts(view, protection, changes, notes)
 
 
+def _named_symlinks(patterns: list[str], cwd: str, home: str) -> list[tuple[str, str]]:
+    """Literal grant paths that are symlinks, as (target, path): only targets are bound, so the links
+    themselves must be recreated for ``/lib64/ld-linux...`` (usrmerge) and the like to resolve."""
+    from fence.executor.paths import absolute
+
+    out = []
+    for pattern in patterns:
+        path = absolute(pattern, cwd, home)
+        if not any(c in path for c in "*?[") and os.path.islink(path):
+            try:
+                out.append((os.readlink(path), path))
+            except OSError:
+                pass
+    return list(dict.fromkeys(out))
+
+
 def _source_path(label: str) -> str:
     """``project config: /a/fence.json (empty: ...)`` -> ``/a/fence.json``; templates -> ""."""
     _, _, rest = label.partition(": ")
@@ -90,5 +106,5 @@ def helper_read_paths(helper: tuple[str, ...]) -> list[str]:
     """What the init helper needs readable under defaultDenyRead: its interpreter's tree and its file."""
     if not helper:
         return []
-    paths = [os.path.realpath(helper[0]), sys.base_prefix, helper[-1]]
+    paths = [os.path.realpath(helper[0]), os.path.dirname(os.__file__), helper[-1]]
     return list(dict.fromkeys(paths))

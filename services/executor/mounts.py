@@ -57,6 +57,9 @@ class FsView(msgspec.Struct):
     """"minimal" (bwrap's own /dev) or "host" (the host's /dev)."""
     devices_allow: list[str] = []
     """Existing host device paths passed through in minimal mode."""
+    symlinks: list[tuple[str, str]] = []
+    """(target, path): symlinks the user named under defaultDenyRead (``/lib64 -> usr/lib64``), recreated
+    inside because only their canonical targets are bound."""
     runtime_dirs: list[tuple[str, str]] = []
     """(path, octal mode) directories to create inside the private /tmp (XDG_RUNTIME_DIR repair)."""
 
@@ -76,6 +79,8 @@ def filesystem_args(view: FsView, masked_dirs: tuple[str, ...] = ()) -> list[str
     if view.default_deny_read:
         for path in _outermost(sorted({p for p, _ in view.read + view.execute})):
             args += ["--ro-bind", path, path]
+        for target, path in view.symlinks:
+            args += ["--symlink", target, path]
     else:
         args += ["--bind" if root_writable else "--ro-bind", "/", "/"]
 

@@ -222,7 +222,10 @@ def filesystem(policy, req: RunRequest, resolved: ConfigResolveReply, host: Host
 def _helper() -> tuple[str, ...]:
     from fence.executor.landlock import helper_command
 
-    return tuple(helper_command())
+    # the real interpreter, not a venv's symlink: -I -S needs no venv, and under
+    # defaultDenyRead only the interpreter's own tree is made readable
+    python, *rest = helper_command()
+    return (os.path.realpath(python), *rest)
 
 
 def _user_config_dir(env: dict[str, str]) -> str:
