@@ -21,8 +21,13 @@ def test_cap_drop_only_as_root():
     assert "--cap-drop" not in plan(is_root=False).argv
     argv = plan(is_root=True).argv
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
-    assert "--unshare-user" in argv and "--unshare-user" not in plan(is_root=False).argv
-    assert "userns+cap-drop(ALL)" in plan(is_root=True).summary
+    assert "userns(no-nesting)+cap-drop(ALL)" in plan(is_root=True).summary
+
+
+def test_nested_user_namespaces_disabled_for_everyone():
+    for is_root in (True, False):
+        argv = plan(is_root=is_root).argv
+        assert "--unshare-user" in argv and "--disable-userns" in argv
 
 
 def test_filesystem_view_order():
@@ -48,4 +53,4 @@ def test_env_sanitized():
 
 
 def test_summary_line():
-    assert plan().summary == "[fence:linux] Sandbox: bwrap(network,pid,fs), landlock(not needed)"
+    assert plan().summary == "[fence:linux] Sandbox: bwrap(network,pid,fs), landlock(not needed), userns(no-nesting)"

@@ -303,3 +303,9 @@ def test_linux_features_report(fence):
     r = fence.run("--linux-features")
     assert r.returncode == 0 and r.stdout.startswith("Linux Sandbox Features:")
     assert "Minimum requirements met (bwrap)" in r.stdout and "Socat" not in r.stdout
+
+
+def test_no_new_user_namespaces_inside(fence):
+    r = fence.run("-c", "python3 -c 'import os; os.unshare(os.CLONE_NEWUSER)' && echo CREATED; "
+                        "python3 -c 'import os; os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNS)' && echo CREATED; echo end")
+    assert "CREATED" not in r.stdout and r.stdout.strip().endswith("end"), r.stderr

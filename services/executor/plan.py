@@ -105,11 +105,15 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     args = [host.bwrap, "--new-session", "--die-with-parent", "--unshare-pid"]
     if not share_net:  # only relaxed "*" mode shares the host network (documented as weaker)
         args.append("--unshare-net")
+    # A non-root bwrap always creates a user namespace; a root one must be asked
+    # to.  --disable-userns then stops anything inside from making another one
+    # (a fresh user namespace regains every capability over its own mounts);
+    # seccomp refuses the namespace flags too.
+    args += ["--unshare-user", "--disable-userns"]
     if host.is_root:
-        # A non-root bwrap always creates a user namespace; a root one must be
-        # asked to.  Inside it capabilities are namespaced and the bounding set
-        # is emptied; without it root keeps the host's bounding set.
-        args += ["--unshare-user", "--cap-drop", "ALL"]
+        # inside, capabilities are namespaced and the bounding set is emptied;
+        # without this root keeps the host's bounding set
+        args += ["--cap-drop", "ALL"]
     args += filesystem_args(view, host.masked_dirs)
     args += ["--chdir", cwd, "--info-fd", str(INFO_FD)]
     if listen_inside:
@@ -145,8 +149,7 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
         layers.append("landlock(unavailable)")
     else:
         layers.append("landlock(not needed)")
-    if host.is_root:
-        layers.append("userns+cap-drop(ALL)")
+    layers.append("userns(no-nesting)+cap-drop(ALL)" if host.is_root else "userns(no-nesting)")
     return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers,
                        block_fd=BLOCK_FD if listen_inside else 0, listen_inside=list(listen_inside),
                        seccomp_program=program)
