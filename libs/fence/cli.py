@@ -34,6 +34,7 @@ Usage:
 
 Flags:
   -c STRING                 run STRING with bash -c
+      --shell bash|user     shell for -c: bash (default) or your validated $SHELL
   -s, --settings PATH       config file (JSON)
   -t, --template NAME       built-in template
   -d, --debug               verbose output on stderr
@@ -66,6 +67,7 @@ class RunOptions:
         self.debug = False
         self.monitor = False
         self.force_new_session = False
+        self.shell = "bash"
         self.bus_url = ""
         self.version = False
         self.linux_features = False
@@ -74,7 +76,7 @@ class RunOptions:
 
 
 _VALUE_FLAGS = {"-c": "command_string", "-s": "settings", "--settings": "settings", "-t": "template",
-                "--template": "template", "--bus": "bus_url", "-p": "ports", "--port": "ports"}
+                "--template": "template", "--bus": "bus_url", "--shell": "shell", "-p": "ports", "--port": "ports"}
 _BOOL_FLAGS = {"-d": "debug", "--debug": "debug", "-m": "monitor", "--monitor": "monitor",
                "--force-new-session": "force_new_session", "-v": "version", "--version": "version",
                "--linux-features": "linux_features",
@@ -195,9 +197,12 @@ def run_command(opts: RunOptions) -> int:
     from fence.executor.runner import FenceError, RunRequest, new_sandbox_id
 
     if opts.command_string:
-        shell = which("bash") or which("sh")
-        if not shell:
-            return error('shell "bash" not found on PATH')
+        from fence.executor.shell import ShellError, select_shell
+
+        try:
+            shell = select_shell(opts.shell, os.environ, which)
+        except ShellError as e:
+            return error(str(e))
         command = [shell, "-c", opts.command_string]
     elif opts.command:
         command = opts.command

@@ -40,6 +40,7 @@ RUN_FLAGS = [
     (("-m", "--monitor"), False, "", "report blocked operations on stderr"),
     (("-p", "--port"), True, "port", "expose a port"),
     (("--force-new-session",), False, "", "always run in a new terminal session"),
+    (("--shell",), True, "shell", "shell for -c: bash or user"),
     (("--bus",), True, "url", "use the NATS bus of a supervisor at URL"),
     (("-v", "--version"), False, "", "print the version"),
     (("-h", "--help"), False, "", "show help"),
@@ -87,6 +88,7 @@ _fence() {{
     case "$prev" in
         {_value_flags("template")}) COMPREPLY=( $(compgen -W "$templates" -- "$cur") ); return ;;
         {_value_flags("file")}) COMPREPLY=( $(compgen -f -- "$cur") ); return ;;
+        {_value_flags("shell")}) COMPREPLY=( $(compgen -W "bash user" -- "$cur") ); return ;;
         {_value_flags("string")}|{_value_flags("port")}|{_value_flags("url")}) return ;;
     esac
     local i word sub="" sub2=""
@@ -94,7 +96,7 @@ _fence() {{
         word="${{COMP_WORDS[i]}}"
         case "$word" in
             --) COMPREPLY=( $(compgen -c -- "$cur") ); return ;;
-            {_value_flags("template")}|{_value_flags("file")}|{_value_flags("string")}|{_value_flags("port")}|{_value_flags("url")}) (( i++ )) ;;
+            {_value_flags("template")}|{_value_flags("file")}|{_value_flags("string")}|{_value_flags("port")}|{_value_flags("url")}|{_value_flags("shell")}) (( i++ )) ;;
             -*) ;;
             *)
                 if [[ -z "$sub" ]]; then sub="$word"
@@ -136,7 +138,7 @@ def _zsh_specs(flags) -> str:
     out = []
     for names, takes, what, help_ in flags:
         action = {"template": f":template:({tpl})", "file": ":file:_files", "string": ":command string:",
-                  "port": ":port:", "url": ":url:"}.get(what, "") if takes else ""
+                  "port": ":port:", "url": ":url:", "shell": ":shell:(bash user)"}.get(what, "") if takes else ""
         help_ = help_.replace("'", "").replace("[", "(").replace("]", ")")
         if len(names) == 1:
             out.append(f"'{names[0]}[{help_}]{action}'")
