@@ -11,9 +11,9 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 # Debian's python3 needs python3-venv for `python3 -m venv`; the tests drive
-# real clients and servers (curl, git, ssh/sshd, ip, tmux, ps).
+# real clients and servers (curl, git, ssh/sshd, ip, tmux, ps) and build an LD_PRELOAD probe (gcc).
 debs=(python3-venv)
-[ $want_test = 1 ] && debs+=(curl git openssh-client openssh-server iproute2 tmux procps passwd)
+[ $want_test = 1 ] && debs+=(curl git openssh-client openssh-server iproute2 tmux procps passwd gcc libc6-dev)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

@@ -93,16 +93,37 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
         if source.startswith("/"):
             protect(source, watch_if_missing=False)
 
+    # Project directories: the working directory and what is nested in it (a
+    # bounded walk, when it is writable), the home directory, and the top of
+    # every writable root.  Each directory is listed once and only the names
+    # present are looked at, so big writable trees (/tmp, caches) cost one
+    # listing, not a walk.
     deadline = time.monotonic() + MAX_SECONDS
     budget = [MAX_ENTRIES]
-    projects = [cwd] + [d for w in writable if os.path.isdir(w) for d in _walk_dirs(w, deadline, budget, out)]
-    for project in dict.fromkeys(projects):
+    listings: dict[str, set[str]] = {}
+    if under_writable(cwd) or any(w.startswith(cwd + "/") for w in writable):
+        for directory, names in _walk(cwd, deadline, budget, out):
+            listings[directory] = names
+    for directory in [home] + [w for w in writable if os.path.isdir(w)]:
+        if directory not in listings:
+            listings[directory] = _names(directory)
+    for project, names in listings.items():
         for name in DANGEROUS_FILES + DANGEROUS_DIRS:
-            protect(os.path.join(project, name), watch_if_missing=project == cwd)
-        dot_git = os.path.join(project, ".git")
-        if os.path.lexists(dot_git) or project == cwd:
-            _protect_git(dot_git, project, protect, out, allow_git_config, home)
+            first = name.split("/", 1)[0]
+            if first in names:
+                protect(os.path.join(project, name))
+            elif project in (cwd, home) and name in DANGEROUS_FILES or project == cwd:
+                protect(os.path.join(project, name))  # missing: watched when writable
+        if ".git" in names or project == cwd:
+            _protect_git(os.path.join(project, ".git"), project, protect, out, allow_git_config, home)
     return out
+
+
+def _names(directory: str) -> set[str]:
+    try:
+        return set(os.listdir(directory))
+    except OSError:
+        return set()
 
 
 def _fence_config_dirs(cwd: str) -> list[str]:
@@ -116,24 +137,27 @@ def _fence_config_dirs(cwd: str) -> list[str]:
         d = parent
 
 
-def _walk_dirs(root: str, deadline: float, budget: list[int], out: Protection):
-    """Directories under ``root`` to ``MAX_DEPTH``, breadth first, within the time and entry budget."""
+def _walk(root: str, deadline: float, budget: list[int], out: Protection):
+    """(directory, names in it) from ``root`` down to ``MAX_DEPTH``, breadth first, within the bounds."""
     level = [root]
-    for _ in range(MAX_DEPTH):
+    for _ in range(MAX_DEPTH + 1):
         nxt = []
         for base in level:
+            names: set[str] = set()
             try:
                 with os.scandir(base) as it:
                     for entry in it:
                         budget[0] -= 1
                         if budget[0] <= 0 or time.monotonic() > deadline:
                             out.truncated = True
+                            yield base, names
                             return
+                        names.add(entry.name)
                         if entry.name not in SKIP_DIRS and entry.is_dir(follow_symlinks=False):
-                            yield entry.path
                             nxt.append(entry.path)
             except OSError:
                 continue
+            yield base, names
         level = nxt
 
 
