@@ -40,6 +40,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
+from functools import lru_cache
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 import msgspec
@@ -161,8 +162,12 @@ def encode(msg: Message, limit: int = MAX_PAYLOAD) -> bytes:
     return data
 
 
+@lru_cache(maxsize=4096)
 def check_subject(subject: str, wildcards: bool = False) -> None:
-    """Reject subjects NATS would reject (or, without ``wildcards``, treat as patterns)."""
+    """Reject subjects NATS would reject (or, without ``wildcards``, treat as patterns).
+
+    Cached (a bad subject raises and is not cached): a proxy publishes an event
+    per connection on a handful of subjects."""
     if not subject or any(c in subject for c in " \t\r\n"):
         raise BadSubject(f"invalid subject {subject!r}")
     tokens = subject.split(".")
@@ -174,7 +179,9 @@ def check_subject(subject: str, wildcards: bool = False) -> None:
                 raise BadSubject(f"invalid subject {subject!r}: misplaced wildcard")
 
 
+@lru_cache(maxsize=4096)
 def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS matching (``*`` one token, ``>`` the rest); cached, it runs for every subscription per publish."""
     p, s = pattern.split("."), subject.split(".")
     for i, tok in enumerate(p):
         if tok == ">":
