@@ -27,7 +27,10 @@ BLOCK_FD = 4
 
 SECCOMP_FD = 5
 """bwrap reads the seccomp BPF program from here (``--seccomp``)."""
-"""bwrap waits for a byte here (``--block-fd``) when bridges must exist before the command runs."""
+
+DATA_FD = 6
+"""The first fd bwrap copies a generated file from (``--ro-bind-data``); one fd per file, below 10."""
+MAX_DATA_FILES = 4
 
 
 class HostFacts(msgspec.Struct, frozen=True):
@@ -55,6 +58,8 @@ class SandboxPlan(msgspec.Struct):
     """Loopback addresses to listen on inside the sandbox's netns (proxies, local ports)."""
     seccomp_program: bytes = b""
     """The BPF program bwrap loads from ``SECCOMP_FD`` (empty: no filter)."""
+    data_files: list[tuple[int, bytes]] = []
+    """(fd, content) the launcher hands to bwrap for each ``--ro-bind-data FD DEST``."""
 
     @property
     def summary(self) -> str:
@@ -74,7 +79,8 @@ def sanitize_env(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
 
 def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, str], host: HostFacts,
                  listen_inside: list[tuple[str, int]] = (), deny_read: list[tuple[str, bool]] = (), seccomp: tuple[bytes, str] = (b"", ""),
-                 share_net: bool = False, extra_env: dict[str, str] | None = None) -> SandboxPlan:
+                 share_net: bool = False, extra_env: dict[str, str] | None = None,
+                 files: list[tuple[str, bytes]] = ()) -> SandboxPlan:
     """Build the bwrap invocation for ``command`` under ``policy``.
 
     Foundation layers: read-only root, private /tmp, fresh /dev and /proc, new
@@ -82,6 +88,10 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     TIOCSTI defence), ``--die-with-parent``, and ``--cap-drop ALL`` when run as
     root (a root bwrap otherwise keeps every capability inside and could remount
     a read-only bind writable).
+
+    ``files``: (path, content) placed read-only in the sandbox after the masks
+    (the generated ssh_config of filtered runs, ``sshproxy.py``); bwrap reads
+    each from a pipe, so nothing is written on the host.
     """
     if not command:
         raise ValueError("empty command")
@@ -101,6 +111,13 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
         args += ["--tmpfs", path] if is_dir else ["--ro-bind", "/dev/null", path]
     for path in host.masked_dirs:
         args += ["--tmpfs", path]
+    if len(files) > MAX_DATA_FILES:
+        raise ValueError(f"at most {MAX_DATA_FILES} generated files")
+    data_files = []
+    for i, (path, content) in enumerate(files):
+        fd = DATA_FD + i
+        args += ["--perms", "0644", "--ro-bind-data", str(fd), path]
+        data_files.append((fd, bytes(content)))
     args += ["--chdir", cwd, "--info-fd", str(INFO_FD)]
     if listen_inside:
         args += ["--block-fd", str(BLOCK_FD)]
@@ -120,8 +137,10 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
         layers.append(f"denyRead({len(deny_read)})")
     if program:
         layers.append(seccomp_label or "seccomp")
+    if files:
+        layers.append("files(" + ",".join(path for path, _ in files) + ")")
     if host.is_root:
         layers.append("userns+cap-drop(ALL)")
     return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers,
                        block_fd=BLOCK_FD if listen_inside else 0, listen_inside=list(listen_inside),
-                       seccomp_program=program)
+                       seccomp_program=program, data_files=data_files)
