@@ -18,7 +18,7 @@ ssh_config (``sshproxy.py``) makes ssh run this program, which:
 3. on any other reply prints why on stderr (ssh shows it) and exits 1.
 
 Standalone on purpose: run with ``-I -S`` (no site, no user paths, no fence
-import), so it starts in ~10 ms and works for any user who can read the
+import), so it starts in ~25 ms and works for any user who can read the
 interpreter and this file (the sandbox sees the host's root read-only).
 ``-x ADDR:PORT`` picks another proxy (tests).  No netcat needed.
 """
