@@ -1,5 +1,6 @@
 """The planner is pure: these run nothing."""
 
+from fence.executor.mounts import FsView
 from fence.executor.plan import HostFacts, plan_sandbox, sanitize_env
 from fence.policy import Policy
 
@@ -54,3 +55,21 @@ def test_env_sanitized():
 
 def test_summary_line():
     assert plan().summary == "[fence:linux] Sandbox: bwrap(network,pid,fs), landlock(not needed), userns(no-nesting)"
+    
+
+def test_generated_files_are_bound_read_only_after_the_masks():
+    host = HostFacts(bwrap="/usr/bin/bwrap", is_root=False, masked_dirs=("/run/user/1/fence",))
+    p = plan_sandbox(Policy(), ["ssh", "h"], "/work", {}, host, fs=FsView(deny_read=[("/etc/ssh", True)]),
+                     files=[("/etc/ssh/ssh_config", b"ProxyCommand x %h %p\n")])
+    argv = p.argv
+    i = argv.index("--ro-bind-data")
+    assert argv[i - 2:i + 3] == ["--perms", "0644", "--ro-bind-data", "6", "/etc/ssh/ssh_config"]
+    assert argv.index("--tmpfs", argv.index("/tmp")) < argv.index("/etc/ssh") < i  # masks first: ours wins
+    assert argv.index("/run/user/1/fence") < i < argv.index("--chdir")
+    assert p.data_files == [(6, b"ProxyCommand x %h %p\n")]
+    assert "files(/etc/ssh/ssh_config)" in p.summary
+
+
+def test_no_generated_files_by_default():
+    p = plan()
+    assert "--ro-bind-data" not in p.argv and p.data_files == []

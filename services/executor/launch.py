@@ -47,11 +47,22 @@ class Sandbox:
 
     def start(self) -> "Sandbox":
         """Spawn bwrap; with bridges planned, create them inside before the command may run."""
+        seccomp_read = -1
+        data_reads: list[tuple[int, int]] = []  # (read end, fd bwrap reads it from)
+        try:  # the inputs bwrap reads to EOF first: a too-large one fails before anything else is open
+            if self.plan.seccomp_program:
+                seccomp_read = _filled_pipe(self.plan.seccomp_program, "seccomp program")
+            for fd, content in self.plan.data_files:
+                data_reads.append((_filled_pipe(content, "generated file"), fd))
+        except BaseException:
+            for end in (seccomp_read, *(end for end, _ in data_reads)):
+                if end >= 0:
+                    os.close(end)
+            raise
         read_end, write_end = _pipe()
         block_read = block_write = -1
         if self.plan.block_fd:
             block_read, block_write = _pipe()
-        seccomp_read = _filled_pipe(self.plan.seccomp_program) if self.plan.seccomp_program else -1
         try:
             if self.relay_signals:  # else the caller routes signals to on_signal (an event loop's handlers)
                 self._install_signal_relay()
@@ -62,6 +73,8 @@ class Sandbox:
                 from fence.executor.plan import SECCOMP_FD
 
                 actions.append((os.POSIX_SPAWN_DUP2, seccomp_read, SECCOMP_FD))
+            for end, fd in data_reads:
+                actions.append((os.POSIX_SPAWN_DUP2, end, fd))
             try:
                 self.pid = os.posix_spawn(self.plan.argv[0], self.plan.argv, self.plan.env,
                                           file_actions=actions, setpgroup=0)
@@ -73,7 +86,7 @@ class Sandbox:
                 raise LaunchError(f"cannot start bwrap ({self.plan.argv[0]}): {e.strerror}") from None
         finally:
             os.close(write_end)
-            for fd in (block_read, seccomp_read):
+            for fd in (block_read, seccomp_read, *(end for end, _ in data_reads)):
                 if fd >= 0:
                     os.close(fd)
         try:
@@ -193,12 +206,12 @@ def _pipe() -> tuple[int, int]:
     return ends[0], ends[1]
 
 
-def _filled_pipe(data: bytes) -> int:
+def _filled_pipe(data: bytes, what: str) -> int:
     """The read end of a pipe already holding ``data`` and closed for writing (bwrap reads to EOF)."""
+    if len(data) > 65536:  # a pipe's default capacity: the write below must not block
+        raise LaunchError(f"{what} too large ({len(data)} bytes)")
     read_end, write_end = _pipe()
     try:
-        if len(data) > 65536:
-            raise LaunchError(f"seccomp program too large ({len(data)} bytes)")
         os.write(write_end, data)
     finally:
         os.close(write_end)

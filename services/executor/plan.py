@@ -29,6 +29,10 @@ BLOCK_FD = 4
 SECCOMP_FD = 5
 """bwrap reads the seccomp BPF program from here (``--seccomp``)."""
 
+DATA_FD = 6
+"""The first fd bwrap copies a generated file from (``--ro-bind-data``); one fd per file, below 10."""
+MAX_DATA_FILES = 4
+
 
 class HostFacts(msgspec.Struct, frozen=True):
     """What the planner needs to know about the machine; gathered once by the caller."""
@@ -59,6 +63,8 @@ class SandboxPlan(msgspec.Struct):
     """Loopback addresses to listen on inside the sandbox's netns (proxies, local ports)."""
     seccomp_program: bytes = b""
     """The BPF program bwrap loads from ``SECCOMP_FD`` (empty: no filter)."""
+    data_files: list[tuple[int, bytes]] = []
+    """(fd, content) the launcher hands to bwrap for each ``--ro-bind-data FD DEST``."""
 
     @property
     def summary(self) -> str:
@@ -89,7 +95,8 @@ def wants_landlock(view: FsView) -> bool:
 def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, str], host: HostFacts,
                  listen_inside: list[tuple[str, int]] = (), fs: FsView | None = None,
                  seccomp: tuple[bytes, str] = (b"", ""), share_net: bool = False,
-                 extra_env: dict[str, str] | None = None, debug: bool = False) -> SandboxPlan:
+                 extra_env: dict[str, str] | None = None, files: list[tuple[str, bytes]] = (),
+                 debug: bool = False) -> SandboxPlan:
     """Build the bwrap invocation for ``command`` under ``policy``.
 
     Layers: the filesystem view of ``fs`` (``fence.executor.mounts``; default:
@@ -98,6 +105,10 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     ``--die-with-parent``, ``--cap-drop ALL`` when run as root (a root bwrap
     otherwise keeps every capability inside and could remount a read-only bind
     writable), the seccomp program, and Landlock through the init helper.
+
+    ``files``: (path, content) placed read-only in the sandbox after the masks
+    (the generated ssh_config of filtered runs, ``sshproxy.py``); bwrap reads
+    each from a pipe, so nothing is written on the host.
     """
     if not command:
         raise ValueError("empty command")
@@ -115,6 +126,13 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
         # without this root keeps the host's bounding set
         args += ["--cap-drop", "ALL"]
     args += filesystem_args(view, host.masked_dirs)
+    if len(files) > MAX_DATA_FILES:
+        raise ValueError(f"at most {MAX_DATA_FILES} generated files")
+    data_files = []
+    for i, (path, content) in enumerate(files):
+        fd = DATA_FD + i
+        args += ["--perms", "0644", "--ro-bind-data", str(fd), path]
+        data_files.append((fd, bytes(content)))
     args += ["--chdir", cwd, "--info-fd", str(INFO_FD)]
     if listen_inside:
         args += ["--block-fd", str(BLOCK_FD)]
@@ -143,6 +161,8 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
         layers.append("defaultDenyRead")
     if program:
         layers.append(seccomp_label or "seccomp")
+    if files:
+        layers.append("files(" + ",".join(path for path, _ in files) + ")")
     if landlock:
         layers.append(f"landlock-v{host.landlock_abi}")
     elif wants_landlock(view):
@@ -152,4 +172,4 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     layers.append("userns(no-nesting)+cap-drop(ALL)" if host.is_root else "userns(no-nesting)")
     return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers,
                        block_fd=BLOCK_FD if listen_inside else 0, listen_inside=list(listen_inside),
-                       seccomp_program=program)
+                       seccomp_program=program, data_files=data_files)

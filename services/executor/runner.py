@@ -111,11 +111,18 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
                 host_listeners = portfwd.bind_published(published)
             except portfwd.PortError as e:
                 raise FenceError(str(e)) from None
+        extra_env = {**facts.env, **network.proxy_env(net_mode, opened)}
+        files: list[tuple[str, bytes]] = []
+        if net_mode == "filtered":  # ssh/scp/sftp/rsync/git reach the network through the SOCKS proxy
+            from fence.executor import sshproxy
+
+            ssh_route = sshproxy.route(req.env, facts.view.deny_read)
+            files += ssh_route.files
+            extra_env.update(ssh_route.env)
         plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, fs=facts.view,
                             seccomp=seccomp_for(policy),
                             listen_inside=proxy_listen + network.outbound_listeners(out_ports),
-                            share_net=net_mode == "relaxed",
-                            extra_env={**facts.env, **network.proxy_env(net_mode, opened)}, debug=req.debug)
+                            share_net=net_mode == "relaxed", extra_env=extra_env, files=files, debug=req.debug)
         if req.debug:
             debug_plan(plan)
             for name, value in facts.env.items():
