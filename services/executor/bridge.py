@@ -89,6 +89,46 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+SIOCGIFFLAGS = 0x8913
+IFF_UP = 0x1
+LOOPBACK_WAIT = 1.0
+"""How long the helper waits for bwrap to bring the sandbox's loopback up (it is milliseconds at most)."""
+IPV6_SETTLE = 0.05
+"""After lo is up, how long ``::1`` may take to appear before the netns is taken to have no IPv6."""
+
+
+def _wait_loopback_up(timeout: float = LOOPBACK_WAIT) -> None:
+    """Wait until ``lo`` is up in this netns: bwrap configures it in the sandbox while fence's helper
+    may already be here, and until then neither 127.0.0.1 nor ::1 can be bound."""
+    import fcntl
+    import time
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            raw = fcntl.ioctl(probe, SIOCGIFFLAGS, b"lo".ljust(40, b"\0"))
+            if int.from_bytes(raw[16:18], "little") & IFF_UP or time.monotonic() > deadline:
+                return
+            time.sleep(0.0005)
+    finally:
+        probe.close()
+
+
+def _listen_settled(host: str, port: int) -> socket.socket:
+    """``_listen``, retrying ``::1`` briefly: the kernel adds it when lo comes up, a moment after 127.0.0.1."""
+    import time
+
+    deadline = time.monotonic() + IPV6_SETTLE
+    while True:
+        try:
+            return _listen(host, port)
+        except OSError as e:
+            if ":" not in host or e.errno != errno.EADDRNOTAVAIL or time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
+
+
 def _optional(host: str, err: BaseException) -> bool:
     """An IPv6 loopback address is best effort: a netns may have no IPv6 at all."""
     return ":" in host and isinstance(err, OSError) and err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
@@ -109,10 +149,11 @@ def listen_inside(pid: int, addresses: list[tuple[str, int]]) -> list[socket.soc
         try:
             parent.close()
             _enter_netns(pid)
+            _wait_loopback_up()
             socks, mask = [], []
             for host, port in addresses:
                 try:
-                    socks.append(_listen(host, port))
+                    socks.append(_listen_settled(host, port))
                     mask.append("1")
                 except OSError as e:
                     if not _optional(host, e):
