@@ -17,7 +17,7 @@ import msgspec
 
 from fence.bus import Bus, BusError
 from fence.executor.coverage import refused, ungranted
-from fence.executor.launch import Sandbox
+from fence.executor.launch import LaunchError, Sandbox
 from fence.executor import network
 from fence.executor.paths import expand
 from fence.executor.preflight import RuleSources, check_command
@@ -61,7 +61,10 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     """Run ``req`` to completion and return its exit code.
 
     ``attach(sandbox, *listeners)`` hands the sockets made inside the sandbox's
-    netns to a proxy in this process (a lone run's ProxyService.attach).
+    netns to a proxy in this process (a lone run's ProxyService.attach),
+    lazily, on the sandbox's first connection.  Without it (a supervisor's
+    proxy) they are handed to the proxy process over its hand-off socket
+    (``handoff.py``) before the command starts.
     """
     sandbox_id = req.sandbox
     try:
@@ -78,9 +81,6 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     policy = resolved.policy
     masks = await admit(bus, req, resolved)
     net_mode = network.mode(policy.network)
-    if net_mode == "filtered" and attach is None:
-        raise FenceError("network.allowedDomains needs this run's own proxy, and handing sandbox sockets to a "
-                         "supervisor's proxy is not built yet: stop the supervisor (fence down) for this run")
     proxy_listen = network.listeners(net_mode)
     out_ports = network.outbound_ports(net_mode, policy.network)
     clash = sorted({port for _, port in proxy_listen} & set(out_ports))
@@ -96,11 +96,12 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         if not published:
             print("[fence] Skipping reverse bridge (no network namespace, ports accessible directly)",
                   file=sys.stderr)
-    opened = await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(sandbox=sandbox_id, network=policy.network),
-                               ProxySessionOpened)
+    opened = await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
+        sandbox=sandbox_id, network=policy.network, loopback=net_mode == "relaxed"), ProxySessionOpened)
     lifecycle = event(sandbox_id, "lifecycle")
     finish_attach = None
     forwarder = None
+    handed: list = []  # the open hand-off connection to a supervisor's proxy (kept for the sandbox's life)
     try:
         host_listeners = []
         if out_ports or published:
@@ -120,14 +121,19 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
             for name in ungranted(policy):
                 print(f"[fence] Note: {name} is not granted by this build yet; the sandbox stays stricter",
                       file=sys.stderr)
+        prepare = None
+        if proxy_listen and attach is None:
+            prepare = _hand_over_to(opened, len(proxy_listen), handed)
         try:
-            sandbox = Sandbox(plan, relay_signals).start()
-        except BaseException:
+            sandbox = Sandbox(plan, relay_signals).start(prepare)
+        except BaseException as e:
             for sock in host_listeners:
                 sock.close()
+            if isinstance(e, LaunchError):
+                raise FenceError(str(e)) from None
             raise
         proxy_socks = sandbox.listeners[:len(proxy_listen)]
-        if proxy_socks:  # connections queue in the backlog until the proxy serves them
+        if proxy_socks and attach is not None:  # connections queue in the backlog until the proxy serves them
             finish_attach = network.attach_on_first_connection(attach, sandbox_id, proxy_socks)
         if forwarder is not None:  # local ports: relayed by this process, no proxy (works supervised too)
             _forward(forwarder, sandbox, network.outbound_listeners(out_ports),
@@ -149,6 +155,22 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
             await bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=sandbox_id), ProxySessionClosed)
         except BusError as e:
             print(f"[fence] Warning: closing proxy session {sandbox_id} failed: {e}", file=sys.stderr)
+        for conn in handed:  # the proxy also ends the session when this closes (if the request above failed)
+            conn.close()
+
+
+def _hand_over_to(opened: ProxySessionOpened, count: int, handed: list):
+    """``Sandbox.start``'s ``prepare``: the first ``count`` listeners go to the supervisor's proxy process."""
+    def prepare(listeners: list) -> None:
+        from fence.executor.handoff import HandoffError, hand_over
+
+        try:
+            handed.append(hand_over(opened, listeners[:count]))
+        except HandoffError as e:
+            raise LaunchError(f"network.allowedDomains: {e}; the sandbox was stopped before its command ran") \
+                from None
+
+    return prepare
 
 
 def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_socks: list,
