@@ -81,23 +81,24 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     policy = resolved.policy
     masks = await admit(bus, req, resolved)
     net_mode = network.mode(policy.network)
-    proxy_listen = network.listeners(net_mode)
-    out_ports = network.outbound_ports(net_mode, policy.network)
+    shared = _shared_network(net_mode, host, req.env)
+    proxy_listen = network.listeners(net_mode, shared)
+    out_ports = network.outbound_ports(shared, policy.network)
     clash = sorted({port for _, port in proxy_listen} & set(out_ports))
     if clash:
         raise FenceError(f"network.allowLocalOutboundPorts: port {clash[0]} is the sandbox's own proxy port "
                          "when allowedDomains is set; it cannot also be relayed to the host")
-    warning = network.outbound_warning(net_mode, policy.network)
+    warning = network.outbound_warning(shared, policy.network)
     if warning:
         print(warning, file=sys.stderr)
-    published = req.ports if net_mode != "relaxed" else []
+    published = req.ports if not shared else []
     if req.debug and req.ports:
         print(f"[fence] Exposing ports: [{' '.join(str(p) for _, p in req.ports)}]", file=sys.stderr)
         if not published:
             print("[fence] Skipping reverse bridge (no network namespace, ports accessible directly)",
                   file=sys.stderr)
     opened = await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
-        sandbox=sandbox_id, network=policy.network, loopback=net_mode == "relaxed"), ProxySessionOpened)
+        sandbox=sandbox_id, network=policy.network, loopback=shared), ProxySessionOpened)
     lifecycle = event(sandbox_id, "lifecycle")
     finish_attach = None
     forwarder = None
@@ -115,7 +116,7 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, deny_read=masks.paths,
                             seccomp=seccomp_for(policy),
                             listen_inside=proxy_listen + network.outbound_listeners(out_ports),
-                            share_net=net_mode == "relaxed", extra_env=network.proxy_env(net_mode, opened))
+                            share_net=shared, extra_env=network.proxy_env(net_mode, opened, shared))
         if req.debug:
             debug_plan(plan)
             for name in ungranted(policy):
@@ -171,6 +172,27 @@ def _hand_over_to(opened: ProxySessionOpened, count: int, handed: list):
                 from None
 
     return prepare
+
+
+def _shared_network(net_mode: str, host: HostFacts, env: dict[str, str]) -> bool:
+    """Whether the sandbox runs on the host's network: relaxed mode, or no netns can be made here.
+
+    The latter is known from ``netns.py``'s per-boot cache (probed on the
+    first run of a boot).  Proxy-only is announced on every run; a policy
+    allowing no network is refused unless the user opted in.
+    """
+    if net_mode == "relaxed":
+        return True
+    from fence.executor import netns
+
+    found = netns.state(host.bwrap)
+    if not found.proxy_only:
+        return False  # available, or bwrap fails without a netns too: nothing to weaken, bwrap will say why
+    refusal = network.shared_network_refusal(net_mode, found.detail, env)
+    if refusal:
+        raise FenceError(refusal)
+    print(network.no_netns_warning(found.detail), file=sys.stderr)
+    return True
 
 
 def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_socks: list,
