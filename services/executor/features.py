@@ -22,6 +22,8 @@ import sys
 
 import msgspec
 
+from fence.executor.netns import boot_id
+
 PR_GET_SECCOMP = 21
 SECCOMP_GET_NOTIF_SIZES = 3
 SECCOMP_SYSCALL = {"x86_64": 317, "aarch64": 277}
@@ -185,14 +187,6 @@ def userns_sysctls() -> tuple[bool, str]:
         return False, ("AppArmor restricts unprivileged user namespaces "
                        "(kernel.apparmor_restrict_unprivileged_userns=1): bwrap needs a profile allowing userns")
     return True, ""
-
-
-def boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def _read_int(path: str, default: int) -> int:

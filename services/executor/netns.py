@@ -112,10 +112,17 @@ def _userns() -> int:
         return 0
 
 
+def boot_id() -> str:
+    """This boot's random id ("" when unknown): per-boot caches are named by it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def cache_path(cache_dir: str | None = None, userns: int | None = None) -> str:
     """Where the answer for this boot and user namespace is cached ("" when nowhere)."""
-    from fence.executor.features import boot_id
-
     if cache_dir is None:
         from fence.runtime import runtime_dir
 

@@ -97,6 +97,8 @@ class HandoffServer:
         self.sock: socket.socket | None = None
         self.clients: dict[int, _Client] = {}
         self._inode = 0
+        self._tasks: set = set()
+        """Running hand-offs and session ends (the loop keeps only weak references to tasks)."""
 
     # --- the listening socket ---------------------------------------------------------------
     def start(self) -> None:
@@ -204,7 +206,7 @@ class HandoffServer:
             return
         client.busy = True
         self.loop.remove_reader(client.conn.fileno())
-        self.loop.create_task(self._hand_over(client, req, named))
+        self._spawn(self._hand_over(client, req, named))
 
     async def _hand_over(self, client: _Client, req: ProxyHandoff, named: dict[str, socket.socket]) -> None:
         try:
@@ -253,7 +255,12 @@ class HandoffServer:
         conn.close()
         on_end, client.on_end = client.on_end, None
         if on_end is not None:
-            self.loop.create_task(_quietly(on_end()))
+            self._spawn(_quietly(on_end()))
+
+    def _spawn(self, coro) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 def _parse(msg: bytes, socks: list[socket.socket]) -> tuple[ProxyHandoff, dict[str, socket.socket]]:
