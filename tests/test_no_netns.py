@@ -135,6 +135,19 @@ def test_cache_of_another_user_namespace_or_writable_by_others_is_ignored(tmp_pa
     assert len(calls) == 4
 
 
+def test_a_no_netns_answer_expires(tmp_path, monkeypatch):
+    """Weakening runs on a stale answer is bounded: "no netns" is probed again after NEGATIVE_TTL."""
+    import time
+
+    bwrap = find_bwrap()
+    path = netns.cache_path(str(tmp_path))
+    netns.write(path, netns.NetnsState(available=False, shared_ok=True, at=time.time(), **netns.key(bwrap)))
+    assert netns.state(bwrap, str(tmp_path)).proxy_only  # fresh: used as is
+    netns.write(path, netns.NetnsState(available=False, shared_ok=True, at=time.time() - netns.NEGATIVE_TTL - 1,
+                                       **netns.key(bwrap)))
+    assert netns.state(bwrap, str(tmp_path)).available  # stale: probed again (this machine has netns)
+
+
 def test_fake_cached_answer_makes_a_run_proxy_only(self_runner, origin):
     """The test hook: a cached "no netns" answer (what a container's first run would have stored)."""
     work = workdir(self_runner, {"allowedDomains": ["127.0.0.1"]})
@@ -143,8 +156,10 @@ def test_fake_cached_answer_makes_a_run_proxy_only(self_runner, origin):
     env = self_runner.env(XDG_RUNTIME_DIR=str(rdir))
     cache = str(rdir / "fence" / "cache")
     bwrap = find_bwrap()
+    import time
+
     netns.write(netns.cache_path(cache), netns.NetnsState(available=False, shared_ok=True, detail="fake (test)",
-                                                          **netns.key(bwrap)))
+                                                          at=time.time(), **netns.key(bwrap)))
     r = self_runner.run("-c", f"NO_PROXY= no_proxy= curl -sS --max-time 10 http://127.0.0.1:{origin}/",
                         env=env, cwd=str(work))
     assert (r.returncode, r.stdout) == (0, MARKER), r.stderr

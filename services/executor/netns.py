@@ -18,17 +18,23 @@ of ``true`` (a few ms), and only if that fails a second one without
 ``--unshare-net``, to tell "no netns" from "bwrap does not work at all"; in
 the latter case nothing is weakened and the run fails as it would have.
 The cache is keyed by the user namespace too, so a container sharing the
-host's runtime dir never inherits the host's answer (or the reverse).
+host's runtime dir never inherits the host's answer (or the reverse).  A
+"no netns" answer (the one that weakens runs) is trusted for
+``NEGATIVE_TTL`` only, so a fixed environment stops running proxy-only
+within minutes rather than at the next boot.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import msgspec
 
 ALLOW_SHARED_ENV = "FENCE_ALLOW_SHARED_NETWORK"
 """Set to 1 to run a no-network policy on the host's network when no netns can be made."""
+NEGATIVE_TTL = 600.0
+"""Seconds a cached "no network namespace" answer is used before probing again."""
 
 
 class NetnsState(msgspec.Struct, kw_only=True):
@@ -44,6 +50,8 @@ class NetnsState(msgspec.Struct, kw_only=True):
     """When it does not: bwrap works without ``--unshare-net`` (so the netns is the only thing missing)."""
     detail: str = ""
     """bwrap's last error line when the netns could not be made."""
+    at: float = 0.0
+    """When it was probed (Unix time)."""
 
     @property
     def proxy_only(self) -> bool:
@@ -60,7 +68,8 @@ def state(bwrap: str, cache_dir: str | None = None) -> NetnsState:
     path = cache_path(cache_dir, want["userns"])
     cached = _read(path)
     if cached is not None and all(getattr(cached, k) == v for k, v in want.items()):
-        return cached
+        if cached.available or 0 <= time.time() - cached.at < NEGATIVE_TTL:
+            return cached
     found = probe(want)
     if path:
         write(path, found)
@@ -75,13 +84,14 @@ def probe(fields: dict) -> NetnsState:
     bwrap = fields["bwrap"]
     base = [bwrap] + (["--unshare-user"] if os.geteuid() == 0 else [])  # as plan.py runs it
     tail = ["--ro-bind", "/", "/", "--", which("true") or "/bin/true"]
+    at = time.time()
     code, out = run_quiet(base + ["--unshare-net"] + tail)
     if code == 0:
-        return NetnsState(available=True, **fields)
+        return NetnsState(available=True, at=at, **fields)
     lines = out.strip().splitlines()
     detail = lines[-1] if lines else f"bwrap exited {code}"
     shared_code, _ = run_quiet(base + tail)
-    return NetnsState(available=False, shared_ok=shared_code == 0, detail=detail, **fields)
+    return NetnsState(available=False, shared_ok=shared_code == 0, detail=detail, at=at, **fields)
 
 
 def write(path: str, found: NetnsState) -> None:
