@@ -67,3 +67,38 @@ def test_listener_is_not_on_the_host_loopback():
         sandbox.wait()
         for sock in sandbox.listeners:
             sock.close()
+
+
+def test_failed_prepare_stops_the_sandbox_before_its_command():
+    """A hand-off that fails while bwrap waits on --block-fd: the command never runs (fail closed).
+
+    Regression: killing bwrap alone let its child, released by the block
+    pipe's EOF, run the command.
+    """
+    from fence.executor.launch import LaunchError
+
+    import tempfile
+
+    work = tempfile.mkdtemp(prefix="fence-prepare-", dir="/var/tmp")  # not /tmp: private inside
+    marker = os.path.join(work, "ran")
+    plan = plan_sandbox(Policy(), ["sh", "-c", f"echo > {marker}"], "/", dict(os.environ),
+                        host_facts(), listen_inside=[("127.0.0.1", 3128)])
+    at = plan.argv.index("--chdir")
+    plan.argv[at:at] = ["--bind", work, work]  # the one place the command could leave a trace
+    seen = []
+
+    def prepare(listeners):
+        seen.extend(listeners)
+        raise RuntimeError("proxy unreachable")
+
+    with pytest.raises(LaunchError, match="proxy unreachable"):
+        Sandbox(plan).start(prepare)
+    assert len(seen) == 1 and seen[0].fileno() == -1  # the listener was closed too
+    import time
+
+    time.sleep(0.3)
+    ran = os.path.exists(marker)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    assert not ran

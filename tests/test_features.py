@@ -72,13 +72,26 @@ Feature Status:
   ✗ Missing requirements: bwrap
   ⚠ Network namespace unavailable (containerized environment?)
     bwrap --unshare-net failed: bwrap: No permissions to create new namespace
-    fence needs it for every sandbox; allow user namespaces in the container or run on the host
+    bwrap does not run without it either; allow user namespaces in the container or run on the host
   ⚠ Unprivileged user namespaces unavailable: kernel.unprivileged_userns_clone is 0
   ○ Landlock not available (kernel 5.13+ required)
   ○ Violation monitoring limited (kernel 4.14+ for seccomp logging)
   ○ Runtime argv exec policy unavailable (kernel 5.0+ for seccomp user notification)
   ○ eBPF monitoring not available (needs CAP_BPF or root)
 """
+
+
+def test_report_in_a_container_without_network_namespaces():
+    f = healthy(netns=False, netns_shared_ok=True, netns_detail="bwrap: Creating new namespace failed: "
+                "nesting depth or /proc/sys/user/max_*_namespaces exceeded (ENOSPC)")
+    text = features.report(f)
+    assert "  Network namespace (--unshare-net): false\n" in text
+    assert ("  ⚠ Network namespace unavailable (containerized environment?)\n"
+            "    bwrap --unshare-net failed: bwrap: Creating new namespace failed: nesting depth or "
+            "/proc/sys/user/max_*_namespaces exceeded (ENOSPC)\n"
+            "    fence runs proxy-only: programs ignoring HTTP_PROXY/ALL_PROXY are NOT filtered, and a policy "
+            "allowing no network is refused unless FENCE_ALLOW_SHARED_NETWORK=1\n") in text
+    assert "bwrap(no-netns)" in features.summary(f)
 
 
 def test_report_never_mentions_socat_and_says_when_not_probed():
@@ -132,12 +145,15 @@ def test_detect_is_cheap_without_probe():
 
 @pytest.mark.sandbox
 def test_probe_runs_bwrap_once_per_boot(tmp_path, monkeypatch):
+    from fence.executor import netns
+
     f = features.detect(probe=True, cache_dir=str(tmp_path))
     assert f.netns is True and f.netns_detail == ""
     assert f.bwrap_version.startswith("bubblewrap ")
-    (entry,) = tmp_path.iterdir()
-    assert entry.name == f"features-{features.boot_id()}.json"
-    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    entries = sorted(tmp_path.iterdir())
+    assert [e.name for e in entries] == [f"features-{features.boot_id()}.json",
+                                         os.path.basename(netns.cache_path(str(tmp_path)))]
+    assert all(stat.S_IMODE(e.stat().st_mode) == 0o600 for e in entries)
 
     def no_processes(argv):
         raise AssertionError(f"probed again: {argv}")
@@ -161,8 +177,8 @@ def test_probe_cache_is_per_binary_and_never_trusted_when_writable_by_others(tmp
     copy.symlink_to(BWRAP)
     assert features.detect(probe=True, bwrap=str(copy), cache_dir=str(tmp_path)).netns is True
     assert len(calls) == 2  # --version and the netns sandbox, for the other binary
-    (entry,) = [p for p in tmp_path.iterdir() if p.suffix == ".json"]
-    os.chmod(entry, 0o666)
+    for entry in tmp_path.glob("*.json"):
+        os.chmod(entry, 0o666)
     features.detect(probe=True, bwrap=str(copy), cache_dir=str(tmp_path))
     assert len(calls) == 4
 

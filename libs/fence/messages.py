@@ -71,10 +71,19 @@ class ConfigResolveReply(Message):
 # --- proxy service -----------------------------------------------------------
 
 class ProxySessionOpen(Message):
-    """Ask the proxy service to serve one sandbox with this network policy."""
+    """Ask the proxy service to serve one sandbox with this network policy.
+
+    ``loopback``: whether the session gets its own listeners on the host's
+    127.0.0.1 (needed when the sandbox shares the host network: relaxed
+    ``"*"`` mode or no network namespace available).  ``None`` leaves it to
+    the service's default; ``false`` is for sandboxes whose listeners are
+    made inside their own netns and handed over (no host port then exists
+    that any local process could use).
+    """
 
     sandbox: str
     network: NetworkConfig
+    loopback: bool | None = None
 
 
 class ProxySessionOpened(Message):
@@ -83,6 +92,11 @@ class ProxySessionOpened(Message):
     ``address`` is the host the ports are on (``127.0.0.1``; "" without
     listeners).  ``relaxed`` is true for ``allowedDomains: ["*"]`` (the
     sandbox shares the host's network; only proxy-aware clients are filtered).
+
+    ``handoff`` is the path of the unix socket where the process holding this
+    session accepts the sandbox's own listening sockets (``ProxyHandoff``),
+    "" when it accepts none (a lone run's in-process proxy); ``token`` is the
+    one-time secret that hand-off must carry.
     """
 
     sandbox: str
@@ -90,6 +104,26 @@ class ProxySessionOpened(Message):
     socks_port: int = 0
     address: str = ""
     relaxed: bool = False
+    handoff: str = ""
+    token: str = ""
+
+
+class ProxyHandoff(Message):
+    """Sent over the proxy's hand-off unix socket (not the bus) with listening sockets attached (SCM_RIGHTS).
+
+    ``listeners`` names each passed descriptor in order: ``"http"`` or
+    ``"socks"``.  Answered with ``ProxyHandoffDone`` or ``ErrorReply``; the
+    connection then stays open for the sandbox's life and its end closes the
+    session (a ``fence run`` that dies leaves nothing behind).
+    """
+
+    sandbox: str
+    token: str
+    listeners: list[str]
+
+
+class ProxyHandoffDone(Message):
+    sandbox: str
 
 
 class ProxySessionClose(Message):

@@ -12,6 +12,8 @@ Layout of the runtime directory (mode 0700, every file 0600)::
       nats.conf                the generated nats-server config (passwords inside)
       nats-server_<pid>.ports  written by nats-server (ports_file_dir): its real port
       creds/<user>.json        Credentials of each bus user (supervisor, services, client)
+      proxy.sock               the proxy service's hand-off socket (0600): sandboxes' listening
+                               sockets reach the proxy process here (fence.proxy.handoff)
 
 Every file is written atomically (temporary file + rename) so a reader never
 sees half a file.  The supervisor removes all of them when it stops.
@@ -28,6 +30,7 @@ INFO_FILE = "supervisor.json"
 LOCK_FILE = "supervisor.lock"
 NATS_CONF = "nats.conf"
 CREDS_DIR = "creds"
+PROXY_HANDOFF = "proxy.sock"
 CLIENT_USER = "client"
 
 

@@ -82,7 +82,7 @@ async def _serve(component: str, service_cls, creds) -> int:
         port = metrics.serve("127.0.0.1", 0)
     except OSError as e:
         raise StartError(f"cannot serve metrics on 127.0.0.1: {e}") from None
-    service = service_cls(metrics=metrics)
+    service = service_cls(metrics=metrics, **_options(component))
     service.metadata["metrics_url"] = f"http://127.0.0.1:{port}/metrics"
     service.metadata["pid"] = str(os.getpid())
     service.metadata["component"] = component
@@ -116,6 +116,13 @@ async def _serve(component: str, service_cls, creds) -> int:
     finally:
         await _bounded(bus.close(), STOP_GRACE)
     return 0
+
+
+def _options(component: str) -> dict:
+    """Per-component constructor options from the environment the supervisor set."""
+    if component == "proxy" and os.environ.get("FENCE_PROXY_HANDOFF"):
+        return {"handoff": os.environ["FENCE_PROXY_HANDOFF"]}
+    return {}
 
 
 async def _bounded(coro, seconds: float) -> None:

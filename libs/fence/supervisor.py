@@ -425,6 +425,7 @@ class Supervisor:
         """Remove every file this supervisor created, then the dirs if nothing else is there."""
         _unlink(os.path.join(self.rdir, runtime.INFO_FILE))
         _unlink(self.conf)
+        _unlink(os.path.join(self.rdir, runtime.PROXY_HANDOFF))  # the proxy removes it; not if it was killed
         for path in self.ports_files:
             _unlink(path)
         for user in USERS:
@@ -522,6 +523,8 @@ class Supervisor:
         env = dict(os.environ)
         env["FENCE_BUS_CREDS"] = os.path.join(self.creds_dir, f"{child.name}.json")
         env["FENCE_SUPERVISOR_PID"] = str(os.getpid())
+        if child.name == "proxy":
+            env["FENCE_PROXY_HANDOFF"] = os.path.join(self.rdir, runtime.PROXY_HANDOFF)
         child.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-P", "-m", "fence.serve", child.name, stdin=asyncio.subprocess.DEVNULL,
             env=env, start_new_session=True, cwd="/")
@@ -777,7 +780,7 @@ def _clean_stale(rdir: str) -> None:
             if runtime.pid_alive(pid) and conf in _cmdline(pid):
                 os.kill(pid, signal.SIGKILL)
             _unlink(path)
-        elif entry in (runtime.INFO_FILE, runtime.NATS_CONF) or entry.endswith(".tmp"):
+        elif entry in (runtime.INFO_FILE, runtime.NATS_CONF, runtime.PROXY_HANDOFF) or entry.endswith(".tmp"):
             _unlink(path)
 
 

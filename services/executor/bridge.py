@@ -78,6 +78,41 @@ def _enter_netns(pid: int) -> None:
         os.close(netfd)
 
 
+SIOCGIFFLAGS = 0x8913
+IFF_UP = 0x1
+
+
+def _wait_loopback_up(timeout: float = 2.0) -> None:
+    """Wait until ``lo`` is up in the current netns (bounded; then go on and let bind say what is wrong).
+
+    bwrap reports the sandbox's pid (``--info-fd``) right after creating it,
+    while the sandbox may still be bringing its loopback up: 127.0.0.1 is
+    already assigned then, but [::1] only appears once ``lo`` is up, so
+    binding too early skipped the IPv6 listener now and then.
+    """
+    import fcntl
+    import struct
+    import time
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.0002
+        while True:
+            try:
+                req = fcntl.ioctl(probe.fileno(), SIOCGIFFLAGS, struct.pack("16sH22x", b"lo", 0))
+                if struct.unpack("16sH22x", req)[1] & IFF_UP:
+                    return
+            except OSError:
+                return  # no lo to ask about: nothing to wait for
+            if time.monotonic() > deadline:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+    finally:
+        probe.close()
+
+
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -89,30 +124,8 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-SIOCGIFFLAGS = 0x8913
-IFF_UP = 0x1
-LOOPBACK_WAIT = 1.0
-"""How long the helper waits for bwrap to bring the sandbox's loopback up (it is milliseconds at most)."""
 IPV6_SETTLE = 0.05
 """After lo is up, how long ``::1`` may take to appear before the netns is taken to have no IPv6."""
-
-
-def _wait_loopback_up(timeout: float = LOOPBACK_WAIT) -> None:
-    """Wait until ``lo`` is up in this netns: bwrap configures it in the sandbox while fence's helper
-    may already be here, and until then neither 127.0.0.1 nor ::1 can be bound."""
-    import fcntl
-    import time
-
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            raw = fcntl.ioctl(probe, SIOCGIFFLAGS, b"lo".ljust(40, b"\0"))
-            if int.from_bytes(raw[16:18], "little") & IFF_UP or time.monotonic() > deadline:
-                return
-            time.sleep(0.0005)
-    finally:
-        probe.close()
 
 
 def _listen_settled(host: str, port: int) -> socket.socket:
@@ -219,6 +232,7 @@ class NetnsHelper:
                 if os.getppid() != fence_pid:  # fence died before prctl
                     os._exit(1)
                 _enter_netns(pid)
+                _wait_loopback_up()
                 child.send(b"ready")
                 _serve_connects(child, connect_timeout)
             except BaseException as e:

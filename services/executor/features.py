@@ -5,9 +5,10 @@ syscalls, a few /proc reads: well under a millisecond, no processes) so it
 can run on every ``fence run``.  Only ``detect(probe=True)`` starts
 processes (``bwrap --version`` and a real ``bwrap --unshare-net`` sandbox);
 their results are cached per boot in fence's runtime directory
-(``cache/features-<boot_id>.json``), which every sandbox sees as an empty
-tmpfs: a sandbox must not be able to tell the next run "no network
-namespace here".
+(``cache/features-<boot_id>.json``; the network namespace answer is
+``netns.py``'s, the very one every ``fence run`` uses), which every sandbox
+sees as an empty tmpfs: a sandbox must not be able to tell the next run "no
+network namespace here".
 
 The minimum is bubblewrap.  Unlike the reference we need no socat (bridges
 are made by a setns helper, see ``bridge.py``), so the report has no socat
@@ -20,6 +21,8 @@ import os
 import sys
 
 import msgspec
+
+from fence.executor.netns import boot_id
 
 PR_GET_SECCOMP = 21
 SECCOMP_GET_NOTIF_SIZES = 3
@@ -46,6 +49,8 @@ class Features(msgspec.Struct, kw_only=True):
     """bwrap could create a network namespace; None when not probed."""
     netns_detail: str = ""
     """Why not (bwrap's last error line) when it could not."""
+    netns_shared_ok: bool = False
+    """Without a netns, bwrap still runs on the host's network (fence then runs proxy-only)."""
     userns: bool = False
     """Unprivileged users may create user namespaces (sysctls; with probe and non-root, a real try)."""
     userns_detail: str = ""
@@ -72,15 +77,12 @@ class Features(msgspec.Struct, kw_only=True):
 
 
 class _Probed(msgspec.Struct):
-    """The per-boot cache: what only probing tells, and for which bwrap and user."""
+    """The per-boot cache: what only probing tells (beyond the netns), and for which bwrap and user."""
 
     bwrap: str
     bwrap_id: tuple[int, int]
     euid: int
     bwrap_version: str
-    netns: bool
-    netns_detail: str = ""
-    userns_probe: bool | None = None
 
 
 # detection ------------------------------------------------------------------------------
@@ -104,7 +106,9 @@ def detect(*, probe: bool = False, bwrap: str | None = None, cache_dir: str | No
     f.landlock_abi, f.landlock_detail = landlock_support(version)
     f.userns, f.userns_detail = userns_sysctls()
     if probe and f.bwrap:
-        _apply_probe(f, _probe_cached(f.bwrap, cache_dir))
+        from fence.executor import netns
+
+        _apply_probe(f, _probe_cached(f.bwrap, cache_dir), netns.state(f.bwrap, cache_dir))
     return f
 
 
@@ -185,14 +189,6 @@ def userns_sysctls() -> tuple[bool, str]:
     return True, ""
 
 
-def boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 def _read_int(path: str, default: int) -> int:
     try:
         with open(path) as f:
@@ -235,27 +231,19 @@ def _probe_cached(bwrap: str, cache_dir: str | None) -> _Probed:
 
 
 def probe(bwrap: str) -> _Probed:
-    """Run ``bwrap --version`` and a minimal network-namespace sandbox with fence's namespace flags."""
+    """Run ``bwrap --version`` (the network namespace is probed by ``netns.py``)."""
     code, out = run_quiet([bwrap, "--version"])
     version = out.strip() if code == 0 else ""
-    argv = [bwrap]
-    if os.geteuid() == 0:
-        argv.append("--unshare-user")  # as plan.py does for root; a non-root bwrap makes one anyway
-    argv += ["--unshare-net", "--ro-bind", "/", "/", "--", _true()]
-    code, out = run_quiet(argv)
-    lines = out.strip().splitlines()
-    detail = "" if code == 0 else (lines[-1] if lines else f"bwrap exited {code}")
-    userns = code == 0 if os.geteuid() != 0 else None
-    return _Probed(bwrap=bwrap, bwrap_id=(0, 0), euid=os.geteuid(), bwrap_version=version, netns=code == 0,
-                   netns_detail=detail, userns_probe=userns)
+    return _Probed(bwrap=bwrap, bwrap_id=(0, 0), euid=os.geteuid(), bwrap_version=version)
 
 
-def _apply_probe(f: Features, probed: _Probed) -> None:
-    f.bwrap_version, f.netns, f.netns_detail = probed.bwrap_version, probed.netns, probed.netns_detail
-    if probed.userns_probe is not None and probed.userns_probe != f.userns:
-        # A non-root bwrap always makes a user namespace: its success or failure is the real answer.
-        f.userns = probed.userns_probe
-        f.userns_detail = "" if f.userns else (probed.netns_detail or "bwrap could not create a user namespace")
+def _apply_probe(f: Features, probed: _Probed, net) -> None:
+    f.bwrap_version = probed.bwrap_version
+    f.netns, f.netns_detail, f.netns_shared_ok = net.available, net.detail, net.shared_ok
+    userns = net.available or net.shared_ok  # a non-root bwrap always makes a user namespace
+    if os.geteuid() != 0 and userns != f.userns:  # its success or failure is the real answer
+        f.userns = userns
+        f.userns_detail = "" if f.userns else (net.detail or "bwrap could not create a user namespace")
 
 
 def run_quiet(argv: list[str]) -> tuple[int, str]:
@@ -279,12 +267,6 @@ def run_quiet(argv: list[str]) -> tuple[int, str]:
             chunks.append(chunk)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), b"".join(chunks).decode("utf-8", "replace")
-
-
-def _true() -> str:
-    from fence.executor.host import which
-
-    return which("true") or "/bin/true"
 
 
 def _read_cache(path: str) -> _Probed | None:
@@ -350,8 +332,13 @@ def _status(f: Features) -> list[str]:
         out.append("  ✓ Network namespace isolation available")
     else:
         out += ["  ⚠ Network namespace unavailable (containerized environment?)",
-                f"    bwrap --unshare-net failed: {f.netns_detail or 'unknown error'}",
-                "    fence needs it for every sandbox; allow user namespaces in the container or run on the host"]
+                f"    bwrap --unshare-net failed: {f.netns_detail or 'unknown error'}"]
+        if f.netns_shared_ok:
+            out += ["    fence runs proxy-only: programs ignoring HTTP_PROXY/ALL_PROXY are NOT filtered, and a "
+                    "policy allowing no network is refused unless FENCE_ALLOW_SHARED_NETWORK=1"]
+        else:
+            out += ["    bwrap does not run without it either; allow user namespaces in the container or run "
+                    "on the host"]
     if not f.userns and not f.root:
         out.append(f"  ⚠ Unprivileged user namespaces unavailable: {f.userns_detail}")
     out.append("  ✓ Landlock available for enhanced filesystem control" if f.landlock_abi

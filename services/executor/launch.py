@@ -45,8 +45,13 @@ class Sandbox:
         """Listening sockets made inside the sandbox's netns (``plan.listen_inside``), in order."""
         self._old_handlers: dict[int, object] = {}
 
-    def start(self) -> "Sandbox":
-        """Spawn bwrap; with bridges planned, create them inside before the command may run."""
+    def start(self, prepare=None) -> "Sandbox":
+        """Spawn bwrap; with bridges planned, create them inside before the command may run.
+
+        ``prepare(listeners)``, when given, runs once the listeners exist and
+        before bwrap is released; if it raises, the sandbox is killed before
+        the command starts and LaunchError carries the reason.
+        """
         seccomp_read = -1
         data_reads: list[tuple[int, int]] = []  # (read end, fd bwrap reads it from)
         try:  # the inputs bwrap reads to EOF first: a too-large one fails before anything else is open
@@ -102,10 +107,10 @@ class Sandbox:
 
                     try:
                         self.listeners = listen_inside(self.init_pid, self.plan.listen_inside)
-                    except BridgeError as e:
-                        _kill(self.pid, signal.SIGKILL)
-                        os.waitpid(self.pid, 0)
-                        self._restore_signals()
+                        if prepare is not None:
+                            prepare(self.listeners)
+                    except Exception as e:
+                        self._abort()
                         raise LaunchError(str(e)) from None
                 os.write(block_write, b"go")
             finally:
@@ -113,6 +118,24 @@ class Sandbox:
         if self.pending:
             self._flush_pending()
         return self
+
+    def _abort(self) -> None:
+        """Kill a sandbox still held on ``--block-fd`` (its command never ran) and what was made for it.
+
+        The sandbox's init goes first, while the block pipe is still open:
+        killing bwrap alone does not stop it (``--die-with-parent`` is not in
+        force yet while it waits on ``--block-fd``), and the pipe's EOF would
+        then release the command.  Killing a pid namespace's init kills all in it.
+        """
+        if self.init_pid:
+            _kill(self.init_pid, signal.SIGKILL)
+        _kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        self._restore_signals()
+        for sock in self.listeners:
+            if sock is not None:
+                sock.close()
+        self.listeners = []
 
     def wait(self) -> int:
         """Wait for bwrap; its status is the command's (bwrap maps a signal death to 128+N)."""

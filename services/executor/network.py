@@ -8,11 +8,16 @@
   access for every program), the proxies on host loopback random ports for
   proxy-aware clients, where deniedDomains still applies.  Weaker, on purpose.
 
+Where no network namespace can be made (``netns.py``), ``filtered`` runs
+*shared* like ``relaxed`` (proxy-only, with a warning), and ``none`` is
+refused unless ``FENCE_ALLOW_SHARED_NETWORK=1`` (``shared_network_refusal``).
+The functions below take ``shared``: the sandbox is on the host's network.
+
 Local ports (``portfwd.py``) need the network namespace, not the proxies, so
 they work in ``none`` and ``filtered`` mode (allowedDomains may be empty) and
 under a supervisor: ``allowLocalOutboundPorts`` adds listeners inside the
-netns after the proxy ones, ``-p`` a host listener per port.  In ``relaxed``
-mode the sandbox shares the host's loopback, so neither is needed.
+netns after the proxy ones, ``-p`` a host listener per port.  A shared
+sandbox is on the host's loopback already, so neither is needed.
 """
 
 from __future__ import annotations
@@ -33,9 +38,14 @@ def mode(network: NetworkConfig) -> str:
     return "none"
 
 
-def listeners(net_mode: str) -> list[tuple[str, int]]:
+def shared(net_mode: str, netns_available: bool) -> bool:
+    """Whether the sandbox runs on the host's network (no ``--unshare-net``)."""
+    return net_mode == "relaxed" or not netns_available
+
+
+def listeners(net_mode: str, shared: bool = False) -> list[tuple[str, int]]:
     """The proxy listeners inside the sandbox (served by the proxy service)."""
-    if net_mode == "filtered":
+    if net_mode == "filtered" and not shared:
         return [("127.0.0.1", HTTP_PORT_INSIDE), ("127.0.0.1", SOCKS_PORT_INSIDE)]
     return []
 
@@ -47,9 +57,9 @@ def local_outbound(network: NetworkConfig) -> bool:
     return network.allow_local_outbound
 
 
-def outbound_ports(net_mode: str, network: NetworkConfig) -> list[int]:
-    """Host loopback ports relayed from the sandbox's own loopback (none in relaxed mode: shared)."""
-    if net_mode == "relaxed" or not local_outbound(network):
+def outbound_ports(shared: bool, network: NetworkConfig) -> list[int]:
+    """Host loopback ports relayed from the sandbox's own loopback (none when the network is shared)."""
+    if shared or not local_outbound(network):
         return []
     return list(dict.fromkeys(network.allow_local_outbound_ports))
 
@@ -65,18 +75,42 @@ OUTBOUND_WITHOUT_PORTS = ("[fence:linux] Warning: network.allowLocalOutbound is 
                           "network.allowLocalOutboundPorts")
 
 
-def outbound_warning(net_mode: str, network: NetworkConfig) -> str:
+def outbound_warning(shared: bool, network: NetworkConfig) -> str:
     """The reference's warning when local outbound is allowed without ports (it reaches nothing)."""
-    if net_mode != "relaxed" and local_outbound(network) and not network.allow_local_outbound_ports:
+    if not shared and local_outbound(network) and not network.allow_local_outbound_ports:
         return OUTBOUND_WITHOUT_PORTS
     return ""
 
 
-def proxy_env(net_mode: str, opened: ProxySessionOpened) -> dict[str, str]:
+def no_netns_warning(detail: str) -> str:
+    """Printed on every run that falls back to the host's network (never only with -d: it is weaker)."""
+    return ("[fence:linux] Warning: Skipping --unshare-net (network namespace unavailable in this environment"
+            f"{': ' + detail if detail else ''}): only programs that use HTTP_PROXY/ALL_PROXY are filtered; "
+            "direct connections are NOT blocked")
+
+
+def shared_network_refusal(net_mode: str, detail: str, env: dict[str, str]) -> str:
+    """Why a run is refused when no netns exists: a policy allowing no network would get the host's.
+
+    The reference runs it anyway; we fail closed unless the user opts in
+    (``FENCE_ALLOW_SHARED_NETWORK=1``), because nothing but the netns keeps
+    such a sandbox off the network.  "" when the run may go on.
+    """
+    from fence.executor.netns import ALLOW_SHARED_ENV
+
+    if net_mode != "none" or env.get(ALLOW_SHARED_ENV) == "1":
+        return ""
+    return ("this environment cannot create a network namespace (bwrap --unshare-net: "
+            f"{detail or 'failed'}), and the policy allows no network: the sandbox would have the host's "
+            f"network. Refusing to run. Set {ALLOW_SHARED_ENV}=1 to run it anyway on the host's network "
+            "(direct connections are NOT blocked), or run where network namespaces can be created")
+
+
+def proxy_env(net_mode: str, opened: ProxySessionOpened, shared: bool = False) -> dict[str, str]:
     """HTTP_PROXY & co. for the command; empty when there is nothing to reach."""
-    if net_mode == "filtered":
+    if net_mode == "filtered" and not shared:
         http, socks = HTTP_PORT_INSIDE, SOCKS_PORT_INSIDE
-    elif net_mode == "relaxed" and opened.http_port:
+    elif net_mode != "none" and shared and opened.http_port:
         http, socks = opened.http_port, opened.socks_port
     else:
         return {}

@@ -17,7 +17,7 @@ import msgspec
 
 from fence.bus import Bus, BusError
 from fence.executor.coverage import refused, ungranted
-from fence.executor.launch import Sandbox
+from fence.executor.launch import LaunchError, Sandbox
 from fence.executor import network
 from fence.executor.preflight import RuleSources, check_command
 from fence.executor.plan import HostFacts, SandboxPlan, plan_sandbox
@@ -60,7 +60,10 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     """Run ``req`` to completion and return its exit code.
 
     ``attach(sandbox, *listeners)`` hands the sockets made inside the sandbox's
-    netns to a proxy in this process (a lone run's ProxyService.attach).
+    netns to a proxy in this process (a lone run's ProxyService.attach),
+    lazily, on the sandbox's first connection.  Without it (a supervisor's
+    proxy) they are handed to the proxy process over its hand-off socket
+    (``handoff.py``) before the command starts.
     """
     sandbox_id = req.sandbox
     try:
@@ -78,29 +81,28 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     await admit(bus, req, resolved)
     facts, host = filesystem(policy, req, resolved, host)
     net_mode = network.mode(policy.network)
-    if net_mode == "filtered" and attach is None:
-        raise FenceError("network.allowedDomains needs this run's own proxy, and handing sandbox sockets to a "
-                         "supervisor's proxy is not built yet: stop the supervisor (fence down) for this run")
-    proxy_listen = network.listeners(net_mode)
-    out_ports = network.outbound_ports(net_mode, policy.network)
+    shared = _shared_network(net_mode, host, req.env)
+    proxy_listen = network.listeners(net_mode, shared)
+    out_ports = network.outbound_ports(shared, policy.network)
     clash = sorted({port for _, port in proxy_listen} & set(out_ports))
     if clash:
         raise FenceError(f"network.allowLocalOutboundPorts: port {clash[0]} is the sandbox's own proxy port "
                          "when allowedDomains is set; it cannot also be relayed to the host")
-    warning = network.outbound_warning(net_mode, policy.network)
+    warning = network.outbound_warning(shared, policy.network)
     if warning:
         print(warning, file=sys.stderr)
-    published = req.ports if net_mode != "relaxed" else []
+    published = req.ports if not shared else []
     if req.debug and req.ports:
         print(f"[fence] Exposing ports: [{' '.join(str(p) for _, p in req.ports)}]", file=sys.stderr)
         if not published:
             print("[fence] Skipping reverse bridge (no network namespace, ports accessible directly)",
                   file=sys.stderr)
-    opened = await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(sandbox=sandbox_id, network=policy.network),
-                               ProxySessionOpened)
+    opened = await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
+        sandbox=sandbox_id, network=policy.network, loopback=shared), ProxySessionOpened)
     lifecycle = event(sandbox_id, "lifecycle")
     finish_attach = None
     forwarder = None
+    handed: list = []  # the open hand-off connection to a supervisor's proxy (kept for the sandbox's life)
     try:
         host_listeners = []
         if out_ports or published:
@@ -111,9 +113,9 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
                 host_listeners = portfwd.bind_published(published)
             except portfwd.PortError as e:
                 raise FenceError(str(e)) from None
-        extra_env = {**facts.env, **network.proxy_env(net_mode, opened)}
+        extra_env = {**facts.env, **network.proxy_env(net_mode, opened, shared)}
         files: list[tuple[str, bytes]] = []
-        if net_mode == "filtered":  # ssh/scp/sftp/rsync/git reach the network through the SOCKS proxy
+        if net_mode == "filtered" and not shared:  # ssh/scp/sftp/rsync/git go through the SOCKS proxy
             from fence.executor import sshproxy
 
             ssh_route = sshproxy.route(req.env, facts.view.deny_read)
@@ -122,7 +124,7 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, fs=facts.view,
                             seccomp=seccomp_for(policy),
                             listen_inside=proxy_listen + network.outbound_listeners(out_ports),
-                            share_net=net_mode == "relaxed", extra_env=extra_env, files=files, debug=req.debug)
+                            share_net=shared, extra_env=extra_env, files=files, debug=req.debug)
         if req.debug:
             debug_plan(plan)
             for name, value in facts.env.items():
@@ -132,14 +134,19 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
             for name in ungranted(policy):
                 print(f"[fence] Note: {name} is not granted by this build yet; the sandbox stays stricter",
                       file=sys.stderr)
+        prepare = None
+        if proxy_listen and attach is None:
+            prepare = _hand_over_to(opened, len(proxy_listen), handed)
         try:
-            sandbox = Sandbox(plan, relay_signals).start()
-        except BaseException:
+            sandbox = Sandbox(plan, relay_signals).start(prepare)
+        except BaseException as e:
             for sock in host_listeners:
                 sock.close()
+            if isinstance(e, LaunchError):
+                raise FenceError(str(e)) from None
             raise
         proxy_socks = sandbox.listeners[:len(proxy_listen)]
-        if proxy_socks:  # connections queue in the backlog until the proxy serves them
+        if proxy_socks and attach is not None:  # connections queue in the backlog until the proxy serves them
             finish_attach = network.attach_on_first_connection(attach, sandbox_id, proxy_socks)
         if forwarder is not None:  # local ports: relayed by this process, no proxy (works supervised too)
             _forward(forwarder, sandbox, network.outbound_listeners(out_ports),
@@ -163,6 +170,43 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
             await bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=sandbox_id), ProxySessionClosed)
         except BusError as e:
             print(f"[fence] Warning: closing proxy session {sandbox_id} failed: {e}", file=sys.stderr)
+        for conn in handed:  # the proxy also ends the session when this closes (if the request above failed)
+            conn.close()
+
+
+def _hand_over_to(opened: ProxySessionOpened, count: int, handed: list):
+    """``Sandbox.start``'s ``prepare``: the first ``count`` listeners go to the supervisor's proxy process."""
+    def prepare(listeners: list) -> None:
+        from fence.executor.handoff import HandoffError, hand_over
+
+        try:
+            handed.append(hand_over(opened, listeners[:count]))
+        except HandoffError as e:
+            raise LaunchError(f"network.allowedDomains: {e}; the sandbox was stopped before its command ran") \
+                from None
+
+    return prepare
+
+
+def _shared_network(net_mode: str, host: HostFacts, env: dict[str, str]) -> bool:
+    """Whether the sandbox runs on the host's network: relaxed mode, or no netns can be made here.
+
+    The latter is known from ``netns.py``'s per-boot cache (probed on the
+    first run of a boot).  Proxy-only is announced on every run; a policy
+    allowing no network is refused unless the user opted in.
+    """
+    if net_mode == "relaxed":
+        return True
+    from fence.executor import netns
+
+    found = netns.state(host.bwrap)
+    if not found.proxy_only:
+        return False  # available, or bwrap fails without a netns too: nothing to weaken, bwrap will say why
+    refusal = network.shared_network_refusal(net_mode, found.detail, env)
+    if refusal:
+        raise FenceError(refusal)
+    print(network.no_netns_warning(found.detail), file=sys.stderr)
+    return True
 
 
 def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_socks: list,

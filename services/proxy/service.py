@@ -19,6 +19,12 @@ serves listening sockets that a bridge created inside the sandbox's network
 namespace (and passed over SCM_RIGHTS); the session owns and closes them.
 A session without listeners of its own is created on demand there.
 
+Across processes (a supervisor's proxy, ``handoff=PATH``): the same sockets
+arrive over the unix socket at ``PATH`` (``fence.proxy.handoff``), each
+hand-off carrying the one-time token of its session's ``session.open``
+reply, which also advertises ``PATH``.  The session then lives as long as
+that connection: its end closes the session.
+
 Where the proxies run: on the running event loop when the service was
 started on one (``python -m fence.serve proxy``: uvloop), otherwise (a lone
 run drives the in-process bus without a loop) on a uvloop loop in a daemon
@@ -34,6 +40,7 @@ counted in Prometheus metrics (``fence.proxy.prom``) when the service has
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import deque
 
@@ -65,11 +72,13 @@ class ProxyService(Service):
     name = "fence-proxy"
     description = "Filtering HTTP and SOCKS5 proxies, one session per sandbox"
 
-    def __init__(self, metrics=None, *, resolver=None, loopback: str = "always", session_options: dict | None = None):
+    def __init__(self, metrics=None, *, resolver=None, loopback: str = "always", session_options: dict | None = None,
+                 handoff: str = ""):
         """``resolver``: the sessions' name resolver hook (tests); ``loopback``: when sessions get their own
-        listeners on 127.0.0.1: ``"always"`` (when the policy can allow anything), ``"relaxed"`` (only for
-        ``"*"``, once bridges serve the others) or ``"never"``; ``session_options``: ``Session`` keyword
-        arguments (timeouts, limits)."""
+        listeners on 127.0.0.1 unless the open request says (``ProxySessionOpen.loopback``): ``"always"``
+        (when the policy can allow anything), ``"relaxed"`` (only for ``"*"``, once bridges serve the others)
+        or ``"never"``; ``session_options``: ``Session`` keyword arguments (timeouts, limits); ``handoff``:
+        the unix socket path where sandboxes' listening sockets are accepted from other processes ("" none)."""
         super().__init__(metrics)
         self.sessions: dict = {}
         self.resolver = resolver
@@ -82,6 +91,10 @@ class ProxyService(Service):
         self._publishing = False
         self._stats = None
         self.bus = None
+        self.handoff = handoff
+        self._handoff_server = None
+        self._tokens: dict[str, str] = {}
+        """Sessions that may still receive a hand-off, and the token it must carry."""
 
     def endpoints(self) -> list[Endpoint]:
         return [
@@ -140,23 +153,36 @@ class ProxyService(Service):
     # --- endpoints ---------------------------------------------------------------------------
     async def open(self, req: ProxySessionOpen) -> ProxySessionOpened:
         old = self.sessions.pop(req.sandbox, None)
+        self._tokens.pop(req.sandbox, None)
         if old is not None and not isinstance(old, _Idle):
             await self._on_loop(old.close())
         may_allow, relaxed = _can_allow(req.network)
-        listen = may_allow and (self.loopback == "always" or (self.loopback == "relaxed" and relaxed))
+        if req.loopback is not None:
+            listen = may_allow and req.loopback
+        else:
+            listen = may_allow and (self.loopback == "always" or (self.loopback == "relaxed" and relaxed))
+        handoff = {}
+        if self.handoff:
+            handoff = {"handoff": self.handoff, "token": os.urandom(16).hex()}
         if not listen:
             self.sessions[req.sandbox] = _Idle(req.sandbox, req.network)
-            self._gauge()
-            return ProxySessionOpened(sandbox=req.sandbox, relaxed=relaxed)
+            self._track(req.sandbox, handoff)
+            return ProxySessionOpened(sandbox=req.sandbox, relaxed=relaxed, **handoff)
         try:
             session = await self._on_loop(self._open_session(req.sandbox, req.network, listen=True))
         except OSError as e:
             raise ServiceError(f"cannot open proxy listeners for {req.sandbox}: {e.strerror or e}",
                                "unavailable") from None
         self.sessions[req.sandbox] = session
-        self._gauge()
+        self._track(req.sandbox, handoff)
         return ProxySessionOpened(sandbox=req.sandbox, http_port=session.http_port, socks_port=session.socks_port,
-                                  address=LOOPBACK, relaxed=relaxed)
+                                  address=LOOPBACK, relaxed=relaxed, **handoff)
+
+    def _track(self, sandbox: str, handoff: dict) -> None:
+        """A new session: remember its hand-off token (if this service takes hand-offs), update the gauge."""
+        if handoff:
+            self._tokens[sandbox] = handoff["token"]
+        self._gauge()
 
     async def _open_session(self, sandbox: str, network, listen: bool):
         from fence.proxy.session import Session
@@ -173,6 +199,7 @@ class ProxyService(Service):
 
     async def close(self, req: ProxySessionClose) -> ProxySessionClosed:
         session = self.sessions.pop(req.sandbox, None)
+        self._tokens.pop(req.sandbox, None)
         if session is not None and not isinstance(session, _Idle):
             await self._on_loop(session.close())
         self._gauge()
@@ -202,6 +229,43 @@ class ProxyService(Service):
             session = await self._open_session(sandbox, session.network, listen=False)
             self.sessions[sandbox] = session
         session.serve(sock_http, sock_socks)
+
+    # --- hand-off from other processes (a supervisor's proxy) ---------------------------------
+    async def on_start(self, bus) -> None:
+        if self.handoff:
+            await self._on_loop(self._start_handoff())
+
+    async def _start_handoff(self) -> None:
+        from fence.proxy.handoff import HandoffServer
+
+        server = HandoffServer(self.handoff, self._accept_handoff, loop=self.loop)
+        server.start()
+        self._handoff_server = server
+
+    async def _accept_handoff(self, req, listeners: dict):
+        """Serve a hand-off's sockets in its session; returns what to do when its connection ends."""
+        import hmac
+
+        from fence.proxy.handoff import HandoffRefused
+
+        token = self._tokens.get(req.sandbox)
+        if req.sandbox not in self.sessions or token is None:
+            raise HandoffRefused(f"no proxy session {req.sandbox} waiting for sockets (open it with "
+                                 "fence.proxy.session.open first; a closed or already served session takes none)",
+                                 "not_found")
+        if not hmac.compare_digest(token.encode(), req.token.encode()):
+            raise HandoffRefused(f"wrong hand-off token for proxy session {req.sandbox}")
+        del self._tokens[req.sandbox]
+        await self.attach_async(req.sandbox, listeners.get("http"), listeners.get("socks"))
+        session = self.sessions[req.sandbox]
+
+        async def on_end() -> None:
+            if self.sessions.get(req.sandbox) is session:  # still the handed-over one: the run is gone
+                del self.sessions[req.sandbox]
+                self._gauge()
+                await session.close()
+
+        return on_end
 
     # --- events and metrics -------------------------------------------------------------------
     def _emit(self, ev) -> None:
@@ -242,8 +306,12 @@ class ProxyService(Service):
             self.metrics.set_gauge("fence_proxy_sessions", len(self.sessions))
 
     async def on_stop(self) -> None:
+        if self._handoff_server is not None:
+            server, self._handoff_server = self._handoff_server, None
+            server.close()
         sessions = [s for s in self.sessions.values() if not isinstance(s, _Idle)]
         self.sessions.clear()
+        self._tokens.clear()
         for session in sessions:
             try:
                 await self._on_loop(session.close())
