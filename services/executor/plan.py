@@ -27,7 +27,6 @@ BLOCK_FD = 4
 
 SECCOMP_FD = 5
 """bwrap reads the seccomp BPF program from here (``--seccomp``)."""
-"""bwrap waits for a byte here (``--block-fd``) when bridges must exist before the command runs."""
 
 
 class HostFacts(msgspec.Struct, frozen=True):
@@ -37,6 +36,8 @@ class HostFacts(msgspec.Struct, frozen=True):
     is_root: bool
     masked_dirs: tuple[str, ...] = ()
     """Host directories the sandbox must never see (fence's runtime dir: bus credentials)."""
+    python: str = ""
+    """This interpreter (``sys.executable``): runs fence's small helpers inside the sandbox (the PTY shim)."""
 
 
 class SandboxPlan(msgspec.Struct):
@@ -55,6 +56,8 @@ class SandboxPlan(msgspec.Struct):
     """Loopback addresses to listen on inside the sandbox's netns (proxies, local ports)."""
     seccomp_program: bytes = b""
     """The BPF program bwrap loads from ``SECCOMP_FD`` (empty: no filter)."""
+    pty: bool = False
+    """The launcher gives the command a fresh pseudo-terminal and relays it (``fence.executor.ptyrelay``)."""
 
     @property
     def summary(self) -> str:
@@ -72,20 +75,43 @@ def sanitize_env(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
     return kept, sorted(stripped)
 
 
+def session_mode(allow_pty: bool, stdin_tty: bool, stdout_tty: bool, force_new_session: bool) -> tuple[bool, bool]:
+    """``(pty, new_session)`` for a run: the one decision behind ``allowPty`` and ``forceNewSession``.
+
+    A PTY only with ``allowPty`` and a terminal on both stdin and stdout (a
+    pipe on either side means a program, not a person, is on the other end).
+    bwrap's ``--new-session`` (the TIOCSTI defence: the sandbox must not share
+    a session with the user's terminal) is dropped only for a PTY run, as the
+    reference does, and kept when forced.  Dropping it is safe here because a
+    PTY run never hands the user's terminal to the sandbox at all: bwrap
+    starts in a fresh session of its own whose only terminal is the new PTY.
+    """
+    pty = allow_pty and stdin_tty and stdout_tty
+    return pty, not pty or force_new_session
+
+
 def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, str], host: HostFacts,
                  listen_inside: list[tuple[str, int]] = (), deny_read: list[tuple[str, bool]] = (), seccomp: tuple[bytes, str] = (b"", ""),
-                 share_net: bool = False, extra_env: dict[str, str] | None = None) -> SandboxPlan:
+                 share_net: bool = False, extra_env: dict[str, str] | None = None,
+                 new_session: bool = True, pty: bool = False) -> SandboxPlan:
     """Build the bwrap invocation for ``command`` under ``policy``.
 
     Foundation layers: read-only root, private /tmp, fresh /dev and /proc, new
     PID and network namespaces (no network at all), ``--new-session`` (the
-    TIOCSTI defence), ``--die-with-parent``, and ``--cap-drop ALL`` when run as
-    root (a root bwrap otherwise keeps every capability inside and could remount
-    a read-only bind writable).
+    TIOCSTI defence; see ``session_mode`` for when a PTY run drops it),
+    ``--die-with-parent``, and ``--cap-drop ALL`` when run as root (a root
+    bwrap otherwise keeps every capability inside and could remount a
+    read-only bind writable).
+
+    With ``pty`` the command is started through fence's PTY shim (the host's
+    interpreter, ``host.python``), which makes the PTY the command's
+    controlling terminal in a session of its own (``fence.executor.ptyrelay``).
     """
     if not command:
         raise ValueError("empty command")
-    args = [host.bwrap, "--new-session", "--die-with-parent", "--unshare-pid"]
+    if pty and not host.python:
+        raise ValueError("a PTY run needs host.python for its shim")
+    args = [host.bwrap] + (["--new-session"] if new_session else []) + ["--die-with-parent", "--unshare-pid"]
     if not share_net:  # only relaxed "*" mode shares the host network (documented as weaker)
         args.append("--unshare-net")
     if host.is_root:
@@ -108,6 +134,10 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     if program:
         args += ["--seccomp", str(SECCOMP_FD)]
     args.append("--")
+    if pty:
+        from fence.executor.ptyrelay import shim_command
+
+        args += shim_command(host.python)
     args += command
 
     clean, stripped = sanitize_env(env)
@@ -122,6 +152,8 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
         layers.append(seccomp_label or "seccomp")
     if host.is_root:
         layers.append("userns+cap-drop(ALL)")
+    if pty:
+        layers.append("pty" if not new_session else "pty(new-session)")
     return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers,
                        block_fd=BLOCK_FD if listen_inside else 0, listen_inside=list(listen_inside),
-                       seccomp_program=program)
+                       seccomp_program=program, pty=pty)
