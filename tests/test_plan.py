@@ -2,6 +2,7 @@
 
 import pytest
 
+from fence.executor.coverage import ungranted
 from fence.executor.plan import HostFacts, plan_sandbox, sanitize_env, session_mode
 from fence.policy import Policy
 
@@ -96,3 +97,6 @@ def test_pty_plan_needs_an_interpreter():
     with pytest.raises(ValueError):
         plan_sandbox(Policy(), ["sh"], "/", {}, HostFacts(bwrap="/b", is_root=False), pty=True)
 
+
+def test_allow_pty_is_granted_now():
+    assert ungranted(Policy(allow_pty=True)) == []

@@ -23,10 +23,7 @@ def refused(policy: Policy) -> list[str]:
 
 def ungranted(policy: Policy) -> list[str]:
     """Fields granting access this build does not provide yet (the sandbox stays stricter)."""
-    fs = policy.filesystem
     names = []
-    for label, value in (("filesystem.allowWrite", fs.allow_write),
-                         ("allowPty", policy.allow_pty)):
-        if value:
-            names.append(label)
+    if policy.filesystem.allow_write:
+        names.append("filesystem.allowWrite")
     return names

@@ -21,7 +21,7 @@ from fence.executor.launch import Sandbox
 from fence.executor import network
 from fence.executor.paths import expand
 from fence.executor.preflight import RuleSources, check_command
-from fence.executor.plan import HostFacts, SandboxPlan, plan_sandbox
+from fence.executor.plan import HostFacts, SandboxPlan, plan_sandbox, session_mode
 from fence.messages import (ConfigResolveReply, ConfigResolveRequest, LifecycleEvent, ProxySessionClose,
                             ProxySessionClosed, ProxySessionOpen, ProxySessionOpened)
 from fence.subjects import CONFIG_RESOLVE, PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN, event
@@ -41,6 +41,8 @@ class RunRequest(msgspec.Struct):
     debug: bool = False
     ports: list[tuple[str, int]] = []
     """``-p [ADDR:]PORT``: the host's ADDR:PORT reaches the sandbox's 127.0.0.1:PORT."""
+    force_new_session: bool = False
+    """``--force-new-session``: keep bwrap's ``--new-session`` even for a PTY run (as ``forceNewSession``)."""
 
 
 class FenceError(Exception):
@@ -111,10 +113,12 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
                 host_listeners = portfwd.bind_published(published)
             except portfwd.PortError as e:
                 raise FenceError(str(e)) from None
+        pty, new_session = terminal_mode(policy, req, host)
         plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, deny_read=masks.paths,
                             seccomp=seccomp_for(policy),
                             listen_inside=proxy_listen + network.outbound_listeners(out_ports),
-                            share_net=net_mode == "relaxed", extra_env=network.proxy_env(net_mode, opened))
+                            share_net=net_mode == "relaxed", extra_env=network.proxy_env(net_mode, opened),
+                            new_session=new_session, pty=pty)
         if req.debug:
             debug_plan(plan)
             for name in ungranted(policy):
@@ -190,6 +194,19 @@ async def admit(bus: Bus, req: RunRequest, resolved: ConfigResolveReply):
         raise FenceError("filesystem.denyRead: a glob matched too much to expand safely; make it narrower "
                          "(for a whole directory write DIR/**)")
     return masks
+
+def terminal_mode(policy, req: RunRequest, host: HostFacts) -> tuple[bool, bool]:
+    """``(pty, new_session)``: ``plan.session_mode`` fed with this process's terminals."""
+    force = req.force_new_session or bool(policy.force_new_session)
+    return session_mode(policy.allow_pty and bool(host.python), _isatty(0), _isatty(1), force)
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
 
 def seccomp_for(policy) -> tuple[bytes, str]:
     """The seccomp program and its label; a warning and no filter when it cannot be built.
