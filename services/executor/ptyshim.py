@@ -22,10 +22,10 @@ def main(argv):
     if not argv:
         sys.stderr.write("[fence] Error: ptyshim: no command\n")
         return 2
-    os.setsid()  # never fails here: bwrap's pid 2 leads no process group
     try:
+        os.setsid()  # bwrap's pid 2 leads no process group, so this succeeds
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-    except OSError as e:
+    except OSError as e:  # the command still runs on the PTY, only without job control
         sys.stderr.write(f"[fence] Warning: the PTY is not the command's controlling terminal: {e.strerror}\n")
     with open("/proc/self/environ", "rb") as f:
         env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
