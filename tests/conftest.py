@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import os
 import contextlib
+import fcntl
 import http.server
 import pwd
+import select
+import struct
+import termios
 import threading
 import shutil
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +55,11 @@ class FenceRunner:
         return subprocess.run(self.argv(*args), input=input, env=env or self.env(), cwd=cwd or self.home,
                               user=self.user, capture_output=True, text=True, timeout=timeout)
 
+    def terminal(self, *args: str, env: dict | None = None, cwd: str | None = None, rows: int = 24,
+                 cols: int = 80) -> "Terminal":
+        """fence on a real terminal (a pty it owns as its controlling terminal), as a person runs it."""
+        return Terminal(self.argv(*args), env or self.env(), cwd or self.home, self.user, rows, cols)
+
     def workdir(self) -> Path:
         """A fresh directory the runner's user owns, on the host's root filesystem.
 
@@ -61,6 +71,90 @@ class FenceRunner:
             pw = pwd.getpwnam(self.user)
             os.chown(path, pw.pw_uid, pw.pw_gid)
         return path
+
+
+def _take_controlling_terminal() -> None:
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # in the child, after setsid: fence's stdin becomes its terminal
+
+
+class Terminal:
+    """A real terminal driving one process: a pty whose slave is its stdio and controlling terminal.
+
+    The test plays the terminal emulator: it types (``send``), reads the
+    screen's byte stream (``expect``), and resizes the window (``resize``:
+    TIOCSWINSZ on the master, so the kernel sends SIGWINCH to the
+    foreground group, fence).  The slave stays open here so ``modes`` can
+    read the terminal's current settings.
+    """
+
+    def __init__(self, argv: list[str], env: dict, cwd: str, user: str | None, rows: int, cols: int):
+        self.master, self.slave = os.openpty()
+        self.resize(rows, cols)
+        self.output = b""
+        self._seen = 0
+        self.proc = subprocess.Popen(argv, stdin=self.slave, stdout=self.slave, stderr=self.slave, env=env,
+                                     cwd=cwd, user=user, start_new_session=True,
+                                     preexec_fn=_take_controlling_terminal)
+
+    def resize(self, rows: int, cols: int) -> None:
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def send(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def modes(self) -> list:
+        return termios.tcgetattr(self.slave)
+
+    def _read(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if ready:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:
+                return False
+            self.output += chunk
+            return bool(chunk)
+        return False
+
+    def expect(self, text: str, timeout: float = 20) -> str:
+        """Read until ``text`` appears after the previous match; the screen so far (fails on timeout)."""
+        deadline = time.monotonic() + timeout
+        needle = text.encode()
+        while (found := self.output.find(needle, self._seen)) < 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{text!r} never appeared; screen: {self.text!r}")
+            self._read(min(left, 0.2))
+        self._seen = found + len(needle)
+        return self.text
+
+    def wait(self, timeout: float = 20) -> int:
+        """The process's exit code, reading the screen until then."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"still running; screen: {self.text!r}")
+            self._read(0.05)
+        while self._read(0.05):
+            pass
+        return self.proc.returncode
+
+    @property
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self.master, self.slave):
+            os.close(fd)
+
+    def __enter__(self) -> "Terminal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _base_env(home: str, user: str) -> dict[str, str]:

@@ -1,7 +1,10 @@
 """The planner is pure: these run nothing."""
 
+import pytest
+
+from fence.executor.coverage import ungranted
 from fence.executor.mounts import FsView
-from fence.executor.plan import HostFacts, plan_sandbox, sanitize_env
+from fence.executor.plan import HostFacts, plan_sandbox, sanitize_env, session_mode
 from fence.policy import Policy
 
 
@@ -73,3 +76,51 @@ def test_generated_files_are_bound_read_only_after_the_masks():
 def test_no_generated_files_by_default():
     p = plan()
     assert "--ro-bind-data" not in p.argv and p.data_files == []
+
+
+# --- terminals: allowPty, forceNewSession -------------------------------------------------
+
+
+@pytest.mark.parametrize("allow, tty_in, tty_out, force, expected", [
+    (False, True, True, False, (False, True)),   # no allowPty: always --new-session
+    (True, True, True, False, (True, False)),    # a person at a terminal: PTY, bwrap's session is fresh anyway
+    (True, True, True, True, (True, True)),      # forced: keep --new-session
+    (True, False, True, False, (False, True)),   # piped input: no PTY
+    (True, True, False, False, (False, True)),   # piped output: no PTY
+    (True, False, False, True, (False, True)),
+    (False, True, True, True, (False, True)),
+])
+def test_session_mode(allow, tty_in, tty_out, force, expected):
+    assert session_mode(allow, tty_in, tty_out, force) == expected
+
+
+def pty_plan(new_session):
+    host = HostFacts(bwrap="/usr/bin/bwrap", is_root=False, python="/usr/bin/python3")
+    return plan_sandbox(Policy(allow_pty=True), ["vim", "x"], "/work", {"PATH": "/bin"}, host,
+                        new_session=new_session, pty=True)
+
+
+def test_pty_plan_runs_the_command_through_the_shim():
+    p = pty_plan(new_session=False)
+    assert p.pty and "--new-session" not in p.argv
+    tail = p.argv[p.argv.index("--") + 1:]
+    assert tail[:3] == ["/usr/bin/python3", "-I", "-S"] and tail[3].endswith("/ptyshim.py")
+    assert tail[4:] == ["vim", "x"] and p.command == ["vim", "x"]
+    assert p.summary.endswith(", pty")
+    forced = pty_plan(new_session=True)
+    assert forced.argv[1] == "--new-session" and forced.summary.endswith(", pty(new-session)")
+
+
+def test_no_pty_plan_is_unchanged():
+    p = plan()
+    assert not p.pty and p.argv[1] == "--new-session" and "pty" not in p.summary
+    assert "ptyshim.py" not in " ".join(p.argv)
+
+
+def test_pty_plan_needs_an_interpreter():
+    with pytest.raises(ValueError):
+        plan_sandbox(Policy(), ["sh"], "/", {}, HostFacts(bwrap="/b", is_root=False), pty=True)
+
+
+def test_allow_pty_is_granted_now():
+    assert ungranted(Policy(allow_pty=True)) == []

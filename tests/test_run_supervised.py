@@ -117,3 +117,40 @@ def test_bad_config_error_over_the_bus(supervised):
     assert r.stderr.startswith("Error: failed to load config:")
     assert 'invalid allowed domain "*.com": wildcard pattern too broad' in r.stderr
 
+
+def test_supervised_pty_run_relays_the_terminal(supervised):
+    """The relay runs in a worker thread beside uvloop: typing, resizing and Ctrl-C work as in a lone run."""
+    from conftest import Terminal
+
+    root, env = supervised
+    cfg = root / "pty.json"
+    cfg.write_text('{"allowPty": true}')
+    script = r"""
+import os, signal
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGWINCH})
+c, r = os.get_terminal_size(0)
+print(f"size {r}x{c}", flush=True)
+line = input("name? ")
+print(f"hello {line}", flush=True)
+signal.sigwait({signal.SIGWINCH})
+c, r = os.get_terminal_size(0)
+try:
+    print(f"size {r}x{c}", flush=True)
+    signal.pause()
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+raise SystemExit(6)
+"""
+    argv = [sys.executable, "-m", "fence", "-d", "-s", str(cfg), "--", "python3", "-c", script]
+    with Terminal(argv, env, str(root), None, 24, 80) as term:
+        term.expect(", pty")
+        term.expect("size 24x80")
+        term.expect("name? ")
+        term.send(b"sandbox\r")
+        term.expect("hello sandbox")
+        term.resize(50, 132)
+        term.expect("size 50x132")
+        term.send(b"\x03")
+        term.expect("interrupted")
+        assert term.wait() == 6
+        assert "exited with code 6" in term.text  # the supervisor's monitor saw the run end

@@ -219,7 +219,8 @@ def run_command(opts: RunOptions) -> int:
         return error(str(e))
     req = RunRequest(command=command, sandbox=new_sandbox_id(), command_string=opts.command_string or "",
                      cwd=os.getcwd(), env=env, settings=opts.settings,
-                     template=opts.template, debug=opts.debug, ports=opts.ports)
+                     template=opts.template, debug=opts.debug, ports=opts.ports,
+                     force_new_session=opts.force_new_session)
     try:
         bus_url, supervisor = _find_bus(opts)
         if bus_url:

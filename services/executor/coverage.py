@@ -19,8 +19,4 @@ def refused(policy: Policy) -> list[str]:
 
 def ungranted(policy: Policy) -> list[str]:
     """Fields granting access this build does not provide yet (the sandbox stays stricter)."""
-    names = []
-    for label, value in (("allowPty", policy.allow_pty),):
-        if value:
-            names.append(label)
-    return names
+    return []

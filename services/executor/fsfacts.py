@@ -103,8 +103,12 @@ def _source_path(label: str) -> str:
 
 
 def helper_read_paths(helper: tuple[str, ...]) -> list[str]:
-    """What the init helper needs readable under defaultDenyRead: its interpreter's tree and its file."""
+    """What fence's in-sandbox helpers need readable under defaultDenyRead: the interpreter, its
+    standard library, and fence's executor package (the Landlock helper, the PTY shim, the ProxyCommand)."""
     if not helper:
         return []
-    paths = [os.path.realpath(helper[0]), os.path.dirname(os.__file__), helper[-1]]
+    package = os.path.dirname(helper[-1])
+    if os.path.basename(package) == "__pycache__":
+        package = os.path.dirname(package)
+    paths = [os.path.realpath(helper[0]), os.path.dirname(os.__file__), package]
     return list(dict.fromkeys(paths))

@@ -45,4 +45,5 @@ def which(name: str, path: str | None = None) -> str:
 
 
 def host_facts(masked_dirs: tuple[str, ...] = ()) -> HostFacts:
-    return HostFacts(bwrap=find_bwrap(), is_root=os.geteuid() == 0, masked_dirs=masked_dirs)
+    return HostFacts(bwrap=find_bwrap(), is_root=os.geteuid() == 0, masked_dirs=masked_dirs,
+                     python=os.path.realpath(sys.executable) if sys.executable else "")

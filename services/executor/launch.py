@@ -11,6 +11,12 @@ sandbox's init) and that init's only child (``/proc/PID/task/PID/children``),
 looked up lazily when the first signal arrives.  If fence dies, bwrap's
 ``--die-with-parent`` takes the sandbox down with it.
 
+A PTY run (``plan.pty``) differs only in where stdio and signals go:
+``fence.executor.ptyrelay`` opens the PTY, bwrap starts in a session of its
+own with the PTY as stdio, ``waitpid`` relays the terminal until bwrap ends,
+and every signal goes to the relay (which resizes, hangs up, or forwards to
+the PTY's foreground group, as a terminal would).
+
 Uses ``os.posix_spawn`` directly: the ``subprocess`` module costs ~10 ms of
 imports on every run and we need none of it.
 """
@@ -43,7 +49,18 @@ class Sandbox:
         self.pending: list[int] = []
         self.listeners: list = []
         """Listening sockets made inside the sandbox's netns (``plan.listen_inside``), in order."""
+        self.relay = None
+        """The PTY relay of a PTY run (``fence.executor.ptyrelay.PtyRelay``), else None."""
         self._old_handlers: dict[int, object] = {}
+
+    @property
+    def signals(self) -> tuple[int, ...]:
+        """Every signal this sandbox wants routed to ``on_signal`` (a PTY run adds TSTP and CONT)."""
+        if self.plan.pty:
+            from fence.executor.ptyrelay import JOB_SIGNALS
+
+            return FORWARDED_SIGNALS + JOB_SIGNALS
+        return FORWARDED_SIGNALS
 
     def start(self, prepare=None) -> "Sandbox":
         """Spawn bwrap; with bridges planned, create them inside before the command may run.
@@ -68,10 +85,21 @@ class Sandbox:
         block_read = block_write = -1
         if self.plan.block_fd:
             block_read, block_write = _pipe()
+        if self.plan.pty:
+            from fence.executor.ptyrelay import PtyRelay
+
+            try:
+                self.relay = PtyRelay(self.deliver)
+            except OSError as e:
+                for fd in (read_end, write_end, block_read, block_write, seccomp_read, *(e_ for e_, _ in data_reads)):
+                    if fd >= 0:
+                        os.close(fd)
+                raise LaunchError(f"cannot open a pseudo-terminal: {e.strerror}") from None
         try:
             if self.relay_signals:  # else the caller routes signals to on_signal (an event loop's handlers)
                 self._install_signal_relay()
-            actions = [(os.POSIX_SPAWN_DUP2, write_end, self.plan.info_fd)]
+            actions = self.relay.spawn_actions() if self.relay else []  # first: later dup2s may reuse its fd
+            actions.append((os.POSIX_SPAWN_DUP2, write_end, self.plan.info_fd))
             if block_read >= 0:
                 actions.append((os.POSIX_SPAWN_DUP2, block_read, self.plan.block_fd))
             if seccomp_read >= 0:
@@ -80,11 +108,15 @@ class Sandbox:
                 actions.append((os.POSIX_SPAWN_DUP2, seccomp_read, SECCOMP_FD))
             for end, fd in data_reads:
                 actions.append((os.POSIX_SPAWN_DUP2, end, fd))
+            # own process group (Ctrl-C reaches fence only), or for a PTY run its own session with no
+            # controlling terminal: nothing in the sandbox shares the user's terminal session
+            group = {"setsid": True} if self.relay else {"setpgroup": 0}
             try:
                 self.pid = os.posix_spawn(self.plan.argv[0], self.plan.argv, self.plan.env,
-                                          file_actions=actions, setpgroup=0)
+                                          file_actions=actions, **group)
             except OSError as e:
                 self._restore_signals()
+                self._close_relay()
                 os.close(read_end)
                 if block_write >= 0:
                     os.close(block_write)
@@ -94,6 +126,8 @@ class Sandbox:
             for fd in (block_read, seccomp_read, *(end for end, _ in data_reads)):
                 if fd >= 0:
                     os.close(fd)
+        if self.relay:
+            self.relay.spawned(self.pid)
         try:
             self.init_pid = _read_child_pid(read_end)
         finally:
@@ -103,7 +137,7 @@ class Sandbox:
                 if self.plan.listen_inside:
                     if not self.init_pid:
                         raise LaunchError("bwrap failed before the sandbox existed")
-                    from fence.executor.bridge import BridgeError, listen_inside
+                    from fence.executor.bridge import listen_inside
 
                     try:
                         self.listeners = listen_inside(self.init_pid, self.plan.listen_inside)
@@ -132,6 +166,7 @@ class Sandbox:
         _kill(self.pid, signal.SIGKILL)
         os.waitpid(self.pid, 0)
         self._restore_signals()
+        self._close_relay()
         for sock in self.listeners:
             if sock is not None:
                 sock.close()
@@ -146,13 +181,26 @@ class Sandbox:
         return exit_code(status)
 
     def waitpid(self) -> int:
-        """Block until bwrap ends and return its raw wait status (safe in a worker thread)."""
+        """Block until bwrap ends and return its raw wait status (safe in a worker thread).
+
+        A PTY run relays the terminal here first; the relay restores the
+        user's terminal however it ends.
+        """
+        if self.relay:
+            try:
+                self.relay.run()
+            finally:
+                self._close_relay()
         _, status = os.waitpid(self.pid, 0)
         return status
 
+    def _close_relay(self) -> None:
+        if self.relay:
+            self.relay.close()
+
     # signals ----------------------------------------------------------------------
     def _install_signal_relay(self) -> None:
-        for sig in FORWARDED_SIGNALS:
+        for sig in self.signals:
             self._old_handlers[sig] = signal.signal(sig, self.on_signal)
 
     def _restore_signals(self) -> None:
@@ -161,6 +209,9 @@ class Sandbox:
         self._old_handlers.clear()
 
     def on_signal(self, signum: int, _frame=None) -> None:
+        if self.relay:  # a PTY run: the relay decides (resize, hang up, foreground group)
+            self.relay.notify(signum)
+            return
         if not self.init_pid:
             self.pending.append(signum)  # bwrap has not reported yet: deliver once it has
             return
@@ -185,7 +236,7 @@ class Sandbox:
             return
         pgid = _process_group(pid)
         try:
-            if pgid:
+            if pgid and pgid != self.pid:  # never bwrap's own group (a PTY run, before the shim's setsid)
                 os.killpg(pgid, signum)
             else:
                 os.kill(pid, signum)

@@ -45,6 +45,8 @@ class HostFacts(msgspec.Struct, frozen=True):
     """The kernel's Landlock ABI (0: unavailable)."""
     helper: tuple[str, ...] = ()
     """The init helper's command prefix (``python -I -S landlock.py``), run first inside when Landlock is used."""
+    python: str = ""
+    """This interpreter (``sys.executable``): runs fence's small helpers inside the sandbox (the PTY shim)."""
 
 
 class SandboxPlan(msgspec.Struct):
@@ -65,6 +67,8 @@ class SandboxPlan(msgspec.Struct):
     """The BPF program bwrap loads from ``SECCOMP_FD`` (empty: no filter)."""
     data_files: list[tuple[int, bytes]] = []
     """(fd, content) the launcher hands to bwrap for each ``--ro-bind-data FD DEST``."""
+    pty: bool = False
+    """The launcher gives the command a fresh pseudo-terminal and relays it (``fence.executor.ptyrelay``)."""
 
     @property
     def summary(self) -> str:
@@ -92,28 +96,50 @@ def wants_landlock(view: FsView) -> bool:
     return bool(view.write or view.execute or view.default_deny_read)
 
 
+def session_mode(allow_pty: bool, stdin_tty: bool, stdout_tty: bool, force_new_session: bool) -> tuple[bool, bool]:
+    """``(pty, new_session)`` for a run: the one decision behind ``allowPty`` and ``forceNewSession``.
+
+    A PTY only with ``allowPty`` and a terminal on both stdin and stdout (a
+    pipe on either side means a program, not a person, is on the other end).
+    bwrap's ``--new-session`` (the TIOCSTI defence: the sandbox must not share
+    a session with the user's terminal) is dropped only for a PTY run, as the
+    reference does, and kept when forced.  Dropping it is safe here because a
+    PTY run never hands the user's terminal to the sandbox at all: bwrap
+    starts in a fresh session of its own whose only terminal is the new PTY.
+    """
+    pty = allow_pty and stdin_tty and stdout_tty
+    return pty, not pty or force_new_session
+
+
 def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, str], host: HostFacts,
                  listen_inside: list[tuple[str, int]] = (), fs: FsView | None = None,
                  seccomp: tuple[bytes, str] = (b"", ""), share_net: bool = False,
                  extra_env: dict[str, str] | None = None, files: list[tuple[str, bytes]] = (),
-                 debug: bool = False) -> SandboxPlan:
+                 debug: bool = False, new_session: bool = True, pty: bool = False) -> SandboxPlan:
     """Build the bwrap invocation for ``command`` under ``policy``.
 
     Layers: the filesystem view of ``fs`` (``fence.executor.mounts``; default:
     read-only root, private /tmp, minimal /dev, fresh /proc), new PID and
-    network namespaces, ``--new-session`` (the TIOCSTI defence),
-    ``--die-with-parent``, ``--cap-drop ALL`` when run as root (a root bwrap
-    otherwise keeps every capability inside and could remount a read-only bind
-    writable), the seccomp program, and Landlock through the init helper.
+    network namespaces, ``--new-session`` (the TIOCSTI defence; see
+    ``session_mode`` for when a PTY run drops it), ``--die-with-parent``,
+    ``--cap-drop ALL`` when run as root (a root bwrap otherwise keeps every
+    capability inside and could remount a read-only bind writable), the
+    seccomp program, and Landlock through the init helper.
 
     ``files``: (path, content) placed read-only in the sandbox after the masks
     (the generated ssh_config of filtered runs, ``sshproxy.py``); bwrap reads
     each from a pipe, so nothing is written on the host.
+
+    With ``pty`` the command is started through fence's PTY shim (the host's
+    interpreter, ``host.python``), which makes the PTY the command's
+    controlling terminal in a session of its own (``fence.executor.ptyrelay``).
     """
     if not command:
         raise ValueError("empty command")
+    if pty and not host.python:
+        raise ValueError("a PTY run needs host.python for its shim")
     view = fs if fs is not None else FsView()
-    args = [host.bwrap, "--new-session", "--die-with-parent", "--unshare-pid"]
+    args = [host.bwrap] + (["--new-session"] if new_session else []) + ["--die-with-parent", "--unshare-pid"]
     if not share_net:  # only relaxed "*" mode shares the host network (documented as weaker)
         args.append("--unshare-net")
     # A non-root bwrap always creates a user namespace; a root one must be asked
@@ -140,6 +166,10 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     if program:
         args += ["--seccomp", str(SECCOMP_FD)]
     args.append("--")
+    if pty:
+        from fence.executor.ptyrelay import shim_command
+
+        args += shim_command(host.python)
     landlock = wants_landlock(view) and host.landlock_abi > 0 and bool(host.helper)
     if landlock:
         args += [*host.helper, *landlock_options(view), *(["--debug"] if debug else []), "--"]
@@ -170,6 +200,8 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     else:
         layers.append("landlock(not needed)")
     layers.append("userns(no-nesting)+cap-drop(ALL)" if host.is_root else "userns(no-nesting)")
+    if pty:
+        layers.append("pty" if not new_session else "pty(new-session)")
     return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers,
                        block_fd=BLOCK_FD if listen_inside else 0, listen_inside=list(listen_inside),
-                       seccomp_program=program, data_files=data_files)
+                       seccomp_program=program, data_files=data_files, pty=pty)

@@ -2,9 +2,10 @@
 
 The config, proxy and monitor services are the supervisor's; only the
 executor stays in this process, because it owns the terminal.  The flow is
-``fence.executor.runner.run`` unchanged, on uvloop; waiting for bwrap moves to
-a worker thread so the loop keeps serving the bus, and signals are routed
-through the loop's handlers to the sandbox.
+``fence.executor.runner.run`` unchanged, on uvloop; waiting for bwrap (and,
+in a PTY run, relaying the terminal) moves to a worker thread so the loop
+keeps serving the bus, and signals are routed through the loop's handlers to
+the sandbox.
 
 Everything imported here (asyncio, uvloop, nats) is off the lone-run path.
 """
@@ -42,7 +43,14 @@ def run_over_nats(url: str, supervisor, req: RunRequest, host: HostFacts, monito
 
         async def wait(sandbox: Sandbox) -> int:
             current.append(sandbox)
-            return exit_code(await loop.run_in_executor(None, sandbox.waitpid))
+            extra = [sig for sig in sandbox.signals if sig not in FORWARDED_SIGNALS]  # a PTY run: TSTP, CONT
+            for sig in extra:
+                loop.add_signal_handler(sig, on_signal, sig)
+            try:  # a PTY run relays the terminal in this worker thread, beside the loop
+                return exit_code(await loop.run_in_executor(None, sandbox.waitpid))
+            finally:
+                for sig in extra:
+                    loop.remove_signal_handler(sig)
 
         def on_signal(signum: int) -> None:
             if current:

@@ -20,7 +20,7 @@ from fence.executor.coverage import refused, ungranted
 from fence.executor.launch import LaunchError, Sandbox
 from fence.executor import network
 from fence.executor.preflight import RuleSources, check_command
-from fence.executor.plan import HostFacts, SandboxPlan, plan_sandbox
+from fence.executor.plan import HostFacts, SandboxPlan, plan_sandbox, session_mode
 from fence.messages import (ConfigResolveReply, ConfigResolveRequest, LifecycleEvent, ProxySessionClose,
                             ProxySessionClosed, ProxySessionOpen, ProxySessionOpened)
 from fence.subjects import CONFIG_RESOLVE, PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN, event
@@ -40,6 +40,8 @@ class RunRequest(msgspec.Struct):
     debug: bool = False
     ports: list[tuple[str, int]] = []
     """``-p [ADDR:]PORT``: the host's ADDR:PORT reaches the sandbox's 127.0.0.1:PORT."""
+    force_new_session: bool = False
+    """``--force-new-session``: keep bwrap's ``--new-session`` even for a PTY run (as ``forceNewSession``)."""
 
 
 class FenceError(Exception):
@@ -121,10 +123,12 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
             ssh_route = sshproxy.route(req.env, facts.view.deny_read)
             files += ssh_route.files
             extra_env.update(ssh_route.env)
+        pty, new_session = terminal_mode(policy, req, host)
         plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, fs=facts.view,
                             seccomp=seccomp_for(policy),
                             listen_inside=proxy_listen + network.outbound_listeners(out_ports),
-                            share_net=shared, extra_env=extra_env, files=files, debug=req.debug)
+                            share_net=shared, extra_env=extra_env, files=files, debug=req.debug,
+                            new_session=new_session, pty=pty)
         if req.debug:
             debug_plan(plan)
             for name, value in facts.env.items():
@@ -291,6 +295,19 @@ def _quarantine(watch: list[str], sandbox_id: str) -> None:
 
     for path, target in quarantine(watch, sandbox_id):
         print(f"[fence] Warning: the sandbox created protected path {path}: moved to {target}", file=sys.stderr)
+
+def terminal_mode(policy, req: RunRequest, host: HostFacts) -> tuple[bool, bool]:
+    """``(pty, new_session)``: ``plan.session_mode`` fed with this process's terminals."""
+    force = req.force_new_session or bool(policy.force_new_session)
+    return session_mode(policy.allow_pty and bool(host.python), _isatty(0), _isatty(1), force)
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
 
 def seccomp_for(policy) -> tuple[bytes, str]:
     """The seccomp program and its label; a warning and no filter when it cannot be built.
