@@ -34,8 +34,11 @@ class LaunchError(Exception):
 class Sandbox:
     """A running sandbox: bwrap's pid, the sandbox init's pid, and signal relaying."""
 
-    def __init__(self, plan: SandboxPlan, relay_signals: bool = True):
+    def __init__(self, plan: SandboxPlan, relay_signals: bool = True, inherit: dict[int, int] | None = None):
+        """``inherit``: more fds for bwrap, ``{number in bwrap: our fd}`` (our fds above 10, close-on-exec;
+        bwrap passes inherited fds on to the sandbox's command)."""
         self.plan = plan
+        self.inherit = dict(inherit or {})
         self.relay_signals = relay_signals
         self.pid = 0
         self.init_pid = 0
@@ -62,6 +65,7 @@ class Sandbox:
                 from fence.executor.plan import SECCOMP_FD
 
                 actions.append((os.POSIX_SPAWN_DUP2, seccomp_read, SECCOMP_FD))
+            actions += [(os.POSIX_SPAWN_DUP2, ours, target) for target, ours in self.inherit.items()]
             try:
                 self.pid = os.posix_spawn(self.plan.argv[0], self.plan.argv, self.plan.env,
                                           file_actions=actions, setpgroup=0)

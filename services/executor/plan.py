@@ -12,6 +12,8 @@ ones), then the command.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import msgspec
 
 from fence.policy import Policy
@@ -27,6 +29,9 @@ BLOCK_FD = 4
 
 SECCOMP_FD = 5
 """bwrap reads the seccomp BPF program from here (``--seccomp``)."""
+
+EXEC_NOTIFY_FD = 6
+"""runtimeExecPolicy "argv": the init helper sends its exec listener to fence over this unix socket."""
 """bwrap waits for a byte here (``--block-fd``) when bridges must exist before the command runs."""
 
 
@@ -55,6 +60,11 @@ class SandboxPlan(msgspec.Struct):
     """Loopback addresses to listen on inside the sandbox's netns (proxies, local ports)."""
     seccomp_program: bytes = b""
     """The BPF program bwrap loads from ``SECCOMP_FD`` (empty: no filter)."""
+    exec_denied: list[str] = []
+    """Files masked by the runtime exec policy (``--ro-bind /dev/null``): no Landlock rule may grant
+    EXECUTE on them (Landlock only allows, so the rules granting EXECUTE must leave these out)."""
+    exec_notify_fd: int = 0
+    """Non-zero (``EXEC_NOTIFY_FD``) when the launcher must give bwrap the exec supervisor's socket there."""
 
     @property
     def summary(self) -> str:
@@ -74,7 +84,8 @@ def sanitize_env(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
 
 def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, str], host: HostFacts,
                  listen_inside: list[tuple[str, int]] = (), deny_read: list[tuple[str, bool]] = (), seccomp: tuple[bytes, str] = (b"", ""),
-                 share_net: bool = False, extra_env: dict[str, str] | None = None) -> SandboxPlan:
+                 share_net: bool = False, extra_env: dict[str, str] | None = None,
+                 exec_masks: Sequence[str] = (), exec_notify: bool = False) -> SandboxPlan:
     """Build the bwrap invocation for ``command`` under ``policy``.
 
     Foundation layers: read-only root, private /tmp, fresh /dev and /proc, new
@@ -82,6 +93,13 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     TIOCSTI defence), ``--die-with-parent``, and ``--cap-drop ALL`` when run as
     root (a root bwrap otherwise keeps every capability inside and could remount
     a read-only bind writable).
+
+    ``exec_masks``: files no process in the sandbox may execute
+    (``fence.executor.execdeny``), covered with /dev/null after every other
+    filesystem mount (reference §6.2 step 12); those under a directory the
+    sandbox sees as an empty tmpfs are already out of reach and skipped.
+    ``exec_notify``: start the command through the init helper with
+    ``--exec-notify`` (runtimeExecPolicy "argv", ``fence.executor.execsupervisor``).
     """
     if not command:
         raise ValueError("empty command")
@@ -101,6 +119,9 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
         args += ["--tmpfs", path] if is_dir else ["--ro-bind", "/dev/null", path]
     for path in host.masked_dirs:
         args += ["--tmpfs", path]
+    exec_denied = _exec_masks(exec_masks, ["/tmp", *host.masked_dirs, *(p for p, is_dir in deny_read if is_dir)])
+    for path in exec_denied:
+        args += ["--ro-bind", "/dev/null", path]
     args += ["--chdir", cwd, "--info-fd", str(INFO_FD)]
     if listen_inside:
         args += ["--block-fd", str(BLOCK_FD)]
@@ -108,6 +129,8 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     if program:
         args += ["--seccomp", str(SECCOMP_FD)]
     args.append("--")
+    if exec_notify:
+        args += _init_helper() + ["--exec-notify", str(EXEC_NOTIFY_FD), "--no-landlock", "--"]
     args += command
 
     clean, stripped = sanitize_env(env)
@@ -120,8 +143,29 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
         layers.append(f"denyRead({len(deny_read)})")
     if program:
         layers.append(seccomp_label or "seccomp")
+    if exec_denied:
+        layers.append(f"exec-deny({len(exec_denied)} files)")
+    if exec_notify:
+        layers.append("exec-argv(seccomp-unotify)")
     if host.is_root:
         layers.append("userns+cap-drop(ALL)")
     return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers,
                        block_fd=BLOCK_FD if listen_inside else 0, listen_inside=list(listen_inside),
-                       seccomp_program=program)
+                       seccomp_program=program, exec_denied=exec_denied,
+                       exec_notify_fd=EXEC_NOTIFY_FD if exec_notify else 0)
+
+
+def _exec_masks(paths: Sequence[str], hidden: list[str]) -> list[str]:
+    """``paths`` minus those inside a directory the sandbox sees as an empty tmpfs."""
+    out = []
+    for path in paths:
+        if not any(path == d or path.startswith(d.rstrip("/") + "/") for d in hidden) and path not in out:
+            out.append(path)
+    return out
+
+
+def _init_helper() -> list[str]:
+    """``python -I -S .../landlock.py``: the in-sandbox init helper (reads no more than a .pyc header)."""
+    from fence.executor.landlock import helper_command
+
+    return helper_command()
