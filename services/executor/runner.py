@@ -101,7 +101,12 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     lifecycle = event(sandbox_id, "lifecycle")
     finish_attach = None
     forwarder = None
+    runtime = None
     try:
+        from fence.executor import runtimeexec
+
+        runtime = runtimeexec.prepare(policy, req.env, req.cwd, sandbox_id, bus, RuleSources.from_reply(resolved),
+                                      debug=req.debug)
         host_listeners = []
         if out_ports or published:
             from fence.executor import portfwd
@@ -114,18 +119,21 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, deny_read=masks.paths,
                             seccomp=seccomp_for(policy),
                             listen_inside=proxy_listen + network.outbound_listeners(out_ports),
-                            share_net=net_mode == "relaxed", extra_env=network.proxy_env(net_mode, opened))
+                            share_net=net_mode == "relaxed", extra_env=network.proxy_env(net_mode, opened),
+                            **runtime.plan_args())
         if req.debug:
             debug_plan(plan)
             for name in ungranted(policy):
                 print(f"[fence] Note: {name} is not granted by this build yet; the sandbox stays stricter",
                       file=sys.stderr)
         try:
-            sandbox = Sandbox(plan, relay_signals).start()
+            sandbox = Sandbox(plan, relay_signals, inherit=runtime.inherit()).start()
         except BaseException:
             for sock in host_listeners:
                 sock.close()
             raise
+        finally:
+            runtime.spawned()
         proxy_socks = sandbox.listeners[:len(proxy_listen)]
         if proxy_socks:  # connections queue in the backlog until the proxy serves them
             finish_attach = network.attach_on_first_connection(attach, sandbox_id, proxy_socks)
@@ -141,6 +149,8 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
                                                     signal=signum))
         return code
     finally:
+        if runtime is not None:
+            runtime.close()
         if finish_attach is not None:
             finish_attach()
         if forwarder is not None:
