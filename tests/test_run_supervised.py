@@ -127,3 +127,40 @@ def test_filtered_network_with_a_supervisor_is_refused_not_weakened(supervised):
                        env=env, cwd=root, capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and r.stderr.startswith("Error: network.allowedDomains needs this run's own proxy")
     assert not marker.exists()
+
+
+def test_argv_exec_policy_events_reach_the_supervisors_monitor(supervised):
+    """The exec supervisor thread publishes through the run's event loop over NATS."""
+    from fence.executor import execsupervisor
+    from fence.messages import ExecBlockedEvent
+
+    if execsupervisor.supported():
+        pytest.skip(execsupervisor.supported())
+    root, env = supervised
+    cfg = root / "argv-policy.json"
+    cfg.write_text('{"command": {"deny": ["git push"], "runtimeExecPolicy": "argv", "useDefaults": false}}')
+    creds = client_creds(root)
+
+    async def scenario():
+        bus = await NatsBus.connect(creds.url, user=creds.user, password=creds.password,
+                                    inbox_prefix=creds.inbox_prefix)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fence", "--settings", str(cfg), "-m", "--", "sh", "-c",
+            "g=$(echo gi)t; $g push origin; echo after", env=env, cwd=str(root),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        blocked = []
+        for _ in range(50):
+            recent = await bus.request(MONITOR_RECENT, RecentEventsRequest(limit=1000), RecentEventsReply)
+            blocked = [e for e in recent.events if isinstance(e, ExecBlockedEvent) and e.argv[:2] == ["git", "push"]]
+            if blocked:
+                break
+            await asyncio.sleep(0.05)
+        await bus.close()
+        return proc.returncode, out.decode(), err.decode(), blocked
+
+    code, out, err, blocked = asyncio.run(scenario())
+    assert code == 0 and out == "after\n", err
+    assert 'Runtime exec policy blocked: "git push origin" matches "git push"' in err
+    assert '[fence:exec] ' in err  # -m: the event came back from the bus to this run's console
+    assert blocked and blocked[-1].rule == "git push"
