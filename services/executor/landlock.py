@@ -311,6 +311,12 @@ def exec_command(command, env):
         candidates = [(d or ".") + "/" + name for d in path.split(":")]
     denied = None
     for candidate in candidates:
+        if len(candidates) > 1:  # skip what is not there without an exec (each exec may cost a check)
+            try:
+                posix.stat(candidate)
+            except OSError as e:
+                if e.errno in (ENOENT, ENOTDIR):
+                    continue
         try:
             posix.execve(candidate, command, env)
         except OSError as e:

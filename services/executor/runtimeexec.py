@@ -72,12 +72,12 @@ def prepare(policy, env: dict[str, str], cwd: str, sandbox: str, bus, sources=No
         raise FenceError(f'command.runtimeExecPolicy "argv" cannot be enforced here: {why}; refusing to run '
                          '(use "path", the default, on this machine)')
     fs = execdeny.HostFS()
-    identities = execdeny.identities(execdeny.rule_heads(policy), execdeny.path_dirs(env.get("PATH", os.defpath), cwd, fs),
-                                     fs, exclude=masks.shared_keys)
+    dirs = execdeny.path_dirs(env.get("PATH", os.defpath), cwd, fs)
+    identities = execdeny.identities(execdeny.rule_heads(policy), dirs, fs, exclude=masks.shared_keys)
     check = execsupervisor.ExecPolicy(policy, sources, identities)
     supervisor = execsupervisor.Supervisor(check, report=_reporter(bus, sandbox))
     if debug:
-        print(f"[fence:linux] Runtime exec policy argv: every exec is checked by fence (seccomp user notification)",
+        print("[fence:linux] Runtime exec policy argv: every exec is checked by fence (seccomp user notification)",
               file=sys.stderr)
     return RuntimeExec(masks, supervisor.start())
 
