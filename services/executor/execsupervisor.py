@@ -245,13 +245,12 @@ def read_call(pid: int, nr: int, args: tuple[int, ...], execveat: int, still_val
 class Verdict:
     """Why an exec is refused: the rule, where it came from, the line for stderr."""
 
-    __slots__ = ("rule", "source", "default_rule", "message", "quiet_errno", "reason")
+    __slots__ = ("rule", "source", "default_rule", "message", "reason")
 
     def __init__(self, message: str, rule: str = "", source: str = "", default_rule: bool = False,
                  reason: str = ""):
         self.message, self.rule, self.source, self.default_rule, self.reason = (message, rule, source,
                                                                                 default_rule, reason)
-        self.quiet_errno = 0
 
 
 class ExecPolicy:
@@ -302,10 +301,10 @@ class ExecPolicy:
             via = "" if call.argv and basename(call.argv[0]) == name else f" ({call.path or call.program()} is {name})"
             message = (f"Runtime exec policy blocked: {go_quote(shown[:500])}{via} matches {go_quote(rule)}"
                        + (f" (rule from {source})" if source else ""))
-            verdict = Verdict(message, rule, source, default)
-            if _file_key(call.target()) is None:  # the kernel would say ENOENT: say it, quietly
-                verdict.quiet_errno = errno.ENOENT
-            return verdict
+            # Always EPERM, even where the file does not exist: the existence check would be resolved
+            # by this (host) process, and its answer would tell the sandbox whether a host path it cannot
+            # see (a denyRead directory) exists.
+            return Verdict(message, rule, source, default)
         return None
 
 
@@ -475,9 +474,7 @@ class Supervisor:
         if verdict is None:
             _respond(listener, nid, 0, FLAG_CONTINUE)
             return
-        _respond(listener, nid, -(verdict.quiet_errno or errno.EPERM), 0)
-        if verdict.quiet_errno:
-            return
+        _respond(listener, nid, -errno.EPERM, 0)
         self.refused += 1
         again = (pid, verdict.message)
         if again == self._last:  # a PATH search trying each directory: say it once
