@@ -33,8 +33,6 @@ directory (directories are deduplicated by their real path first, so
 hard links (``st_nlink > 1``) or when a warning has to count aliases.
 """
 
-from __future__ import annotations
-
 import os
 import stat as stat_mod
 from typing import Iterable, Protocol, Sequence
@@ -377,6 +375,9 @@ FORMAT = 1
 
 
 class _Cached(msgspec.Struct):
+    """One cached plan.  (This module has no ``from __future__ import annotations``: msgspec would then
+    evaluate every annotation string on its first decode, ~0.8 ms on each run.)"""
+
     key: str
     dirs: list[tuple[str, int, int, int]]
     """Each PATH entry (absolute) and its (dev, ino, mtime_ns) when planned; (0, 0, 0): missing."""
