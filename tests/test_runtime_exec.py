@@ -53,6 +53,8 @@ echo 'sandbox ok'
 c=$(echo chr)oot
 $c --version; echo "rc=$?"
 /usr/sbin/$c --version; echo "abs=$?"
+/sbin/$c --version; echo "usrmerge=$?"
+ln -s /usr/sbin/$c /tmp/link && /tmp/link --version; echo "symlink=$?"
 bash -c "$c --version"; echo "nested=$?"
 python3 -c "import subprocess; subprocess.run(['$c', '--version'])" 2>/dev/null; echo "python=$?"
 """
@@ -63,7 +65,8 @@ def test_path_policy_masks_a_denied_program_for_every_descendant(fence):
     cfg = settings(work, {"command": {"deny": ["chroot"], "useDefaults": False}})
     r = fence.run("--settings", str(cfg), "-d", "--", "bash", script(work, CHROOT_SCRIPT), cwd=str(work))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["sandbox ok", "rc=126", "abs=126", "nested=126", "python=1"]
+    assert r.stdout.splitlines() == ["sandbox ok", "rc=126", "abs=126", "usrmerge=126", "symlink=126", "nested=126",
+                                   "python=1"]
     assert "Permission denied" in r.stderr
     real = os.path.realpath(shutil.which("chroot", path="/usr/sbin:/sbin"))
     assert f"--ro-bind /dev/null {real}" in r.stderr
@@ -224,7 +227,8 @@ def test_argv_policy_also_keeps_the_path_masks(fence):
     work = fence.workdir()
     cfg = argv_settings(work, ["chroot"])
     r = fence.run("--settings", str(cfg), "-d", "--", "bash", script(work, CHROOT_SCRIPT), cwd=str(work))
-    assert r.stdout.splitlines() == ["sandbox ok", "rc=126", "abs=126", "nested=126", "python=1"], r.stderr
+    assert r.stdout.splitlines() == ["sandbox ok", "rc=126", "abs=126", "usrmerge=126", "symlink=126", "nested=126",
+                                   "python=1"], r.stderr
     assert "--ro-bind /dev/null /usr/sbin/chroot" in r.stderr and "--exec-notify 6" in r.stderr
     assert 'Runtime exec policy blocked: "chroot --version" matches "chroot"' in r.stderr
 
