@@ -229,7 +229,7 @@ def test_argv_policy_also_keeps_the_path_masks(fence):
     r = fence.run("--settings", str(cfg), "-d", "--", "bash", script(work, CHROOT_SCRIPT), cwd=str(work))
     assert r.stdout.splitlines() == ["sandbox ok", "rc=126", "abs=126", "usrmerge=126", "symlink=126", "nested=126",
                                    "python=1"], r.stderr
-    assert "--ro-bind /dev/null /usr/sbin/chroot" in r.stderr and "--exec-notify 6" in r.stderr
+    assert "--ro-bind /dev/null /usr/sbin/chroot" in r.stderr and "--exec-notify " in r.stderr
     assert 'Runtime exec policy blocked: "chroot --version" matches "chroot"' in r.stderr
 
 

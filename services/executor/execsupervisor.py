@@ -10,7 +10,7 @@ to what is really being run.
 How (seccomp_unotify(2))::
 
     fence run (host)                                   sandbox
-    socketpair: ours, theirs ---- theirs as fd 6 ----> init helper (landlock.py --exec-notify 6):
+    socketpair: ours, theirs ---- theirs (fd N) -----> init helper (landlock.py --exec-notify N):
                                                          seccomp(SET_MODE_FILTER, NEW_LISTENER) with
                                                          execve/execveat -> USER_NOTIF
     thread: recvmsg(ours) <------ SCM_RIGHTS listener -- closes both fds, execs the command
@@ -326,7 +326,7 @@ def unreadable_verdict(pid: int, why: str) -> Verdict:
 class Supervisor:
     """One sandbox's exec supervisor: a thread answering every exec notification.
 
-    ``sandbox_fd()`` is the socket end bwrap inherits (``plan.EXEC_NOTIFY_FD``);
+    ``sandbox_fd()`` is the socket end bwrap inherits (above 10, under its own number);
     ``start()`` before spawning bwrap, ``spawned()`` after, ``stop()`` once
     bwrap has exited.  ``report(verdict, call)`` is called (on this thread)
     for every refused exec, after the exec has been answered.

@@ -36,7 +36,8 @@ class Sandbox:
 
     def __init__(self, plan: SandboxPlan, relay_signals: bool = True, inherit: dict[int, int] | None = None):
         """``inherit``: more fds for bwrap, ``{number in bwrap: our fd}`` (our fds above 10, close-on-exec;
-        bwrap passes inherited fds on to the sandbox's command)."""
+        bwrap passes inherited fds on to the sandbox's command).  ``{fd: fd}`` keeps the number: a dup2
+        onto itself clears close-on-exec (glibc 2.29+)."""
         self.plan = plan
         self.inherit = dict(inherit or {})
         self.relay_signals = relay_signals

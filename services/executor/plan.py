@@ -29,9 +29,6 @@ BLOCK_FD = 4
 
 SECCOMP_FD = 5
 """bwrap reads the seccomp BPF program from here (``--seccomp``)."""
-
-EXEC_NOTIFY_FD = 6
-"""runtimeExecPolicy "argv": the init helper sends its exec listener to fence over this unix socket."""
 """bwrap waits for a byte here (``--block-fd``) when bridges must exist before the command runs."""
 
 
@@ -64,7 +61,8 @@ class SandboxPlan(msgspec.Struct):
     """Files masked by the runtime exec policy (``--ro-bind /dev/null``): no Landlock rule may grant
     EXECUTE on them (Landlock only allows, so the rules granting EXECUTE must leave these out)."""
     exec_notify_fd: int = 0
-    """Non-zero (``EXEC_NOTIFY_FD``) when the launcher must give bwrap the exec supervisor's socket there."""
+    """Non-zero: the exec supervisor's socket, which bwrap must inherit under this same number (the init
+    helper is told it with ``--exec-notify``; above 10, clear of every fixed fd bwrap is given)."""
 
     @property
     def summary(self) -> str:
@@ -85,7 +83,7 @@ def sanitize_env(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
 def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, str], host: HostFacts,
                  listen_inside: list[tuple[str, int]] = (), deny_read: list[tuple[str, bool]] = (), seccomp: tuple[bytes, str] = (b"", ""),
                  share_net: bool = False, extra_env: dict[str, str] | None = None,
-                 exec_masks: Sequence[str] = (), exec_notify: bool = False) -> SandboxPlan:
+                 exec_masks: Sequence[str] = (), exec_notify: int = 0) -> SandboxPlan:
     """Build the bwrap invocation for ``command`` under ``policy``.
 
     Foundation layers: read-only root, private /tmp, fresh /dev and /proc, new
@@ -98,8 +96,9 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     (``fence.executor.execdeny``), covered with /dev/null after every other
     filesystem mount (reference §6.2 step 12); those under a directory the
     sandbox sees as an empty tmpfs are already out of reach and skipped.
-    ``exec_notify``: start the command through the init helper with
-    ``--exec-notify`` (runtimeExecPolicy "argv", ``fence.executor.execsupervisor``).
+    ``exec_notify``: the fd of the exec supervisor's socket (runtimeExecPolicy
+    "argv", ``fence.executor.execsupervisor``); the command starts through the
+    init helper with ``--exec-notify`` that fd.
     """
     if not command:
         raise ValueError("empty command")
@@ -130,7 +129,7 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
         args += ["--seccomp", str(SECCOMP_FD)]
     args.append("--")
     if exec_notify:
-        args += _init_helper() + ["--exec-notify", str(EXEC_NOTIFY_FD), "--no-landlock", "--"]
+        args += _init_helper() + ["--exec-notify", str(exec_notify), "--no-landlock", "--"]
     args += command
 
     clean, stripped = sanitize_env(env)
@@ -152,7 +151,7 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers,
                        block_fd=BLOCK_FD if listen_inside else 0, listen_inside=list(listen_inside),
                        seccomp_program=program, exec_denied=exec_denied,
-                       exec_notify_fd=EXEC_NOTIFY_FD if exec_notify else 0)
+                       exec_notify_fd=exec_notify)
 
 
 def _exec_masks(paths: Sequence[str], hidden: list[str]) -> list[str]:

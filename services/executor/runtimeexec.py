@@ -25,15 +25,15 @@ class RuntimeExec:
 
     def plan_args(self) -> dict:
         """Keyword arguments for ``plan.plan_sandbox``."""
-        return {"exec_masks": self.masks.masks, "exec_notify": self.supervisor is not None}
+        return {"exec_masks": self.masks.masks,
+                "exec_notify": self.supervisor.sandbox_fd() if self.supervisor is not None else 0}
 
     def inherit(self) -> dict[int, int]:
-        """Fds bwrap must get (``launch.Sandbox(inherit=...)``)."""
+        """Fds bwrap must get (``launch.Sandbox(inherit=...)``): the supervisor's socket, under its own number."""
         if self.supervisor is None:
             return {}
-        from fence.executor.plan import EXEC_NOTIFY_FD
-
-        return {EXEC_NOTIFY_FD: self.supervisor.sandbox_fd()}
+        fd = self.supervisor.sandbox_fd()
+        return {fd: fd}
 
     def spawned(self) -> None:
         if self.supervisor is not None:
