@@ -216,7 +216,30 @@ class PreflightBlockedEvent(Message):
     kind: str = "command"
 
 
-Event = LifecycleEvent | NetDecisionEvent | PreflightBlockedEvent
+class ExecBlockedEvent(Message):
+    """A process in the sandbox was refused an exec at run time (``runtimeExecPolicy: "argv"``).
+
+    Published on ``fence.events.<sandbox>.exec`` by the executor's exec
+    supervisor.  ``pid`` is the host pid of the process that called
+    execve/execveat, ``path`` the file it asked for (as it wrote it),
+    ``argv`` its arguments (at most ``ARGV_SHOWN`` of them, each cut at 256
+    characters), ``rule``/``source``/``default_rule`` as in
+    ``PreflightBlockedEvent``.  ``reason`` is "" when a rule matched, else
+    why the exec could not be checked (and so was refused).
+    """
+
+    sandbox: str
+    ts: float
+    pid: int = 0
+    path: str = ""
+    argv: list[str] = []
+    rule: str = ""
+    source: str = ""
+    default_rule: bool = False
+    reason: str = ""
+
+
+Event = LifecycleEvent | NetDecisionEvent | PreflightBlockedEvent | ExecBlockedEvent
 """Every event kind a monitor may receive (a tagged union as kinds are added)."""
 
 

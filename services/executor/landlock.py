@@ -26,6 +26,13 @@ Options (each PATH/PORT option may repeat; order does not matter)::
   --strict             refuse to run (exit 126) when Landlock, or a
                        requested network/scope restriction, is unavailable
   --debug              say what was applied on stderr
+  --exec-notify FD     runtimeExecPolicy "argv": before anything else, install a
+                       seccomp filter sending every execve/execveat to a
+                       user-notification listener, and pass the listener over
+                       the unix socket FD (SCM_RIGHTS) to fence's supervisor;
+                       refuse to run (exit 126) if any of that fails
+  --no-landlock        apply no Landlock ruleset (for runs that only need the
+                       helper's other duties)
 
 Everything not granted is denied for the rights this kernel's ABI knows.
 Paths that do not exist are skipped.  Rules on a non-directory get only the
@@ -104,13 +111,27 @@ def _load_libc():
             _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
             _restype_ = Long
 
-        return {"long": Long, "syscall": Func(("syscall", Libc)), "prctl": Func(("prctl", Libc)), **errno_access}
+        class Char(_ctypes._SimpleCData):
+            _type_ = "c"
+
+        def buffer(data):  # a C copy of ``data`` and its address (keep the copy alive while it is used)
+            copy = (Char * len(data)).from_buffer_copy(data)
+            return copy, _ctypes.addressof(copy)
+
+        return {"long": Long, "syscall": Func(("syscall", Libc)), "prctl": Func(("prctl", Libc)),
+                "sendmsg": Func(("sendmsg", Libc)), "buffer": buffer, **errno_access}
     except (AttributeError, TypeError):  # a CPython that reshaped _ctypes: pay for the public module
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.syscall.restype = libc.prctl.restype = ctypes.c_long
-        return {"long": ctypes.c_long, "syscall": libc.syscall, "prctl": libc.prctl, **errno_access}
+        libc.syscall.restype = libc.prctl.restype = libc.sendmsg.restype = ctypes.c_long
+
+        def buffer(data):
+            copy = (ctypes.c_char * len(data)).from_buffer_copy(data)
+            return copy, ctypes.addressof(copy)
+
+        return {"long": ctypes.c_long, "syscall": libc.syscall, "prctl": libc.prctl, "sendmsg": libc.sendmsg,
+                "buffer": buffer, **errno_access}
 
 
 def _call(name, *args):
@@ -145,6 +166,8 @@ class Request:
         self.connect = []
         self.bind = []
         self.restrict_net = self.scope = self.audit = self.strict = self.debug = False
+        self.no_landlock = False
+        self.exec_notify = -1  # the unix socket fd for --exec-notify
         self.command = []
 
 
@@ -166,7 +189,10 @@ def parse(argv):
             (req.connect if opt == "--connect" else req.bind).append(_port(_value(argv, i)))
             req.restrict_net = True
             i += 2
-        elif opt in ("--restrict-net", "--scope", "--audit", "--strict", "--debug"):
+        elif opt == "--exec-notify":
+            req.exec_notify = _fd(_value(argv, i))
+            i += 2
+        elif opt in ("--restrict-net", "--scope", "--audit", "--strict", "--debug", "--no-landlock"):
             setattr(req, opt[2:].replace("-", "_"), True)
             i += 1
         else:
@@ -189,6 +215,12 @@ def _rights(names):
             raise Usage(f"unknown right {name!r}")
         mask |= FS_RIGHTS[name]
     return mask
+
+
+def _fd(text):
+    if not text.isdigit() or int(text) < 3:
+        raise Usage(f"bad file descriptor {text!r}")
+    return int(text)
 
 
 def _port(text):
@@ -279,6 +311,12 @@ def exec_command(command, env):
         candidates = [(d or ".") + "/" + name for d in path.split(":")]
     denied = None
     for candidate in candidates:
+        if len(candidates) > 1:  # skip what is not there without an exec (each exec may cost a check)
+            try:
+                posix.stat(candidate)
+            except OSError as e:
+                if e.errno in (ENOENT, ENOTDIR):
+                    continue
         try:
             posix.execve(candidate, command, env)
         except OSError as e:
@@ -313,16 +351,14 @@ def main(argv):
     except Usage as e:
         _say(f"[fence:landlock-wrapper] Error: {e}")
         return 2
-    try:
-        abi = abi_version()
-    except OSError as e:
-        why = {38: "kernel built without Landlock", 95: "Landlock disabled at boot"}.get(e.errno, e.strerror)
-        problems = [f"Landlock unavailable ({why})"]
-    else:
+    if req.exec_notify >= 0:  # fails closed: without the supervisor no command may run
         try:
-            problems = apply(req, abi)
+            hand_over_exec_notify(req.exec_notify)
         except OSError as e:
-            problems = [f"Landlock not applied ({e.strerror})"]
+            _say(f"[fence:linux] Error: runtime exec policy \"argv\" unavailable (seccomp user notification: "
+                 f"{e.strerror}): refusing to run")
+            return 126
+    problems = [] if req.no_landlock else _landlock(req)
     for problem in problems:
         if req.strict:
             _say(f"[fence:linux] Error: {problem}: refusing to run (strict mode)")
@@ -332,6 +368,97 @@ def main(argv):
         else:
             _say(f"[fence:linux] Warning: Landlock: {problem}: not enforced")
     exec_command(req.command, clean_environ())
+
+
+def _landlock(req):
+    """Apply the requested Landlock restrictions; the problems (for ``--strict`` and warnings)."""
+    try:
+        abi = abi_version()
+    except OSError as e:
+        why = {38: "kernel built without Landlock", 95: "Landlock disabled at boot"}.get(e.errno, e.strerror)
+        return [f"Landlock unavailable ({why})"]
+    try:
+        return apply(req, abi)
+    except OSError as e:
+        return [f"Landlock not applied ({e.strerror})"]
+
+
+# --- exec notification (runtimeExecPolicy "argv") ----------------------------------------
+# bwrap's --seccomp loads a plain filter and cannot ask for a listener, so the helper adds a
+# second, tiny filter of its own: execve/execveat -> SECCOMP_RET_USER_NOTIF, everything else
+# allowed (the run's main filter still applies: the kernel runs both, strictest action wins).
+# Every descendant inherits it; the listener goes to fence's supervisor (execsupervisor.py),
+# which answers each exec with CONTINUE or EPERM.  The helper's own exec of the command is the
+# first notification.  Without a listener the kernel fails these calls with ENOSYS: closed.
+SECCOMP_SYSCALL = {"x86_64": 317, "aarch64": 277}
+SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER = 1, 8
+EXEC_SYSCALLS = {"x86_64": (0xC000003E, 59, 322), "aarch64": (0xC00000B7, 221, 281)}
+"""machine -> (AUDIT_ARCH of the native ABI, execve, execveat)."""
+X32_SYSCALL_BIT = 0x40000000
+RET_KILL_PROCESS, RET_USER_NOTIF, RET_ALLOW = 0x80000000, 0x7FC00000, 0x7FFF0000
+BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+SOL_SOCKET, SCM_RIGHTS = 1, 1
+
+
+def _bpf(code, jt, jf, k):
+    """One ``struct sock_filter`` (u16 code, u8 jt, u8 jf, u32 k) in native byte order."""
+    return code.to_bytes(2, sys.byteorder) + bytes((jt, jf)) + k.to_bytes(4, sys.byteorder)
+
+
+def exec_notify_program(machine):
+    """The classic BPF program: native-ABI execve/execveat notify, other ABIs are killed, the rest allowed.
+
+    Another ABI (x86's int 0x80, x32) would reach the exec calls under other
+    numbers the program does not watch, so it kills them, as fence's main
+    filter does anyway.  ``seccomp_data``: ``nr`` at offset 0, ``arch`` at 4.
+    """
+    arch, execve, execveat = EXEC_SYSCALLS[machine]
+    code = [_bpf(BPF_LD_W_ABS, 0, 0, 4), _bpf(BPF_JEQ_K, 1, 0, arch), _bpf(BPF_RET_K, 0, 0, RET_KILL_PROCESS),
+            _bpf(BPF_LD_W_ABS, 0, 0, 0)]
+    if machine == "x86_64":
+        code += [_bpf(BPF_JGE_K, 0, 1, X32_SYSCALL_BIT), _bpf(BPF_RET_K, 0, 0, RET_KILL_PROCESS)]
+    code += [_bpf(BPF_JEQ_K, 2, 0, execve), _bpf(BPF_JEQ_K, 1, 0, execveat), _bpf(BPF_RET_K, 0, 0, RET_ALLOW),
+             _bpf(BPF_RET_K, 0, 0, RET_USER_NOTIF)]
+    return b"".join(code)
+
+
+def install_exec_notify():
+    """Load the exec filter on this process with a new listener; return the listener fd (OSError if not)."""
+    machine = posix.uname().machine
+    if machine not in EXEC_SYSCALLS:
+        raise OSError(95, f"unsupported architecture {machine}")
+    program = exec_notify_program(machine)
+    copy, address = _function("buffer")(program)
+    # struct sock_fprog: unsigned short len, (padding), struct sock_filter *filter
+    fprog = (len(program) // 8).to_bytes(2, sys.byteorder) + bytes(6) + address.to_bytes(8, sys.byteorder)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)  # bwrap set it already; seccomp() refuses without it (or CAP_SYS_ADMIN)
+    listener = syscall(SECCOMP_SYSCALL[machine], SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, fprog)
+    del copy
+    return listener
+
+
+def send_fd(sock, fd):
+    """``sendmsg(sock, "x", SCM_RIGHTS fd)`` through libc: ``_socket`` would cost ~0.3 ms to import."""
+    buffer = _function("buffer")
+    payload, payload_at = buffer(b"x")
+    iov, iov_at = buffer(_u64(payload_at) + _u64(1))  # struct iovec
+    # struct cmsghdr: size_t len (16 + 4), int level, int type, then the fd; CMSG_SPACE(4) = 24
+    control, control_at = buffer(_u64(20) + SOL_SOCKET.to_bytes(4, sys.byteorder)
+                                 + SCM_RIGHTS.to_bytes(4, sys.byteorder) + fd.to_bytes(4, sys.byteorder) + bytes(4))
+    # struct msghdr: name, namelen (+pad), iov, iovlen, control, controllen, flags (+pad)
+    header, _ = buffer(bytes(16) + _u64(iov_at) + _u64(1) + _u64(control_at) + _u64(24) + bytes(8))
+    _call("sendmsg", sock, header, 0)
+    del payload, iov, control
+
+
+def hand_over_exec_notify(sock):
+    """Install the exec filter and send its listener over ``sock``; both fds are closed after."""
+    listener = install_exec_notify()
+    try:
+        send_fd(sock, listener)
+    finally:
+        posix.close(listener)
+        posix.close(sock)
 
 
 # --- host side: how fence starts this helper ---------------------------------------------

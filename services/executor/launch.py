@@ -40,8 +40,12 @@ class LaunchError(Exception):
 class Sandbox:
     """A running sandbox: bwrap's pid, the sandbox init's pid, and signal relaying."""
 
-    def __init__(self, plan: SandboxPlan, relay_signals: bool = True):
+    def __init__(self, plan: SandboxPlan, relay_signals: bool = True, inherit: dict[int, int] | None = None):
+        """``inherit``: more fds for bwrap, ``{number in bwrap: our fd}`` (our fds above 10, close-on-exec;
+        bwrap passes inherited fds on to the sandbox's command).  ``{fd: fd}`` keeps the number: a dup2
+        onto itself clears close-on-exec (glibc 2.29+)."""
         self.plan = plan
+        self.inherit = dict(inherit or {})
         self.relay_signals = relay_signals
         self.pid = 0
         self.init_pid = 0
@@ -108,6 +112,7 @@ class Sandbox:
                 actions.append((os.POSIX_SPAWN_DUP2, seccomp_read, SECCOMP_FD))
             for end, fd in data_reads:
                 actions.append((os.POSIX_SPAWN_DUP2, end, fd))
+            actions += [(os.POSIX_SPAWN_DUP2, ours, target) for target, ours in self.inherit.items()]
             # own process group (Ctrl-C reaches fence only), or for a PTY run its own session with no
             # controlling terminal: nothing in the sandbox shares the user's terminal session
             group = {"setsid": True} if self.relay else {"setpgroup": 0}

@@ -12,6 +12,8 @@ ones), then the command.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import msgspec
 
 from fence.executor.mounts import FsView, filesystem_args, landlock_options
@@ -69,6 +71,12 @@ class SandboxPlan(msgspec.Struct):
     """(fd, content) the launcher hands to bwrap for each ``--ro-bind-data FD DEST``."""
     pty: bool = False
     """The launcher gives the command a fresh pseudo-terminal and relays it (``fence.executor.ptyrelay``)."""
+    exec_denied: list[str] = []
+    """Files masked by the runtime exec policy (``--ro-bind /dev/null``): no Landlock rule may grant
+    EXECUTE on them (Landlock only allows, so the rules granting EXECUTE must leave these out)."""
+    exec_notify_fd: int = 0
+    """Non-zero: the exec supervisor's socket, which bwrap must inherit under this same number (the init
+    helper is told it with ``--exec-notify``; above 10, clear of every fixed fd bwrap is given)."""
 
     @property
     def summary(self) -> str:
@@ -115,7 +123,8 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
                  listen_inside: list[tuple[str, int]] = (), fs: FsView | None = None,
                  seccomp: tuple[bytes, str] = (b"", ""), share_net: bool = False,
                  extra_env: dict[str, str] | None = None, files: list[tuple[str, bytes]] = (),
-                 debug: bool = False, new_session: bool = True, pty: bool = False) -> SandboxPlan:
+                 debug: bool = False, new_session: bool = True, pty: bool = False,
+                 exec_masks: Sequence[str] = (), exec_notify: int = 0) -> SandboxPlan:
     """Build the bwrap invocation for ``command`` under ``policy``.
 
     Layers: the filesystem view of ``fs`` (``fence.executor.mounts``; default:
@@ -133,6 +142,15 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     With ``pty`` the command is started through fence's PTY shim (the host's
     interpreter, ``host.python``), which makes the PTY the command's
     controlling terminal in a session of its own (``fence.executor.ptyrelay``).
+
+    ``exec_masks``: files no process in the sandbox may execute
+    (``fence.executor.execdeny``), covered with /dev/null after every other
+    filesystem mount (reference §6.2 step 12); those under a directory the
+    sandbox sees as an empty tmpfs are already out of reach and skipped, and
+    Landlock grants them no EXECUTE.
+    ``exec_notify``: the fd of the exec supervisor's socket (runtimeExecPolicy
+    "argv", ``fence.executor.execsupervisor``); the command starts through the
+    init helper with ``--exec-notify`` that fd.
     """
     if not command:
         raise ValueError("empty command")
@@ -159,6 +177,10 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
         fd = DATA_FD + i
         args += ["--perms", "0644", "--ro-bind-data", str(fd), path]
         data_files.append((fd, bytes(content)))
+    hidden = ["/tmp", *host.masked_dirs, *(p for p, is_dir in view.deny_read if is_dir)]
+    exec_denied = _exec_masks(exec_masks, hidden)
+    for path in exec_denied:
+        args += ["--ro-bind", "/dev/null", path]
     args += ["--chdir", cwd, "--info-fd", str(INFO_FD)]
     if listen_inside:
         args += ["--block-fd", str(BLOCK_FD)]
@@ -171,8 +193,11 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
 
         args += shim_command(host.python)
     landlock = wants_landlock(view) and host.landlock_abi > 0 and bool(host.helper)
+    notify = ["--exec-notify", str(exec_notify)] if exec_notify else []
     if landlock:
-        args += [*host.helper, *landlock_options(view), *(["--debug"] if debug else []), "--"]
+        args += [*host.helper, *landlock_options(view), *notify, *(["--debug"] if debug else []), "--"]
+    elif exec_notify:
+        args += [*(host.helper or _init_helper()), *notify, "--no-landlock", "--"]
     args += command
 
     clean, stripped = sanitize_env(env)
@@ -200,8 +225,28 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     else:
         layers.append("landlock(not needed)")
     layers.append("userns(no-nesting)+cap-drop(ALL)" if host.is_root else "userns(no-nesting)")
+    if exec_denied:
+        layers.append(f"exec-deny({len(exec_denied)} files)")
+    if exec_notify:
+        layers.append("exec-argv(seccomp-unotify)")
     if pty:
         layers.append("pty" if not new_session else "pty(new-session)")
     return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers,
                        block_fd=BLOCK_FD if listen_inside else 0, listen_inside=list(listen_inside),
-                       seccomp_program=program, data_files=data_files, pty=pty)
+                       seccomp_program=program, data_files=data_files, pty=pty,
+                       exec_denied=exec_denied, exec_notify_fd=exec_notify)
+def _exec_masks(paths: Sequence[str], hidden: list[str]) -> list[str]:
+    """``paths`` minus those inside a directory the sandbox sees as an empty tmpfs."""
+    out = []
+    for path in paths:
+        if not any(path == d or path.startswith(d.rstrip("/") + "/") for d in hidden) and path not in out:
+            out.append(path)
+    return out
+
+
+def _init_helper() -> list[str]:
+    """``python -I -S .../landlock.py``: the in-sandbox init helper (reads no more than a .pyc header)."""
+    from fence.executor.landlock import helper_command
+
+    return helper_command()
+

@@ -105,7 +105,12 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     finish_attach = None
     forwarder = None
     handed: list = []  # the open hand-off connection to a supervisor's proxy (kept for the sandbox's life)
+    runtime = None
     try:
+        from fence.executor import runtimeexec
+
+        runtime = runtimeexec.prepare(policy, req.env, req.cwd, sandbox_id, bus, RuleSources.from_reply(resolved),
+                                      debug=req.debug)
         host_listeners = []
         if out_ports or published:
             from fence.executor import portfwd
@@ -128,7 +133,7 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
                             seccomp=seccomp_for(policy),
                             listen_inside=proxy_listen + network.outbound_listeners(out_ports),
                             share_net=shared, extra_env=extra_env, files=files, debug=req.debug,
-                            new_session=new_session, pty=pty)
+                            new_session=new_session, pty=pty, **runtime.plan_args())
         if req.debug:
             debug_plan(plan)
             for name, value in facts.env.items():
@@ -142,13 +147,15 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         if proxy_listen and attach is None:
             prepare = _hand_over_to(opened, len(proxy_listen), handed)
         try:
-            sandbox = Sandbox(plan, relay_signals).start(prepare)
+            sandbox = Sandbox(plan, relay_signals, inherit=runtime.inherit()).start(prepare)
         except BaseException as e:
             for sock in host_listeners:
                 sock.close()
             if isinstance(e, LaunchError):
                 raise FenceError(str(e)) from None
             raise
+        finally:
+            runtime.spawned()
         proxy_socks = sandbox.listeners[:len(proxy_listen)]
         if proxy_socks and attach is not None:  # connections queue in the backlog until the proxy serves them
             finish_attach = network.attach_on_first_connection(attach, sandbox_id, proxy_socks)
@@ -164,6 +171,8 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
                                                     signal=signum))
         return code
     finally:
+        if runtime is not None:
+            runtime.close()
         if facts.protection.watch:
             _quarantine(facts.protection.watch, sandbox_id)
         if finish_attach is not None:

@@ -12,7 +12,8 @@ from collections import deque
 from typing import TextIO
 
 from fence.bus import Bus
-from fence.messages import Event, LifecycleEvent, NetDecisionEvent, RecentEventsReply, RecentEventsRequest
+from fence.messages import (Event, ExecBlockedEvent, LifecycleEvent, NetDecisionEvent, RecentEventsReply,
+                            RecentEventsRequest)
 from fence.service import Endpoint, Service
 from fence.subjects import EVENTS_ALL, MONITOR_RECENT
 
@@ -55,8 +56,22 @@ def console_lines(event: Event, debug: bool, monitor: bool = False) -> list[str]
         from fence.proxy.lines import net_lines
 
         return net_lines(event, debug, monitor)
+    if isinstance(event, ExecBlockedEvent):
+        return [exec_line(event)] if (debug or monitor) else []
     line = console_line(event, debug)
     return [line] if line else []
+
+
+def exec_line(event: ExecBlockedEvent) -> str:
+    """``[fence:exec] 12:00:01 ✗ exec "git push origin main" (pid 4242) matches "git push"``."""
+    import time
+
+    from fence.executor.preflight import go_quote
+
+    clock = time.strftime("%H:%M:%S", time.localtime(event.ts))
+    shown = " ".join(event.argv) or event.path
+    why = f"matches {go_quote(event.rule)}" if event.rule else f"unchecked: {event.reason}"
+    return f"[fence:exec] {clock} ✗ exec {go_quote(shown[:200])} (pid {event.pid}) {why}"
 
 
 def console_line(event: Event, debug: bool) -> str:
