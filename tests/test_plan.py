@@ -100,12 +100,12 @@ def pty_plan(new_session):
                         new_session=new_session, pty=True)
 
 
-def test_pty_plan_runs_the_command_through_the_shim():
+def test_pty_plan_runs_the_command_through_the_init_helper():
     p = pty_plan(new_session=False)
     assert p.pty and "--new-session" not in p.argv
     tail = p.argv[p.argv.index("--") + 1:]
-    assert tail[:3] == ["/usr/bin/python3", "-I", "-S"] and tail[3].endswith("/ptyshim.py")
-    assert tail[4:] == ["vim", "x"] and p.command == ["vim", "x"]
+    assert tail[:3] == ["/usr/bin/python3", "-I", "-S"] and "landlock" in tail[3]
+    assert tail[4:] == ["--no-landlock", "--pty", "--", "vim", "x"] and p.command == ["vim", "x"]
     assert p.summary.endswith(", pty")
     forced = pty_plan(new_session=True)
     assert forced.argv[1] == "--new-session" and forced.summary.endswith(", pty(new-session)")
@@ -114,12 +114,15 @@ def test_pty_plan_runs_the_command_through_the_shim():
 def test_no_pty_plan_is_unchanged():
     p = plan()
     assert not p.pty and p.argv[1] == "--new-session" and "pty" not in p.summary
-    assert "ptyshim.py" not in " ".join(p.argv)
+    assert "--pty" not in p.argv and "-I" not in p.argv
 
 
-def test_pty_plan_needs_an_interpreter():
-    with pytest.raises(ValueError):
-        plan_sandbox(Policy(), ["sh"], "/", {}, HostFacts(bwrap="/b", is_root=False), pty=True)
+def test_one_helper_carries_landlock_exec_notify_and_pty():
+    host = HostFacts(bwrap="/b", is_root=False, python="/py", landlock_abi=7, helper=("/py", "-I", "-S", "/h.pyc"))
+    p = plan_sandbox(Policy(), ["sh"], "/w", {}, host, fs=FsView(write=[("/w", True)]), exec_notify=12, pty=True)
+    tail = p.argv[p.argv.index("--") + 1:]
+    assert tail[:4] == ["/py", "-I", "-S", "/h.pyc"] and tail.count("/py") == 1
+    assert tail[-7:] == ["-w", "/w", "--exec-notify", "12", "--pty", "--", "sh"]
 
 
 def test_allow_pty_is_granted_now():

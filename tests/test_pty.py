@@ -90,7 +90,7 @@ def test_command_owns_a_fresh_terminal(fence):
     tty_line = screen.split("started (pid")[1].splitlines()[1]
     assert tty_line.startswith("/dev/") and tty_line != "not a tty"
     sandboxed = next(line for line in screen.splitlines() if line.startswith("[fence] Sandboxed command:"))
-    assert "--new-session" not in sandboxed and "ptyshim.py sh -c" in sandboxed
+    assert "--new-session" not in sandboxed and "--pty -- sh -c" in sandboxed
     assert "[fence:linux] Sandbox: " in screen and ", pty\n" in screen
     assert "is not granted" not in screen
 
@@ -201,7 +201,7 @@ def test_without_allow_pty_the_terminal_is_the_users_and_new_session_stays(fence
         assert term.wait() == 0
     screen = term.text.replace("\r\n", "\n")
     sandboxed = next(line for line in screen.splitlines() if line.startswith("[fence] Sandboxed command:"))
-    assert "--new-session" in sandboxed and "ptyshim" not in sandboxed
+    assert "--new-session" in sandboxed and "--pty" not in sandboxed
     assert ", pty" not in screen
     assert "tty-in True" in screen  # the user's terminal itself, in a new session: no controlling tty
     assert "session-leader False foreground None" in screen and "no /dev/tty" in screen
@@ -217,7 +217,7 @@ def test_force_new_session_keeps_new_session(fence, how):
         assert term.wait() == 0
     screen = term.text.replace("\r\n", "\n")
     sandboxed = next(line for line in screen.splitlines() if line.startswith("[fence] Sandboxed command:"))
-    assert "--new-session" in sandboxed and "ptyshim.py" in sandboxed
+    assert "--new-session" in sandboxed and "--pty --" in sandboxed
     assert ", pty(new-session)\n" in screen
     # the PTY still works in full: the command takes it as its controlling terminal in its own session
     assert "session-leader True foreground True" in screen
@@ -227,4 +227,4 @@ def test_allow_pty_without_a_terminal_changes_nothing(fence):
     cfg, work = config(fence)
     r = fence.run("-d", "-s", cfg, "--", "sh", "-c", "test -t 0 || echo no-tty", cwd=work)
     assert r.returncode == 0 and r.stdout == "no-tty\n"
-    assert "--new-session" in r.stderr and "ptyshim" not in r.stderr and ", pty" not in r.stderr
+    assert "--new-session" in r.stderr and "--pty" not in r.stderr and ", pty" not in r.stderr

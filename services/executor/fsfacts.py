@@ -104,7 +104,7 @@ def _source_path(label: str) -> str:
 
 def helper_read_paths(helper: tuple[str, ...]) -> list[str]:
     """What fence's in-sandbox helpers need readable under defaultDenyRead: the interpreter, its
-    standard library, and fence's executor package (the Landlock helper, the PTY shim, the ProxyCommand)."""
+    standard library, and fence's executor package (the init helper, the ProxyCommand)."""
     if not helper:
         return []
     package = os.path.dirname(helper[-1])

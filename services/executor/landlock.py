@@ -33,6 +33,10 @@ Options (each PATH/PORT option may repeat; order does not matter)::
                        refuse to run (exit 126) if any of that fails
   --no-landlock        apply no Landlock ruleset (for runs that only need the
                        helper's other duties)
+  --pty                allowPty runs: start a session (setsid) and make stdin,
+                       the PTY fence relays, its controlling terminal
+                       (TIOCSCTTY), so the command gets job control and
+                       Ctrl-C reaches its foreground group, never bwrap
 
 Everything not granted is denied for the rights this kernel's ABI knows.
 Paths that do not exist are skipped.  Rules on a non-directory get only the
@@ -119,19 +123,20 @@ def _load_libc():
             return copy, _ctypes.addressof(copy)
 
         return {"long": Long, "syscall": Func(("syscall", Libc)), "prctl": Func(("prctl", Libc)),
-                "sendmsg": Func(("sendmsg", Libc)), "buffer": buffer, **errno_access}
+                "sendmsg": Func(("sendmsg", Libc)), "ioctl": Func(("ioctl", Libc)), "buffer": buffer,
+                **errno_access}
     except (AttributeError, TypeError):  # a CPython that reshaped _ctypes: pay for the public module
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.syscall.restype = libc.prctl.restype = libc.sendmsg.restype = ctypes.c_long
+        libc.syscall.restype = libc.prctl.restype = libc.sendmsg.restype = libc.ioctl.restype = ctypes.c_long
 
         def buffer(data):
             copy = (ctypes.c_char * len(data)).from_buffer_copy(data)
             return copy, ctypes.addressof(copy)
 
         return {"long": ctypes.c_long, "syscall": libc.syscall, "prctl": libc.prctl, "sendmsg": libc.sendmsg,
-                "buffer": buffer, **errno_access}
+                "ioctl": libc.ioctl, "buffer": buffer, **errno_access}
 
 
 def _call(name, *args):
@@ -168,6 +173,7 @@ class Request:
         self.restrict_net = self.scope = self.audit = self.strict = self.debug = False
         self.no_landlock = False
         self.exec_notify = -1  # the unix socket fd for --exec-notify
+        self.pty = False
         self.command = []
 
 
@@ -192,7 +198,7 @@ def parse(argv):
         elif opt == "--exec-notify":
             req.exec_notify = _fd(_value(argv, i))
             i += 2
-        elif opt in ("--restrict-net", "--scope", "--audit", "--strict", "--debug", "--no-landlock"):
+        elif opt in ("--restrict-net", "--scope", "--audit", "--strict", "--debug", "--no-landlock", "--pty"):
             setattr(req, opt[2:].replace("-", "_"), True)
             i += 1
         else:
@@ -294,8 +300,42 @@ def _is_dir(mode):
 
 # --- environment and exec ----------------------------------------------------------------
 def clean_environ():
-    """The environment minus every ``LD_*`` (case-sensitive, as the reference); bytes, as posix keeps it."""
-    return {k: v for k, v in posix.environ.items() if not k.startswith(b"LD_")}
+    """The environment this process was started with, minus every ``LD_*`` (case-sensitive, as the
+    reference); bytes.  Read back from ``/proc/self/environ``, not ``posix.environ``: Python's start-up
+    may have added ``LC_CTYPE`` (C locale coercion), and the command must see the planned environment."""
+    try:
+        fd = posix.open("/proc/self/environ", posix.O_RDONLY | posix.O_CLOEXEC)
+    except OSError:
+        items = posix.environ.items()
+    else:
+        try:
+            chunks = []
+            while True:
+                chunk = posix.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            posix.close(fd)
+        items = [item.split(b"=", 1) for item in b"".join(chunks).split(b"\0") if b"=" in item]
+    return {k: v for k, v in items if not k.startswith(b"LD_")}
+
+
+TIOCSCTTY = 0x540E
+
+
+def take_terminal():
+    """``--pty``: a session of our own with the PTY on stdin as its controlling terminal.
+
+    bwrap's child leads no process group, so ``setsid`` succeeds; a failure
+    leaves the command on the PTY without job control (a warning, not a refusal:
+    the PTY is a convenience, the sandbox is unchanged).
+    """
+    try:
+        posix.setsid()
+        _call("ioctl", 0, TIOCSCTTY, 0)
+    except OSError as e:
+        _say(f"[fence] Warning: the PTY is not the command's controlling terminal: {e.strerror}")
 
 
 ENOENT, EPERM, ENOEXEC, EACCES, ENOTDIR = 2, 1, 8, 13, 20
@@ -358,6 +398,8 @@ def main(argv):
             _say(f"[fence:linux] Error: runtime exec policy \"argv\" unavailable (seccomp user notification: "
                  f"{e.strerror}): refusing to run")
             return 126
+    if req.pty:
+        take_terminal()
     problems = [] if req.no_landlock else _landlock(req)
     for problem in problems:
         if req.strict:

@@ -241,7 +241,7 @@ class Sandbox:
             return
         pgid = _process_group(pid)
         try:
-            if pgid and pgid != self.pid:  # never bwrap's own group (a PTY run, before the shim's setsid)
+            if pgid and pgid != self.pid:  # never bwrap's own group (a PTY run, before the init helper's setsid)
                 os.killpg(pgid, signum)
             else:
                 os.kill(pid, signum)

@@ -48,7 +48,7 @@ class HostFacts(msgspec.Struct, frozen=True):
     helper: tuple[str, ...] = ()
     """The init helper's command prefix (``python -I -S landlock.py``), run first inside when Landlock is used."""
     python: str = ""
-    """This interpreter (``sys.executable``): runs fence's small helpers inside the sandbox (the PTY shim)."""
+    """This interpreter (``sys.executable``): runs fence's init helper inside the sandbox (PTY and argv-policy runs)."""
 
 
 class SandboxPlan(msgspec.Struct):
@@ -139,8 +139,7 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     (the generated ssh_config of filtered runs, ``sshproxy.py``); bwrap reads
     each from a pipe, so nothing is written on the host.
 
-    With ``pty`` the command is started through fence's PTY shim (the host's
-    interpreter, ``host.python``), which makes the PTY the command's
+    With ``pty`` the init helper (``--pty``) makes the PTY the command's
     controlling terminal in a session of its own (``fence.executor.ptyrelay``).
 
     ``exec_masks``: files no process in the sandbox may execute
@@ -154,8 +153,6 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     """
     if not command:
         raise ValueError("empty command")
-    if pty and not host.python:
-        raise ValueError("a PTY run needs host.python for its shim")
     view = fs if fs is not None else FsView()
     args = [host.bwrap] + (["--new-session"] if new_session else []) + ["--die-with-parent", "--unshare-pid"]
     if not share_net:  # only relaxed "*" mode shares the host network (documented as weaker)
@@ -188,16 +185,16 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     if program:
         args += ["--seccomp", str(SECCOMP_FD)]
     args.append("--")
-    if pty:
-        from fence.executor.ptyrelay import shim_command
-
-        args += shim_command(host.python)
+    # One init helper, one interpreter start, for every duty inside: Landlock,
+    # the argv policy's listener, taking the PTY as controlling terminal.
     landlock = wants_landlock(view) and host.landlock_abi > 0 and bool(host.helper)
-    notify = ["--exec-notify", str(exec_notify)] if exec_notify else []
-    if landlock:
-        args += [*host.helper, *landlock_options(view), *notify, *(["--debug"] if debug else []), "--"]
-    elif exec_notify:
-        args += [*(host.helper or _init_helper()), *notify, "--no-landlock", "--"]
+    duties = landlock_options(view) if landlock else ["--no-landlock"]
+    if exec_notify:
+        duties += ["--exec-notify", str(exec_notify)]
+    if pty:
+        duties.append("--pty")
+    if landlock or exec_notify or pty:
+        args += [*(host.helper or _init_helper(host.python)), *duties, *(["--debug"] if debug and landlock else []), "--"]
     args += command
 
     clean, stripped = sanitize_env(env)
@@ -244,9 +241,13 @@ def _exec_masks(paths: Sequence[str], hidden: list[str]) -> list[str]:
     return out
 
 
-def _init_helper() -> list[str]:
-    """``python -I -S .../landlock.py``: the in-sandbox init helper (reads no more than a .pyc header)."""
+def _init_helper(python: str = "") -> list[str]:
+    """``python -I -S .../landlock.py``: the in-sandbox init helper (reads no more than a .pyc header),
+    run by the real interpreter (``host.python``) when known: a venv's symlink need not be visible inside."""
     from fence.executor.landlock import helper_command
 
-    return helper_command()
+    command = helper_command()
+    if python:
+        command[0] = python
+    return command
 

@@ -2,13 +2,13 @@
 
 Only a PTY run imports this module.  Three parts:
 
-* **The shim** (``fence.executor.ptyshim``, run inside the sandbox by the
-  host's interpreter, ``python -I -S``): ``setsid()`` + ``TIOCSCTTY`` on its
-  stdin, the PTY's slave, then exec the command.  The command thus owns the
+* **Inside** (the init helper ``fence.executor.landlock`` with ``--pty``, run
+  by the host's interpreter, ``python -I -S``): ``setsid()`` + ``TIOCSCTTY`` on
+  its stdin, the PTY's slave, then (after Landlock) exec the command.  The command thus owns the
   PTY as its controlling terminal in a session of its own: ``/dev/tty``
   works, a shell does job control, and keyboard signals (the PTY's line
   discipline turns a Ctrl-C byte into SIGINT) reach the PTY's foreground
-  process group only.  Why not simply let bwrap own the terminal (no shim):
+  process group only.  Why not simply let bwrap own the terminal (no helper):
   bwrap's own process, outside the sandbox, would then sit in the terminal's
   foreground group, and a Ctrl-C would kill bwrap and with it the whole
   sandbox (``--die-with-parent``) before the command could handle SIGINT.
@@ -63,11 +63,6 @@ JOB_SIGNALS = (signal.SIGTSTP, signal.SIGCONT)
 
 _MAX_INPUT = 1 << 16
 """Bytes typed ahead that wait for the command to read them; past this stdin is not read."""
-
-
-def shim_command(python: str) -> list[str]:
-    """What goes between bwrap's ``--`` and the command in a PTY run (``fence.executor.ptyshim``)."""
-    return [python, "-I", "-S", os.path.join(os.path.dirname(__file__), "ptyshim.py")]
 
 
 class PtyRelay:
