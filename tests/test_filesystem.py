@@ -402,3 +402,12 @@ def test_ld_preload_library_is_never_loaded(fence, preload_library):
     assert r.returncode == 0 and "done" in r.stdout
     assert "PRELOADED" not in r.stderr
     assert "[fence] Stripped dangerous env vars: [LD_AUDIT LD_PRELOAD]" in r.stderr
+
+
+def test_init_helper_passes_the_environment_unchanged(fence):
+    """Python's C-locale coercion adds LC_CTYPE to its own environ; the command must not inherit that."""
+    work = _workspace(fence)  # writable: the init helper (Landlock) runs
+    env = {k: v for k, v in fence.env().items() if not k.startswith(("LANG", "LC_"))}
+    r = fence.run("-d", "--", "env", cwd=str(work), env=env)
+    assert "landlock-v" in r.stderr or "landlock(unavailable)" in r.stderr
+    assert "LC_CTYPE" not in r.stdout and "FENCE_SANDBOX=1" in r.stdout
