@@ -192,6 +192,26 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(opts)
 
 
+def launch_environ() -> dict[str, str]:
+    """The environment fence was started with: what the sandbox inherits (minus what the plan strips).
+
+    Read back from ``/proc/self/environ`` rather than ``os.environ``: Python's
+    start-up adds ``LC_CTYPE`` there when the locale is C (PEP 538), and the
+    user's command must not see a variable the user never set.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return dict(os.environ)
+    env = {}
+    for item in raw.split(b"\0"):
+        name, sep, value = item.partition(b"=")
+        if sep and name:
+            env[os.fsdecode(name)] = os.fsdecode(value)
+    return env
+
+
 def run_command(opts: RunOptions) -> int:
     from fence.executor.host import HostError, host_facts, which
     from fence.executor.runner import FenceError, RunRequest, new_sandbox_id
@@ -209,7 +229,7 @@ def run_command(opts: RunOptions) -> int:
     else:
         return error("no command specified. Use -c <command> or provide command arguments")
 
-    env = dict(os.environ)
+    env = launch_environ()
     if not which(command[0], env.get("PATH", "")):
         print(f"Error: command not found: {command[0]}", file=sys.stderr)
         return 127
