@@ -191,7 +191,7 @@ def test_plan_with_exec_notify_starts_the_command_through_the_helper():
     plan = plan_sandbox(Policy(), ["git", "status"], "/w", {}, HOST, exec_notify=17)
     tail = plan.argv[plan.argv.index("--") + 1:]
     assert tail[1:3] == ["-I", "-S"] and "landlock" in tail[3]
-    assert tail[4:] == ["--exec-notify", "17", "--no-landlock", "--", "git", "status"]
+    assert tail[4:] == ["--no-landlock", "--exec-notify", "17", "--", "git", "status"]
     assert plan.exec_notify_fd == 17 and "exec-argv(seccomp-unotify)" in plan.layers
 
 

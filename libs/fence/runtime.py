@@ -101,6 +101,40 @@ def ensure_private_dir(path: str) -> str:
     return path
 
 
+def read_cache(path: str, max_size: int = 1 << 20) -> bytes | None:
+    """A cache file's bytes, or None when missing, too big or not trustworthy.
+
+    Trusted only when it is a regular file (not followed through a link) owned
+    by this user and writable by nobody else: the cache directory is fence's
+    own, but a stale or planted file must never steer a sandbox.
+    """
+    if not path:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022 or st.st_size > max_size:
+            return None
+        data = os.read(fd, st.st_size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) == st.st_size else None
+
+
+def write_cache(path: str, data: bytes) -> None:
+    """Best effort (0600, atomic, in a 0700 directory): a cache not written only costs work next time."""
+    try:
+        ensure_private_dir(os.path.dirname(path))
+        write_private(path, data)
+    except OSError:
+        pass
+
+
 def write_private(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically with mode 0600 (tmp + fsync-free rename).
 

@@ -433,35 +433,20 @@ def _cached(names: list[str], accept: tuple[str, ...], path: str, cwd: str, cach
 
 
 def _read_cached(path: str) -> _Cached | None:
-    """The entry, or None when missing, unreadable or not trustworthy (not ours, writable by others)."""
+    """The entry, or None when missing, unreadable or not trustworthy (``fence.runtime.read_cache``)."""
+    from fence.runtime import read_cache
+
+    data = read_cache(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022 or st.st_size > 1 << 20:
-            return None
-        data = os.read(fd, st.st_size)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    try:
-        return msgspec.json.decode(data, type=_Cached)
+        return msgspec.json.decode(data, type=_Cached) if data else None
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
 
 
 def _write_cached(path: str, entry: _Cached) -> None:
-    """Best effort: a cache that cannot be written just means planning again next time."""
-    from fence.runtime import ensure_private_dir, write_private
+    from fence.runtime import write_cache
 
-    try:
-        ensure_private_dir(os.path.dirname(path))
-        write_private(path, msgspec.json.encode(entry))
-    except OSError:
-        pass
+    write_cache(path, msgspec.json.encode(entry))
 
 
 def debug_lines(result: ExecDeny) -> list[str]:

@@ -270,26 +270,19 @@ def run_quiet(argv: list[str]) -> tuple[int, str]:
 
 
 def _read_cache(path: str) -> _Probed | None:
-    if not path:
-        return None
+    from fence.runtime import read_cache
+
+    data = read_cache(path)
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-                return None
-            return msgspec.json.decode(f.read(), type=_Probed)
-    except (OSError, msgspec.ValidationError, msgspec.DecodeError):
+        return msgspec.json.decode(data, type=_Probed) if data else None
+    except (msgspec.ValidationError, msgspec.DecodeError):
         return None
 
 
 def _write_cache(path: str, probed: _Probed) -> None:
-    from fence.runtime import ensure_private_dir, write_private
+    from fence.runtime import write_cache
 
-    try:
-        ensure_private_dir(os.path.dirname(path))
-        write_private(path, msgspec.json.encode(probed))
-    except OSError:
-        pass
+    write_cache(path, msgspec.json.encode(probed))
 
 
 # output ---------------------------------------------------------------------------------

@@ -96,13 +96,9 @@ def probe(fields: dict) -> NetnsState:
 
 def write(path: str, found: NetnsState) -> None:
     """Store a probe result (0600, atomically); failures only cost a probe next time."""
-    from fence.runtime import ensure_private_dir, write_private
+    from fence.runtime import write_cache
 
-    try:
-        ensure_private_dir(os.path.dirname(path))
-        write_private(path, msgspec.json.encode(found))
-    except OSError:
-        pass
+    write_cache(path, msgspec.json.encode(found))
 
 
 def key(bwrap: str) -> dict:
@@ -144,13 +140,11 @@ def cache_path(cache_dir: str | None = None, userns: int | None = None) -> str:
 
 
 def _read(path: str) -> NetnsState | None:
-    if not path:
-        return None
+    """Only our own, private answer is trusted (``fence.runtime.read_cache``)."""
+    from fence.runtime import read_cache
+
+    data = read_cache(path)
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-                return None  # only our own, private answer is trusted
-            return msgspec.json.decode(f.read(), type=NetnsState)
-    except (OSError, msgspec.ValidationError, msgspec.DecodeError):
+        return msgspec.json.decode(data, type=NetnsState) if data else None
+    except (msgspec.ValidationError, msgspec.DecodeError):
         return None

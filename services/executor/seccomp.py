@@ -162,30 +162,17 @@ def cache_name(ruleset: tuple[Rule, ...], arch_native_only: bool) -> str:
 
 
 def _read_cached(path: str) -> bytes:
-    """The cached program, or b"" when missing or not trustworthy (not ours, writable by others, odd size)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return b""
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022 or st.st_size % 8 or not 0 < st.st_size < 65536:
-            return b""
-        data = os.read(fd, st.st_size)
-    finally:
-        os.close(fd)
-    return data if len(data) == st.st_size else b""
+    """The cached program, or b"" when missing, not trustworthy or not a whole BPF program."""
+    from fence.runtime import read_cache
+
+    data = read_cache(path, max_size=65535) or b""
+    return data if len(data) % 8 == 0 else b""
 
 
 def _write_cached(path: str, program: bytes) -> None:
-    """Best effort: a cache that cannot be written just means compiling next time too."""
-    from fence.runtime import ensure_private_dir, write_private
+    from fence.runtime import write_cache
 
-    try:
-        ensure_private_dir(os.path.dirname(path))
-        write_private(path, program)
-    except OSError:
-        pass
+    write_cache(path, program)
 
 
 def compile_rules(ruleset: tuple[Rule, ...], *, arch_native_only: bool = True) -> bytes:
