@@ -7,6 +7,9 @@ is opened and closed, and the monitor keeps the events.
 
 import os
 import sys
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +88,29 @@ def test_preflight_block_is_an_event_and_nothing_starts():
         run_sync(run(bus, req, host_facts()))
     assert len(seen) == 1 and isinstance(seen[0], PreflightBlockedEvent)
     assert seen[0].rule == "reboot" and seen[0].default_rule and seen[0].sandbox == req.sandbox
+
+
+def test_quarantine_is_an_event(tmp_path_factory):
+    """A protected name the sandbox creates is moved aside after the run and published on .fs."""
+    from fence.messages import ProtectedPathEvent
+
+    work = Path(tempfile.mkdtemp(prefix="fence-quarantine-", dir="/var/tmp"))
+    try:
+        (work / "fence.json").write_text('{"filesystem": {"allowWrite": ["."]}}')
+        bus = InProcessBus()
+        for service in (ConfigService(), ProxyService(), MonitorService()):
+            run_sync(service.start(bus))
+        seen = []
+
+        async def record(event):
+            seen.append(event)
+
+        run_sync(bus.subscribe("fence.events.*.fs", Event, record))
+        req = RunRequest(command=["sh", "-c", "echo {} > .mcp.json"], cwd=str(work),
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(work)}, sandbox=new_sandbox_id())
+        assert run_sync(run(bus, req, host_facts())) == 0
+        assert [type(e) for e in seen] == [ProtectedPathEvent]
+        assert seen[0].path == str(work / ".mcp.json") and seen[0].moved_to.startswith(str(work / ".mcp.json.fence-q"))
+        assert not (work / ".mcp.json").exists() and Path(seen[0].moved_to).exists()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

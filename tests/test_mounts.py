@@ -97,6 +97,6 @@ def test_quarantine_moves_new_paths_and_only_real_hooks(tmp_path):
     (hooks / "pre-commit").write_text("x")
     (hooks / "pre-commit.sample").write_text("x")
     moved = quarantine([str(tmp_path / ".mcp.json"), str(hooks), str(tmp_path / "absent")], "id1")
-    assert sorted(os.path.basename(t) for _, t in moved) == [".mcp.json.fence-quarantine-id1",
+    assert sorted(os.path.basename(t) for _, t, _ in moved) == [".mcp.json.fence-quarantine-id1",
                                                               "pre-commit.fence-quarantine-id1"]
     assert (hooks / "pre-commit.sample").exists()

@@ -239,7 +239,23 @@ class ExecBlockedEvent(Message):
     reason: str = ""
 
 
-Event = LifecycleEvent | NetDecisionEvent | PreflightBlockedEvent | ExecBlockedEvent
+class ProtectedPathEvent(Message):
+    """The sandbox created a path that mandatory protection covers; fence moved it aside after the run.
+
+    Published on ``fence.events.<sandbox>.fs`` once the sandbox has ended
+    (``fence.executor.protect``).  ``moved_to`` is the quarantine name, or ""
+    with ``error`` set when the rename failed (the path is then still there:
+    the warning on stderr says so too).
+    """
+
+    sandbox: str
+    ts: float
+    path: str
+    moved_to: str = ""
+    error: str = ""
+
+
+Event = LifecycleEvent | NetDecisionEvent | PreflightBlockedEvent | ExecBlockedEvent | ProtectedPathEvent
 """Every event kind a monitor may receive (a tagged union as kinds are added)."""
 
 

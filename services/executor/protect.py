@@ -252,8 +252,8 @@ def _hooks_path(config: str) -> str:
     return value
 
 
-def quarantine(watch: list[str], sandbox: str) -> list[tuple[str, str]]:
-    """Move aside every watched path that now exists; returns (path, new path) for each.
+def quarantine(watch: list[str], sandbox: str) -> list[tuple[str, str, str]]:
+    """Move aside every watched path that now exists; returns (path, new path, error) for each.
 
     Runs after the sandbox ended.  A rename in the same directory cannot fail
     for space and keeps the content for the user to inspect.
@@ -272,7 +272,7 @@ def quarantine(watch: list[str], sandbox: str) -> list[tuple[str, str]]:
             try:
                 os.rename(path, target)
             except OSError as e:
-                moved.append((path, f"NOT MOVED ({e.strerror})"))
+                moved.append((path, "", e.strerror))
             else:
-                moved.append((path, target))
+                moved.append((path, target, ""))
     return moved

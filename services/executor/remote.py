@@ -21,12 +21,16 @@ from fence.executor.plan import HostFacts
 from fence.executor.runner import FenceError, RunRequest, run
 
 
+EVENT_ECHO_WAIT = 1.0
+"""How long a supervised run with -d/-m waits for its own "exited" event to come back before it leaves."""
+
+
 def run_over_nats(url: str, supervisor, req: RunRequest, host: HostFacts, monitor: bool = False) -> int:
     import asyncio
 
     import uvloop
 
-    from fence.messages import Event
+    from fence.messages import Event, LifecycleEvent
     from fence.monitor.service import console_lines
     from fence.natsbus import NatsBus
 
@@ -58,14 +62,23 @@ def run_over_nats(url: str, supervisor, req: RunRequest, host: HostFacts, monito
 
         for sig in FORWARDED_SIGNALS:
             loop.add_signal_handler(sig, on_signal, sig)
+        started, ended = asyncio.Event(), asyncio.Event()
         try:
             if req.debug or monitor:
                 async def show(event: Event) -> None:
                     for line in console_lines(event, req.debug, monitor):
                         print(line, file=sys.stderr, flush=True)
+                    if isinstance(event, LifecycleEvent):
+                        (ended if event.phase == "exited" else started).set()
 
                 await bus.subscribe(f"fence.events.{req.sandbox}.>", Event, show)
-            return await run(bus, req, host, wait=wait, relay_signals=False)
+            code = await run(bus, req, host, wait=wait, relay_signals=False)
+            if started.is_set():  # our own events come back over NATS: show the last ones before leaving
+                try:
+                    await asyncio.wait_for(ended.wait(), EVENT_ECHO_WAIT)
+                except asyncio.TimeoutError:
+                    pass
+            return code
         except BusError as e:
             raise FenceError(f"supervisor bus: {e}") from None
         finally:

@@ -99,7 +99,8 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         if not published:
             print("[fence] Skipping reverse bridge (no network namespace, ports accessible directly)",
                   file=sys.stderr)
-    opened = await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
+    # No allowed domain: nothing to proxy, so no session (two bus round trips saved on every such run)
+    opened = ProxySessionOpened(sandbox=sandbox_id) if net_mode == "none" else await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
         sandbox=sandbox_id, network=policy.network, loopback=shared), ProxySessionOpened)
     lifecycle = event(sandbox_id, "lifecycle")
     finish_attach = None
@@ -174,13 +175,14 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         if runtime is not None:
             runtime.close()
         if facts.protection.watch:
-            _quarantine(facts.protection.watch, sandbox_id)
+            await _quarantine(bus, facts.protection.watch, sandbox_id)
         if finish_attach is not None:
             finish_attach()
         if forwarder is not None:
             forwarder.close()
         try:
-            await bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=sandbox_id), ProxySessionClosed)
+            if net_mode != "none":
+                await bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=sandbox_id), ProxySessionClosed)
         except BusError as e:
             print(f"[fence] Warning: closing proxy session {sandbox_id} failed: {e}", file=sys.stderr)
         for conn in handed:  # the proxy also ends the session when this closes (if the request above failed)
@@ -298,12 +300,24 @@ def _user_config_dir(env: dict[str, str]) -> str:
     return user_config_dir(env.get("HOME", "/"), env.get("XDG_CONFIG_HOME", ""))
 
 
-def _quarantine(watch: list[str], sandbox_id: str) -> None:
-    """Protected names the sandbox created are moved aside (see fence.executor.protect)."""
+async def _quarantine(bus: Bus, watch: list[str], sandbox_id: str) -> None:
+    """Protected names the sandbox created are moved aside (see fence.executor.protect), said on
+    stderr and published as ``ProtectedPathEvent`` on ``fence.events.<sandbox>.fs``."""
     from fence.executor.protect import quarantine
+    from fence.messages import ProtectedPathEvent
 
-    for path, target in quarantine(watch, sandbox_id):
-        print(f"[fence] Warning: the sandbox created protected path {path}: moved to {target}", file=sys.stderr)
+    for path, target, error in quarantine(watch, sandbox_id):
+        if error:
+            print(f"[fence] Warning: the sandbox created protected path {path}, and it could not be moved "
+                  f"aside ({error}): remove it before using this directory", file=sys.stderr)
+        else:
+            print(f"[fence] Warning: the sandbox created protected path {path}: moved to {target}",
+                  file=sys.stderr)
+        try:
+            await bus.publish(event(sandbox_id, "fs"), ProtectedPathEvent(
+                sandbox=sandbox_id, ts=time.time(), path=path, moved_to=target, error=error))
+        except BusError as e:
+            print(f"[fence] Warning: cannot publish the quarantine event: {e}", file=sys.stderr)
 
 def terminal_mode(policy, req: RunRequest, host: HostFacts) -> tuple[bool, bool]:
     """``(pty, new_session)``: ``plan.session_mode`` fed with this process's terminals."""

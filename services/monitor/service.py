@@ -12,8 +12,8 @@ from collections import deque
 from typing import TextIO
 
 from fence.bus import Bus
-from fence.messages import (Event, ExecBlockedEvent, LifecycleEvent, NetDecisionEvent, RecentEventsReply,
-                            RecentEventsRequest)
+from fence.messages import (Event, ExecBlockedEvent, LifecycleEvent, NetDecisionEvent, ProtectedPathEvent,
+                            RecentEventsReply, RecentEventsRequest)
 from fence.service import Endpoint, Service
 from fence.subjects import EVENTS_ALL, MONITOR_RECENT
 
@@ -58,6 +58,8 @@ def console_lines(event: Event, debug: bool, monitor: bool = False) -> list[str]
         return net_lines(event, debug, monitor)
     if isinstance(event, ExecBlockedEvent):
         return [exec_line(event)] if (debug or monitor) else []
+    if isinstance(event, ProtectedPathEvent):
+        return []  # the run itself always warns on stderr (fence.executor.runner._quarantine)
     line = console_line(event, debug)
     return [line] if line else []
 
