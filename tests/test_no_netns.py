@@ -67,10 +67,25 @@ def test_filtered_runs_proxy_only_with_a_warning(fence, origin):
     assert blocked[0] == "Connection blocked by network allowlist" and blocked[-1].endswith("403")
     assert ("[fence:linux] Warning: Skipping --unshare-net (network namespace unavailable in this environment: "
             "bwrap: Creating new namespace failed") in r.stderr
-    assert "direct connections are NOT blocked" in r.stderr
+    assert ("direct TCP connections are blocked by Landlock, but UDP and other non-TCP traffic is NOT" in r.stderr
+            or "direct connections are NOT blocked" in r.stderr)
     assert "[fence:linux] Sandbox: bwrap(pid,fs)," in r.stderr
     sandboxed = next(line for line in r.stderr.splitlines() if line.startswith("[fence] Sandboxed command:"))
     assert "--unshare-net" not in sandboxed
+
+
+def test_landlock_keeps_tcp_to_the_proxies(fence, origin):
+    """Without a netns, a client ignoring the proxy env is stopped by Landlock's TCP rules (ABI 4+)."""
+    work = workdir(fence, {"allowedDomains": ["127.0.0.1"]})
+    script = (f"curl -sS --max-time 5 --noproxy '*' http://127.0.0.1:{origin}/ && echo DIRECT; "
+              f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {origin}), 3)' && echo PY; "
+              f"NO_PROXY= no_proxy= curl -sS --max-time 10 http://127.0.0.1:{origin}/")
+    r = run_without_netns(fence, work, "-d", "-c", script)
+    if "landlock-v" not in r.stderr or "(tcp-connect)" not in r.stderr:
+        pytest.skip("Landlock TCP rules (ABI 4) unavailable here")
+    assert "DIRECT" not in r.stdout and "PY" not in r.stdout, r.stderr
+    assert r.stdout.endswith(MARKER), r.stderr  # through the proxy it still works
+    assert "direct TCP connections are blocked by Landlock" in r.stderr
 
 
 def test_warning_is_printed_without_debug_too(fence, origin):

@@ -1,5 +1,6 @@
 """The planner is pure: these run nothing."""
 
+import msgspec
 import pytest
 
 from fence.executor.coverage import ungranted
@@ -127,3 +128,15 @@ def test_one_helper_carries_landlock_exec_notify_and_pty():
 
 def test_allow_pty_is_granted_now():
     assert ungranted(Policy(allow_pty=True)) == []
+
+
+def test_shared_network_gets_landlock_tcp_connect_rules_and_scope():
+    host = HostFacts(bwrap="/b", is_root=False, python="/py", landlock_abi=7, helper=("/py", "-I", "-S", "/h.pyc"))
+    p = plan_sandbox(Policy(), ["curl"], "/w", {}, host, share_net=True, net_connect=[40001, 40002])
+    tail = p.argv[p.argv.index("--") + 1:]
+    for part in (["--restrict-net", "--connect-only"], ["--connect", "40001"], ["--connect", "40002"], ["--scope"]):
+        assert any(tail[i:i + len(part)] == part for i in range(len(tail))), part
+    assert "landlock-v7(tcp-connect)" in p.summary
+    old = plan_sandbox(Policy(), ["curl"], "/w", {}, msgspec.structs.replace(host, landlock_abi=3), share_net=True,
+                       net_connect=[])
+    assert "--restrict-net" not in old.argv and "landlock-v3" in old.summary

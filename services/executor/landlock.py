@@ -18,6 +18,8 @@ Options (each PATH/PORT option may repeat; order does not matter)::
                        e.g. read_file,write_file,truncate; see FS_RIGHTS)
   --connect PORT       allow TCP connect to PORT (implies --restrict-net)
   --bind PORT          allow TCP bind to PORT (implies --restrict-net)
+  --connect-only       with --connect: handle TCP connect only, binds stay free
+                       (fence's shared-network runs: only the proxies reachable)
   --restrict-net       handle TCP bind/connect (ABI 4+): only listed ports
   --scope              ABI 6+: no abstract unix sockets or signals across
                        the sandbox's Landlock domain boundary
@@ -171,6 +173,7 @@ class Request:
         self.connect = []
         self.bind = []
         self.restrict_net = self.scope = self.audit = self.strict = self.debug = False
+        self.connect_only = False
         self.no_landlock = False
         self.exec_notify = -1  # the unix socket fd for --exec-notify
         self.pty = False
@@ -198,7 +201,8 @@ def parse(argv):
         elif opt == "--exec-notify":
             req.exec_notify = _fd(_value(argv, i))
             i += 2
-        elif opt in ("--restrict-net", "--scope", "--audit", "--strict", "--debug", "--no-landlock", "--pty"):
+        elif opt in ("--restrict-net", "--scope", "--audit", "--strict", "--debug", "--no-landlock", "--pty",
+                     "--connect-only"):
             setattr(req, opt[2:].replace("-", "_"), True)
             i += 1
         else:
@@ -246,7 +250,8 @@ def apply(req, abi):
     abi = min(abi, KNOWN_ABI)
     fs = FS_BY_ABI.get(abi, FS_LATEST)
     missing = []
-    net = NET_BIND_TCP | NET_CONNECT_TCP if req.restrict_net and abi >= 4 else 0
+    handled = NET_CONNECT_TCP if req.connect_only else NET_BIND_TCP | NET_CONNECT_TCP
+    net = handled if req.restrict_net and abi >= 4 else 0
     if req.restrict_net and not net:
         missing.append(f"TCP port rules need ABI 4 (have {abi})")
     scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if req.scope and abi >= 6 else 0
@@ -262,7 +267,9 @@ def apply(req, abi):
             _add_path_rule(ruleset, path, rights & fs, req.debug)
         if net:
             for port in sorted(set(req.connect) | set(req.bind)):
-                allowed = (NET_CONNECT_TCP if port in req.connect else 0) | (NET_BIND_TCP if port in req.bind else 0)
+                allowed = ((NET_CONNECT_TCP if port in req.connect else 0) | (NET_BIND_TCP if port in req.bind else 0)) & net
+                if not allowed:
+                    continue
                 syscall(SYS_ADD_RULE, ruleset, RULE_NET_PORT, _u64(allowed) + _u64(port), 0)
         prctl(PR_SET_NO_NEW_PRIVS, 1)
         flags = LOG_SAME_EXEC_OFF | LOG_NEW_EXEC_ON if req.audit and abi >= 7 else 0

@@ -82,11 +82,17 @@ def outbound_warning(shared: bool, network: NetworkConfig) -> str:
     return ""
 
 
-def no_netns_warning(detail: str) -> str:
-    """Printed on every run that falls back to the host's network (never only with -d: it is weaker)."""
+def no_netns_warning(detail: str, tcp_blocked: bool = False) -> str:
+    """Printed on every run that falls back to the host's network (never only with -d: it is weaker).
+
+    ``tcp_blocked``: Landlock (ABI 4+) limits TCP connects to the proxies, so
+    only UDP (and other non-TCP traffic) escapes the filter.
+    """
+    escape = ("direct TCP connections are blocked by Landlock, but UDP and other non-TCP traffic is NOT"
+              if tcp_blocked else "direct connections are NOT blocked")
     return ("[fence:linux] Warning: Skipping --unshare-net (network namespace unavailable in this environment"
             f"{': ' + detail if detail else ''}): only programs that use HTTP_PROXY/ALL_PROXY are filtered; "
-            "direct connections are NOT blocked")
+            f"{escape}")
 
 
 def shared_network_refusal(net_mode: str, detail: str, env: dict[str, str]) -> str:
@@ -103,7 +109,8 @@ def shared_network_refusal(net_mode: str, detail: str, env: dict[str, str]) -> s
     return ("this environment cannot create a network namespace (bwrap --unshare-net: "
             f"{detail or 'failed'}), and the policy allows no network: the sandbox would have the host's "
             f"network. Refusing to run. Set {ALLOW_SHARED_ENV}=1 to run it anyway on the host's network "
-            "(direct connections are NOT blocked), or run where network namespaces can be created")
+            "(Landlock then blocks direct TCP connections where the kernel has ABI 4, but never UDP), "
+            "or run where network namespaces can be created")
 
 
 def proxy_env(net_mode: str, opened: ProxySessionOpened, shared: bool = False) -> dict[str, str]:

@@ -124,7 +124,8 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
                  seccomp: tuple[bytes, str] = (b"", ""), share_net: bool = False,
                  extra_env: dict[str, str] | None = None, files: list[tuple[str, bytes]] = (),
                  debug: bool = False, new_session: bool = True, pty: bool = False,
-                 exec_masks: Sequence[str] = (), exec_notify: int = 0) -> SandboxPlan:
+                 exec_masks: Sequence[str] = (), exec_notify: int = 0,
+                 net_connect: Sequence[int] | None = None) -> SandboxPlan:
     """Build the bwrap invocation for ``command`` under ``policy``.
 
     Layers: the filesystem view of ``fs`` (``fence.executor.mounts``; default:
@@ -150,6 +151,11 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     ``exec_notify``: the fd of the exec supervisor's socket (runtimeExecPolicy
     "argv", ``fence.executor.execsupervisor``); the command starts through the
     init helper with ``--exec-notify`` that fd.
+
+    ``net_connect`` (a shared network without a netns, proxy-only): the only
+    TCP ports the sandbox may connect to, enforced by Landlock (ABI 4+), so the
+    proxies are not just advice to proxy-aware clients.  A shared network also
+    gets Landlock scoping (ABI 6+): no abstract unix sockets of the host.
     """
     if not command:
         raise ValueError("empty command")
@@ -187,8 +193,14 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     args.append("--")
     # One init helper, one interpreter start, for every duty inside: Landlock,
     # the argv policy's listener, taking the PTY as controlling terminal.
-    landlock = wants_landlock(view) and host.landlock_abi > 0 and bool(host.helper)
+    landlock = (wants_landlock(view) or net_connect is not None) and host.landlock_abi > 0 and bool(host.helper)
     duties = landlock_options(view) if landlock else ["--no-landlock"]
+    if landlock and net_connect is not None and host.landlock_abi >= 4:
+        duties += ["--restrict-net", "--connect-only"]
+        for port in dict.fromkeys(net_connect):
+            duties += ["--connect", str(port)]
+    if landlock and share_net and host.landlock_abi >= 6:
+        duties.append("--scope")
     if exec_notify:
         duties += ["--exec-notify", str(exec_notify)]
     if pty:
@@ -216,8 +228,9 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     if files:
         layers.append("files(" + ",".join(path for path, _ in files) + ")")
     if landlock:
-        layers.append(f"landlock-v{host.landlock_abi}")
-    elif wants_landlock(view):
+        tcp = "(tcp-connect)" if net_connect is not None and host.landlock_abi >= 4 else ""
+        layers.append(f"landlock-v{host.landlock_abi}{tcp}")
+    elif wants_landlock(view) or net_connect is not None:
         layers.append("landlock(unavailable)")
     else:
         layers.append("landlock(not needed)")

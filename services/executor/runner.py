@@ -83,7 +83,7 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     await admit(bus, req, resolved)
     facts, host = filesystem(policy, req, resolved, host)
     net_mode = network.mode(policy.network)
-    shared = _shared_network(net_mode, host, req.env)
+    shared, host = _shared_network(net_mode, host, req.env)
     proxy_listen = network.listeners(net_mode, shared)
     out_ports = network.outbound_ports(shared, policy.network)
     clash = sorted({port for _, port in proxy_listen} & set(out_ports))
@@ -129,12 +129,16 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
             ssh_route = sshproxy.route(req.env, facts.view.deny_read)
             files += ssh_route.files
             extra_env.update(ssh_route.env)
+        net_connect = None
+        if shared and net_mode != "relaxed":  # no netns: Landlock keeps TCP to the proxies (and listed ports)
+            local = list(policy.network.allow_local_outbound_ports) if network.local_outbound(policy.network) else []
+            net_connect = [p for p in (opened.http_port, opened.socks_port) if p] + local
         pty, new_session = terminal_mode(policy, req, host)
         plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, fs=facts.view,
                             seccomp=seccomp_for(policy),
                             listen_inside=proxy_listen + network.outbound_listeners(out_ports),
                             share_net=shared, extra_env=extra_env, files=files, debug=req.debug,
-                            new_session=new_session, pty=pty, **runtime.plan_args())
+                            new_session=new_session, pty=pty, net_connect=net_connect, **runtime.plan_args())
         if req.debug:
             debug_plan(plan)
             for name, value in facts.env.items():
@@ -203,25 +207,28 @@ def _hand_over_to(opened: ProxySessionOpened, count: int, handed: list):
     return prepare
 
 
-def _shared_network(net_mode: str, host: HostFacts, env: dict[str, str]) -> bool:
+def _shared_network(net_mode: str, host: HostFacts, env: dict[str, str]) -> tuple[bool, HostFacts]:
     """Whether the sandbox runs on the host's network: relaxed mode, or no netns can be made here.
 
     The latter is known from ``netns.py``'s per-boot cache (probed on the
     first run of a boot).  Proxy-only is announced on every run; a policy
-    allowing no network is refused unless the user opted in.
+    allowing no network is refused unless the user opted in.  Without a
+    netns, Landlock (ABI 4+) is what keeps TCP to the proxies, so the host
+    facts come back with Landlock's filled in.
     """
     if net_mode == "relaxed":
-        return True
+        return True, host
     from fence.executor import netns
 
     found = netns.state(host.bwrap)
     if not found.proxy_only:
-        return False  # available, or bwrap fails without a netns too: nothing to weaken, bwrap will say why
+        return False, host  # available, or bwrap fails without a netns too: nothing to weaken, bwrap says why
     refusal = network.shared_network_refusal(net_mode, found.detail, env)
     if refusal:
         raise FenceError(refusal)
-    print(network.no_netns_warning(found.detail), file=sys.stderr)
-    return True
+    host = with_landlock(host, without="direct TCP connections are not blocked either")
+    print(network.no_netns_warning(found.detail, tcp_blocked=host.landlock_abi >= 4), file=sys.stderr)
+    return True, host
 
 
 def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_socks: list,
@@ -273,16 +280,22 @@ def filesystem(policy, req: RunRequest, resolved: ConfigResolveReply, host: Host
     except fsfacts.FsError as e:
         raise FenceError(str(e)) from None
     if wants_landlock(facts.view):
-        from fence.executor import landlock
-
-        try:
-            abi = landlock.abi_version()
-        except OSError as e:
-            abi = 0
-            print(f"[fence:linux] Warning: Landlock unavailable ({e.strerror}): filesystem enforcement is "
-                  "bubblewrap-only", file=sys.stderr)
-        host = msgspec.structs.replace(host, landlock_abi=abi, helper=helper or _helper())
+        host = with_landlock(host, helper, "filesystem enforcement is bubblewrap-only")
     return facts, host
+
+
+def with_landlock(host: HostFacts, helper: tuple[str, ...] = (), without: str = "") -> HostFacts:
+    """``host`` with the kernel's Landlock ABI and the init helper filled in (once per run)."""
+    if host.helper:
+        return host
+    from fence.executor import landlock
+
+    try:
+        abi = landlock.abi_version()
+    except OSError as e:
+        abi = 0
+        print(f"[fence:linux] Warning: Landlock unavailable ({e.strerror}): {without}", file=sys.stderr)
+    return msgspec.structs.replace(host, landlock_abi=abi, helper=helper or _helper())
 
 
 def _helper() -> tuple[str, ...]:
