@@ -411,3 +411,34 @@ def test_init_helper_passes_the_environment_unchanged(fence):
     r = fence.run("-d", "--", "env", cwd=str(work), env=env)
     assert "landlock-v" in r.stderr or "landlock(unavailable)" in r.stderr
     assert "LC_CTYPE" not in r.stdout and "FENCE_SANDBOX=1" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def other_filesystem():
+    """A tmpfs mounted under /var/tmp: a writable path on another filesystem than the root."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a test filesystem needs root")
+    point = Path(f"/var/tmp/fence-otherfs-{uuid.uuid4().hex[:8]}")
+    point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0777", "tmpfs", str(point)]).returncode:
+        point.rmdir()
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)])
+        point.rmdir()
+
+
+@pytest.mark.parametrize("deny_read", [False, True])
+def test_allow_write_on_another_filesystem(fence, other_filesystem, deny_read):
+    target = other_filesystem / f"{fence.name}-{uuid.uuid4().hex[:6]}"
+    target.mkdir()
+    _own(fence, target)
+    fs = {"allowWrite": [".", str(target)]}
+    if deny_read:
+        fs.update(defaultDenyRead=True, allowRead=["."])
+    work = _workspace(fence, fs)
+    r = sh(fence, work, f"echo across > {target}/f && cat {target}/f && touch {other_filesystem}/outside-{fence.name}")
+    assert (target / "f").read_text() == "across\n", r.stderr
+    assert not (other_filesystem / f"outside-{fence.name}").exists()
