@@ -467,3 +467,32 @@ def test_protected_symlink_cannot_be_replaced(fence):
         link.unlink(missing_ok=True)
         for stale in home.glob(".bashrc.fence-quarantine-*"):
             stale.unlink()
+
+
+def test_writable_sources_are_pinned_and_never_reach_the_command(fence):
+    """allowWrite binds go through --bind-fd (a swap to a symlink after the check cannot redirect them);
+    bwrap closes those fds, so the command holds no handle on host directories."""
+    work = _workspace(fence, git=True)
+    r = fence.run("-d", "--", "python3", "-c", "import os; print(sorted(os.listdir('/proc/self/fd')))",
+                  cwd=str(work))
+    assert r.stdout.strip() == "['0', '1', '2', '3']", r.stdout + r.stderr
+    sandboxed = next(line for line in r.stderr.splitlines() if line.startswith("[fence] Sandboxed command:"))
+    assert f" {work} " in sandboxed and "--bind-fd" in sandboxed and f"--bind {work} {work}" not in sandboxed
+
+
+def test_pin_refuses_a_path_that_is_not_what_was_checked(tmp_path):
+    from fence.executor.fsfacts import FsError, pin
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    fds = pin([str(real)])
+    try:
+        assert os.readlink(f"/proc/self/fd/{fds[str(real)]}") == str(real) and fds[str(real)] >= 10
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    with pytest.raises(FsError, match="changed while fence was checking it"):
+        pin([str(tmp_path / "link")])  # not canonical any more: what would be bound is elsewhere
+    with pytest.raises(FsError, match="cannot open"):
+        pin([str(tmp_path / "gone")])

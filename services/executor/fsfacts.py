@@ -27,6 +27,55 @@ class FsFacts:
     def __init__(self, view: FsView, protection: Protection, env: dict[str, str], notes: list[str]):
         self.view, self.protection, self.env, self.notes = view, protection, env, notes
 
+    def pin_sources(self) -> None:
+        """Open the writable sources right before launch (``pin``): the shorter the gap, the better."""
+        self.view.write_fds = pin([p for p, _ in self.view.write if p != "/"] + self.view.pinned)
+
+    def close(self) -> None:
+        """Close the pinned sources (once bwrap has started, or when the run stops before it)."""
+        for fd in self.view.write_fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.view.write_fds = {}
+
+
+PINNED_FD_MIN = 10
+"""Pinned sources sit at or above this fd, clear of the fixed numbers bwrap is handed (3-9)."""
+
+
+def pin(paths: list[str]) -> dict[str, int]:
+    """Open each canonical path ``O_PATH`` and check the fd is that very path; FsError when one moved.
+
+    Between ``realpath`` and bwrap's mount another process with write access
+    (a second sandbox on the same project) could swap a directory for a
+    symlink to somewhere it must not reach.  The fd pins what was checked.
+    """
+    import fcntl
+
+    fds: dict[str, int] = {}
+    try:
+        for path in dict.fromkeys(paths):
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, PINNED_FD_MIN)
+            finally:
+                os.close(fd)
+            fds[path] = high
+            if os.readlink(f"/proc/self/fd/{high}") != path:
+                raise FsError(f"filesystem.allowWrite: {path} changed while fence was checking it (replaced by a "
+                              "link?); refusing to bind it writable")
+    except OSError as e:
+        for fd in fds.values():
+            os.close(fd)
+        raise FsError(f"filesystem.allowWrite: cannot open {path}: {e.strerror}") from None
+    except FsError:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds
+
 
 def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_sources: list[str] = (),
            config_dir: str = "", helper_paths: list[str] = ()) -> FsFacts:

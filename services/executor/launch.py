@@ -113,6 +113,7 @@ class Sandbox:
             for end, fd in data_reads:
                 actions.append((os.POSIX_SPAWN_DUP2, end, fd))
             actions += [(os.POSIX_SPAWN_DUP2, ours, target) for target, ours in self.inherit.items()]
+            actions += [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in self.plan.keep_fds]  # dup2 onto itself: inherited
             # own process group (Ctrl-C reaches fence only), or for a PTY run its own session with no
             # controlling terminal: nothing in the sandbox shares the user's terminal session
             group = {"setsid": True} if self.relay else {"setpgroup": 0}

@@ -62,6 +62,10 @@ class FsView(msgspec.Struct):
     inside because only their canonical targets are bound."""
     runtime_dirs: list[tuple[str, str]] = []
     """(path, octal mode) directories to create inside the private /tmp (XDG_RUNTIME_DIR repair)."""
+    write_fds: dict[str, int] = {}
+    """Writable sources opened (``O_PATH``) and checked by the caller: bound with ``--bind-fd`` so a path
+    swapped for a symlink after the check (another sandbox writing the same project) cannot redirect
+    the bind; bwrap verifies the mount and closes each fd before the command runs."""
 
     def writable_roots(self) -> list[str]:
         return [p for p, _ in self.write]
@@ -94,11 +98,9 @@ def filesystem_args(view: FsView, masked_dirs: tuple[str, ...] = ()) -> list[str
     for path, mode in view.runtime_dirs:
         args += ["--perms", mode, "--dir", path]
 
-    for path in writes:
-        if path != "/":
-            args += ["--bind", path, path]
-    for path in sorted(view.pinned):
-        args += ["--bind", path, path]
+    for path in [w for w in writes if w != "/"] + sorted(view.pinned):
+        fd = view.write_fds.get(path)
+        args += ["--bind-fd", str(fd), path] if fd is not None else ["--bind", path, path]
     readonly = list(dict.fromkeys(view.protected + [p for p, _ in view.deny_write
                                                      if any(under(p, w) for w in writes)]))
     for path in readonly:

@@ -74,6 +74,8 @@ class SandboxPlan(msgspec.Struct):
     exec_denied: list[str] = []
     """Files masked by the runtime exec policy (``--ro-bind /dev/null``): no Landlock rule may grant
     EXECUTE on them (Landlock only allows, so the rules granting EXECUTE must leave these out)."""
+    keep_fds: list[int] = []
+    """Our fds bwrap must receive under their own numbers (pinned ``--bind-fd`` sources; bwrap closes them)."""
     exec_notify_fd: int = 0
     """Non-zero: the exec supervisor's socket, which bwrap must inherit under this same number (the init
     helper is told it with ``--exec-notify``; above 10, clear of every fixed fd bwrap is given)."""
@@ -244,7 +246,7 @@ def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, st
     return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers,
                        block_fd=BLOCK_FD if listen_inside else 0, listen_inside=list(listen_inside),
                        seccomp_program=program, data_files=data_files, pty=pty,
-                       exec_denied=exec_denied, exec_notify_fd=exec_notify)
+                       exec_denied=exec_denied, exec_notify_fd=exec_notify, keep_fds=list(view.write_fds.values()))
 def _exec_masks(paths: Sequence[str], hidden: list[str]) -> list[str]:
     """``paths`` minus those inside a directory the sandbox sees as an empty tmpfs."""
     out = []

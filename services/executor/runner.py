@@ -17,6 +17,7 @@ import msgspec
 
 from fence.bus import Bus, BusError
 from fence.executor.coverage import refused, ungranted
+from fence.executor.fsfacts import FsError
 from fence.executor.launch import LaunchError, Sandbox
 from fence.executor import network
 from fence.executor.preflight import RuleSources, check_command
@@ -133,6 +134,10 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         if shared and net_mode != "relaxed":  # no netns: Landlock keeps TCP to the proxies (and listed ports)
             local = list(policy.network.allow_local_outbound_ports) if network.local_outbound(policy.network) else []
             net_connect = [p for p in (opened.http_port, opened.socks_port) if p] + local
+        try:
+            facts.pin_sources()
+        except FsError as e:
+            raise FenceError(str(e)) from None
         pty, new_session = terminal_mode(policy, req, host)
         plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, fs=facts.view,
                             seccomp=seccomp_for(policy),
@@ -161,6 +166,7 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
             raise
         finally:
             runtime.spawned()
+            facts.close()  # bwrap has its own copies (and closes them once mounted)
         proxy_socks = sandbox.listeners[:len(proxy_listen)]
         if proxy_socks and attach is not None:  # connections queue in the backlog until the proxy serves them
             finish_attach = network.attach_on_first_connection(attach, sandbox_id, proxy_socks)
