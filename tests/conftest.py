@@ -281,3 +281,23 @@ def marker_server(body: str, host: str = "127.0.0.1"):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def lone_bus(events: str = "fence.events.>"):
+    """The services of a lone run on an in-process bus, and a list collecting the events on ``events``."""
+    from fence.bus import InProcessBus, run_sync
+    from fence.config.service import ConfigService
+    from fence.messages import Event
+    from fence.monitor.service import MonitorService
+    from fence.proxy.service import ProxyService
+
+    bus = InProcessBus()
+    for service in (ConfigService(), ProxyService(), MonitorService()):
+        run_sync(service.start(bus))
+    seen: list = []
+
+    async def record(event):
+        seen.append(event)
+
+    run_sync(bus.subscribe(events, Event, record))
+    return bus, seen

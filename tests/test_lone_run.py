@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import lone_bus
 from fence.bus import InProcessBus, run_sync
 from fence.config.service import ConfigService
 from fence.executor.host import host_facts
@@ -74,15 +75,7 @@ def test_preflight_block_is_an_event_and_nothing_starts():
     from fence.executor.runner import FenceError
     from fence.messages import PreflightBlockedEvent
 
-    bus = InProcessBus()
-    for service in (ConfigService(), ProxyService(), MonitorService()):
-        run_sync(service.start(bus))
-    seen = []
-
-    async def record(event):
-        seen.append(event)
-
-    run_sync(bus.subscribe("fence.events.>", Event, record))
+    bus, seen = lone_bus()
     req = RunRequest(command=["sh", "-c", "reboot"], cwd="/", env=dict(os.environ), sandbox=new_sandbox_id())
     with pytest.raises(FenceError, match='blocked by default sandbox command policy: "reboot" matches "reboot"'):
         run_sync(run(bus, req, host_facts()))
@@ -97,15 +90,7 @@ def test_quarantine_is_an_event(tmp_path_factory):
     work = Path(tempfile.mkdtemp(prefix="fence-quarantine-", dir="/var/tmp"))
     try:
         (work / "fence.json").write_text('{"filesystem": {"allowWrite": ["."]}}')
-        bus = InProcessBus()
-        for service in (ConfigService(), ProxyService(), MonitorService()):
-            run_sync(service.start(bus))
-        seen = []
-
-        async def record(event):
-            seen.append(event)
-
-        run_sync(bus.subscribe("fence.events.*.fs", Event, record))
+        bus, seen = lone_bus("fence.events.*.fs")
         req = RunRequest(command=["sh", "-c", "echo {} > .mcp.json"], cwd=str(work),
                          env={"PATH": "/usr/bin:/bin", "HOME": str(work)}, sandbox=new_sandbox_id())
         assert run_sync(run(bus, req, host_facts())) == 0

@@ -236,25 +236,16 @@ def test_argv_policy_also_keeps_the_path_masks(fence):
 @needs_usernotif
 def test_a_blocked_exec_is_an_event_on_the_bus(tmp_path_factory):
     """In-process, as a lone run: the supervisor thread publishes on ``fence.events.<sandbox>.exec``."""
-    from fence.bus import InProcessBus, run_sync
-    from fence.config.service import ConfigService
+    from conftest import lone_bus
+    from fence.bus import run_sync
     from fence.executor.host import host_facts
     from fence.executor.runner import RunRequest, new_sandbox_id, run
-    from fence.messages import Event, ExecBlockedEvent
-    from fence.monitor.service import MonitorService, console_lines
-    from fence.proxy.service import ProxyService
+    from fence.messages import ExecBlockedEvent
+    from fence.monitor.service import console_lines
 
     work = Path(tmp_path_factory.mktemp("exec", numbered=True))
     cfg = argv_settings(work, ["git push"])
-    bus = InProcessBus()
-    for service in (ConfigService(), ProxyService(), MonitorService()):
-        run_sync(service.start(bus))
-    seen = []
-
-    async def record(event):
-        seen.append(event)
-
-    run_sync(bus.subscribe("fence.events.*.exec", Event, record))
+    bus, seen = lone_bus("fence.events.*.exec")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8"}
     req = RunRequest(command=["sh", "-c", "g=$(echo gi)t; $g push origin; exit 0"], cwd="/", env=env,
                      sandbox=new_sandbox_id(), settings=str(cfg))
