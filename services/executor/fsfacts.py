@@ -117,7 +117,12 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_s
     mode = policy.devices.mode or "auto"
     view.devices = "host" if mode == "host" else "minimal"
     if view.devices == "minimal":
-        view.devices_allow = [d for d in dict.fromkeys(policy.devices.allow) if os.path.exists(d)]
+        for dev in dict.fromkeys(policy.devices.allow):
+            real = os.path.realpath(dev)
+            if not real.startswith("/dev/"):  # /dev/stdin -> /proc/self/fd/0, /dev/fd/N: not a device node
+                notes.append(f"devices.allow: {dev} leads to {real}, outside /dev: not passed through")
+            elif os.path.exists(real):
+                view.devices_allow.append(real)
 
     protection = protected_paths([p for p, _ in write], os.path.realpath(cwd), home, config_dir,
                                  [_source_path(s) for s in config_sources], fs.allow_git_config)
