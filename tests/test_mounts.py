@@ -68,7 +68,15 @@ def test_protection_finds_repository_files(tmp_path):
         assert str(work / rel) in p.readonly, rel
     assert p.pinned == [str(work / ".git")]
     assert str(work / ".mcp.json") in p.watch and str(work / "fence.json") in p.watch
-    assert str(work / "pkg" / ".mcp.json") not in p.watch  # nested projects: existing files only
+    assert str(work / "pkg" / ".mcp.json") not in p.watch  # a plain nested directory: existing files only
+
+
+def test_nested_repositories_are_watched_for_new_names(tmp_path):
+    work = tmp_path / "w"
+    subprocess.run(["git", "init", "-q", str(work / "libs" / "inner")], check=True)
+    p = protected_paths([str(work)], str(work), str(tmp_path / "home"), str(tmp_path / "cfg"))
+    assert str(work / "libs" / "inner" / ".vscode") in p.watch
+    assert str(work / "libs" / ".vscode") not in p.watch
 
 
 def test_nothing_writable_means_nothing_to_protect(tmp_path):

@@ -119,11 +119,14 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
         if directory not in listings:
             listings[directory] = _names(directory)
     for project, names in listings.items():
+        # missing names are watched where tools look for them: the working directory, the home
+        # directory's dotfiles, and every nested repository root (an editor or agent opens those)
+        watch_all = project == cwd or ".git" in names
         for name in DANGEROUS_FILES + DANGEROUS_DIRS:
             first = name.split("/", 1)[0]
             if first in names:
                 protect(os.path.join(project, name))
-            elif project in (cwd, home) and name in DANGEROUS_FILES or project == cwd:
+            elif watch_all or (project == home and name in DANGEROUS_FILES):
                 protect(os.path.join(project, name))  # missing: watched when writable
         if ".git" in names or project == cwd:
             _protect_git(os.path.join(project, ".git"), project, protect, out, allow_git_config, home)
