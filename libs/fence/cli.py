@@ -257,14 +257,17 @@ def _run_lone(req, host, monitor: bool) -> int:
     from fence.bus import InProcessBus, run_sync
     from fence.config.service import ConfigService
     from fence.executor.runner import run
-    from fence.monitor.service import MonitorService
     from fence.proxy.service import ProxyService
 
     bus = InProcessBus()
-    console = sys.stderr if (req.debug or monitor) else None
     # host-loopback listeners only in relaxed mode; otherwise the sandbox's own (bridges) are attached
     proxy = ProxyService(loopback="relaxed")
-    for service in (ConfigService(), proxy, MonitorService(console=console, debug=req.debug, monitor=monitor)):
+    services = [ConfigService(), proxy]
+    if req.debug or monitor:  # a lone run's monitor only prints; without -d/-m nobody reads its events
+        from fence.monitor.service import MonitorService
+
+        services.append(MonitorService(console=sys.stderr, debug=req.debug, monitor=monitor))
+    for service in services:
         run_sync(service.start(bus))
     return run_sync(run(bus, req, host, attach=proxy.attach))
 
