@@ -60,11 +60,12 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
     """Everything under a writable path that must stay read-only.
 
     ``writable`` are the canonical writable roots (allowWrite after
-    expansion).  Candidates are the working directory and its nested project
-    directories (bounded walk of each writable root), the home files, every
-    git dir found (hooks, config, submodules, worktrees, ``core.hooksPath``)
-    and fence's own config files (project files from ``cwd`` up, the user
-    config directory, every file the resolved config came from).
+    expansion).  Candidates are the working directory and the directories
+    nested in it (a bounded walk), the home directory, the top of every
+    writable root, every git dir found (hooks, config, submodules, worktrees,
+    ``core.hooksPath``) and fence's own config files (project files from
+    ``cwd`` up, the user config directory, every file the resolved config
+    came from).
     """
     out = Protection()
     if not writable:
