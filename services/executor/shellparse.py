@@ -1558,19 +1558,36 @@ def _string_runner(p: _Parser, argv: list[str], dyn: list[bool], short_arg: str)
             if k < n and not dyn[k]:
                 p._subscript(value)
         elif w.startswith("-") and not w.startswith("--") and len(w) > 1:
-            for j in range(1, len(w)):
-                ch = w[j]
-                if ch in short_arg:
-                    value = w[j + 1:]
-                    k = i
-                    if not value:
-                        k = i + 1
-                        value = argv[k] if k < n else ""
-                        i += 1
-                    if ch == "c" and k < n and not dyn[k]:
-                        p._subscript(value)
-                    break
+            options, i = option_cluster(argv, i, short_arg)
+            for ch, value, k in options:
+                if ch == "c" and value is not None and k < n and not dyn[k]:
+                    p._subscript(value)
+            continue
         i += 1
+
+
+def option_cluster(argv: list[str], i: int, arg_chars: str) -> tuple[list[tuple[str, str | None, int]], int]:
+    """The options of one clustered short-option word ``argv[i]`` (``-abc``, ``-ovalue``, ``-o value``).
+
+    Returns ``([(char, value, k)], next index)``: ``value`` is None for a flag,
+    else the option's argument, read from the rest of the word or from the
+    next word; ``k`` is the index of the word it came from (so callers can
+    tell a literal from one only known at run time).  As getopt does, the
+    first option in ``arg_chars`` ends the word.
+    """
+    word = argv[i]
+    out: list[tuple[str, str | None, int]] = []
+    for j in range(1, len(word)):
+        ch = word[j]
+        if ch not in arg_chars:
+            out.append((ch, None, i))
+            continue
+        if j + 1 < len(word):
+            out.append((ch, word[j + 1:], i))
+            return out, i + 1
+        out.append((ch, argv[i + 1] if i + 1 < len(argv) else "", i + 1))
+        return out, i + 2
+    return out, i + 1
 
 
 def _find_exec(p: _Parser, argv: list[str], dyn: list[bool], env: dict[str, str], name: str) -> None:
@@ -1616,24 +1633,17 @@ def _ssh_local_commands(p: _Parser, argv: list[str], dyn: list[bool], name: str)
         if w == "--":
             break
         if w.startswith("-") and len(w) > 1:
-            for j in range(1, len(w)):
-                ch = w[j]
-                if ch in short_arg:
-                    value = w[j + 1:]
-                    k = i
-                    if not value:
-                        k = i + 1
-                        value = argv[k] if k < n else ""
-                        i += 1
-                    if k < n and dyn[k]:
-                        break
-                    if ch == "o":
-                        key, val = ssh_option(value)
-                        if key in _LOCAL_COMMAND_OPTIONS and val.lower() != "none":
-                            p._subscript(_ssh_percent(val))
-                    elif name != "ssh" and ch in "SD" and value:
-                        p._subscript(value)
-                    break
+            options, i = option_cluster(argv, i, short_arg)
+            for ch, value, k in options:
+                if value is None or (k < n and dyn[k]):
+                    continue
+                if ch == "o":
+                    key, val = ssh_option(value)
+                    if key in _LOCAL_COMMAND_OPTIONS and val.lower() != "none":
+                        p._subscript(_ssh_percent(val))
+                elif name != "ssh" and ch in "SD" and value:
+                    p._subscript(value)
+            continue
         elif name == "ssh":
             # ssh re-parses options after the destination; the first other word starts the remote command
             j = i + 1

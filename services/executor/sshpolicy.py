@@ -38,7 +38,8 @@ from typing import Mapping
 from fence.defaults import DEFAULT_DENIED_COMMANDS, DEFAULT_DENY_SOURCE
 from fence.executor import shellparse
 from fence.executor.preflight import Blocked, RuleSources, go_quote, ruleset, use_defaults
-from fence.executor.shellparse import Command, ParseError, basename, git_globals, split_words, ssh_option
+from fence.executor.shellparse import (Command, ParseError, basename, git_globals, option_cluster, split_words,
+                                       ssh_option)
 from fence.policy import Policy
 
 __all__ = ["Target", "Resolved", "ResolveError", "check", "targets", "host_matches", "resolve", "ssh_binary",
@@ -244,38 +245,28 @@ def _walk_options(t: Target, argv: list[str], dyn: list[bool], i: int, arg_chars
             return i + 1
         if not w.startswith("-") or len(w) < 2:
             return i
-        j = 1
-        while j < len(w):
-            ch = w[j]
-            if ch in arg_chars:
-                value = w[j + 1:]
-                k = i
-                if not value:
-                    k = i + 1
-                    value = argv[k] if k < n else ""
-                    i += 1
-                if k < n and dyn[k]:
-                    t.refuse(f"option -{ch} {go_quote(value)} is only known when the command runs", f"-{ch}")
-                elif program == "ssh" and ch == "Q":
-                    flags["noconnect"] = True
-                elif program in ("scp", "sftp") and ch == "D":
-                    flags["noconnect"] = True
-                elif program == "sftp" and ch == "s":
-                    t.remote = value
-                elif program == "ssh" and ch == "W":
-                    flags["nocommand"] = True
-                else:
-                    _ssh_short(t, ch, value, program)
-                break
-            if program == "ssh":
-                if ch in _SSH_FLAGS_NO_CONNECT:
-                    flags["noconnect"] = True
-                elif ch == "N":
-                    flags["nocommand"] = True
-                elif ch == "s":
-                    flags["subsystem"] = True
-            j += 1
-        i += 1
+        options, i = option_cluster(argv, i, arg_chars)
+        for ch, value, k in options:
+            if value is None:  # a flag
+                if program == "ssh":
+                    if ch in _SSH_FLAGS_NO_CONNECT:
+                        flags["noconnect"] = True
+                    elif ch == "N":
+                        flags["nocommand"] = True
+                    elif ch == "s":
+                        flags["subsystem"] = True
+            elif k < n and dyn[k]:
+                t.refuse(f"option -{ch} {go_quote(value)} is only known when the command runs", f"-{ch}")
+            elif program == "ssh" and ch == "Q":
+                flags["noconnect"] = True
+            elif program in ("scp", "sftp") and ch == "D":
+                flags["noconnect"] = True
+            elif program == "sftp" and ch == "s":
+                t.remote = value
+            elif program == "ssh" and ch == "W":
+                flags["nocommand"] = True
+            else:
+                _ssh_short(t, ch, value, program)
     return i
 
 
