@@ -199,28 +199,26 @@ def problems(policy: Policy) -> list[Problem]:
 
     ssh = policy.ssh
     for field, values in (("allowedHosts", ssh.allowed_hosts), ("deniedHosts", ssh.denied_hosts)):
-        for i, pattern in enumerate(values):
-            where = f"$.ssh.{field}[{i}]"
-            if not pattern.strip():
-                out.append((where, f"ssh.{field} contains empty host pattern; remove the empty entry"))
-                continue
-            reason = ssh_host_error(pattern)
-            if reason:
-                out.append((where, f'invalid ssh.{field} entry "{pattern}": {reason}'))
+        _checked_entries(out, f"ssh.{field}", values, "host pattern", ssh_host_error)
     _empty_commands(out, "ssh", "allowedCommands", ssh.allowed_commands)
     _empty_commands(out, "ssh", "deniedCommands", ssh.denied_commands)
 
     mach = policy.macos.mach
     for field, values in (("lookup", mach.lookup), ("register", mach.register)):
-        for i, name in enumerate(values):
-            where = f"$.macos.mach.{field}[{i}]"
-            if not name.strip():
-                out.append((where, f"macos.mach.{field} contains empty service name; remove the empty entry"))
-                continue
-            reason = mach_error(name)
-            if reason:
-                out.append((where, f'invalid macos.mach.{field} entry "{name}": {reason}'))
+        _checked_entries(out, f"macos.mach.{field}", values, "service name", mach_error)
     return out
+
+
+def _checked_entries(out: list, label: str, values: list[str], what: str, error) -> None:
+    """Each entry of the list ``label`` (``ssh.allowedHosts``): not blank, and ``error(entry)`` says nothing."""
+    for i, value in enumerate(values):
+        where = f"$.{label}[{i}]"
+        if not value.strip():
+            out.append((where, f"{label} contains empty {what}; remove the empty entry"))
+            continue
+        reason = error(value)
+        if reason:
+            out.append((where, f'invalid {label} entry "{value}": {reason}'))
 
 
 def normalize(policy: Policy) -> Policy:
