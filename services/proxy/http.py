@@ -523,17 +523,26 @@ def _parse_response(head: bytes) -> tuple[int, bytes, list]:
     return status, lines[0][:8], parse_headers(lines[1:])
 
 
+async def _copy_exact(src: Conn, dst: Conn, n: int, what: str, progress=None) -> None:
+    """Relay exactly ``n`` bytes (``PeerClosed`` naming ``what`` if src ends first); ``progress()`` per piece."""
+    while n > 0:
+        chunk = await src.recv(min(n, 262144))
+        if not chunk:
+            raise PeerClosed(f"connection closed in the middle of {what}")
+        await dst.sendall(chunk)
+        n -= len(chunk)
+        if progress is not None:
+            progress()
+
+
 async def _copy_body(src: Conn, dst: Conn, framing: str, length: int, session) -> None:
     loop = session.loop
     async with asyncio.timeout(session.idle_timeout) as deadline:
         if framing == "length":
-            while length > 0:
-                chunk = await src.recv(min(length, 262144))
-                if not chunk:
-                    raise PeerClosed("connection closed in the middle of a body")
-                await dst.sendall(chunk)
-                length -= len(chunk)
+            def idle_again() -> None:
                 deadline.reschedule(loop.time() + session.idle_timeout)
+
+            await _copy_exact(src, dst, length, "a body", idle_again)
             return
         while True:  # chunked
             line = await src.read_until(b"\r\n", MAX_LINE)
@@ -552,12 +561,7 @@ async def _copy_body(src: Conn, dst: Conn, framing: str, length: int, session) -
                     await dst.sendall(trailer)
                     if trailer == b"\r\n":
                         return
-            while size > 0:
-                chunk = await src.recv(min(size, 262144))
-                if not chunk:
-                    raise PeerClosed("connection closed in the middle of a chunk")
-                await dst.sendall(chunk)
-                size -= len(chunk)
+            await _copy_exact(src, dst, size, "a chunk")
             if await src.read_exact(2) != b"\r\n":
                 raise ProtocolError("malformed chunk")
             await dst.sendall(b"\r\n")
