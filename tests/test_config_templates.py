@@ -54,8 +54,8 @@ def test_code_template_content():
         "~/.local/share/**", "~/.config/**"]
     assert p.filesystem.deny_write == ["**/.env", "**/.env.*", "**/*.key", "**/*.pem", "**/*.p12", "**/*.pfx"]
     assert p.filesystem.deny_read == [
-        "~/.ssh/id_*", "~/.ssh/config", "~/.ssh/*.pem", "~/.gnupg/**", "~/.aws/**", "~/.config/gcloud/**",
-        "~/.kube/**", "~/.docker/**", "~/.pypirc", "~/.netrc", "~/.git-credentials", "~/.cargo/credentials",
+        "~/.ssh/id_*", "~/.ssh/config", "~/.ssh/*.pem", "~/.gnupg/**", "~/.aws/**", "~/.azure/**",
+        "~/.config/gcloud/**", "~/.config/op/**", "~/.kube/**", "~/.docker/**", "~/.pypirc", "~/.netrc", "~/.git-credentials", "~/.cargo/credentials",
         "~/.cargo/credentials.toml"]
     assert p.command.use_defaults is True
     assert p.command.deny == [
@@ -71,6 +71,7 @@ def test_code_strict_and_relaxed_build_on_code():
     code, strict, relaxed = resolved("code"), resolved("code-strict"), resolved("code-relaxed")
     assert strict.filesystem.default_deny_read and strict.filesystem.allow_read == ["."]
     assert strict.network == code.network and strict.command == code.command
+    assert strict.filesystem.deny_read == code.filesystem.deny_read + ["~/.config/gh/hosts.yml", "~/.npmrc"]
     assert relaxed.network.allowed_domains == code.network.allowed_domains + ["*"]
     assert relaxed.network.denied_domains == code.network.denied_domains
 
