@@ -66,7 +66,8 @@ def test_protection_finds_repository_files(tmp_path):
     p = protected_paths([str(work)], str(work), str(tmp_path / "home"), str(tmp_path / "cfg"))
     for rel in (".bashrc", "pkg/.vscode", ".git/hooks", ".git/config", "hooks-dir", ):
         assert str(work / rel) in p.readonly, rel
-    assert p.pinned == [str(work / ".git")]
+    # .git, and pkg: the parent of a protected name, so it cannot be renamed away with it
+    assert p.pinned == [str(work / ".git"), str(work / "pkg")]
     assert str(work / ".mcp.json") in p.watch and str(work / "fence.json") in p.watch
     assert str(work / "pkg" / ".mcp.json") not in p.watch  # a plain nested directory: existing files only
 

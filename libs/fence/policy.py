@@ -78,6 +78,10 @@ class FilesystemConfig(_Part):
     """Like defaultDenyRead (which it implies), without the default system read paths."""
     allow_git_config: bool = False
     """Allow access to git configuration (.git/config, ~/.gitconfig, ~/.config/git), protected otherwise."""
+    allow_write_protected: list[str] = []
+    """Paths that mandatory protection keeps read-only (shell startup files, git hooks and config, agent
+    settings such as ~/.claude.json), made writable on purpose: each is named exactly, no globs, and must
+    also be in allowWrite. fence's own config files stay protected."""
     wsl_interop: bool | None = None
     """WSL: allow executing Windows binaries (/init). Unset: detected."""
 

@@ -173,6 +173,12 @@ def problems(policy: Policy) -> list[Problem]:
                           ("denyWrite", fs.deny_write)):
         if "" in values:
             _empty_paths(out, "filesystem", field, values)
+    _empty_paths(out, "filesystem", "allowWriteProtected", fs.allow_write_protected)
+    for i, path in enumerate(fs.allow_write_protected):
+        if any(c in path for c in "*?["):
+            out.append((f"$.filesystem.allowWriteProtected[{i}]",
+                        f'filesystem.allowWriteProtected entry "{path}" is a pattern: name each protected path '
+                        'exactly (e.g. "~/.claude.json"), so no protection is opened by accident'))
 
     dev = policy.devices
     if dev.mode not in ("", "auto", "minimal", "host"):

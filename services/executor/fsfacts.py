@@ -10,10 +10,12 @@ the run (``FsError``).
 from __future__ import annotations
 
 import os
+import sys
 
 from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env
-from fence.executor.paths import expand
+from fence.executor.paths import absolute, expand
 from fence.executor.protect import Protection, protected_paths
+from fence.executor.reserve import PathSwapped
 from fence.policy import Policy
 
 
@@ -28,7 +30,16 @@ class FsFacts:
         self.view, self.protection, self.env, self.notes = view, protection, env, notes
 
     def pin_sources(self) -> None:
-        """Open the writable sources right before launch (``pin``): the shorter the gap, the better."""
+        """Reserve the missing protected paths, then open the writable sources (``pin``), right before
+        launch: the shorter the gap, the better."""
+        try:
+            warnings = self.protection.reserve()
+        except PathSwapped as e:
+            raise FsError(f"{e}; another process is changing it: stop it, or remove the link") from None
+        for warning in warnings:
+            print(f"[fence] Warning: {warning}", file=sys.stderr)
+        self.view.protected = self.protection.readonly
+        self.view.pinned = self.protection.pinned
         self.view.write_fds = pin([p for p, _ in self.view.write if p != "/"] + self.view.pinned)
 
     def close(self) -> None:
@@ -124,10 +135,17 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_s
             elif os.path.exists(real):
                 view.devices_allow.append(real)
 
+    opened = [os.path.realpath(absolute(p, cwd, home)) for p in fs.allow_write_protected]
     protection = protected_paths([p for p, _ in write], os.path.realpath(cwd), home, config_dir,
-                                 [_source_path(s) for s in config_sources], fs.allow_git_config)
+                                 [_source_path(s) for s in config_sources], fs.allow_git_config, env, opened)
     if protection.truncated:
         notes.append("mandatory protection: the nested-project walk hit its bound; deeper projects are not scanned")
+    missing = [ph.path for ph in protection.placeholders if not os.path.lexists(ph.path)]
+    if missing:
+        notes.append("mandatory protection: reserved for the run (missing, so an inert placeholder is bound "
+                     f"read-only and removed afterwards): {', '.join(missing)}")
+    for path in protection.opened:
+        notes.append(f"mandatory protection: {path} is writable (filesystem.allowWriteProtected)")
     view.protected = protection.readonly
     view.pinned = protection.pinned
     changes, view.runtime_dirs = repair_runtime_env(env, view, sandbox)
@@ -137,7 +155,6 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_s
 def _named_symlinks(patterns: list[str], cwd: str, home: str) -> list[tuple[str, str]]:
     """Literal grant paths that are symlinks, as (target, path): only targets are bound, so the links
     themselves must be recreated for ``/lib64/ld-linux...`` (usrmerge) and the like to resolve."""
-    from fence.executor.paths import absolute
 
     out = []
     for pattern in patterns:

@@ -10,8 +10,10 @@ over an earlier one:
    or under defaultDenyRead only the readable paths bound read-only;
 2. devices, ``/proc``, a private ``/tmp`` with ``/tmp/fence``;
 3. allowWrite binds (read/write/exec);
-4. pinned ``.git`` directories (bound onto themselves: a mount point cannot be
-   renamed or removed, so the repository cannot be swapped for another);
+4. pinned directories, in path order with the allowWrite binds: every ``.git``
+   and every directory between a writable root and a protected path, bound onto
+   themselves (a mount point cannot be renamed or removed, so neither the
+   repository nor the protected file's parent can be swapped for another);
 5. mandatory protections, then denyWrite: read-only binds;
 6. denyRead last, so it wins over everything: directories become empty
    read-only tmpfs, files read as empty (``/dev/null``);
@@ -51,7 +53,7 @@ class FsView(msgspec.Struct):
     protected: list[str] = []
     """Mandatory read-only paths (existing, under a writable path)."""
     pinned: list[str] = []
-    """``.git`` directories to bind onto themselves."""
+    """Directories under a writable root to bind onto themselves (``.git``, parents of protected paths)."""
     default_deny_read: bool = False
     devices: str = "minimal"
     """"minimal" (bwrap's own /dev) or "host" (the host's /dev)."""
@@ -98,7 +100,9 @@ def filesystem_args(view: FsView, masked_dirs: tuple[str, ...] = ()) -> list[str
     for path, mode in view.runtime_dirs:
         args += ["--perms", mode, "--dir", path]
 
-    for path in [w for w in writes if w != "/"] + sorted(view.pinned):
+    # pinned directories lie inside writable roots and writable roots may lie inside pinned
+    # directories: one sorted list binds every parent before what is inside it
+    for path in sorted({w for w in writes if w != "/"} | set(view.pinned)):
         fd = view.write_fds.get(path)
         args += ["--bind-fd", str(fd), path] if fd is not None else ["--bind", path, path]
     readonly = list(dict.fromkeys(view.protected + [p for p, _ in view.deny_write

@@ -20,14 +20,61 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping, Sequence
+
+from fence.executor.reserve import DIR, Placeholder, Reservation
 
 DANGEROUS_FILES = (".gitconfig", ".gitmodules", ".bashrc", ".bash_profile", ".zshrc", ".zprofile", ".profile",
                    ".ripgreprc", ".mcp.json")
 DANGEROUS_DIRS = (".vscode", ".idea", ".claude/commands", ".claude/agents")
+"""Protected wherever a project may be: the working directory, nested projects, home, writable roots."""
+
+HOME_PERSISTENCE: tuple[tuple[str, bytes | None, str], ...] = (
+    # (path under $HOME, its placeholder while missing, what on the host runs it later)
+    (".config/git/config", b"", "git runs core.fsmonitor, core.pager, aliases and filters from it"),
+    (".config/git/attributes", b"", "selects the filter and diff drivers git runs on checkout and diff"),
+    (".config/fish", DIR, "fish runs config.fish, conf.d/ and functions/ at every start"),
+    (".config/systemd/user", DIR, "systemd --user starts these units at login and on timers"),
+    (".config/autostart", DIR, "the desktop session starts these entries at login"),
+    (".config/environment.d", DIR, "systemd --user puts these variables (LD_PRELOAD, PATH) in every service"),
+    (".local/share/applications", DIR, "desktop entries whose Exec= runs when a file type or URL is opened"),
+    (".claude/settings.json", b"{}\n", "Claude Code runs its hooks, apiKeyHelper and statusLine commands"),
+    (".claude.json", None, "Claude Code starts the mcpServers listed in it"),
+    (".zshenv", b"", "zsh reads it at every start, scripts included"),
+    (".zlogin", b"", "zsh login shells run it"),
+    (".bash_login", None, "bash login shells run it when .bash_profile is missing"),
+    (".bash_logout", b"", "bash login shells run it on exit"),
+    (".ssh/config", b"", "ssh runs its ProxyCommand, LocalCommand and Match exec"),
+    (".ssh/authorized_keys", b"", "lets a key log in, with the command= it names"),
+    (".ssh/rc", None, "sshd runs it at every login"),
+    (".npmrc", b"", "npm runs script-shell, node-options and the registry it names"),
+    (".pypirc", b"", "where twine uploads, with which credentials"),
+    (".config/pip/pip.conf", b"", "pip installs from the index it names"),
+    (".pip/pip.conf", b"", "pip installs from the index it names (legacy location)"),
+)
+"""Files in the home directory that run code on the host later, protected inside every writable tree.
+
+A template that grants ``~/.config/**`` (``code``) must not let the sandbox
+plant ``~/.config/git/config`` with a ``core.fsmonitor`` that the user's next
+``git status`` runs.  Existing paths are bound read-only.  A missing one is
+*reserved* for the run (``fence.executor.reserve``): fence creates an inert
+placeholder (an empty file, ``{}``, an empty directory; for a missing parent,
+the outermost missing directory, empty), binds it read-only, and removes it
+after the run, so nothing can appear there even while a long agent session
+runs.  Where a placeholder would not be inert (an empty
+``.bash_login`` hides ``.profile`` from bash, an empty ``.claude.json`` resets
+Claude Code, an empty ``.ssh/rc`` stops sshd's xauth), the name is watched
+and quarantined after the run instead.  ``.config/`` and ``.local/share/``
+entries are protected under ``$XDG_CONFIG_HOME`` and ``$XDG_DATA_HOME`` too."""
+
+XDG_BASES = ((".config/", "XDG_CONFIG_HOME"), (".local/share/", "XDG_DATA_HOME"))
+
 FENCE_CONFIG_NAMES = ("fence.jsonc", "fence.json")
 GIT_DIR_FILES = ("config", "commondir", "config.worktree")
 """Files in a git dir that decide what git runs: config (hooksPath, fsmonitor, filters), and the
 files that point git at another config (commondir; config.worktree with worktreeConfig)."""
+MAX_INCLUDE_DEPTH = 5
+"""How deep git config ``include.path`` chains are followed (git itself stops at 10)."""
 
 MAX_DEPTH = 4
 MAX_ENTRIES = 5000
@@ -37,73 +84,157 @@ SKIP_DIRS = frozenset({"node_modules", ".git", "__pycache__", ".venv", "venv", "
 
 
 class Protection:
-    """What to mount read-only, which git dirs to pin in place, and what to watch for creation."""
+    """What to mount read-only, which directories to pin in place, and what to watch for creation."""
 
-    __slots__ = ("readonly", "pinned", "watch", "links", "truncated")
+    __slots__ = ("readonly", "pinned", "watch", "links", "opened", "placeholders", "reservation", "truncated")
 
     def __init__(self) -> None:
         self.readonly: list[str] = []
         """Existing canonical paths to mount read-only (files and directories)."""
         self.pinned: list[str] = []
-        """Existing ``.git`` directories, bound onto themselves so they cannot be renamed or removed."""
+        """Existing directories under a writable root, bound onto themselves so they cannot be renamed or
+        removed: every ``.git``, and every directory between a writable root and a protected path (else
+        ``mv ~/.config/git elsewhere`` would carry the read-only file away and leave the name free)."""
         self.watch: list[str] = []
         """Protected names that do not exist yet: quarantined after the run if they appear."""
         self.links: list[tuple[str, str]] = []
         """(path, target): protected names that are symlinks in a writable directory (a dotfile manager's
         ``~/.bashrc -> dotfiles/bashrc``).  The target is protected like any file, but the link itself
         could be replaced: after the run anything else found there is moved aside and the link restored."""
+        self.opened: list[str] = []
+        """Protected paths left writable because ``filesystem.allowWriteProtected`` names them."""
+        self.placeholders: list[Placeholder] = []
+        """``HOME_PERSISTENCE`` paths under a writable root, each in ``readonly`` (their parents in
+        ``pinned``): ``reserve`` creates those missing right before launch, ``release`` removes them."""
+        self.reservation: Reservation | None = None
         self.truncated = False
 
+    def reserve(self) -> list[str]:
+        """Create the missing placeholders (right before launch); warnings for those that could not be made.
 
-def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, config_sources: list[str] = (),
-                    allow_git_config: bool = False) -> Protection:
+        A placeholder that cannot be made (no permission, no space, no runtime
+        directory) leaves its path watched instead: the weaker, after-the-run
+        protection, said on stderr by the caller.  A symlink in the way raises
+        ``PathSwapped``: someone is racing the run, which must not start.
+        """
+        if not self.placeholders:
+            return []
+        try:
+            self.reservation = Reservation()
+            failed = self.reservation.make(self.placeholders)
+        except OSError as e:
+            why = f"fence's runtime directory: {e.strerror or e}"
+            failed = {ph.path: why for ph in self.placeholders if not os.path.lexists(ph.path)}
+        unreserved: dict[str, list[str]] = {}  # why -> paths, so one cause is one line
+        for path, why in failed.items():
+            unreserved.setdefault(why, []).append(path)
+            self.readonly.remove(path)
+            self.watch.append(path)
+        self.pinned = [p for p in self.pinned if os.path.isdir(p)]
+        return [f"cannot reserve protected {'paths' if len(paths) > 1 else 'path'} {', '.join(paths)} ({why}): "
+                "watched instead, and quarantined after the run if the sandbox creates them"
+                for why, paths in unreserved.items()]
+
+    def release(self) -> None:
+        """After the run: the last run of this user out removes every placeholder still as it was made."""
+        if self.reservation is not None:
+            self.reservation.close()
+            self.reservation = None
+
+
+def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, config_sources: Sequence[str] = (),
+                    allow_git_config: bool = False, env: Mapping[str, str] | None = None,
+                    opened: Sequence[str] = ()) -> Protection:
     """Everything under a writable path that must stay read-only.
 
     ``writable`` are the canonical writable roots (allowWrite after
     expansion).  Candidates are the working directory and the directories
-    nested in it (a bounded walk), the home directory, the top of every
-    writable root, every git dir found (hooks, config, submodules, worktrees,
-    ``core.hooksPath``) and fence's own config files (project files from
+    nested in it (a bounded walk), the home directory and the files in it
+    that run code later (``HOME_PERSISTENCE``), the top of every writable
+    root, every git dir found (hooks, config, submodules, worktrees,
+    ``core.hooksPath``, included config files, the global git config's
+    hooks directory) and fence's own config files (project files from
     ``cwd`` up, the user config directory, every file the resolved config
-    came from).
+    came from).  ``opened`` are canonical paths the user made writable on
+    purpose (``filesystem.allowWriteProtected``): protections at or under
+    them are skipped, except fence's own config, which no setting opens.
     """
     out = Protection()
     if not writable:
         return out
-    roots = [os.path.join(w, "") for w in writable]
+    env = env or {}
+    roots = sorted(writable, key=len, reverse=True)  # deepest first: the root a path is bound under
 
-    def under_writable(path: str) -> bool:
-        return any(path.startswith(r) or path + "/" == r for r in roots)
+    def root_of(path: str) -> str | None:
+        for root in roots:
+            if path == root or root == "/" or path.startswith(root + "/"):
+                return root
+        return None
 
     seen: set[str] = set()
+    pinned: set[str] = set()
+    reserved: set[str] = set()
 
-    def protect(path: str, watch_if_missing: bool = True) -> None:
+    def pin_parents(real: str, root: str) -> None:
+        """Existing directories strictly between ``root`` (a mount point already) and ``real``."""
+        if real == root:
+            return
+        parent = os.path.dirname(real)
+        while parent != root and parent != "/" and parent not in pinned:
+            if os.path.isdir(parent) and not os.path.islink(parent):
+                pinned.add(parent)
+            parent = os.path.dirname(parent)
+
+    def protect(path: str, watch_if_missing: bool = True, openable: bool = True,
+                placeholder: bytes | None = None) -> None:
         real = os.path.realpath(path)
         if real in seen:
             return
         seen.add(real)
-        if os.path.lexists(path):
-            if os.path.exists(real) and under_writable(real):
+        root = root_of(real)
+        if root is None:
+            return  # on the read-only root already
+        if openable and any(real == o or real.startswith(o + "/") for o in opened):
+            out.opened.append(real)
+            return
+        if placeholder is not None and real != root and not os.path.islink(path):
+            # existing or not (a concurrent run may remove its placeholder before this one starts); a
+            # missing parent is reserved instead, as an empty directory: one mount, nothing to pin
+            target, content = real, placeholder
+            while os.path.dirname(target) != root and not os.path.lexists(os.path.dirname(target)):
+                target, content = os.path.dirname(target), DIR
+            if target not in reserved:
+                reserved.add(target)
+                out.placeholders.append(Placeholder(target, root, content))
+                out.readonly.append(target)
+                pin_parents(target, root)
+        elif os.path.lexists(path):
+            if os.path.exists(real):
                 out.readonly.append(real)
+                pin_parents(real, root)
             if os.path.islink(path):
                 link = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
-                if under_writable(link):
+                if root_of(link) is not None:
                     try:
                         out.links.append((link, os.readlink(path)))
                     except OSError:
                         pass
-        elif watch_if_missing and under_writable(real):
+        elif watch_if_missing:
             out.watch.append(real)
 
     for name in DANGEROUS_FILES:
         protect(os.path.join(home, name))
+    for rel, placeholder, _why in HOME_PERSISTENCE:
+        for base in _home_bases(rel, home, env):
+            protect(base, placeholder=placeholder)
     for directory in _fence_config_dirs(cwd):
         for name in FENCE_CONFIG_NAMES:
-            protect(os.path.join(directory, name))
-    protect(config_dir)
+            protect(os.path.join(directory, name), openable=False)
+    protect(config_dir, openable=False)
     for source in config_sources:
         if source.startswith("/"):
-            protect(source, watch_if_missing=False)
+            protect(source, watch_if_missing=False, openable=False)
+    global_hooks = _global_git_config(home, env, protect)
 
     # Project directories: the working directory and what is nested in it (a
     # bounded walk, when it is writable), the home directory, and the top of
@@ -113,7 +244,7 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
     deadline = time.monotonic() + MAX_SECONDS
     budget = [MAX_ENTRIES]
     listings: dict[str, set[str]] = {}
-    if under_writable(cwd) or any(w.startswith(cwd + "/") for w in writable):
+    if root_of(cwd) is not None or any(w.startswith(cwd + "/") for w in writable):
         for directory, names in _walk(cwd, deadline, budget, out):
             listings[directory] = names
     for directory in [home] + [w for w in writable if os.path.isdir(w)]:
@@ -130,8 +261,115 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
             elif watch_all or (project == home and name in DANGEROUS_FILES):
                 protect(os.path.join(project, name))  # missing: watched when writable
         if ".git" in names or project == cwd:
-            _protect_git(os.path.join(project, ".git"), project, protect, out, allow_git_config, home)
+            git = _GitScan(protect, out, root_of, allow_git_config, home, global_hooks)
+            git.repository(os.path.join(project, ".git"), project)
+    out.pinned = sorted(pinned | {p for p in out.pinned}, key=lambda p: (p.count("/"), p))
     return out
+
+
+def _home_bases(rel: str, home: str, env: Mapping[str, str]) -> list[str]:
+    """``~/rel``, and the same file under ``$XDG_CONFIG_HOME`` / ``$XDG_DATA_HOME`` when those are set."""
+    out = [os.path.join(home, rel)]
+    for prefix, var in XDG_BASES:
+        base = env.get(var, "")
+        if rel.startswith(prefix) and base.startswith("/"):
+            out.append(os.path.join(base, rel[len(prefix):]))
+    return out
+
+
+def _global_git_config(home: str, env: Mapping[str, str], protect) -> list[str]:
+    """Protect the files the global git config includes; return its ``core.hooksPath`` values.
+
+    The global config itself is protected by the tables (``.gitconfig``,
+    ``.config/git/config``); what it *names* is not: an ``include.path`` to a
+    file in a writable tree, or a hooks directory there, runs the sandbox's
+    code in every repository the user touches.
+    """
+    files = [os.path.join(home, ".gitconfig")]
+    files += _home_bases(".config/git/config", home, env)
+    if env.get("GIT_CONFIG_GLOBAL", "").startswith("/"):
+        files.append(env["GIT_CONFIG_GLOBAL"])
+        protect(env["GIT_CONFIG_GLOBAL"])
+    hooks: list[str] = []
+    for path in files:
+        hooks += _follow_git_config(path, home, protect)
+    return hooks
+
+
+def _follow_git_config(path: str, home: str, protect, depth: int = 0) -> list[str]:
+    """``core.hooksPath`` values of ``path`` and the files it includes, protecting each included file."""
+    refs = _git_config_refs(path)
+    hooks = list(refs.hooks_path)
+    if depth >= MAX_INCLUDE_DEPTH:
+        return hooks
+    for include in refs.includes:
+        target = _expand_git_path(include, home, os.path.dirname(path))
+        protect(target)
+        hooks += _follow_git_config(target, home, protect, depth + 1)
+    return hooks
+
+
+def _expand_git_path(value: str, home: str, base: str) -> str:
+    """A git config path value: ``~/`` is home, a relative path is against ``base``."""
+    if value == "~" or value.startswith("~/"):
+        return home + value[1:]
+    return os.path.normpath(os.path.join(base, value))
+
+
+class _GitScan:
+    """A repository's hooks and config, wherever its git dir really is (worktrees, submodules)."""
+
+    def __init__(self, protect, out: Protection, root_of, allow_git_config: bool, home: str,
+                 global_hooks: list[str]):
+        self.protect, self.out, self.root_of = protect, out, root_of
+        self.allow_git_config, self.home, self.global_hooks = allow_git_config, home, global_hooks
+
+    def repository(self, dot_git: str, worktree: str) -> None:
+        protect = self.protect
+        git_dir = dot_git
+        if not os.path.lexists(dot_git):  # a repository the sandbox may create: its hooks are watched
+            protect(os.path.join(dot_git, "hooks"))
+            return
+        if os.path.isfile(dot_git):  # a worktree or submodule: "gitdir: PATH"
+            protect(dot_git)  # so it cannot be pointed elsewhere
+            git_dir = _read_gitdir_file(dot_git)
+            if not git_dir:
+                return
+        elif os.path.isdir(dot_git):
+            real = os.path.realpath(dot_git)
+            # a pin is a writable bind of the host directory: only where the tree is writable already
+            if self.root_of(real) is not None and real not in self.out.pinned:
+                self.out.pinned.append(real)
+        common = git_dir
+        commondir_file = os.path.join(git_dir, "commondir")
+        if os.path.isfile(commondir_file):
+            common = _read_relative(commondir_file, git_dir) or git_dir
+        for hooks_path in self.global_hooks:  # relative: against each worktree, as git reads it
+            protect(_expand_git_path(hooks_path, self.home, worktree))
+        for gd in dict.fromkeys((git_dir, common)):
+            self.git_dir(gd, worktree)
+            modules = os.path.join(gd, "modules")
+            if os.path.isdir(modules):  # submodules' git dirs, nested to any depth (bounded)
+                for sub in _module_dirs(modules):
+                    protect(os.path.join(sub, "hooks"))
+                    if not self.allow_git_config:
+                        protect(os.path.join(sub, "config"))
+
+    def git_dir(self, gd: str, worktree: str) -> None:
+        protect = self.protect
+        protect(os.path.join(gd, "hooks"))
+        for name in GIT_DIR_FILES:
+            if name == "config" and self.allow_git_config:
+                continue
+            protect(os.path.join(gd, name))
+        refs = _git_config_refs(os.path.join(gd, "config"))
+        for hooks_path in refs.hooks_path:
+            protect(_expand_git_path(hooks_path, self.home, worktree))
+        if not self.allow_git_config:  # an opened config can name any include anyway
+            for include in refs.includes:
+                target = _expand_git_path(include, self.home, gd)
+                protect(target)
+                _follow_git_config(target, self.home, protect, 1)
 
 
 def _names(directory: str) -> set[str]:
@@ -176,43 +414,6 @@ def _walk(root: str, deadline: float, budget: list[int], out: Protection):
         level = nxt
 
 
-def _protect_git(dot_git: str, worktree: str, protect, out: Protection, allow_git_config: bool, home: str) -> None:
-    """A repository's hooks and config, wherever its git dir really is (worktrees, submodules)."""
-    git_dir = dot_git
-    if not os.path.lexists(dot_git):  # a repository the sandbox may create: its hooks are watched
-        protect(os.path.join(dot_git, "hooks"))
-        return
-    if os.path.isfile(dot_git):  # a worktree or submodule: "gitdir: PATH"
-        protect(dot_git)  # so it cannot be pointed elsewhere
-        git_dir = _read_gitdir_file(dot_git)
-        if not git_dir:
-            return
-    elif os.path.isdir(dot_git):
-        real = os.path.realpath(dot_git)
-        if real not in out.pinned:
-            out.pinned.append(real)
-    common = git_dir
-    commondir_file = os.path.join(git_dir, "commondir")
-    if os.path.isfile(commondir_file):
-        common = _read_relative(commondir_file, git_dir) or git_dir
-    for gd in dict.fromkeys((git_dir, common)):
-        protect(os.path.join(gd, "hooks"))
-        for name in GIT_DIR_FILES:
-            if name == "config" and allow_git_config:
-                continue
-            protect(os.path.join(gd, name))
-        hooks_path = _hooks_path(os.path.join(gd, "config"))
-        if hooks_path:
-            hooks_path = os.path.join(home, hooks_path[2:]) if hooks_path.startswith("~/") else hooks_path
-            protect(os.path.join(worktree, hooks_path), watch_if_missing=False)
-        modules = os.path.join(gd, "modules")
-        if os.path.isdir(modules):  # submodules' git dirs, nested to any depth (bounded)
-            for sub in _module_dirs(modules):
-                protect(os.path.join(sub, "hooks"))
-                if not allow_git_config:
-                    protect(os.path.join(sub, "config"))
-
-
 def _module_dirs(modules: str, limit: int = 200):
     found = 0
     for root, dirs, files in os.walk(modules):
@@ -245,26 +446,70 @@ def _read_relative(path: str, base: str) -> str:
     return os.path.normpath(os.path.join(base, target)) if target else ""
 
 
-def _hooks_path(config: str) -> str:
-    """``core.hooksPath`` from one git config file (a small reader: sections, keys, quotes)."""
+class GitConfigRefs:
+    """What one git config file names that can run code: hooks directories and included files."""
+
+    __slots__ = ("hooks_path", "includes")
+
+    def __init__(self) -> None:
+        self.hooks_path: list[str] = []
+        self.includes: list[str] = []
+
+
+def _git_config_refs(config: str) -> GitConfigRefs:
+    """``core.hooksPath`` and ``include.path`` / ``includeIf.*.path`` of one git config file.
+
+    A small reader (sections, keys, quotes, comments; no subsections except
+    includeIf's condition): it only has to find the names, not interpret them.
+    Every ``includeIf`` is taken, whatever its condition, since the condition
+    may hold for the next repository the user opens.
+    """
+    refs = GitConfigRefs()
     try:
         with open(config, encoding="utf-8", errors="replace") as f:
             text = f.read(1 << 20)
     except OSError:
-        return ""
-    section, value = "", ""
+        return refs
+    section = ""
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line[0] in "#;":
             continue
         if line.startswith("["):
-            section = line[1:line.find("]")].strip().lower() if "]" in line else ""
+            end = line.find("]")
+            name = line[1:end].split(None, 1) if end > 0 else []
+            section = name[0].lower() if name else ""  # [includeIf "gitdir:~/w/"] -> includeif
+            line = line[end + 1:].strip() if end > 0 else ""  # "[core] hooksPath = x" on one line
+            if not line:
+                continue
+        if "=" not in line:
             continue
-        if section == "core" and "=" in line:
-            key, _, val = line.partition("=")
-            if key.strip().lower() == "hookspath":
-                value = val.strip().strip('"')
-    return value
+        key, _, val = line.partition("=")
+        key, val = key.strip().lower(), _git_value(val)
+        if section == "core" and key == "hookspath" and val:
+            refs.hooks_path.append(val)
+        elif section in ("include", "includeif") and key == "path" and val:
+            refs.includes.append(val)
+    return refs
+
+
+def _git_value(raw: str) -> str:
+    """A value without its trailing comment and quotes (enough for paths)."""
+    out, quoted = [], False
+    for ch in raw.strip():
+        if ch == '"':
+            quoted = not quoted
+            continue
+        if ch in "#;" and not quoted:
+            break
+        out.append(ch)
+    return "".join(out).strip()
+
+
+def _hooks_path(config: str) -> str:
+    """The last ``core.hooksPath`` of one git config file ("" when none): git's own rule, last one wins."""
+    found = _git_config_refs(config).hooks_path
+    return found[-1] if found else ""
 
 
 def restore_links(links: list[tuple[str, str]], sandbox: str) -> list[tuple[str, str, str]]:
@@ -310,7 +555,7 @@ def quarantine(watch: list[str], sandbox: str) -> list[tuple[str, str, str]]:
             try:
                 os.rename(path, target)
             except OSError as e:
-                moved.append((path, "", e.strerror))
+                moved.append((path, "", e.strerror or str(e)))
             else:
                 moved.append((path, target, ""))
     return moved

@@ -184,6 +184,7 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     finally:
         if runtime is not None:
             runtime.close()
+        facts.protection.release()
         if facts.protection.watch or facts.protection.links:
             await _quarantine(bus, facts.protection, sandbox_id)
         if finish_attach is not None:
