@@ -37,6 +37,8 @@ class FenceRunner:
 
     def __init__(self, name: str, argv_prefix: list[str], env: dict[str, str], user: str | None, home: str):
         self.name, self.argv_prefix, self.base_env, self.user, self.home = name, argv_prefix, env, user, home
+        self.made: list[Path] = []
+        """Every ``workdir`` handed out: removed with the runner at the end of the session."""
 
     def argv(self, *args: str) -> list[str]:
         return [*self.argv_prefix, *args]
@@ -60,6 +62,22 @@ class FenceRunner:
         """fence on a real terminal (a pty it owns as its controlling terminal), as a person runs it."""
         return Terminal(self.argv(*args), env or self.env(), cwd or self.home, self.user, rows, cols)
 
+    def own(self, *paths: Path) -> None:
+        """Give ``paths`` to the runner's user: a directory with all it holds, a file with its parent."""
+        if not self.user:
+            return
+        pw = pwd.getpwnam(self.user)
+        for path in paths:
+            for root, dirs, files in os.walk(path) if path.is_dir() else [(str(path.parent), [], [path.name])]:
+                os.chown(root, pw.pw_uid, pw.pw_gid)
+                for name in dirs + files:
+                    os.lchown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+
+    def remove_workdirs(self) -> None:
+        for path in self.made:
+            shutil.rmtree(path, ignore_errors=True)
+        self.made = []
+
     def workdir(self) -> Path:
         """A fresh directory the runner's user owns, on the host's root filesystem.
 
@@ -67,6 +85,7 @@ class FenceRunner:
         path there would be invisible.
         """
         path = Path(tempfile.mkdtemp(prefix=f"fence-{self.name}-", dir="/var/tmp"))
+        self.made.append(path)
         if self.user:
             pw = pwd.getpwnam(self.user)
             os.chown(path, pw.pw_uid, pw.pw_gid)
@@ -240,6 +259,7 @@ def unprivileged_runner(tmp_path_factory) -> FenceRunner:
     env["PYTHONPATH"] = str(site)
     runner = FenceRunner("user", [_interpreter_for_others(), "-m", "fence"], env, TEST_USER, str(home))
     yield runner
+    runner.remove_workdirs()
     shutil.rmtree(dest, ignore_errors=True)
 
 
@@ -247,6 +267,7 @@ def unprivileged_runner(tmp_path_factory) -> FenceRunner:
 def self_runner() -> FenceRunner:
     runner = _current_runner()
     yield runner
+    runner.remove_workdirs()
     shutil.rmtree(runner.home, ignore_errors=True)
 
 

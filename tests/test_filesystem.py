@@ -21,13 +21,7 @@ pytestmark = pytest.mark.sandbox
 
 
 def _own(fence, *paths: Path) -> None:
-    if fence.user:
-        pw = pwd.getpwnam(fence.user)
-        for path in paths:
-            for root, dirs, files in os.walk(path) if path.is_dir() else [(str(path.parent), [], [path.name])]:
-                os.chown(root, pw.pw_uid, pw.pw_gid)
-                for name in dirs + files:
-                    os.lchown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+    fence.own(*paths)
 
 
 def _workspace(fence, filesystem: dict | None = None, git: bool = False, **extra) -> Path:

@@ -9,8 +9,6 @@ programs (git) and real files, during and after the run.
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import shutil
 import subprocess
 import time
@@ -35,15 +33,7 @@ class Home:
         self.own(self.project)
 
     def own(self, *paths: Path) -> None:
-        if not self.fence.user:
-            return
-        pw = pwd.getpwnam(self.fence.user)
-        for path in paths:
-            for root, dirs, files in os.walk(path):
-                os.lchown(root, pw.pw_uid, pw.pw_gid)
-                for name in dirs + files:
-                    os.lchown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
-            os.lchown(path, pw.pw_uid, pw.pw_gid)
+        self.fence.own(*paths)
 
     def mkdir(self, *rels) -> None:
         for rel in rels:
