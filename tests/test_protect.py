@@ -107,3 +107,23 @@ def test_allow_write_protected_takes_exact_paths_only():
     assert any("allowWriteProtected[0]" in where and "name each protected path exactly" in msg
                for where, msg in found), found
     assert any("allowWriteProtected[1]" in where for where, _ in found), found
+
+
+def test_a_corrupt_or_foreign_registry_never_stops_a_run_or_removes_what_it_names(tmp_path):
+    """placeholders.json is fence's own (masked from sandboxes), but a damaged one must not break runs."""
+    state, root = tmp_path / "state", tmp_path / "root"
+    root.mkdir()
+    state.mkdir(mode=0o700)
+    (state / "placeholders.json").write_text("{not json")
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    run = Reservation(str(state))
+    assert run.make([Placeholder(str(root / "config"), str(root), b"")]) == {}
+    run.close()
+    assert os.listdir(root) == [] and keep.is_dir()
+    st = keep.stat()  # the very directory: a trusted entry naming it would remove it (it is empty)
+    (state / "placeholders.json").write_text(f'[{{"path": "{keep}", "dev": {st.st_dev}, "ino": {st.st_ino}}}]')
+    os.chmod(state / "placeholders.json", 0o666)  # writable by others: not trusted, so not read
+    run = Reservation(str(state))
+    run.close()
+    assert keep.is_dir()

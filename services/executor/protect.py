@@ -185,6 +185,12 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
                 pinned.add(parent)
             parent = os.path.dirname(parent)
 
+    def pin_git_dir(real: str) -> None:
+        """A repository bound onto itself; a pin is a writable bind of the host directory, so only where
+        the tree is writable already."""
+        if root_of(real) is not None:
+            pinned.add(real)
+
     def protect(path: str, watch_if_missing: bool = True, openable: bool = True,
                 placeholder: bytes | None = None) -> None:
         real = os.path.realpath(path)
@@ -250,6 +256,7 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
     for directory in [home] + [w for w in writable if os.path.isdir(w)]:
         if directory not in listings:
             listings[directory] = _names(directory)
+    git = _GitScan(protect, pin_git_dir, allow_git_config, home, global_hooks)
     for project, names in listings.items():
         # missing names are watched where tools look for them: the working directory, the home
         # directory's dotfiles, and every nested repository root (an editor or agent opens those)
@@ -261,9 +268,8 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
             elif watch_all or (project == home and name in DANGEROUS_FILES):
                 protect(os.path.join(project, name))  # missing: watched when writable
         if ".git" in names or project == cwd:
-            git = _GitScan(protect, out, root_of, allow_git_config, home, global_hooks)
             git.repository(os.path.join(project, ".git"), project)
-    out.pinned = sorted(pinned | {p for p in out.pinned}, key=lambda p: (p.count("/"), p))
+    out.pinned = sorted(pinned)
     return out
 
 
@@ -319,9 +325,8 @@ def _expand_git_path(value: str, home: str, base: str) -> str:
 class _GitScan:
     """A repository's hooks and config, wherever its git dir really is (worktrees, submodules)."""
 
-    def __init__(self, protect, out: Protection, root_of, allow_git_config: bool, home: str,
-                 global_hooks: list[str]):
-        self.protect, self.out, self.root_of = protect, out, root_of
+    def __init__(self, protect, pin, allow_git_config: bool, home: str, global_hooks: list[str]):
+        self.protect, self.pin = protect, pin
         self.allow_git_config, self.home, self.global_hooks = allow_git_config, home, global_hooks
 
     def repository(self, dot_git: str, worktree: str) -> None:
@@ -336,10 +341,7 @@ class _GitScan:
             if not git_dir:
                 return
         elif os.path.isdir(dot_git):
-            real = os.path.realpath(dot_git)
-            # a pin is a writable bind of the host directory: only where the tree is writable already
-            if self.root_of(real) is not None and real not in self.out.pinned:
-                self.out.pinned.append(real)
+            self.pin(os.path.realpath(dot_git))
         common = git_dir
         commondir_file = os.path.join(git_dir, "commondir")
         if os.path.isfile(commondir_file):
