@@ -75,6 +75,8 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
             env_xdg_config_home=req.env.get("XDG_CONFIG_HOME", "")),
             ConfigResolveReply)
     except BusError as e:
+        if getattr(e, "code", "") == "settings_missing":  # nothing was loaded: the message says it all
+            raise FenceError(e.message) from None  # type: ignore[attr-defined]
         raise FenceError(f"failed to load config: {getattr(e, 'message', e)}") from None
     if req.debug:
         for source in resolved.sources:
