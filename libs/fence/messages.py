@@ -158,6 +158,8 @@ class ExecPlanRequest(Message):
     """The user's fence config directory (protected like every config source)."""
     ports: list[tuple[str, int]] = []
     session: ProxySessionOpened | None = None
+    debug: bool = False
+    """Plan as ``fence -d`` runs (the init helper then reports what it applies)."""
 
 
 class ExecPlanReply(Message):
