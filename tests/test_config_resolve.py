@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fence.bus import InProcessBus, RemoteError, run_sync
+from fence.config.errors import SettingsFileMissing
 from fence.config.resolve import MAX_EXTENDS_DEPTH, ConfigError, resolve
 from fence.config.service import ConfigService
 from fence.messages import ConfigResolveReply, ConfigResolveRequest
@@ -109,8 +110,18 @@ def test_settings_relative_to_cwd_and_home(env):
     assert env.resolve(settings="~/h.json").policy.force_new_session is True
 
 
-def test_missing_settings_file_means_defaults(env):
-    reply = env.resolve(settings="nope.json")
+def test_missing_settings_file_is_refused(env):
+    """Not the defaults in its place: that would drop every rule the user wrote (issue 10)."""
+    with pytest.raises(SettingsFileMissing, match="^settings file nope.json does not exist$"):
+        env.resolve(settings="nope.json")
+    (env.cwd / "dangling.json").symlink_to(env.cwd / "gone.json")
+    with pytest.raises(SettingsFileMissing, match="^settings file dangling.json does not exist$"):
+        env.resolve(settings="dangling.json")
+
+
+def test_blank_settings_file_means_defaults(env):
+    env.write(env.cwd / "blank.json", "  \n")
+    reply = env.resolve(settings="blank.json")
     assert reply.policy == Policy() and "missing or empty" in reply.sources[0]
 
 

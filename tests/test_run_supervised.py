@@ -118,6 +118,13 @@ def test_bad_config_error_over_the_bus(supervised):
     assert 'invalid allowed domain "*.com": wildcard pattern too broad' in r.stderr
 
 
+def test_missing_settings_file_refused_over_the_bus(supervised):
+    root, env = supervised
+    r = subprocess.run([sys.executable, "-m", "fence", "-s", "missing.json", "--", "true"], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stderr) == (1, "Error: settings file missing.json does not exist\n")
+
+
 def test_supervised_pty_run_relays_the_terminal(supervised):
     """The relay runs in a worker thread beside uvloop: typing, resizing and Ctrl-C work as in a lone run."""
     from conftest import Terminal

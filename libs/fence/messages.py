@@ -17,6 +17,7 @@ from __future__ import annotations
 import msgspec
 
 from fence.policy import NetworkConfig, Policy
+from fence.runplan import RunPlan, SandboxPlan
 
 PROTOCOL_VERSION = 1
 
@@ -138,19 +139,38 @@ class ProxySessionClosed(Message):
 # --- executor service ----------------------------------------------------------
 
 class ExecPlanRequest(Message):
-    """Plan (without running) the sandbox for ``argv`` under ``policy``."""
+    """Plan (without running) the sandbox for ``argv`` under ``policy``, as ``fence run`` would.
+
+    The executor gathers the same facts and makes the same decisions as a run
+    (``fence.executor.prepare``) but does nothing: no placeholder, no fd, no
+    session.  ``sources`` are the resolve reply's (protections cover the
+    files a config came from); ``session`` the proxy session's reply when one
+    is open (its host ports matter only on a shared network).
+    """
 
     policy: Policy
     argv: list[str]
     cwd: str
     env: dict[str, str] = {}
+    sandbox: str = ""
+    sources: list[str] = []
+    config_dir: str = ""
+    """The user's fence config directory (protected like every config source)."""
+    ports: list[tuple[str, int]] = []
+    session: ProxySessionOpened | None = None
+    debug: bool = False
+    """Plan as ``fence -d`` runs (the init helper then reports what it applies)."""
 
 
 class ExecPlanReply(Message):
+    """The run's decisions (``plan``) and the bwrap invocation they render to (``rendered``)."""
+
     bwrap_argv: list[str]
     env: dict[str, str]
     summary: str
     stripped_env: list[str] = []
+    plan: RunPlan | None = None
+    rendered: SandboxPlan | None = None
 
 
 # --- monitor service -----------------------------------------------------------

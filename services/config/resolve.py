@@ -3,7 +3,8 @@
 Which config (first that applies): ``--template NAME`` > ``--settings FILE`` >
 the nearest project ``fence.jsonc``/``fence.json`` > the user config >
 the legacy ``~/.fence.json(c)`` > built-in defaults (``fence.config.discover``).
-A missing or blank file means the built-in defaults.
+A missing or blank discovered file means the built-in defaults; a missing
+``--settings`` file is an error (``SettingsFileMissing``), a blank one the defaults.
 
 ``extends`` (reference §2.9): a built-in template name (with or without
 ``.json``/``.jsonc``), ``@base`` (the user config -- not project discovery --
@@ -23,7 +24,7 @@ from __future__ import annotations
 import os
 
 from fence.config import discover, templates, validate
-from fence.config.errors import ConfigError, invalid
+from fence.config.errors import ConfigError, SettingsFileMissing, invalid
 from fence.config.load import MAX_CONFIG_BYTES, load_file
 from fence.config.merge import merge, provenance
 from fence.messages import ConfigResolveReply, ConfigResolveRequest
@@ -98,7 +99,10 @@ def root_source(req: ConfigResolveRequest) -> Source:
             raise ConfigError(templates.unknown_message(req.template))
         return source
     if req.settings:
-        return Source("file", f"settings: {env.expand(req.settings, env.cwd)}", env.expand(req.settings, env.cwd))
+        path = env.expand(req.settings, env.cwd)
+        if not os.path.exists(path):  # a dangling symlink included
+            raise SettingsFileMissing(f"settings file {req.settings} does not exist")
+        return Source("file", f"settings: {path}", path)
     project = discover.find_project_config(env.cwd)
     if project:
         return Source("file", f"project config: {project}", project)

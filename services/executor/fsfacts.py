@@ -10,7 +10,6 @@ the run (``FsError``).
 from __future__ import annotations
 
 import os
-import sys
 
 from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env
 from fence.executor.paths import absolute, expand
@@ -24,32 +23,43 @@ class FsError(Exception):
 
 
 class FsFacts:
-    __slots__ = ("view", "protection", "env", "notes")
+    """The gathered view (for the plan) and the protection (for the doing: placeholders, quarantine)."""
+
+    __slots__ = ("view", "protection", "env", "notes", "fds")
 
     def __init__(self, view: FsView, protection: Protection, env: dict[str, str], notes: list[str]):
         self.view, self.protection, self.env, self.notes = view, protection, env, notes
+        self.fds: list[int] = []
+        """The pinned sources this process holds open (``pin``) until bwrap has its copies."""
 
-    def pin_sources(self) -> None:
-        """Reserve the missing protected paths, then open the writable sources (``pin``), right before
-        launch: the shorter the gap, the better."""
+    def reserve(self) -> list[str]:
+        """Reserve the missing protected paths right before launch; the view follows what could be made.
+
+        Returns the warnings for paths only watched instead (the caller prints
+        them and plans again with the updated view).
+        """
         try:
             warnings = self.protection.reserve()
         except PathSwapped as e:
             raise FsError(f"{e}; another process is changing it: stop it, or remove the link") from None
-        for warning in warnings:
-            print(f"[fence] Warning: {warning}", file=sys.stderr)
         self.view.protected = self.protection.readonly
         self.view.pinned = self.protection.pinned
-        self.view.write_fds = pin([p for p, _ in self.view.write if p != "/"] + self.view.pinned)
+        return warnings
+
+    def pin(self, planned: dict[int, str]) -> dict[int, int]:
+        """Open and check each writable source the plan binds by fd: ``{fd bwrap receives: our fd}``."""
+        found = pin(list(planned.values()))
+        self.fds = list(found.values())
+        return {target: found[path] for target, path in planned.items()}
 
     def close(self) -> None:
         """Close the pinned sources (once bwrap has started, or when the run stops before it)."""
-        for fd in self.view.write_fds.values():
+        for fd in self.fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self.view.write_fds = {}
+        self.fds = []
 
 
 PINNED_FD_MIN = 10
