@@ -800,6 +800,31 @@ def test_loopback_relaxed_only(resolver):
         run_sync(service.stop())
 
 
+def test_listeners_only_when_the_intent_lets_something_through(resolver):
+    """The service opens listeners exactly when ``fence.netintent`` says filtered or relaxed (as the executor)."""
+    from fence.bus import InProcessBus, run_sync
+    from fence.messages import ProxySessionOpen, ProxySessionOpened
+    from fence.netintent import NONE, intent
+    from fence.policy import NetworkConfig
+    from fence.proxy.service import ProxyService
+    from fence.subjects import PROXY_SESSION_OPEN
+
+    bus = InProcessBus()
+    service = ProxyService(resolver=resolver)
+    run_sync(service.start(bus))
+    try:
+        for i, network in enumerate((NetworkConfig(), NetworkConfig(denied_domains=["a.test"]),
+                                     NetworkConfig(default_action="proxy"),  # no upstream: grey is denied
+                                     NetworkConfig(upstream_proxy="http://127.0.0.1:9"),  # no defaultAction
+                                     NetworkConfig(default_action="proxy", upstream_proxy="http://127.0.0.1:9"),
+                                     NetworkConfig(allowed_domains=["a.test"]))):
+            opened = run_sync(bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(sandbox=f"bb{i:02d}", network=network),
+                                          ProxySessionOpened, timeout=10))
+            assert bool(opened.http_port) == (intent(network) != NONE), network
+    finally:
+        run_sync(service.stop())
+
+
 def test_default_action_proxy_without_upstream_denies(factory, origin):
     p = factory.open(allowed_domains=["a.test"], default_action="proxy")  # invalid config: fail closed
     try:

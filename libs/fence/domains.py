@@ -291,29 +291,19 @@ class DomainFilter:
 
     ``DomainFilter(None)`` (no config) denies everything, as the reference.
     ``default_action="proxy"`` turns no-match into ``PROXY`` (the caller
-    forwards to the upstream proxy, or denies where it cannot, as SOCKS).
+    forwards to the upstream proxy, or denies where it cannot, as SOCKS);
+    the session passes it only when there is an upstream to forward to
+    (``fence.netintent.forwards_upstream``).  Whether a policy can allow
+    anything at all, or is relaxed, is ``fence.netintent.intent``.
     """
 
-    __slots__ = ("allowed", "denied", "grey", "configured", "relaxed")
+    __slots__ = ("allowed", "denied", "grey", "configured")
 
     def __init__(self, allowed: list[str] | None, denied: list[str] | None = None, default_action: str = ""):
         self.configured = allowed is not None
         self.allowed = _Rules(allowed or [])
         self.denied = _Rules(denied or [], expand_ip_spellings=True)
         self.grey = PROXY if default_action == "proxy" else DENY
-        self.relaxed = bool(self.allowed.star)
-
-    @classmethod
-    def from_network(cls, network) -> "DomainFilter":
-        """From a ``fence.policy.NetworkConfig`` (or None: deny everything)."""
-        if network is None:
-            return cls(None)
-        return cls(network.allowed_domains, network.denied_domains, network.default_action)
-
-    @property
-    def may_allow(self) -> bool:
-        """False when every request would be denied (nothing allowed, no upstream forwarding)."""
-        return bool(self.allowed.exact or self.allowed.suffix or self.allowed.star) or self.grey == PROXY
 
     def decide(self, host: str) -> Decision:
         """The decision for a canonical host (``canonical_host``); the port never matters."""
