@@ -624,7 +624,7 @@ def test_attach_serves_passed_in_listening_sockets(factory, origin):
 
 
 def test_events_and_console_lines(proxy, origin):
-    from fence.proxy.lines import net_lines
+    from fence.eventlines import net_lines
 
     port = origin.server_address[1]
     curl("--proxy", proxy.url, f"http://a.ok.test:{port}/ok")
@@ -650,7 +650,7 @@ def test_events_and_console_lines(proxy, origin):
 
 def test_long_urls_are_truncated_in_lines():
     from fence.messages import NetDecisionEvent
-    from fence.proxy.lines import request_line
+    from fence.eventlines import request_line
 
     ev = NetDecisionEvent(sandbox="s", ts=0, proto="http", method="GET", host="a.test", port=80,
                           url="http://a.test/" + "x" * 100, status=403, outcome="blocked", duration_ms=0.4)
