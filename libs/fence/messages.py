@@ -198,7 +198,7 @@ class NetDecisionEvent(Message):
     ``invalid``, ``resolved-denied``, ``unsupported``) and ``rule`` the pattern that matched;
     ``status`` the HTTP status (or SOCKS5 reply code) the client got and
     ``outcome`` ``allowed``, ``blocked`` or ``error``.  Console lines:
-    ``fence.proxy.lines.net_lines``.
+    ``fence.eventlines.net_lines``.
     """
 
     sandbox: str

@@ -45,8 +45,10 @@ import msgspec
 from fence.defaults import DEFAULT_DENIED_COMMANDS, DEFAULT_DENY_SOURCE
 from fence.executor import shellparse
 from fence.executor.shellparse import Command, ParseError, basename
+from fence.goquote import go_quote
 from fence.policy import Policy
 
+# go_quote (fence.goquote) stays importable from here for the SSH policy and the exec supervisor
 __all__ = ["Blocked", "RuleSources", "RuleSet", "check_command", "check_commands", "go_quote", "matches",
            "rule_tokens"]
 
@@ -294,26 +296,6 @@ def ruleset(rules: Sequence[str]) -> RuleSet:
 
 
 # --------------------------------------------------------------------------- the decision
-
-def go_quote(text: str) -> str:
-    """Quote like Go's %q (the reference's messages use it)."""
-    out = ['"']
-    for c in text:
-        if c == '"' or c == "\\":
-            out.append("\\" + c)
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\t":
-            out.append("\\t")
-        elif c == "\r":
-            out.append("\\r")
-        elif ord(c) < 0x20 or c == "\x7f":
-            out.append(f"\\x{ord(c):02x}")
-        else:
-            out.append(c)
-    out.append('"')
-    return "".join(out)
-
 
 def use_defaults(policy: Policy) -> bool:
     return policy.command.use_defaults is not False
