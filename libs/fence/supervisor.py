@@ -8,8 +8,9 @@
 2. a nats-server listening on 127.0.0.1 only, on a random port it reports
    through its ports file (``ports_file_dir``: no probe-then-bind race), with
    no anonymous access and least-privilege permissions per user (see
-   ``PERMISSIONS``), the payload limit of ``fence.bus`` and a durable
-   JetStream store outside the runtime dir;
+   ``PERMISSIONS``, generated from the subject table of ``fence.subjects``),
+   the payload limit of ``fence.bus`` and a durable JetStream store outside
+   the runtime dir;
 3. one process per service (``python -m fence.serve <component>``), each
    healthy once it answers ``$SRV.PING.<service>`` over NATS with its own pid;
    ``$SRV.INFO`` then tells where its Prometheus ``/metrics`` is served.
@@ -64,7 +65,7 @@ import time
 
 import msgspec
 
-from fence import runtime
+from fence import runtime, subjects
 from fence.bus import MAX_PAYLOAD
 from fence.runtime import ComponentInfo, Credentials, SupervisorInfo
 from fence.serve import COMPONENTS
@@ -90,7 +91,7 @@ DETACH_TIMEOUT = 30.0
 LOG_ROTATE_SIZE = 1024 * 1024
 
 NATS = "nats-server"
-USERS = ("supervisor", "config", "proxy", "executor", "monitor", "client")
+USERS = subjects.IDENTITIES
 
 
 # --- the bus users and what each may do ---------------------------------------------
@@ -112,31 +113,28 @@ def inbox_prefix(user: str) -> str:
     return f"_INBOX.{user}"
 
 
-_SERVICE_SUBS = ("$SRV.>",)
-PERMISSIONS: dict[str, Permissions] = {
-    # Starts nothing itself: pings and inspects the services (and may drive any fence request).
-    "supervisor": Permissions(publish=("$SRV.>", "fence.>")),
-    "config": Permissions(subscribe=("fence.config.>", *_SERVICE_SUBS), allow_responses=True),
-    "proxy": Permissions(publish=("fence.events.*.net",), subscribe=("fence.proxy.>", *_SERVICE_SUBS),
-                         allow_responses=True),
-    "executor": Permissions(publish=("fence.events.*.lifecycle", "fence.events.*.exec", "fence.config.resolve",
-                                     "fence.proxy.session.>"),
-                            subscribe=("fence.exec.>", *_SERVICE_SUBS), allow_responses=True),
-    # Reads every event; can answer queries but cannot start (or plan) sandboxes.
-    "monitor": Permissions(publish_deny=("fence.exec.>",), subscribe=("fence.monitor.>", "fence.events.>",
-                                                                      *_SERVICE_SUBS),
-                           allow_responses=True),
-    # `fence run` and tools: drives the services and publishes its own sandbox's events, but
-    # cannot forge a service's events (net) nor listen on request subjects (forge replies).
-    # It may watch events (`fence run -m` subscribes to its sandbox's events).
-    "client": Permissions(publish=("fence.config.resolve", "fence.proxy.session.>", "fence.exec.>",
-                                   "fence.monitor.>", "$SRV.>", "fence.events.*.lifecycle",
-                                   "fence.events.*.exec"),
-                          publish_deny=("fence.events.*.net",),
-                          subscribe=("fence.events.>",),
-                          subscribe_deny=("fence.config.>", "fence.proxy.>", "fence.exec.>", "fence.monitor.>",
-                                          "$SRV.>")),
-}
+def permissions_of(user: str, requests=subjects.REQUESTS, events=subjects.EVENTS) -> Permissions:
+    """``user``'s rights: exactly what the subject table gives it (``fence.subjects``), nothing else.
+
+    Allowed: publishing the requests it asks and the events it publishes;
+    subscribing to its inbox, the requests it answers (replying through
+    ``allow_responses``) and the events it watches (``fence.events.>`` when it
+    watches every kind, so ``fence run`` can follow one sandbox with
+    ``fence.events.<id>.>``).  The allow lists alone deny the rest, with one
+    exception: nats-server reads an empty publish allow list as *allow all*
+    unless ``allow_responses`` is set, so a user with nothing to publish nor
+    answer is denied ``>``.
+    """
+    answers = tuple(r.subject for r in requests if user in r.answered_by)
+    publish = (*(r.subject for r in requests if user in r.asked_by),
+               *(e.subject for e in events if user in e.published_by))
+    watched = [e.subject for e in events if user in e.watched_by]
+    watches = (subjects.EVENTS_ALL,) if events and len(watched) == len(events) else tuple(watched)
+    return Permissions(publish=publish, publish_deny=() if publish or answers else (">",),
+                       subscribe=(inbox_prefix(user) + ".>", *answers, *watches), allow_responses=bool(answers))
+
+
+PERMISSIONS: dict[str, Permissions] = {user: permissions_of(user) for user in USERS}
 
 
 def _q(value: str) -> str:
@@ -151,8 +149,7 @@ def _list(values) -> str:
 def render_user(user: str, password: str) -> str:
     p = PERMISSIONS[user]
     publish = f"allow: {_list(p.publish)}" + (f", deny: {_list(p.publish_deny)}" if p.publish_deny else "")
-    subscribe = (f"allow: {_list((inbox_prefix(user) + '.>', *p.subscribe))}"
-                 + (f", deny: {_list(p.subscribe_deny)}" if p.subscribe_deny else ""))
+    subscribe = f"allow: {_list(p.subscribe)}" + (f", deny: {_list(p.subscribe_deny)}" if p.subscribe_deny else "")
     responses = ", allow_responses: true" if p.allow_responses else ""
     return (f"    {{ user: {_q(user)}, password: {_q(password)},\n"
             f"      permissions: {{ publish: {{ {publish} }},\n"
