@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 SANDBOX = "0123abcd4567ef89"
 SUB_WILDCARD = f"fence.events.{SANDBOX}.>"
 """How ``fence run -d/-m`` follows its own sandbox."""
+NOBODY = "nobody"
+"""A user the table gives nothing: nats-server must still refuse it everything but its inbox."""
 
 
 def matches(pattern: str, subject: str) -> bool:
@@ -127,7 +129,7 @@ def test_generated_permissions_are_exactly_the_table():
     for user, p in PERMISSIONS.items():
         for subject in TABLE_SUBJECTS + OUTSIDE:
             assert allowed(p.publish, p.publish_deny, subject) == may_publish(user, subject), (user, subject)
-            assert allowed(p.subscribe, p.subscribe_deny, subject) == may_subscribe(user, subject), (user, subject)
+            assert allowed(p.subscribe, (), subject) == may_subscribe(user, subject), (user, subject)
         assert p.allow_responses == any(user in r.answered_by for r in REQUESTS), user
 
 
@@ -140,7 +142,7 @@ def test_forbidden_cases_stay_forbidden():
 
     def sub(user, subject):
         p = PERMISSIONS[user]
-        return allowed(p.subscribe, p.subscribe_deny, subject)
+        return allowed(p.subscribe, (), subject)
 
     net = f"fence.events.{SANDBOX}.net"
     # only the proxy decides network verdicts
@@ -183,12 +185,13 @@ def test_the_deploy_example_shows_the_generated_permissions():
 
 @pytest.fixture(scope="module")
 def server():
-    from fence.supervisor import NatsPorts, nats_config, nats_server_binary
+    from fence.supervisor import PERMISSIONS, NatsPorts, nats_config, nats_server_binary, permissions_of
 
     root = Path(tempfile.mkdtemp(prefix="fence-subjects-", dir="/var/tmp"))
-    passwords = {u: f"pw-{u}" for u in IDENTITIES}
+    users = {**PERMISSIONS, NOBODY: permissions_of(NOBODY)}  # plus one the table gives nothing
+    passwords = {u: f"pw-{u}" for u in users}
     conf = root / "nats.conf"
-    conf.write_text(nats_config(passwords, str(root), str(root / "store")))
+    conf.write_text(nats_config(passwords, str(root), str(root / "store"), permissions=users))
     proc = subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -234,7 +237,7 @@ async def refusals(url: str, user: str, password: str) -> tuple[set[str], set[st
 
 
 @pytest.mark.nats
-@pytest.mark.parametrize("user", IDENTITIES)
+@pytest.mark.parametrize("user", [*IDENTITIES, NOBODY])
 def test_nats_server_enforces_the_table(server, user):
     url, passwords = server
     pub_refused, sub_refused = asyncio.run(refusals(url, user, passwords[user]))
