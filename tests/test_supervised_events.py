@@ -169,3 +169,27 @@ def test_quarantined_path_reaches_the_monitor(supervised):
         assert supervised.violations() == []
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_refused_publish_does_show_in_the_supervisor_log(supervised):
+    """The other tests' "no violation" checks can fail: a forged .net event from ``client`` is logged.
+
+    Last in the module on purpose: it leaves a violation in the shared supervisor's log.
+    """
+    sandbox = os.urandom(8).hex()
+
+    async def forge() -> int:
+        bus = await supervised.connect("client")
+        try:
+            await bus.publish(event(sandbox, "net"), sample("net", sandbox))
+            await asyncio.sleep(0.2)
+            return bus.permission_errors
+        finally:
+            await bus.close()
+
+    assert asyncio.run(forge()) == 1
+    deadline = time.monotonic() + 5
+    while not supervised.violations() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(f"fence.events.{sandbox}.net" in line for line in supervised.violations()), supervised.violations()
+    assert supervised.recent(sandbox, timeout=0.3) == []
