@@ -26,8 +26,8 @@ hyphens and splits on ideographic dots.  So:
   because that is where a connection to it goes (so a rule about
   ``127.0.0.1`` covers it); zone ids (``%eth0``) are refused.
 
-``DomainFilter`` decides allow / deny / proxy for a canonical host, as the
-reference (§2.3, §5): deny wins; exact names and a leading ``*.`` (which does
+``DomainFilter`` decides allow / deny / proxy for a canonical host, as Fence
+does (docs/compatibility.md#network): deny wins; exact names and a leading ``*.`` (which does
 not match the apex); ``*`` allows everything not denied; the port is ignored.
 Patterns go through the same canonicalisation (case, IDN, trailing dot), so a
 rule and a host always compare like with like.  A *denied* pattern that is a
@@ -278,7 +278,7 @@ class _Rules:
 class DomainFilter:
     """allow / deny / proxy for canonical hosts; built once per policy, then pure lookups.
 
-    ``DomainFilter(None)`` (no config) denies everything, as the reference.
+    ``DomainFilter(None)`` (no config) denies everything, as in Fence.
     ``default_action="proxy"`` turns no-match into ``PROXY`` (the caller
     forwards to the upstream proxy, or denies where it cannot, as SOCKS).
     """
@@ -336,9 +336,9 @@ def block_hint(host: str, decision: Decision) -> str:
 # --- pattern validation ---------------------------------------------------------------------
 
 def pattern_error(pattern: str) -> str | None:
-    """Why ``pattern`` is not a valid domain pattern (the reference's reasons, §2.3), or None.
+    """Why ``pattern`` is not a valid domain pattern (Fence's reasons, docs/compatibility.md#messages), or None.
 
-    The reference's rules (``fence.config.validate``), applied to the IDNA
+    The Go tool Fence's rules (``fence.config.validate``), applied to the IDNA
     (ASCII) form of a non-ASCII pattern, so ``bücher.example`` is accepted as
     ``xn--bcher-kva.example`` is.
     """

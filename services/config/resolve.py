@@ -5,7 +5,7 @@ the nearest project ``fence.jsonc``/``fence.json`` > the user config >
 the legacy ``~/.fence.json(c)`` > built-in defaults (``fence.config.discover``).
 A missing or blank file means the built-in defaults.
 
-``extends`` (reference §2.9): a built-in template name (with or without
+``extends`` (docs/configuration.md#extends): a built-in template name (with or without
 ``.json``/``.jsonc``), ``@base`` (the user config -- not project discovery --
 or the defaults when there is none), or a file path (it contains ``/`` or
 ``\\`` or starts with ``.``; relative to the extending file, ``~`` is the

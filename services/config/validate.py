@@ -1,7 +1,7 @@
 """Semantic validation of one config (types are already checked by msgspec).
 
 ``problems(policy)`` returns every problem as ``(JSON path, message)``; the
-messages keep the reference tool's wording (reference §2.3-2.7) and add
+messages keep the Go tool Fence's wording (docs/compatibility.md#messages) and add
 what to do.  ``normalize`` applies the one implied setting
 (``strictDenyRead`` implies ``defaultDenyRead``).  ``cross_problems`` checks
 rules that span fields which may come from different files of an
@@ -32,7 +32,7 @@ DOMAIN_HELP = {
 
 
 def domain_pattern_error(pattern: str) -> str | None:
-    """Why ``pattern`` is not a valid domain pattern (the reference's reasons), or None."""
+    """Why ``pattern`` is not a valid domain pattern (Fence's reasons), or None."""
     if pattern == "localhost" or pattern == "*":
         return None
     if "://" in pattern or "/" in pattern or ":" in pattern:
@@ -81,7 +81,7 @@ def domain_problem(kind: str, pattern: str) -> str | None:
 
 
 def upstream_proxy_error(url: str) -> str | None:
-    """Why ``url`` is not a usable upstream proxy (the reference's reasons), or None."""
+    """Why ``url`` is not a usable upstream proxy (Fence's reasons), or None."""
     if "://" not in url:
         return f'missing scheme: URL must start with http:// (got "{url}")'
     scheme, rest = url.split("://", 1)

@@ -1,4 +1,4 @@
-"""Console lines for proxy decisions (reference §5, §7), from ``NetDecisionEvent``s.
+"""Console lines for proxy decisions (docs/compatibility.md#messages), from ``NetDecisionEvent``s.
 
 The monitor prints what ``net_lines(event, debug, monitor)`` returns on stderr:
 
@@ -6,7 +6,7 @@ The monitor prints what ``net_lines(event, debug, monitor)`` returns on stderr:
   ``[fence:http]`` / ``[fence:socks]`` line;
 * ``-m`` (monitor): only blocked and failed requests, without filter lines.
 
-Formats (the reference's; durations always in whole milliseconds)::
+Formats (Fence's, except that durations are always whole milliseconds)::
 
     [fence:filter] Allowed by rule: example.com:443 (matched *.example.com)
     [fence:filter] Denied by rule: evil.com:443 (matched evil.com)
