@@ -1,4 +1,4 @@
-"""Merge laws (reference §2.8) as properties over generated configs."""
+"""Merge laws (docs/configuration.md#merge-rules) as properties over generated configs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every validation message: reference wording (§2.3-2.7), the file, the JSON path, what to do."""
+"""Every validation message: Fence's wording (docs/compatibility.md#messages), the file, the JSON path, what to do."""
 
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def test_validation_message(config, path, message):
 
 
 def test_reference_message_shape_is_kept():
-    """The reference's text survives inside ours (scripts grep for it)."""
+    """The Go tool Fence's text survives inside ours (scripts grep for it)."""
     message = problem({"network": {"allowedDomains": ["*.com"]}})
     assert 'invalid allowed domain "*.com": wildcard pattern too broad (e.g., *.com not allowed)' in message
 

@@ -26,15 +26,15 @@ hyphens and splits on ideographic dots.  So:
   because that is where a connection to it goes (so a rule about
   ``127.0.0.1`` covers it); zone ids (``%eth0``) are refused.
 
-``DomainFilter`` decides allow / deny / proxy for a canonical host, as the
-reference (§2.3, §5): deny wins; exact names and a leading ``*.`` (which does
+``DomainFilter`` decides allow / deny / proxy for a canonical host, as Fence
+does (docs/compatibility.md#network): deny wins; exact names and a leading ``*.`` (which does
 not match the apex); ``*`` allows everything not denied; the port is ignored.
 Patterns go through the same canonicalisation (case, IDN, trailing dot), so a
 rule and a host always compare like with like.  A *denied* pattern that is a
 non-canonical IPv4 spelling (``0177.0.0.1``) also denies its canonical form.
 
 ``pattern_error`` / ``pattern_problem`` are the one check of a domain
-pattern (the config validator and the importer use them): the reference's
+pattern (the config validator and the importer use them): Fence's
 rules and words, judged on the IDNA form, so a pattern validates exactly
 when the filter can match it.
 
@@ -289,7 +289,7 @@ class _Rules:
 class DomainFilter:
     """allow / deny / proxy for canonical hosts; built once per policy, then pure lookups.
 
-    ``DomainFilter(None)`` (no config) denies everything, as the reference.
+    ``DomainFilter(None)`` (no config) denies everything, as in Fence.
     ``default_action="proxy"`` turns no-match into ``PROXY`` (the caller
     forwards to the upstream proxy, or denies where it cannot, as SOCKS);
     the session passes it only when there is an upstream to forward to
@@ -335,7 +335,7 @@ def block_hint(host: str, decision: Decision) -> str:
 
 
 # --- pattern validation ---------------------------------------------------------------------
-# The reference's rules and reasons (§2.3), applied to the IDNA (ASCII) form of a pattern: that is
+# Fence's rules and reasons (docs/compatibility.md#messages), applied to the IDNA (ASCII) form of a pattern: that is
 # the form the filter matches, so a pattern is valid exactly when it can mean a host.
 
 PORT_OR_PATH = "domain pattern cannot contain protocol, path, or port"
@@ -356,9 +356,9 @@ _DOMAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0
 
 
 def pattern_error(pattern: str) -> str | None:
-    """Why ``pattern`` is not a valid domain pattern (the reference's reason, §2.3), or None.
+    """Why ``pattern`` is not a valid domain pattern (Fence's reason, docs/compatibility.md#messages), or None.
 
-    ASCII patterns follow the reference exactly.  A non-ASCII one is checked
+    ASCII patterns follow Fence exactly.  A non-ASCII one is checked
     in its IDNA form (``bücher.example`` as ``xn--bcher-kva.example``), and
     must also be a host ``canonical_host`` accepts: a pattern the filter
     could never match (``１２７.０.０.１``, ``a<U+2024>b.com``) is refused
@@ -384,7 +384,7 @@ def pattern_problem(kind: str, pattern: str) -> str | None:
     """The whole message for a bad ``kind`` ("allowed"/"denied") pattern, or None when it is valid.
 
     ``invalid allowed domain "P": <reason>; <what to do>``: the config
-    validator's wording, which scripts written for the reference grep for.
+    validator's wording, which scripts written for Fence grep for.
     """
     reason = pattern_error(pattern)
     if reason is None:

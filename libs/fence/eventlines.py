@@ -1,4 +1,4 @@
-"""The console lines for events: what ``-d`` and ``-m`` print on stderr (reference §5, §7).
+"""The console lines for events: what ``-d`` and ``-m`` print on stderr (docs/compatibility.md#messages).
 
 Rendering lives in the core because two places print the same events: the
 monitor service (a lone run, where it shares the process) and a supervised
@@ -10,7 +10,7 @@ come back over NATS.  Both call ``console_lines(event, debug, monitor)``:
 * ``-m`` (monitor): only blocked and failed requests and blocked execs,
   without filter lines.
 
-Formats (the reference's; durations always in whole milliseconds)::
+Formats (Fence's, except that durations are always whole milliseconds)::
 
     [fence:filter] Allowed by rule: example.com:443 (matched *.example.com)
     [fence:filter] Denied by rule: evil.com:443 (matched evil.com)
@@ -129,7 +129,7 @@ def request_line(event: NetDecisionEvent) -> str:
 
 
 def listening_lines(http_port: int, socks_port: int) -> list[str]:
-    """The reference's debug lines for a session that has listeners (``HTTP proxy listening on ...``)."""
+    """Fence's debug lines for a session that has listeners (``HTTP proxy listening on ...``)."""
     out = []
     if http_port:
         out.append(f"[fence:http] HTTP proxy listening on localhost:{http_port}")

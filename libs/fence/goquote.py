@@ -1,6 +1,6 @@
-"""Go's ``%q`` quoting, for messages that must read like the reference tool's.
+"""Go's ``%q`` quoting, for messages that must read like the Go tool Fence's.
 
-The reference (Go) quotes commands and rules with ``%q`` in its block
+Fence (Go) quotes commands and rules with ``%q`` in its block
 messages and exec lines; scripts written against it match those texts, so
 preflight, the SSH policy, the runtime exec supervisor and the monitor's
 console lines all quote through this one function.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 def go_quote(text: str) -> str:
-    """Quote like Go's %q (the reference's messages use it)."""
+    """Quote like Go's %q (Fence's messages use it)."""
     out = ['"']
     for c in text:
         if c == '"' or c == "\\":

@@ -5,7 +5,7 @@ or an idle session) and the proxy session (grey traffic upstream or denied)
 each act on this answer, so they must read a policy the same way; before,
 each had its own copy and they disagreed at the edges.
 
-* ``relaxed``: ``"*"`` in allowedDomains (reference §5.5): the sandbox shares
+* ``relaxed``: ``"*"`` in allowedDomains (docs/compatibility.md#network): the sandbox shares
   the host's network; the proxies, on host loopback, still apply
   deniedDomains for clients that use them.
 * ``filtered``: something can get through the proxies: an allowed pattern,

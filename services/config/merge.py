@@ -1,6 +1,6 @@
 """Merging configs (``extends``) and recording which source set each field.
 
-The rules (reference §2.8; the table is in docs/configuration.md):
+The rules (Fence's; the table is in docs/configuration.md#merge-rules):
 
 | kind of field | rule |
 |---|---|

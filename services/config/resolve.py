@@ -6,7 +6,7 @@ the legacy ``~/.fence.json(c)`` > built-in defaults (``fence.config.discover``).
 A missing or blank discovered file means the built-in defaults; a missing
 ``--settings`` file is an error (``SettingsFileMissing``), a blank one the defaults.
 
-``extends`` (reference §2.9): a built-in template name (with or without
+``extends`` (docs/configuration.md#extends): a built-in template name (with or without
 ``.json``/``.jsonc``), ``@base`` (the user config -- not project discovery --
 or the defaults when there is none), or a file path (it contains ``/`` or
 ``\\`` or starts with ``.``; relative to the extending file, ``~`` is the

@@ -1,7 +1,7 @@
 """Semantic validation of one config (types are already checked by msgspec).
 
 ``problems(policy)`` returns every problem as ``(JSON path, message)``; the
-messages keep the reference tool's wording (reference §2.3-2.7) and add
+messages keep the Go tool Fence's wording (docs/compatibility.md#messages) and add
 what to do.  Domain patterns are checked by ``fence.domains`` (the core
 owns domain syntax, IDNA included, so what validates is what the proxies
 match).  ``normalize`` applies the one implied setting
@@ -22,7 +22,7 @@ Problem = tuple[str, str]
 
 
 def upstream_proxy_error(url: str) -> str | None:
-    """Why ``url`` is not a usable upstream proxy (the reference's reasons), or None."""
+    """Why ``url`` is not a usable upstream proxy (Fence's reasons), or None."""
     if "://" not in url:
         return f'missing scheme: URL must start with http:// (got "{url}")'
     scheme, rest = url.split("://", 1)

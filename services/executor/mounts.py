@@ -3,7 +3,7 @@
 Input is ``FsView``: every policy path already expanded by the caller to
 existing canonical host paths (``fence.executor.paths``) and the mandatory
 protections found by ``fence.executor.protect``.  Output is a flat bwrap
-argument list in the reference's phase order (§6.2), where a later mount wins
+argument list in Fence's phase order (docs/compatibility.md#the-sandbox), where a later mount wins
 over an earlier one:
 
 1. base view: ``--ro-bind / /`` (read-mostly), ``--bind / /`` (allowWrite "/"),
@@ -33,7 +33,7 @@ __all__ = ["FsView", "Paths", "filesystem_args", "filesystem_mounts", "landlock_
            "repair_runtime_env", "under", "writable_inside"]
 
 SYSTEM_READ_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
-"""Readable under defaultDenyRead unless strictDenyRead (the reference's essential system paths)."""
+"""Readable under defaultDenyRead unless strictDenyRead (Fence's essential system paths)."""
 
 SANDBOX_TMP = "/tmp/fence"
 """Always present and writable inside (a directory in the private /tmp)."""
@@ -83,7 +83,7 @@ def filesystem_mounts(view: FsView, masked_dirs: tuple[str, ...] = ()) -> list[M
     for path, is_dir in view.deny_read:
         if path == "/tmp":
             continue  # the sandbox's /tmp is already its own
-        # a directory appears empty, a file reads as empty (reference §6.2 step 9)
+        # a directory appears empty, a file reads as empty (as in Fence: docs/compatibility.md#the-sandbox)
         ops.append(Tmpfs(dest=path, readonly=True) if is_dir else Bind(src="/dev/null", dest=path))
     ops += [Tmpfs(dest=path) for path in masked_dirs]
     return ops
@@ -126,7 +126,7 @@ def landlock_options(view: FsView, exec_denied: list[str] = ()) -> list[str]:
 
 
 def repair_runtime_env(env: dict[str, str], view: FsView, sandbox: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """TMPDIR and XDG_RUNTIME_DIR that would not work inside get working values (reference §6.8).
+    """TMPDIR and XDG_RUNTIME_DIR that would not work inside get working values (docs/compatibility.md#environment).
 
     Returns the variables to override and the private directories to create:
     an unusable TMPDIR becomes ``/tmp``; an unusable XDG_RUNTIME_DIR becomes a

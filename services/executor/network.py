@@ -72,7 +72,7 @@ OUTBOUND_WITHOUT_PORTS = ("[fence:linux] Warning: network.allowLocalOutbound is 
 
 
 def outbound_warning(shared: bool, network: NetworkConfig) -> str:
-    """The reference's warning when local outbound is allowed without ports (it reaches nothing)."""
+    """Our wording of Fence's warning when local outbound is allowed without ports (it reaches nothing)."""
     if not shared and local_outbound(network) and not network.allow_local_outbound_ports:
         return OUTBOUND_WITHOUT_PORTS
     return ""
@@ -94,7 +94,7 @@ def no_netns_warning(detail: str, tcp_blocked: bool = False) -> str:
 def shared_network_refusal(net_mode: str, detail: str, env: dict[str, str]) -> str:
     """Why a run is refused when no netns exists: a policy allowing no network would get the host's.
 
-    The reference runs it anyway; we fail closed unless the user opts in
+    The Go tool Fence runs it anyway; we fail closed unless the user opts in
     (``FENCE_ALLOW_SHARED_NETWORK=1``), because nothing but the netns keeps
     such a sandbox off the network.  "" when the run may go on.
     """

@@ -42,7 +42,7 @@ EXEC_NOTIFY_FD = 10
 
 
 def sanitize_env(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """Drop every ``LD_*`` variable (case-sensitive, as the reference) and return what went."""
+    """Drop every ``LD_*`` variable (case-sensitive, as Fence) and return what went."""
     kept, stripped = {}, []
     for name, value in env.items():
         if name.startswith(DANGEROUS_ENV_PREFIXES):
@@ -68,8 +68,8 @@ def session_mode(allow_pty: bool, stdin_tty: bool, stdout_tty: bool, force_new_s
     A PTY only with ``allowPty`` and a terminal on both stdin and stdout (a
     pipe on either side means a program, not a person, is on the other end).
     bwrap's ``--new-session`` (the TIOCSTI defence: the sandbox must not share
-    a session with the user's terminal) is dropped only for a PTY run, as the
-    reference does, and kept when forced.  Dropping it is safe here because a
+    a session with the user's terminal) is dropped only for a PTY run, as
+    Fence does, and kept when forced.  Dropping it is safe here because a
     PTY run never hands the user's terminal to the sandbox at all: bwrap
     starts in a fresh session of its own whose only terminal is the new PTY.
     """
@@ -92,7 +92,7 @@ def render(plan: RunPlan) -> SandboxPlan:
     With ``pty`` the init helper (``--pty``) makes the PTY the command's
     controlling terminal in a session of its own (``fence.executor.ptyrelay``).
     ``exec_masks`` are covered with /dev/null after every other filesystem
-    mount (reference §6.2 step 12); those under a directory the sandbox sees as
+    mount (last, as in Fence: docs/compatibility.md#the-sandbox); those under a directory the sandbox sees as
     an empty tmpfs are already out of reach and skipped, and Landlock grants
     them no EXECUTE.  ``network.connect_only`` (a shared network without a
     netns, proxy-only): the only TCP ports the sandbox may connect to,

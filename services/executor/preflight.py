@@ -10,7 +10,7 @@ exits 1, and the runner publishes ``Blocked.event(sandbox)`` on
 What is checked: every command the input would run, as
 ``fence.executor.shellparse`` sees it (chains, pipelines, substitutions,
 nested shells, wrappers such as ``sudo``/``env``/``xargs``).  For each
-(reference §4.2):
+(Fence's order, docs/compatibility.md#command-matching):
 
 1. a ``command.allow`` prefix matches -> this command is allowed;
 2. else a ``command.deny`` prefix matches -> blocked;
@@ -18,7 +18,7 @@ nested shells, wrappers such as ``sudo``/``env``/``xargs``).  For each
    (``fence.defaults``) matches -> blocked by the *default* policy.
 
 Then, when an SSH policy is configured (``ssh.allowedHosts`` or
-``ssh.deniedHosts`` is non-empty: the policy is opt-in, as in the reference),
+``ssh.deniedHosts`` is non-empty: the policy is opt-in, as in Fence),
 every ssh/scp/sftp/rsync/git-over-ssh command is checked by
 ``fence.executor.sshpolicy``; ``command.allow`` does not exempt from it.
 
@@ -56,7 +56,7 @@ __all__ = ["Blocked", "RuleSources", "RuleSet", "check_command", "check_commands
 class Blocked(msgspec.Struct, frozen=True, kw_only=True):
     """Why a command may not run.
 
-    ``message`` is the full text for ``Error: ...`` (reference shape, then
+    ``message`` is the full text for ``Error: ...`` (Fence's shape, docs/compatibility.md#messages, then
     where the rule came from); ``command`` is the offending (sub)command;
     ``rule`` the rule that matched ("" when no single rule did, e.g. a host
     not in ``ssh.allowedHosts`` or input too deep to check); ``source``
@@ -156,7 +156,7 @@ def _from(label: str) -> str:
 # --------------------------------------------------------------------------- rules and matching
 
 def rule_tokens(rule: str) -> list[str]:
-    """Tokens of a rule as the reference splits them: on blanks outside quotes, quotes removed;
+    """Tokens of a rule as Fence splits them: on blanks outside quotes, quotes removed;
     the executable reduced to its basename."""
     tokens: list[str] = []
     cur: list[str] = []

@@ -1,4 +1,4 @@
-"""Mandatory protection: the paths no config can make writable (reference §4.4, and more).
+"""Mandatory protection: the paths no config can make writable (docs/compatibility.md#mandatory-protections, and more).
 
 A sandbox that can write a shell startup file, a git hook, an editor's task
 file or fence's own config gets code run *outside* the sandbox later.  These
