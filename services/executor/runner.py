@@ -282,8 +282,8 @@ def filesystem(policy, req: RunRequest, resolved: ConfigResolveReply, host: Host
     if policy.filesystem.default_deny_read or policy.filesystem.strict_deny_read:
         helper = _helper()
     try:
-        facts = fsfacts.gather(policy, req.cwd, req.env, req.sandbox, resolved.sources,
-                               config_dir=_user_config_dir(req.env), helper_paths=fsfacts.helper_read_paths(helper))
+        facts = fsfacts.gather(policy, req.cwd, req.env, req.sandbox, resolved.chain,
+                               config_dir=_user_config_dir(resolved), helper_paths=fsfacts.helper_read_paths(helper))
     except fsfacts.FsError as e:
         raise FenceError(str(e)) from None
     if wants_landlock(facts.view):
@@ -314,10 +314,12 @@ def _helper() -> tuple[str, ...]:
     return (os.path.realpath(python), *rest)
 
 
-def _user_config_dir(env: dict[str, str]) -> str:
-    from fence.config.discover import user_config_dir
-
-    return user_config_dir(env.get("HOME", "/"), env.get("XDG_CONFIG_HOME", ""))
+def _user_config_dir(resolved: ConfigResolveReply) -> str:
+    """The user config directory every sandbox protects, as the config service looked for it."""
+    if not resolved.user_config_dir:  # an older config service: it sends neither this nor the chain's files
+        raise FenceError("the config service did not say where the config came from (it is older than this "
+                         "fence); restart it: fence down, then fence up")
+    return resolved.user_config_dir
 
 
 async def _quarantine(bus: Bus, protection, sandbox_id: str) -> None:
