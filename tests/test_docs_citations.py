@@ -42,6 +42,8 @@ def code_files():
         for path in sorted((ROOT / top).rglob("*")):
             if not path.is_file() or "__pycache__" in path.parts or path.resolve() == THIS_FILE:
                 continue
+            if any(part.startswith(".") or part == "node_modules" for part in path.relative_to(ROOT).parts):
+                continue  # tools installed in the tree (bench/.srt: node_modules), not our code
             try:
                 text = path.read_text(encoding="utf-8")
             except (UnicodeDecodeError, OSError):

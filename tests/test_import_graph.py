@@ -25,9 +25,6 @@ SERVICES = ("config", "proxy", "executor", "monitor")
 ANY_SERVICE = "*"
 ALLOWED: dict[tuple[str, str], str] = {
     ("libs/fence/cli.py", ANY_SERVICE): "composition point: the lone run is built in one process from every service",
-    ("services/executor/preflight.py", "fence.config.load"): "rule sources",  # removed by the provenance work
-    ("services/executor/preflight.py", "fence.config.templates"): "rule sources",  # removed by the provenance work
-    ("services/executor/runner.py", "fence.config.discover"): "user_config_dir",  # removed by the provenance work
 }
 """(file, imported module or ANY_SERVICE) -> why it may cross a seam."""
 

@@ -17,7 +17,6 @@ import pytest
 
 from fence.bus import InProcessBus, RemoteError, run_sync
 from fence.config import templates
-from fence.config.discover import user_config_dir
 from fence.config.resolve import resolve
 from fence.executor.service import ExecutorService
 from fence.messages import ConfigResolveRequest, ExecPlanReply, ExecPlanRequest
@@ -61,7 +60,7 @@ def _service_plan(runner, work, env, template: str = "") -> ExecPlanReply:
     run_sync(ExecutorService().start(bus))
     return run_sync(bus.request(EXEC_PLAN, ExecPlanRequest(
         policy=resolved.policy, argv=COMMAND, cwd=str(work), env=env, sandbox=runner.sandbox,
-        sources=resolved.sources, config_dir=user_config_dir(home, ""), debug=True), ExecPlanReply))
+        chain=resolved.chain, config_dir=resolved.user_config_dir, debug=True), ExecPlanReply))
 
 
 class _Run:

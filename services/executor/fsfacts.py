@@ -10,11 +10,13 @@ the run (``FsError``).
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env
 from fence.executor.paths import absolute, expand
 from fence.executor.protect import Protection, protected_paths
 from fence.executor.reserve import PathSwapped
+from fence.messages import SourceRef
 from fence.policy import Policy
 
 
@@ -98,9 +100,12 @@ def pin(paths: list[str]) -> dict[str, int]:
     return fds
 
 
-def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_sources: list[str] = (),
+def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_chain: Sequence[SourceRef] = (),
            config_dir: str = "", helper_paths: list[str] = ()) -> FsFacts:
-    """Everything ``plan_sandbox`` needs about the filesystem for ``policy`` run in ``cwd``."""
+    """Everything ``plan_sandbox`` needs about the filesystem for ``policy`` run in ``cwd``.
+
+    ``config_chain`` is where the config came from (``ConfigResolveReply.chain``): its files stay
+    read-only, like ``config_dir``, the user config directory."""
     fs = policy.filesystem
     home = env.get("HOME", "/")
     notes: list[str] = []
@@ -147,7 +152,7 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_s
 
     opened = [os.path.realpath(absolute(p, cwd, home)) for p in fs.allow_write_protected]
     protection = protected_paths([p for p, _ in write], os.path.realpath(cwd), home, config_dir,
-                                 [_source_path(s) for s in config_sources], fs.allow_git_config, env, opened)
+                                 [s.path for s in config_chain if s.kind == "file"], fs.allow_git_config, env, opened)
     if protection.truncated:
         notes.append("mandatory protection: the nested-project walk hit its bound; deeper projects are not scanned")
     missing = [ph.path for ph in protection.placeholders if not os.path.lexists(ph.path)]
@@ -175,12 +180,6 @@ def _named_symlinks(patterns: list[str], cwd: str, home: str) -> list[tuple[str,
             except OSError:
                 pass
     return list(dict.fromkeys(out))
-
-
-def _source_path(label: str) -> str:
-    """``project config: /a/fence.json (empty: ...)`` -> ``/a/fence.json``; templates -> ""."""
-    _, _, rest = label.partition(": ")
-    return rest.split(" (", 1)[0] if rest.startswith("/") else ""
 
 
 def helper_read_paths(helper: tuple[str, ...]) -> list[str]:

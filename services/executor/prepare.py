@@ -17,6 +17,7 @@ the proxy session, bwrap.
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import msgspec
 
@@ -25,7 +26,7 @@ from fence.executor.errors import FenceError
 from fence.executor.execdeny import ExecDeny
 from fence.executor.fsfacts import FsFacts
 from fence.executor.plan import HostFacts, NetPlan, RunPlan, session_mode, wants_landlock
-from fence.messages import ProxySessionOpened
+from fence.messages import ProxySessionOpened, SourceRef
 from fence.policy import Policy
 
 
@@ -41,11 +42,14 @@ class RunFacts:
 
 
 def gather(policy: Policy, command: list[str], cwd: str, env: dict[str, str], sandbox: str, host: HostFacts,
-           sources: list[str], config_dir: str, debug: bool = False) -> RunFacts:
+           chain: Sequence[SourceRef], config_dir: str, debug: bool = False) -> RunFacts:
     """Read every fact the plan needs; raises ``FenceError`` for a run that must not start.
 
-    Warnings are collected, not printed (the service answers with them, the
-    runner prints them): ``warnings`` on every run, ``trace`` with ``-d``.
+    ``chain``: the config's sources (its files stay read-only in the sandbox),
+    ``config_dir``: the user's fence config directory, both from the config
+    service's reply.  Warnings are collected, not printed (the service answers
+    with them, the runner prints them): ``warnings`` on every run, ``trace``
+    with ``-d``.
     """
     from fence.executor import execdeny, fsfacts
 
@@ -54,7 +58,7 @@ def gather(policy: Policy, command: list[str], cwd: str, env: dict[str, str], sa
     if policy.filesystem.default_deny_read or policy.filesystem.strict_deny_read:
         helper = _helper()
     try:
-        fs = fsfacts.gather(policy, cwd, env, sandbox, sources, config_dir=config_dir,
+        fs = fsfacts.gather(policy, cwd, env, sandbox, chain, config_dir=config_dir,
                             helper_paths=fsfacts.helper_read_paths(helper))
     except fsfacts.FsError as e:
         raise FenceError(str(e)) from None

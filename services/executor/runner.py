@@ -109,8 +109,8 @@ async def resolve(bus: Bus, req: RunRequest) -> ConfigResolveReply:
 
 
 def gather_facts(req: RunRequest, resolved: ConfigResolveReply, host: HostFacts) -> RunFacts:
-    return gather(resolved.policy, req.command, req.cwd, req.env, req.sandbox, host, resolved.sources,
-                  _user_config_dir(req.env), debug=req.debug)
+    return gather(resolved.policy, req.command, req.cwd, req.env, req.sandbox, host, resolved.chain,
+                  _user_config_dir(resolved), debug=req.debug)
 
 
 def decide(req: RunRequest, resolved: ConfigResolveReply, facts: RunFacts, opened: ProxySessionOpened) -> RunPlan:
@@ -267,10 +267,12 @@ async def admit(bus: Bus, req: RunRequest, resolved: ConfigResolveReply) -> None
         raise FenceError(blocked.message)
 
 
-def _user_config_dir(env: dict[str, str]) -> str:
-    from fence.config.discover import user_config_dir
-
-    return user_config_dir(env.get("HOME", "/"), env.get("XDG_CONFIG_HOME", ""))
+def _user_config_dir(resolved: ConfigResolveReply) -> str:
+    """The user config directory every sandbox protects, as the config service looked for it."""
+    if not resolved.user_config_dir:  # an older config service: it sends neither this nor the chain's files
+        raise FenceError("the config service did not say where the config came from (it is older than this "
+                         "fence); restart it: fence down, then fence up")
+    return resolved.user_config_dir
 
 
 async def _quarantine(bus: Bus, protection, sandbox_id: str) -> None:

@@ -36,7 +36,7 @@ class ExecutorService(Service):
             raise ServiceError(f"cwd must be an absolute path, got {req.cwd!r}", "bad_request")
         try:
             host = host_facts(masked_dirs=_runtime_dirs(req.env))
-            facts = gather(req.policy, req.argv, req.cwd, req.env, req.sandbox, host, req.sources, req.config_dir,
+            facts = gather(req.policy, req.argv, req.cwd, req.env, req.sandbox, host, req.chain, req.config_dir,
                            debug=req.debug)
             session = req.session or ProxySessionOpened(sandbox=req.sandbox)
             plan = prepare(req.policy, req.argv, req.cwd, req.env, req.sandbox, facts, session, ports=req.ports,
