@@ -190,7 +190,7 @@ def test_plan_binds_dev_null_after_the_filesystem_mounts():
 def test_plan_with_exec_notify_starts_the_command_through_the_helper():
     plan = render(RunPlan(command=["git", "status"], cwd="/w", host=HOST, exec_notify=True))
     tail = plan.argv[plan.argv.index("--") + 1:]
-    assert tail[1:3] == ["-I", "-S"] and "landlock" in tail[3]
+    assert tail[1:3] == ["-I", "-S"] and "inithelper" in tail[3]
     assert tail[4:] == ["--no-landlock", "--exec-notify", str(EXEC_NOTIFY_FD), "--", "git", "status"]
     assert plan.exec_notify_fd == EXEC_NOTIFY_FD and "exec-argv(seccomp-unotify)" in plan.layers
 

@@ -144,7 +144,7 @@ def seccomp_support(machine: str, version: tuple[int, int]) -> tuple[bool, bool]
     EINVAL when not.  ``seccomp(SECCOMP_GET_NOTIF_SIZES)`` succeeds from 5.0
     on; where we don't know the syscall number, the kernel version decides.
     """
-    from fence.executor.landlock import prctl, syscall
+    from fence.executor.inithelper import prctl, syscall
 
     try:
         prctl(PR_GET_SECCOMP, 0)
@@ -163,7 +163,7 @@ def seccomp_support(machine: str, version: tuple[int, int]) -> tuple[bool, bool]
 
 def landlock_support(version: tuple[int, int]) -> tuple[int, str]:
     """(ABI, "") or (0, why not), from ``landlock_create_ruleset(NULL, 0, VERSION)``."""
-    from fence.executor.landlock import abi_version
+    from fence.executor.inithelper import abi_version
 
     try:
         return abi_version(), ""
