@@ -14,6 +14,7 @@ from fence.executor.execdeny import CRITICAL_COMMANDS, Entry, FileId, SharedBina
 from fence.executor.mounts import FsView
 from fence.executor.plan import EXEC_NOTIFY_FD, HostFacts, RunPlan, render
 from fence.policy import CommandConfig, Policy
+from fence.runtime import read_cache
 
 EXE = stat.S_IFREG | 0o755
 
@@ -246,5 +247,5 @@ def test_cache_entry_not_ours_or_writable_by_others_is_ignored(tree):
     (entry,) = os.listdir(cache)
     path = os.path.join(cache, entry)
     os.chmod(path, 0o666)
-    assert execdeny._read_cached(path) is None
+    assert read_cache(path, execdeny._Cached) is None
     assert execdeny.plan_for(pol, f"{tree}/b", "/", cache_dir=cache).masks == (f"{tree}/b/frob",)
