@@ -1,4 +1,4 @@
-"""The Landlock init helper, run the way fence runs it: first thing inside a real bwrap sandbox.
+"""The init helper (Landlock and its other duties), run the way fence runs it: first thing inside a real bwrap sandbox.
 
 bubblewrap binds the whole work directory writable, so every refusal seen
 here is Landlock's (EACCES / EXDEV), not a read-only mount's (EROFS); every
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from fence.executor import landlock
+from fence.executor import inithelper
 from fence.executor.host import find_bwrap
 
 pytestmark = pytest.mark.sandbox
 
 BWRAP = find_bwrap()
-HELPER = os.path.abspath(landlock.__file__)
+HELPER = os.path.abspath(inithelper.__file__)
 SECCOMP_FD = 63
 SYSTEM = ["-r", "/usr", "-r", "/etc", "-r", "/bin", "-r", "/lib", "-r", "/lib64", "-r", "/proc", "-w", "/dev",
           "-w", "/tmp"]
@@ -33,7 +33,7 @@ SYSTEM = ["-r", "/usr", "-r", "/etc", "-r", "/bin", "-r", "/lib", "-r", "/lib64"
 
 def landlock_abi() -> int:
     try:
-        return landlock.abi_version()
+        return inithelper.abi_version()
     except OSError:
         return 0
 
@@ -104,7 +104,7 @@ def unprivileged() -> Runner:
     _ensure_test_user()
     dest = Path(tempfile.mkdtemp(prefix="fence-landlock-helper-", dir="/var/tmp"))
     os.chmod(dest, 0o755)
-    helper = dest / "landlock.py"
+    helper = dest / "inithelper.py"
     shutil.copy(HELPER, helper)
     os.chmod(helper, 0o644)
     # a copy: the repo may sit where others cannot read
@@ -287,7 +287,7 @@ def _landlock_enosys() -> bytes:
     from fence.executor.seccomp import _export
 
     flt = sc.SyscallFilter(sc.ALLOW)
-    flt.add_rule(sc.ERRNO(38), landlock.SYS_CREATE_RULESET)
+    flt.add_rule(sc.ERRNO(38), inithelper.SYS_CREATE_RULESET)
     return _export(flt)
 
 
@@ -382,10 +382,10 @@ def test_helper_imports_only_builtin_modules():
     """Beyond what ``python -I -S`` loads anyway: only ``_ctypes`` (not ``ctypes``, ``os``, ``struct``...),
     and only once it makes a call (importing it on the host for ``helper_command`` loads nothing)."""
     code = ("import sys; before = set(sys.modules); "
-            f"sys.path.insert(0, {os.path.dirname(HELPER)!r}); import landlock; "
-            "print(sorted(set(sys.modules) - before - {'landlock'})); "
-            "import errno\ntry:\n    landlock.abi_version()\nexcept OSError:\n    pass\n"
-            "print(sorted(set(sys.modules) - before - {'landlock', 'errno'}))")
+            f"sys.path.insert(0, {os.path.dirname(HELPER)!r}); import inithelper; "
+            "print(sorted(set(sys.modules) - before - {'inithelper'})); "
+            "import errno\ntry:\n    inithelper.abi_version()\nexcept OSError:\n    pass\n"
+            "print(sorted(set(sys.modules) - before - {'inithelper', 'errno'}))")
     r = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout == "[]\n['_ctypes']\n"
 
@@ -395,8 +395,8 @@ def test_public_ctypes_fallback(monkeypatch):
     import _ctypes
 
     monkeypatch.delattr(_ctypes, "FUNCFLAG_USE_ERRNO")
-    monkeypatch.setattr(landlock, "_libc", {})
-    assert landlock.abi_version() == ABI
+    monkeypatch.setattr(inithelper, "_libc", {})
+    assert inithelper.abi_version() == ABI
     assert "ctypes" in sys.modules
 
 
@@ -414,10 +414,10 @@ def test_helper_command_prefers_a_current_pyc(var_tmp):
     import py_compile
 
     tmp_path = var_tmp
-    source = tmp_path / "landlock.py"
+    source = tmp_path / "inithelper.py"
     shutil.copy(HELPER, source)
     cached = importlib.util.cache_from_source(str(source))
-    spec = importlib.util.spec_from_file_location("landlock_copy", source)
+    spec = importlib.util.spec_from_file_location("inithelper_copy", source)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.helper_command() == [sys.executable, "-I", "-S", str(source)]  # no pyc yet
