@@ -77,9 +77,9 @@ def test_failed_prepare_stops_the_sandbox_before_its_command():
     """
     from fence.executor.launch import LaunchError
 
-    import tempfile
+    from conftest import session_dir
 
-    work = tempfile.mkdtemp(prefix="fence-prepare-", dir="/var/tmp")  # not /tmp: private inside
+    work = str(session_dir("fence-prepare-"))  # not /tmp: private inside
     marker = os.path.join(work, "ran")
     plan = plan_sandbox(Policy(), ["sh", "-c", f"echo > {marker}"], "/", dict(os.environ),
                         host_facts(), listen_inside=[("127.0.0.1", 3128)])

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import session_dir
+
 pytestmark = pytest.mark.sandbox
 
 
@@ -373,8 +375,7 @@ def preload_library(tmp_path_factory):
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         pytest.skip("no C compiler to build the LD_PRELOAD probe")
-    d = Path("/var/tmp") / f"fence-preload-{uuid.uuid4().hex[:8]}"
-    d.mkdir()
+    d = session_dir("fence-preload-")
     src = d / "probe.c"
     # says so only inside a sandbox: fence itself, on the host, may load it (that is the user's own env)
     src.write_text('#include <stdlib.h>\n#include <unistd.h>\n__attribute__((constructor)) static void hello(void) '
@@ -409,11 +410,10 @@ def test_init_helper_passes_the_environment_unchanged(fence):
 
 @pytest.fixture(scope="module")
 def other_filesystem():
-    """A tmpfs mounted under /var/tmp: a writable path on another filesystem than the root."""
+    """A tmpfs mounted under /var/tmp (this session's root): a writable path on another filesystem."""
     if os.geteuid() != 0:
         pytest.skip("mounting a test filesystem needs root")
-    point = Path(f"/var/tmp/fence-otherfs-{uuid.uuid4().hex[:8]}")
-    point.mkdir()
+    point = session_dir("fence-otherfs-")
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0777", "tmpfs", str(point)]).returncode:
         point.rmdir()
         pytest.skip("cannot mount a tmpfs here")
