@@ -310,6 +310,23 @@ def marker_server(body: str, host: str = "127.0.0.1"):
         server.server_close()
 
 
+@contextlib.contextmanager
+def removed_afterwards(*paths: str | Path):
+    """Removes paths a sandbox must never be able to create outside this session's roots.
+
+    Should one appear (the test then fails), one broken run still leaves
+    nothing on the host for later runs, or other sessions, to trip over.
+    """
+    try:
+        yield
+    finally:
+        for path in map(Path, paths):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
 def lone_bus(events: str = "fence.events.>"):
     """The services of a lone run on an in-process bus, and a list collecting the events on ``events``."""
     from fence.bus import InProcessBus, run_sync

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import session_dir
+from conftest import removed_afterwards, session_dir
 
 pytestmark = pytest.mark.sandbox
 
@@ -69,17 +69,19 @@ def test_nothing_writable_without_allow_write(fence):
 def test_write_outside_workspace_is_refused(fence):
     work = _workspace(fence)
     outside = Path(f"/var/tmp/fence-outside-{uuid.uuid4().hex}")
-    r = sh(fence, work, f"touch {outside}; touch /etc/fence-test-file; touch ../../../../var/tmp/{outside.name}.2")
-    assert r.returncode != 0
-    assert not outside.exists() and not Path(f"{outside}.2").exists() and not Path("/etc/fence-test-file").exists()
+    with removed_afterwards(outside, f"{outside}.2", "/etc/fence-test-file"):
+        r = sh(fence, work, f"touch {outside}; touch /etc/fence-test-file; touch ../../../../var/tmp/{outside.name}.2")
+        assert r.returncode != 0
+        assert not outside.exists() and not Path(f"{outside}.2").exists() and not Path("/etc/fence-test-file").exists()
 
 
 def test_symlink_out_of_workspace_gives_no_write(fence):
     work = _workspace(fence)
     name = f"fence-test-{uuid.uuid4().hex}"
-    r = sh(fence, work, f"ln -s /etc escape && echo x > escape/{name}")
-    assert r.returncode != 0
-    assert not Path("/etc", name).exists()
+    with removed_afterwards(Path("/etc", name)):
+        r = sh(fence, work, f"ln -s /etc escape && echo x > escape/{name}")
+        assert r.returncode != 0
+        assert not Path("/etc", name).exists()
     assert (work / "escape").is_symlink()  # the link itself was allowed: it is in the workspace
 
 
@@ -113,9 +115,10 @@ def test_glob_does_not_follow_planted_symlinks_out_of_its_base(fence):
 def test_tmp_fence_is_writable_and_private(fence):
     work = _workspace(fence)
     name = f"t-{uuid.uuid4().hex}"
-    r = sh(fence, work, f"echo hi > /tmp/fence/{name} && cat /tmp/fence/{name}")
-    assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
-    assert not Path("/tmp/fence", name).exists()
+    with removed_afterwards(Path("/tmp/fence", name)):
+        r = sh(fence, work, f"echo hi > /tmp/fence/{name} && cat /tmp/fence/{name}")
+        assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
+        assert not Path("/tmp/fence", name).exists()
 
 
 def test_python_multiprocessing_uses_dev_shm(fence):
