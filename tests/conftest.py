@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from leakcheck import (pytest_collection_finish, pytest_configure, pytest_runtest_protocol,  # noqa: F401 (hooks)
-                       pytest_sessionfinish, pytest_terminal_summary, session_dir)
+                       pytest_sessionfinish, pytest_terminal_summary, pytest_unconfigure, session_dir)
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_USER = "fence-test"

@@ -87,13 +87,24 @@ class Session:
                        for item in left]
         problems = leftovers.remove(left, self.marks)
         self.report += [f"cleanup: {problem}" for problem in problems]
+        self._restore()
+        return bool(self.report)
+
+    def abandon(self) -> None:
+        """No session ran (``--help``, ``--markers``): only the empty roots to take away."""
+        if not self.finished:
+            self.finished = True
+            for root in self.marks.roots:
+                leftovers.remove_tree(root)
+            self._restore()
+
+    def _restore(self) -> None:
         for name, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
         tempfile.tempdir = self._saved_tempdir
-        return bool(self.report)
 
 
 _session: Session | None = None
@@ -140,6 +151,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if _session.finish() and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _session is not None:
+        _session.abandon()
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

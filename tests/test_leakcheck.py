@@ -52,6 +52,7 @@ def test_a_leaking_test_fails_the_run_names_what_it_left_and_it_is_removed(tmp_p
     env = {**os.environ, "PYTHONPATH": str(TESTS), "LEAK_NOTE": str(note)}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "leakcheck", "-p", "no:cacheprovider",
                         "test_leaky.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert note.exists(), r.stdout + r.stderr
     where, pid = note.read_text().split()
     try:
         assert r.returncode == 1, r.stdout + r.stderr
