@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import session_dir
 from fence.executor import inithelper
 from fence.executor.host import find_bwrap
 
@@ -49,7 +50,7 @@ class Runner:
         self.user, self.python, self.helper = user, python, helper
 
     def workdir(self) -> Path:
-        path = Path(tempfile.mkdtemp(prefix="fence-landlock-", dir="/var/tmp"))
+        path = session_dir("fence-landlock-")
         if self.user:
             pw = pwd.getpwnam(self.user)
             os.chown(path, pw.pw_uid, pw.pw_gid)
@@ -102,7 +103,7 @@ def unprivileged() -> Runner:
     if os.geteuid() != 0:
         pytest.skip("not root: the current user is already unprivileged")
     _ensure_test_user()
-    dest = Path(tempfile.mkdtemp(prefix="fence-landlock-helper-", dir="/var/tmp"))
+    dest = session_dir("fence-landlock-helper-")
     os.chmod(dest, 0o755)
     helper = dest / "inithelper.py"
     shutil.copy(HELPER, helper)
@@ -234,13 +235,13 @@ def test_a_real_ld_preload_library_never_reaches_the_command(tmp_path_factory):
     src.write_text('#include <stdio.h>\n#include <errno.h>\n'
                    '__attribute__((constructor)) static void hi(void) '
                    '{ fprintf(stderr, "PRELOADED-INTO %s\\n", program_invocation_short_name); }\n')
-    lib = Path("/var/tmp") / f"fence-announce-{os.getpid()}.so"
+    lib = session_dir("fence-announce-") / "announce.so"  # not /tmp: the helper loads it inside too
     subprocess.run(["gcc", "-shared", "-fPIC", "-D_GNU_SOURCE", "-o", str(lib), str(src)], check=True)
     try:
         r = Runner(None, sys.executable).run(SYSTEM, ["sh", "-c", "env | grep -c LD_PRELOAD; true"],
                                              env={"LD_PRELOAD": str(lib)})
     finally:
-        lib.unlink()
+        shutil.rmtree(lib.parent)
     assert r.stdout == "0\n"
     loaded = [line for line in r.stderr.splitlines() if line.startswith("PRELOADED-INTO")]
     # bwrap and the helper's interpreter start with it (fence strips LD_* before bwrap); sh, env, grep never
@@ -403,7 +404,7 @@ def test_public_ctypes_fallback(monkeypatch):
 @pytest.fixture
 def var_tmp():
     """Like tmp_path, but visible inside the sandboxes (their /tmp is a private tmpfs)."""
-    path = Path(tempfile.mkdtemp(prefix="fence-landlock-", dir="/var/tmp"))
+    path = session_dir("fence-landlock-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

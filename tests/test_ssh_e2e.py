@@ -36,11 +36,12 @@ import shutil
 import socket
 import stat
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import session_dir
 
 pytestmark = pytest.mark.sandbox
 
@@ -95,7 +96,7 @@ def sshd():
         pytest.skip("git not installed")
     if _locked("root"):
         pytest.skip("root's password is locked ('!'), so sshd with UsePAM no refuses the login")
-    root = Path(tempfile.mkdtemp(prefix="fence-sshd-", dir="/var/tmp"))
+    root = session_dir("fence-sshd-")
     os.chmod(root, 0o755)
     keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", ""]
     subprocess.run([*keygen, "-f", str(root / "host_ed25519"), "-C", "fence-test-host"], check=True)
