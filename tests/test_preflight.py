@@ -8,7 +8,9 @@ import pytest
 
 from fence.defaults import DEFAULT_DENIED_COMMANDS
 from fence.executor import shellparse
-from fence.executor.preflight import Blocked, RuleSources, check_command, go_quote, matches, rule_tokens
+from fence.executor.commandrules import Blocked, RuleSources, matches, rule_tokens
+from fence.executor.preflight import check_command
+from fence.goquote import go_quote
 from fence.executor.shellparse import Command, ParseError, commands, commands_from_argv
 from fence.messages import Event, PreflightBlockedEvent
 from fence.policy import CommandConfig, Policy

@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fence.executor import shellparse
-from fence.executor.preflight import Blocked, RuleSources, check_command
+from fence.executor.commandrules import Blocked, RuleSources
+from fence.executor.preflight import check_command
 from fence.executor.shellparse import ParseError
 from fence.policy import CommandConfig, Policy, SSHConfig
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from fence.executor import sshpolicy
-from fence.executor.preflight import RuleSources, check_command
+from fence.executor.commandrules import RuleSources
+from fence.executor.preflight import check_command
 from fence.executor.shellparse import Command, split_words
 from fence.policy import CommandConfig, Policy, SSHConfig
 

@@ -157,7 +157,7 @@ def deny_names(policy) -> list[str]:
     so are glob heads.
     """
     from fence.defaults import DEFAULT_DENIED_COMMANDS
-    from fence.executor.preflight import rule_tokens, use_defaults
+    from fence.executor.commandrules import rule_tokens, use_defaults
 
     rules = list(policy.command.deny)
     if use_defaults(policy):
@@ -178,7 +178,7 @@ def deny_names(policy) -> list[str]:
 def rule_heads(policy) -> list[str]:
     """The executable name of every deny rule (multi-token ones too), for the argv layer's file identities."""
     from fence.defaults import DEFAULT_DENIED_COMMANDS
-    from fence.executor.preflight import rule_tokens, use_defaults
+    from fence.executor.commandrules import rule_tokens, use_defaults
 
     rules = list(policy.command.deny) + (list(DEFAULT_DENIED_COMMANDS) if use_defaults(policy) else [])
     out: list[str] = []

@@ -266,7 +266,7 @@ class ExecPolicy:
     """
 
     def __init__(self, policy, sources=None, identities: dict | None = None):
-        from fence.executor.preflight import RuleSources
+        from fence.executor.commandrules import RuleSources
 
         self.policy = policy
         self.sources = sources or RuleSources()
@@ -289,7 +289,8 @@ class ExecPolicy:
     def check(self, call: ExecCall) -> Verdict | None:
         """None when the exec may go on."""
         from fence.defaults import DEFAULT_DENY_SOURCE
-        from fence.executor.preflight import command_rule_hit, go_quote
+        from fence.executor.preflight import command_rule_hit
+        from fence.goquote import go_quote
 
         for name in self.names(call):
             hit = command_rule_hit(Command([name] + call.argv[1:]), self.policy)

@@ -32,15 +32,12 @@ from typing import Mapping, Sequence
 
 from fence.defaults import DEFAULT_DENIED_COMMANDS, DEFAULT_DENY_SOURCE
 from fence.executor import shellparse
-from fence.executor.commandrules import Blocked, RuleSet, RuleSources, matches, rule_tokens, ruleset, use_defaults
+from fence.executor.commandrules import Blocked, RuleSources, ruleset, use_defaults
 from fence.executor.shellparse import Command, ParseError
 from fence.goquote import go_quote
 from fence.policy import Policy
 
-# Blocked, RuleSources and the matching (fence.executor.commandrules) and go_quote (fence.goquote)
-# stay importable from here for the runner, the exec policies and the tests
-__all__ = ["Blocked", "RuleSources", "RuleSet", "check_command", "check_commands", "go_quote", "matches",
-           "rule_tokens"]
+__all__ = ["check_command", "check_commands", "command_rule_hit"]
 
 
 def _from(label: str) -> str:

@@ -23,7 +23,8 @@ from fence.executor.fsfacts import FsError
 from fence.executor.launch import LaunchError, Sandbox
 from fence.executor.plan import HostFacts, RunPlan, SandboxPlan, render
 from fence.executor.prepare import RunFacts, gather, prepare
-from fence.executor.preflight import RuleSources, check_command
+from fence.executor.commandrules import RuleSources
+from fence.executor.preflight import check_command
 from fence.messages import (ConfigResolveReply, ConfigResolveRequest, LifecycleEvent, ProxySessionClose,
                             ProxySessionClosed, ProxySessionOpen, ProxySessionOpened)
 from fence.subjects import CONFIG_RESOLVE, PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN, event
