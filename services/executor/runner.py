@@ -8,6 +8,7 @@ modes: driven without an event loop over the in-process bus (a lone run,
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -83,6 +84,7 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         sandbox = run.launch(plan, rendered, relay_signals, attach)  # exec supervisor, pinned fds, bwrap, bridges
         await bus.publish(run.lifecycle, LifecycleEvent(sandbox=req.sandbox, phase="started", ts=time.time(),
                                                         pid=sandbox.init_pid or sandbox.pid, argv=req.command))
+        _collect_from_now_on()
         code = await wait(sandbox)
         await bus.publish(run.lifecycle, LifecycleEvent(sandbox=req.sandbox, phase="exited", ts=time.time(),
                                                         pid=sandbox.init_pid or sandbox.pid, exit_code=code,
@@ -90,6 +92,13 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         return code
     finally:
         await run.close()                                       # placeholders, quarantine, relays, session
+
+
+def _collect_from_now_on() -> None:
+    """The command runs: what start-up made stays (frozen: never scanned again), and the garbage
+    collector, off during start-up (``cli.run_command``), is on for the rest of the sandbox's life."""
+    gc.freeze()
+    gc.enable()
 
 
 async def resolve(bus: Bus, req: RunRequest) -> ConfigResolveReply:
