@@ -25,7 +25,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 
 @dataclass

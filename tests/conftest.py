@@ -58,7 +58,7 @@ class FenceRunner:
                               user=self.user, capture_output=True, text=True, timeout=timeout)
 
     def terminal(self, *args: str, env: dict | None = None, cwd: str | None = None, rows: int = 24,
-                 cols: int = 80) -> "Terminal":
+                 cols: int = 80) -> Terminal:
         """fence on a real terminal (a pty it owns as its controlling terminal), as a person runs it."""
         return Terminal(self.argv(*args), env or self.env(), cwd or self.home, self.user, rows, cols)
 
@@ -169,7 +169,7 @@ class Terminal:
         for fd in (self.master, self.slave):
             os.close(fd)
 
-    def __enter__(self) -> "Terminal":
+    def __enter__(self) -> Terminal:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,7 +10,6 @@ import json
 import os
 import pwd
 import shutil
-import stat
 import subprocess
 import uuid
 from pathlib import Path

@@ -59,7 +59,7 @@ def test_env_sanitized():
 
 def test_summary_line():
     assert plan().summary == "[fence:linux] Sandbox: bwrap(network,pid,fs), landlock(not needed), userns(no-nesting)"
-    
+
 
 def test_generated_files_are_bound_read_only_after_the_masks():
     host = HostFacts(bwrap="/usr/bin/bwrap", is_root=False, masked_dirs=("/run/user/1/fence",))

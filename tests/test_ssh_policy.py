@@ -368,7 +368,7 @@ def test_targets_parsing():
         return ts[0]
 
     t = one("ssh -vp 2200 -l bob -i key -o User=x host uptime -a")
-    assert (t.dest, t.remote) == ("host", "uptime -a") and ["-p", "2200"] == t.options[:2]
+    assert (t.dest, t.remote) == ("host", "uptime -a") and t.options[:2] == ["-p", "2200"]
     t = one("ssh ssh://alice@[::1]:2200")
     assert (t.host, t.user, t.port) == ("::1", "alice", "2200")
     t = one("ssh -s host sftp")

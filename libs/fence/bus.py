@@ -41,7 +41,8 @@ import sys
 import time
 from collections import deque
 from functools import lru_cache
-from typing import Any, Awaitable, Callable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -335,7 +336,7 @@ class TypedBus:
 class _Sub:
     """One in-process subscription: a callback on (bytes, reply), with its ordered backlog."""
 
-    def __init__(self, bus: "InProcessBus", pattern: str, queue: str,
+    def __init__(self, bus: InProcessBus, pattern: str, queue: str,
                  deliver: Callable[[bytes, Callable[[bytes], None] | None], Awaitable[None]]):
         self.bus, self.pattern, self.queue, self.deliver = bus, pattern, queue, deliver
         self.pending: deque = deque()
@@ -437,7 +438,7 @@ class InProcessBus(TypedBus):
         self._waiting.add(future)
         try:
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RequestTimeout(f"request on {subject} timed out after {timeout}s") from None
         finally:
             self._waiting.discard(future)

@@ -293,7 +293,7 @@ class DomainFilter:
         self.relaxed = bool(self.allowed.star)
 
     @classmethod
-    def from_network(cls, network) -> "DomainFilter":
+    def from_network(cls, network) -> DomainFilter:
         """From a ``fence.policy.NetworkConfig`` (or None: deny everything)."""
         if network is None:
             return cls(None)

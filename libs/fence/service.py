@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import datetime, UTC
+from typing import Any
+from collections.abc import Callable
 
 import msgspec
 
@@ -70,7 +71,7 @@ class Service:
     # lifecycle ----------------------------------------------------------------
     async def start(self, bus: Bus) -> None:
         self.bus = bus
-        self.started = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        self.started = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         self._endpoints = self.endpoints()
         for ep in self._endpoints:
             sub = await bus.serve(ep.subject, ep.request_type, ep.handler, queue=QUEUE,

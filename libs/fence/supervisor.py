@@ -664,7 +664,7 @@ class Supervisor:
         try:
             await asyncio.wait_for(self.stop_event.wait(), seconds)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     # stopping -----------------------------------------------------------------------------

@@ -35,7 +35,8 @@ hard links (``st_nlink > 1``) or when a warning has to count aliases.
 
 import os
 import stat as stat_mod
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
+from collections.abc import Iterable, Sequence
 
 import msgspec
 

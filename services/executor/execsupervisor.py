@@ -58,7 +58,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from fence.executor.shellparse import Command, basename
 
@@ -356,7 +356,7 @@ class Supervisor:
     def sandbox_fd(self) -> int:
         return self._theirs
 
-    def start(self) -> "Supervisor":
+    def start(self) -> Supervisor:
         self._thread = threading.Thread(target=self._run, name="fence-exec-supervisor", daemon=True)
         self._thread.start()
         return self

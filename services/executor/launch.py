@@ -66,7 +66,7 @@ class Sandbox:
             return FORWARDED_SIGNALS + JOB_SIGNALS
         return FORWARDED_SIGNALS
 
-    def start(self, prepare=None) -> "Sandbox":
+    def start(self, prepare=None) -> Sandbox:
         """Spawn bwrap; with bridges planned, create them inside before the command may run.
 
         ``prepare(listeners)``, when given, runs once the listeners exist and

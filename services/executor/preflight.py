@@ -97,7 +97,7 @@ class RuleSources:
         self.provenance = dict(provenance or {})
 
     @classmethod
-    def from_reply(cls, reply) -> "RuleSources":
+    def from_reply(cls, reply) -> RuleSources:
         """From a ``ConfigResolveReply``."""
         return cls(getattr(reply, "provenance", None))
 

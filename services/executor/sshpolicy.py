@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from fence.defaults import DEFAULT_DENIED_COMMANDS, DEFAULT_DENY_SOURCE
 from fence.executor import shellparse
@@ -257,9 +257,7 @@ def _walk_options(t: Target, argv: list[str], dyn: list[bool], i: int, arg_chars
                         flags["subsystem"] = True
             elif k < n and dyn[k]:
                 t.refuse(f"option -{ch} {go_quote(value)} is only known when the command runs", f"-{ch}")
-            elif program == "ssh" and ch == "Q":
-                flags["noconnect"] = True
-            elif program in ("scp", "sftp") and ch == "D":
+            elif (program == "ssh" and ch == "Q") or (program in ("scp", "sftp") and ch == "D"):
                 flags["noconnect"] = True
             elif program == "sftp" and ch == "s":
                 t.remote = value

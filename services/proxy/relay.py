@@ -55,7 +55,7 @@ class _Direction:
     __slots__ = ("relay", "src", "dst", "sfd", "dfd", "pr", "pw", "pipe_size", "in_pipe", "done", "moved",
                  "splicing", "pending", "eof")
 
-    def __init__(self, relay: "Relay", src: socket.socket, dst: socket.socket):
+    def __init__(self, relay: Relay, src: socket.socket, dst: socket.socket):
         self.relay, self.src, self.dst = relay, src, dst
         self.sfd, self.dfd = src.fileno(), dst.fileno()
         self.pr = self.pw = -1
@@ -232,7 +232,7 @@ class Relay:
         self._timer = None
         self.half_open_timeout = half_open_timeout
 
-    def start(self) -> "Relay":
+    def start(self) -> Relay:
         self.loop.add_reader(self.ab.sfd, self.ab.on_readable)
         self.loop.add_reader(self.ba.sfd, self.ba.on_readable)
         return self

@@ -31,7 +31,8 @@ import errno
 import socket
 import sys
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 from fence.domains import ALLOW, DENY, DomainFilter, HostError, canonical_host, display_host, is_ip
 from fence.messages import NetDecisionEvent
