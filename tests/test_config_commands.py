@@ -152,7 +152,9 @@ def test_every_template_follows_the_schema_shape():
     from fence.config import jsonc
 
     for name in templates.names():
-        check(jsonc.decode(open(templates.path_of(name), "rb").read()), schema)
+        path = templates.path_of(name)
+        assert path is not None
+        check(jsonc.decode(Path(path).read_bytes()), schema)
 
 
 def test_schema_and_templates_commands(capsys):

@@ -43,7 +43,7 @@ def lists_of(p: Policy) -> dict:
 
 
 def _all_fields(plan=PLAN, prefix=""):
-    for name, enc, kind, sub in plan:
+    for name, _enc, kind, sub in plan:
         if sub is not None:
             yield from _all_fields(sub[1], f"{prefix}{name}.")
         else:

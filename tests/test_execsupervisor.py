@@ -196,7 +196,7 @@ def run_supervised(check, *command: str, timeout: float = 30, kind=Supervisor):
 
 def test_supervisor_allows_and_refuses_with_a_message_and_a_report():
     check = ExecPolicy(policy(deny=["git push"], use_defaults=False))
-    code, out, err, said, reported, sup = run_supervised(
+    code, out, _err, said, reported, sup = run_supervised(
         check, "sh", "-c", "git --version >/dev/null && echo STATUS_OK; git push origin main && echo PUSH_UNEXPECTED; "
                            "exit 3")
     assert code == 3 and "STATUS_OK" in out and "PUSH_UNEXPECTED" not in out

@@ -70,7 +70,7 @@ class Runner:
         pass_fds: tuple[int, ...] = ()
         spill = None
         if program is not None:
-            spill = tempfile.TemporaryFile()
+            spill = tempfile.TemporaryFile()  # noqa: SIM115 -- its fd is passed to bwrap, closed after the run
             spill.write(program)
             spill.seek(0)
             os.dup2(spill.fileno(), SECCOMP_FD)

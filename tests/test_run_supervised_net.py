@@ -255,7 +255,7 @@ def test_handoff_from_another_uid_is_refused(sup, unprivileged_runner):
                            capture_output=True, text=True, timeout=15)
     finally:
         os.chmod(path, 0o600)
-        for d, mode in zip(dirs, modes):
+        for d, mode in zip(dirs, modes, strict=True):
             os.chmod(d, mode)
     uid = __import__("pwd").getpwnam(unprivileged_runner.user).pw_uid
     assert f"permission denied: uid {uid} may not hand sockets to this proxy" in r.stdout, r.stderr

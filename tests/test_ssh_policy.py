@@ -173,7 +173,7 @@ def test_remote_command_evaluation_order(sshenv):
 
 @needs_ssh
 def test_inherit_deny_and_allow_all(sshenv):
-    base = dict(allowed_hosts=["127.0.0.1"], allow_all_commands=True)
+    base = {"allowed_hosts": ["127.0.0.1"], "allow_all_commands": True}
     relaxed = Policy(command=CommandConfig(deny=["git push"]), ssh=SSHConfig(**base))
     assert check("ssh myalias git push", sshenv, relaxed) is None  # command.deny is local unless inherited
     assert check("ssh myalias reboot", sshenv, relaxed) is None

@@ -175,9 +175,9 @@ def check_subject(subject: str, wildcards: bool = False) -> None:
     for i, tok in enumerate(tokens):
         if not tok:
             raise BadSubject(f"invalid subject {subject!r}: empty token")
-        if tok in ("*", ">") or ("*" in tok or ">" in tok):
-            if not wildcards or tok not in ("*", ">") or (tok == ">" and i != len(tokens) - 1):
-                raise BadSubject(f"invalid subject {subject!r}: misplaced wildcard")
+        if ("*" in tok or ">" in tok) and (not wildcards or tok not in ("*", ">")
+                                             or (tok == ">" and i != len(tokens) - 1)):
+            raise BadSubject(f"invalid subject {subject!r}: misplaced wildcard")
 
 
 @lru_cache(maxsize=4096)

@@ -301,7 +301,7 @@ def plan_masks(names: Sequence[str], dirs: Sequence[str], fs: FS, accept: Sequen
 def _hard_links(key: tuple[int, int], dirs: Sequence[str], fs: FS) -> list[str]:
     """Every regular entry of a PATH directory that is the file ``key`` (d_ino from the scan, dev confirmed)."""
     out = []
-    dev, ino = key
+    _dev, ino = key
     for d in dirs:
         for entry in fs.entries(d):
             if entry.ino == ino and not entry.is_symlink:

@@ -267,7 +267,8 @@ def apply(req, abi):
             _add_path_rule(ruleset, path, rights & fs, req.debug)
         if net:
             for port in sorted(set(req.connect) | set(req.bind)):
-                allowed = ((NET_CONNECT_TCP if port in req.connect else 0) | (NET_BIND_TCP if port in req.bind else 0)) & net
+                allowed = ((NET_CONNECT_TCP if port in req.connect else 0)
+                           | (NET_BIND_TCP if port in req.bind else 0)) & net
                 if not allowed:
                     continue
                 syscall(SYS_ADD_RULE, ruleset, RULE_NET_PORT, _u64(allowed) + _u64(port), 0)
