@@ -644,7 +644,7 @@ class Supervisor:
             checked = [c for c in self.services.values() if not c.starting and c.alive()]
             results = await asyncio.gather(*(self.ping(c, 1.0) for c in checked))
             changed = False
-            for child, reply in zip(checked, results):
+            for child, reply in zip(checked, results, strict=True):
                 if child.starting or not child.alive():
                     continue
                 changed |= child.mark_healthy(reply is not None)
@@ -923,7 +923,7 @@ async def _live_pings(info: SupervisorInfo, timeout: float) -> dict[str, bool]:
 
         services = [c for c in info.components if c.service]
         results = await asyncio.gather(*(one(c) for c in services))
-        return {c.name: ok for c, ok in zip(services, results)}
+        return {c.name: ok for c, ok in zip(services, results, strict=True)}
     finally:
         await bus.close()
 
@@ -958,7 +958,7 @@ def main_status(argv: list[str]) -> int:
                      str(c.restarts), "yes" if healthy else "no", c.metrics_url or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        out.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        out.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     print("\n".join(out))
     return 0
 

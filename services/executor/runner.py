@@ -172,7 +172,7 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
             finish_attach = network.attach_on_first_connection(attach, sandbox_id, proxy_socks)
         if forwarder is not None:  # local ports: relayed by this process, no proxy (works supervised too)
             _forward(forwarder, sandbox, network.outbound_listeners(out_ports),
-                     sandbox.listeners[len(proxy_listen):], list(zip(published, host_listeners)))
+                     sandbox.listeners[len(proxy_listen):], list(zip(published, host_listeners, strict=True)))
         await bus.publish(lifecycle, LifecycleEvent(sandbox=sandbox_id, phase="started", ts=time.time(),
                                                     pid=sandbox.init_pid or sandbox.pid, argv=req.command))
         code = await wait(sandbox)
@@ -243,7 +243,7 @@ def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_
     """Start the local-port relays; a -p helper that cannot enter the sandbox is a warning."""
     from fence.executor.bridge import BridgeError
 
-    for (host, port), sock in zip(inside, inside_socks):
+    for (host, port), sock in zip(inside, inside_socks, strict=True):
         if sock is not None:  # None: the sandbox's netns has no IPv6 ([::1] skipped)
             forwarder.outbound(sock, (host, port))
     for (_addr, port), sock in published:

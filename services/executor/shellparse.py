@@ -374,10 +374,7 @@ class _Parser:
             elif c == "=":
                 if assign is None and not quoted and not segs and not dynamic:
                     lhs = "".join(buf)
-                    if _ASSIGN_LHS.match(lhs):
-                        assign = lhs.split("[", 1)[0].rstrip("+")
-                    else:
-                        assign = ""
+                    assign = lhs.split("[", 1)[0].rstrip("+") if _ASSIGN_LHS.match(lhs) else ""
                 buf.append("=")
                 i += 1
             else:  # * ? [  (glob characters: kept literally)
@@ -1060,7 +1057,7 @@ class _Parser:
         """``export``/``declare``/``local``/``readonly``/``typeset`` NAME=value, ``read NAME``, ``unset``."""
         name = argv[0]
         if name in ("export", "declare", "local", "readonly", "typeset"):
-            for word, d in zip(argv[1:], dyn[1:]):
+            for word, d in zip(argv[1:], dyn[1:], strict=True):
                 lhs, eq, value = word.partition("=")
                 if eq and _NAME.fullmatch(lhs):
                     if d:
@@ -1374,8 +1371,8 @@ def _expand_command(p: _Parser, argv: list[str], dyn: list[bool], env: dict[str,
             script(argv[1], share=True)
         return
     if name == "alias":
-        for w, d in zip(argv[1:], dyn[1:]):
-            lhs, eq, value = w.partition("=")
+        for w, d in zip(argv[1:], dyn[1:], strict=True):
+            _lhs, eq, value = w.partition("=")
             if eq and not d:
                 script(value, share=True)
         return
@@ -1549,7 +1546,7 @@ def _string_runner(p: _Parser, argv: list[str], dyn: list[bool], short_arg: str)
                     _nested_command(p, argv[k:], dyn[k:], {}, False)
             break
         if w in ("--command", "--session-command") or w.startswith(("--command=", "--session-command=")):
-            opt, eq, value = w.partition("=")
+            _opt, eq, value = w.partition("=")
             k = i
             if not eq:
                 k = i + 1
