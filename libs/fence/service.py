@@ -54,6 +54,8 @@ class Service:
         self.id = os.urandom(8).hex()
         self.metrics = metrics
         self.metadata: dict[str, str] = {}
+        self.bus: Bus | None = None
+        """The bus ``start`` serves on; None before."""
         self.started = ""
         self._subs: list = []
         self._endpoints: list[Endpoint] = []
