@@ -250,7 +250,7 @@ def make_responder(subject: str, request_type: Any, handler: Handler, max_reques
 
 def decode_reply(subject: str, data: bytes, reply_type: type[T]) -> T:
     try:
-        reply = msgspec.json.decode(data, type=reply_type | ErrorReply)  # type: ignore[operator]
+        reply = msgspec.json.decode(data, type=reply_type | ErrorReply)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise BusError(f"{subject}: undecodable reply: {e}") from None
     if isinstance(reply, ErrorReply):
@@ -314,7 +314,7 @@ class TypedBus:
                 print(f"[fence:bus] subscriber on {subject} failed: {type(e).__name__}: {e}", file=sys.stderr)
 
         sub = await self.subscribe_raw(subject, on_raw, queue=queue)
-        sub.undecodable = stats  # type: ignore[attr-defined]
+        sub.undecodable = stats
         return sub
 
     # transports provide these
@@ -388,7 +388,8 @@ class InProcessBus(TypedBus):
         self.closed = False
 
     def _route(self, subject: str) -> list[_Sub]:
-        chosen, groups = [], {}
+        chosen: list[_Sub] = []
+        groups: dict[str, list[_Sub]] = {}
         for sub in self._subs:
             if sub.active and subject_matches(sub.pattern, subject):
                 if sub.queue:

@@ -193,7 +193,8 @@ class NatsBus(TypedBus):
             await nc.connect(url, user=user or None, password=password or None, name=name,
                              inbox_prefix=inbox_prefix, error_cb=bus._on_error,
                              disconnected_cb=bus._on_disconnected, reconnected_cb=bus._on_reconnected,
-                             closed_cb=bus._on_closed, connect_timeout=CONNECT_TIMEOUT,
+                             # nats-py annotates connect_timeout as int, but only passes it to wait_for
+                             closed_cb=bus._on_closed, connect_timeout=CONNECT_TIMEOUT,  # type: ignore[arg-type]
                              # fail fast on the first connect; reconnection is enabled below
                              allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0)
         except Exception as e:

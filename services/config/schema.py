@@ -21,6 +21,7 @@ import ast
 import itertools
 import json
 import sys
+from typing import Any
 
 import msgspec
 
@@ -56,7 +57,7 @@ def _describe(defs: dict) -> None:
         names = dict(zip(cls.__struct_encode_fields__, cls.__struct_fields__, strict=True))
         properties = {}
         for json_name, prop in definition["properties"].items():
-            described = {}
+            described: dict[str, Any] = {}
             doc = docs.get(class_name, {}).get(names[json_name])
             if doc:
                 described["description"] = doc

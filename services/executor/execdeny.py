@@ -35,7 +35,7 @@ hard links (``st_nlink > 1``) or when a warning has to count aliases.
 
 import os
 import stat as stat_mod
-from typing import Protocol
+from typing import Protocol, TypeGuard
 from collections.abc import Iterable, Sequence
 
 import msgspec
@@ -214,7 +214,7 @@ class _Target:
         self.critical: set[str] = set()
 
 
-def _executable_file(st: FileId | None) -> bool:
+def _executable_file(st: FileId | None) -> TypeGuard[FileId]:
     return st is not None and stat_mod.S_ISREG(st.mode) and bool(st.mode & 0o111)
 
 
@@ -422,9 +422,9 @@ def _cached(names: list[str], accept: tuple[str, ...], path: str, cwd: str, cach
         cache_dir = os.path.join(runtime_dir(), "cache")
     file = os.path.join(cache_dir, f"execdeny-{zlib.crc32(key.encode()):08x}.json") if cache_dir else ""
     if file:
-        entry = _read_cached(file)
-        if entry is not None and entry.key == key and _still_valid(entry):
-            return entry.result
+        cached = _read_cached(file)
+        if cached is not None and cached.key == key and _still_valid(cached):
+            return cached.result
     states = [(e, *_dir_state(e)) for e in entries]
     fs = HostFS()
     result = plan_masks(names, path_dirs(path, cwd, fs), fs, accept)

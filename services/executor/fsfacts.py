@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 
 from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env
 from fence.executor.paths import absolute, expand
@@ -66,6 +67,7 @@ def pin(paths: list[str]) -> dict[str, int]:
     import fcntl
 
     fds: dict[str, int] = {}
+    path = ""  # the one being opened, for the error
     try:
         for path in dict.fromkeys(paths):
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -88,8 +90,8 @@ def pin(paths: list[str]) -> dict[str, int]:
     return fds
 
 
-def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_sources: list[str] = (),
-           config_dir: str = "", helper_paths: list[str] = ()) -> FsFacts:
+def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_sources: Sequence[str] = (),
+           config_dir: str = "", helper_paths: Sequence[str] = ()) -> FsFacts:
     """Everything ``plan_sandbox`` needs about the filesystem for ``policy`` run in ``cwd``."""
     fs = policy.filesystem
     home = env.get("HOME", "/")

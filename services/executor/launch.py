@@ -26,8 +26,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import TYPE_CHECKING, Any
 
 from fence.executor.plan import SandboxPlan
+
+if TYPE_CHECKING:
+    from fence.executor.ptyrelay import PtyRelay
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
@@ -53,9 +57,9 @@ class Sandbox:
         self.pending: list[int] = []
         self.listeners: list = []
         """Listening sockets made inside the sandbox's netns (``plan.listen_inside``), in order."""
-        self.relay = None
+        self.relay: PtyRelay | None = None
         """The PTY relay of a PTY run (``fence.executor.ptyrelay.PtyRelay``), else None."""
-        self._old_handlers: dict[int, object] = {}
+        self._old_handlers: dict[int, signal._HANDLER] = {}
 
     @property
     def signals(self) -> tuple[int, ...]:
@@ -116,7 +120,7 @@ class Sandbox:
             actions += [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in self.plan.keep_fds]  # dup2 onto itself: inherited
             # own process group (Ctrl-C reaches fence only), or for a PTY run its own session with no
             # controlling terminal: nothing in the sandbox shares the user's terminal session
-            group = {"setsid": True} if self.relay else {"setpgroup": 0}
+            group: dict[str, Any] = {"setsid": True} if self.relay else {"setpgroup": 0}
             try:
                 self.pid = os.posix_spawn(self.plan.argv[0], self.plan.argv, self.plan.env,
                                           file_actions=actions, **group)
@@ -211,7 +215,7 @@ class Sandbox:
 
     def _restore_signals(self) -> None:
         for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+            signal.signal(sig, handler)
         self._old_handlers.clear()
 
     def on_signal(self, signum: int, _frame=None) -> None:

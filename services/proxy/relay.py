@@ -110,6 +110,7 @@ class _Direction:
         else:
             try:
                 while self.in_pipe:
+                    assert SPLICE is not None  # bytes sit in a pipe only in splice mode, entered only with os.splice
                     m = SPLICE(self.pr, self.dfd, self.in_pipe, flags=_FLAGS)
                     self.in_pipe -= m
                     self.moved += m
@@ -127,6 +128,8 @@ class _Direction:
     # --- splice mode ------------------------------------------------------------------
     def _splice_readable(self) -> None:
         relay = self.relay
+        splice = SPLICE
+        assert splice is not None  # splice mode is entered only with os.splice
         if self.pr < 0:
             try:
                 self.pr, self.pw = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -137,7 +140,7 @@ class _Direction:
         try:
             while budget > 0:
                 try:
-                    n = SPLICE(sfd, pw, self.pipe_size, flags=_FLAGS)
+                    n = splice(sfd, pw, self.pipe_size, flags=_FLAGS)
                 except BlockingIOError:
                     break
                 if n == 0:
@@ -146,7 +149,7 @@ class _Direction:
                 if n == self.pipe_size and self.pipe_size < BULK_PIPE_SIZE:
                     self._grow()
                 try:
-                    m = SPLICE(pr, dfd, n, flags=_FLAGS)
+                    m = splice(pr, dfd, n, flags=_FLAGS)
                 except BlockingIOError:
                     return self._wait_writable()
                 self.in_pipe -= m

@@ -265,8 +265,8 @@ class Session:
         deadline = self.loop.time() + self.dial_timeout
         try:
             if is_ip(host):
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                addrs = [(family, (host, port))]
+                ip_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                addrs: list[tuple[int, tuple]] = [(ip_family, (host, port))]
             else:
                 try:
                     async with asyncio.timeout_at(deadline):
