@@ -464,6 +464,7 @@ class Supervisor:
         ports = os.path.join(self.rdir, f"{NATS}_{proc.pid}.ports")
         self.ports_files.add(ports)
         deadline = time.monotonic() + NATS_READY_TIMEOUT
+        urls: list[str] = []
         while True:
             try:
                 with open(ports, "rb") as f:

@@ -31,7 +31,7 @@ def _plan(cls) -> list[tuple[str, str, int, object]]:
     names = cls.__struct_fields__
     defaults = cls.__struct_defaults__
     assert len(defaults) == len(names), f"{cls.__name__}: every config field needs a default"
-    out = []
+    out: list[tuple[str, str, int, object]] = []
     for name, enc, default in zip(names, cls.__struct_encode_fields__, defaults, strict=True):
         factory = getattr(default, "factory", None)
         if factory is list:

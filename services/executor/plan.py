@@ -122,9 +122,9 @@ def session_mode(allow_pty: bool, stdin_tty: bool, stdout_tty: bool, force_new_s
 
 
 def plan_sandbox(policy: Policy, command: list[str], cwd: str, env: dict[str, str], host: HostFacts,
-                 listen_inside: list[tuple[str, int]] = (), fs: FsView | None = None,
+                 listen_inside: Sequence[tuple[str, int]] = (), fs: FsView | None = None,
                  seccomp: tuple[bytes, str] = (b"", ""), share_net: bool = False,
-                 extra_env: dict[str, str] | None = None, files: list[tuple[str, bytes]] = (),
+                 extra_env: dict[str, str] | None = None, files: Sequence[tuple[str, bytes]] = (),
                  debug: bool = False, new_session: bool = True, pty: bool = False,
                  exec_masks: Sequence[str] = (), exec_notify: int = 0,
                  net_connect: Sequence[int] | None = None) -> SandboxPlan:

@@ -131,7 +131,7 @@ class _LazyRe:
 
     def __init__(self, pattern: str):
         self.pattern = pattern
-        self.rx = None
+        self.rx: re.Pattern[str] | None = None
 
     def __getattr__(self, name: str):
         if self.rx is None:
@@ -481,7 +481,7 @@ class _Parser:
 
     def _ansi_c(self, i: int, buf: list[str]) -> int:
         s, n = self.s, self.n
-        out = []
+        out: list[str] = []
         while i < n:
             c = s[i]
             if c == "'":
@@ -1437,9 +1437,9 @@ def _expand_command(p: _Parser, argv: list[str], dyn: list[bool], env: dict[str,
     more: dict[str, str] = {}
     if spec.assigns:
         while i < n and not dyn[i] and "=" in argv[i] and _NAME.fullmatch(argv[i].partition("=")[0]):
-            k, _, v = argv[i].partition("=")
-            more[k] = v
-            if k in COMMAND_VARIABLES:
+            var, _, v = argv[i].partition("=")
+            more[var] = v
+            if var in COMMAND_VARIABLES:
                 script(v)
             i += 1
     if name == "busybox" and i < n and argv[i].startswith("--"):
@@ -1556,9 +1556,9 @@ def _string_runner(p: _Parser, argv: list[str], dyn: list[bool], short_arg: str)
                 p._subscript(value)
         elif w.startswith("-") and not w.startswith("--") and len(w) > 1:
             options, i = option_cluster(argv, i, short_arg)
-            for ch, value, k in options:
-                if ch == "c" and value is not None and k < n and not dyn[k]:
-                    p._subscript(value)
+            for ch, arg, k in options:
+                if ch == "c" and arg is not None and k < n and not dyn[k]:
+                    p._subscript(arg)
             continue
         i += 1
 
