@@ -24,6 +24,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -245,7 +246,7 @@ def _interpreter_for_others() -> str:
 
 
 @pytest.fixture(scope="session")
-def unprivileged_runner(tmp_path_factory) -> FenceRunner:
+def unprivileged_runner(tmp_path_factory) -> Iterator[FenceRunner]:
     if os.geteuid() != 0:
         pytest.skip("not root: the current user is already unprivileged")
     pw = _ensure_test_user()
@@ -264,7 +265,7 @@ def unprivileged_runner(tmp_path_factory) -> FenceRunner:
 
 
 @pytest.fixture(scope="session")
-def self_runner() -> FenceRunner:
+def self_runner() -> Iterator[FenceRunner]:
     runner = _current_runner()
     yield runner
     runner.remove_workdirs()

@@ -96,6 +96,7 @@ def test_init_writes_a_commented_starter_and_never_overwrites(home, capsys):
     assert path.read_text() == '{"allowPty": true}'
     assert main_config(["init", "--template", "code", "--force"]) == 0
     policy = parse(path.read_text().encode(), "starter")
+    assert policy is not None
     assert policy.extends == "code"
     assert main_config(["init", "--template", "nope", "--force"]) == 1
 

@@ -432,7 +432,7 @@ def test_allow_write_on_another_filesystem(fence, other_filesystem, deny_read):
     target = other_filesystem / f"{fence.name}-{uuid.uuid4().hex[:6]}"
     target.mkdir()
     _own(fence, target)
-    fs = {"allowWrite": [".", str(target)]}
+    fs: dict[str, object] = {"allowWrite": [".", str(target)]}
     if deny_read:
         fs.update(defaultDenyRead=True, allowRead=["."])
     work = _workspace(fence, fs)

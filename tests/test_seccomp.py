@@ -142,7 +142,7 @@ def run_probe(program: bytes | None, request: dict, *, caps: bool = False, user:
     elif os.geteuid() == 0 and user is None:
         argv += ["--unshare-user", "--cap-drop", "ALL"]
     argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    pass_fds = ()
+    pass_fds: tuple[int, ...] = ()
     with tempfile.TemporaryFile() as f:
         if program is not None:
             f.write(program)

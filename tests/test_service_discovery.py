@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -19,8 +20,9 @@ from fence.config.service import ConfigService
 from fence.executor.service import ExecutorService
 from fence.monitor.service import MonitorService
 from fence.proxy.service import ProxyService
+from fence.service import Service
 
-SERVICES = {
+SERVICES: dict[str, Callable[[], Service]] = {
     "config": ConfigService,
     "executor": ExecutorService,
     "monitor": lambda: MonitorService(console=io.StringIO()),
