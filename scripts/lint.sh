@@ -67,10 +67,11 @@ for line in sys.stdin:
 ' "$shadow"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
+# One line per finding (CI logs stay short); `ruff check FILE` or `ruff format --diff FILE` shows the detail.
 echo "lint: ruff check" >&2
-"$bin/ruff" check --config pyproject.toml . || status=1
+"$bin/ruff" check --config pyproject.toml --output-format concise . || status=1
 
 echo "lint: ruff format --check" >&2
-"$bin/ruff" format --config pyproject.toml --check . || status=1
+"$bin/ruff" format --config pyproject.toml --check --output-format concise . || status=1
 
 exit $status
