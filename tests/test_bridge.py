@@ -10,7 +10,7 @@ import pytest
 
 from fence.executor.host import host_facts
 from fence.executor.launch import Sandbox
-from fence.executor.plan import plan_sandbox
+from fence.executor.plan import NetPlan, RunPlan, render
 from fence.policy import Policy
 
 pytestmark = pytest.mark.sandbox
@@ -31,8 +31,8 @@ def _serve_once(listener: socket.socket, out: list) -> None:
 
 
 def test_listeners_inside_the_netns_reach_the_host(tmp_path, capfd):
-    plan = plan_sandbox(Policy(), ["python3", "-c", CLIENT], "/", dict(os.environ), host_facts(),
-                        listen_inside=[("127.0.0.1", 3128), ("127.0.0.1", 1080)])
+    plan = render(RunPlan(command=["python3", "-c", CLIENT], cwd="/", env=dict(os.environ), host=host_facts(),
+                         network=NetPlan(proxy_listen=(("127.0.0.1", 3128), ("127.0.0.1", 1080)))))
     assert "--block-fd" in plan.argv and "--unshare-net" in plan.argv
     sandbox = Sandbox(plan).start()
     assert len(sandbox.listeners) == 2
@@ -56,8 +56,8 @@ def test_listener_is_not_on_the_host_loopback():
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    plan = plan_sandbox(Policy(), ["true"], "/", dict(os.environ), host_facts(),
-                        listen_inside=[("127.0.0.1", port)])
+    plan = render(RunPlan(command=["true"], cwd="/", env=dict(os.environ), host=host_facts(),
+                         network=NetPlan(proxy_listen=(("127.0.0.1", port),))))
     sandbox = Sandbox(plan).start()
     try:
         with socket.socket() as probe:
@@ -81,8 +81,8 @@ def test_failed_prepare_stops_the_sandbox_before_its_command():
 
     work = tempfile.mkdtemp(prefix="fence-prepare-", dir="/var/tmp")  # not /tmp: private inside
     marker = os.path.join(work, "ran")
-    plan = plan_sandbox(Policy(), ["sh", "-c", f"echo > {marker}"], "/", dict(os.environ),
-                        host_facts(), listen_inside=[("127.0.0.1", 3128)])
+    plan = render(RunPlan(command=["sh", "-c", f"echo > {marker}"], cwd="/", env=dict(os.environ),
+                         host=host_facts(), network=NetPlan(proxy_listen=(("127.0.0.1", 3128),))))
     at = plan.argv.index("--chdir")
     plan.argv[at:at] = ["--bind", work, work]  # the one place the command could leave a trace
     seen = []

@@ -79,6 +79,15 @@ def test_show_bad_config(home, capsys):
     assert 'invalid allowed domain "*.com": wildcard pattern too broad (e.g., *.com not allowed)' in err
 
 
+def test_show_accepts_internationalised_domains(home, capsys):
+    """docs/network.md: an IDN pattern means its IDNA form, so the validator accepts it as the filter matches it."""
+    Path("fence.json").write_text('{"network": {"allowedDomains": ["bücher.example", "*.bücher.example"], '
+                                  '"deniedDomains": ["straße.de"]}}', encoding="utf-8")
+    assert main_config(["show"]) == 0, capsys.readouterr().err
+    network = json.loads(capsys.readouterr().out)["network"]
+    assert network == {"allowedDomains": ["bücher.example", "*.bücher.example"], "deniedDomains": ["straße.de"]}
+
+
 def test_show_options_are_exclusive(home, capsys):
     assert main_config(["show", "-s", "x", "-t", "code"]) == 2
 

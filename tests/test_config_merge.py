@@ -1,4 +1,4 @@
-"""Merge laws (reference §2.8) as properties over generated configs."""
+"""Merge laws (docs/configuration.md#merge-rules) as properties over generated configs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fence.config.merge import BOOL, LIST, OPTIONAL, PLAN, SCALAR, merge, merge_lists, provenance, set_fields
+from fence.config.merge import (BOOL, LIST, OPTIONAL, PLAN, SCALAR, field_sources, merge, merge_lists,
+                                provenance_labels, set_fields, set_values)
 from fence.config.validate import normalize
 from fence.policy import Policy
 
@@ -145,8 +146,19 @@ def test_strict_deny_read_ors_into_default_deny_read():
 def test_provenance_names_a_source_for_every_set_field(a, b):
     a.extends = b.extends = ""
     out = merge(a, b)
-    prov = provenance([("base", a), ("child", b)])
-    assert set(prov) == {path for path, _ in set_fields(out) if path != "extends"}
-    for path, kind in set_fields(out):
-        if kind == LIST and path in prov:
-            assert set(prov[path].split(" + ")) <= {"base", "child"}
+    fields = field_sources([(1, a), (0, b)])  # indices as in a reply's chain: the child first
+    assert set(fields) == {path for path, _ in set_fields(out) if path != "extends"}
+    own = {i: {path: value for path, _, value in set_values(p)} for i, p in ((1, a), (0, b))}
+    for path, kind, value in set_values(out):
+        if path == "extends":
+            continue
+        record = fields[path]
+        assert set(record.sources) <= {0, 1} and all(path in own[i] for i in record.sources)
+        if kind == LIST and len(record.sources) == 2:  # each entry names exactly the sources that list it
+            assert record.sources == [1, 0]
+            for entry in value:
+                assert record.owners[str(entry)] == [i for i in (1, 0) if entry in own[i][path]]
+        else:
+            assert not record.owners
+    labels = provenance_labels(fields, ["child", "base"])
+    assert all(set(label.split(" + ")) <= {"base", "child"} for label in labels.values())

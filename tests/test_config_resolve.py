@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fence.bus import InProcessBus, RemoteError, run_sync
+from fence.config.errors import SettingsFileMissing
 from fence.config.resolve import MAX_EXTENDS_DEPTH, ConfigError, resolve
 from fence.config.service import ConfigService
 from fence.messages import ConfigResolveReply, ConfigResolveRequest
@@ -109,8 +110,18 @@ def test_settings_relative_to_cwd_and_home(env):
     assert env.resolve(settings="~/h.json").policy.force_new_session is True
 
 
-def test_missing_settings_file_means_defaults(env):
-    reply = env.resolve(settings="nope.json")
+def test_missing_settings_file_is_refused(env):
+    """Not the defaults in its place: that would drop every rule the user wrote (issue 10)."""
+    with pytest.raises(SettingsFileMissing, match="^settings file nope.json does not exist$"):
+        env.resolve(settings="nope.json")
+    (env.cwd / "dangling.json").symlink_to(env.cwd / "gone.json")
+    with pytest.raises(SettingsFileMissing, match="^settings file dangling.json does not exist$"):
+        env.resolve(settings="dangling.json")
+
+
+def test_blank_settings_file_means_defaults(env):
+    env.write(env.cwd / "blank.json", "  \n")
+    reply = env.resolve(settings="blank.json")
     assert reply.policy == Policy() and "missing or empty" in reply.sources[0]
 
 
@@ -245,6 +256,55 @@ def test_strict_deny_read_in_a_base_implies_default_deny_read(env):
     assert fs.strict_deny_read and fs.default_deny_read
 
 
+# --- provenance records ---------------------------------------------------------------------------
+
+def test_chain_records_say_what_each_source_is_and_how_it_was_reached(env):
+    user = env.write(env.home / ".config" / "fence" / "fence.jsonc", {"extends": "code",
+                                                                      "command": {"deny": ["make release"]}})
+    mid = env.write(env.project / "conf" / "mid.json", {"extends": "@base", "command": {"deny": ["shared"]}})
+    top = env.write(env.project / "fence.json", {"extends": "./conf/mid.json", "allowPty": True,
+                                                 "command": {"deny": ["git push", "shared"]}})
+    reply = env.resolve()
+    assert [(r.kind, r.via, r.extends, r.path, r.name, r.empty) for r in reply.chain] == [
+        ("file", "project", "", top, "", False),
+        ("file", "extends", "./conf/mid.json", mid, "", False),
+        ("file", "user", "@base", user, "", False),
+        ("template", "extends", "code", "", "code", False)]
+    assert [r.label for r in reply.chain] == [f"project config: {top}", f"file: {mid}",
+                                              f"@base (user config): {user}", "template: code"]
+    assert reply.user_config_dir == str(env.home / ".config" / "fence")
+    deny = reply.fields["command.deny"]
+    assert deny.sources == [3, 2, 1, 0]  # the order the merge applied them: innermost base first
+    assert deny.owners["shared"] == [1, 0] and deny.owners["make release"] == [2]
+    assert deny.owners["git push"] == [3, 0]  # the template denies it too
+    assert reply.fields["allowPty"].sources == [3] and not reply.fields["allowPty"].owners  # template's true wins
+    assert reply.fields["network.allowedDomains"].sources == [3] and not reply.fields["network.allowedDomains"].owners
+    assert "extends" not in reply.fields
+
+
+def test_display_strings_are_rendered_from_the_records(env):
+    env.write(env.project / "base.json", "")
+    env.write(env.project / "fence.json", {"extends": "./base.json", "network": {"allowedDomains": ["a.com"]}})
+    reply = env.resolve()
+    assert reply.chain[1].empty
+    assert reply.sources[1] == f"extends file: {env.project / 'base.json'} (empty: built-in defaults)"
+    for path, record in reply.fields.items():
+        assert reply.provenance[path] == " + ".join(reply.chain[i].label for i in record.sources)
+    env.write(env.cwd / "blank.json", "")
+    blank = env.resolve(settings="blank.json")
+    assert blank.chain[0].empty and blank.chain[0].via == "cli"
+    assert blank.sources == [f"settings: {env.cwd / 'blank.json'} (missing or empty: built-in defaults)"]
+    defaults = env.resolve(cwd=str(env.root))
+    assert defaults.chain[0].kind == "defaults" and defaults.chain[0].label == defaults.sources[0]
+    template = env.resolve(template="code.json")
+    assert (template.chain[0].kind, template.chain[0].via, template.chain[0].name) == ("template", "cli", "code")
+
+
+def test_user_config_dir_follows_the_requests_xdg_config_home(env):
+    assert env.resolve(env_xdg_config_home=str(env.xdg)).user_config_dir == str(env.xdg / "fence")
+    assert env.resolve(env_xdg_config_home="relative").user_config_dir == str(env.home / ".config" / "fence")
+
+
 # --- the service ---------------------------------------------------------------------------------
 
 def test_service_replies_with_policy_sources_and_provenance(env):
@@ -255,6 +315,9 @@ def test_service_replies_with_policy_sources_and_provenance(env):
     assert reply.policy.filesystem.default_deny_read
     assert reply.provenance["filesystem.defaultDenyRead"] == "template: code-strict"
     assert reply.sources[1:] == ["extends template: code-strict", "extends template: code"]
+    assert [r.name for r in reply.chain] == ["", "code-strict", "code"]  # the records cross the bus
+    assert reply.fields["filesystem.defaultDenyRead"].sources == [1]
+    assert reply.user_config_dir == str(env.home / ".config" / "fence")
 
 
 def test_service_reports_config_errors_as_invalid_config(env):

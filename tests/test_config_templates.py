@@ -1,4 +1,4 @@
-"""Built-in templates: all load and validate; content of "code" is the reference's."""
+"""Built-in templates: all load and validate; content of "code" is Fence's (docs/compatibility.md#templates)."""
 
 from __future__ import annotations
 

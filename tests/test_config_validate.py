@@ -1,4 +1,4 @@
-"""Every validation message: reference wording (§2.3-2.7), the file, the JSON path, what to do."""
+"""Every validation message: Fence's wording (docs/compatibility.md#messages), the file, the JSON path, what to do."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 
 from fence.config.errors import ConfigError
 from fence.config.load import parse
-from fence.config.validate import domain_pattern_error, upstream_proxy_error
+from fence.config.validate import upstream_proxy_error
+from fence.domains import pattern_error
 
 FILE = "/proj/fence.json"
 
@@ -150,7 +151,7 @@ def test_validation_message(config, path, message):
 
 
 def test_reference_message_shape_is_kept():
-    """The reference's text survives inside ours (scripts grep for it)."""
+    """The Go tool Fence's text survives inside ours (scripts grep for it)."""
     message = problem({"network": {"allowedDomains": ["*.com"]}})
     assert 'invalid allowed domain "*.com": wildcard pattern too broad (e.g., *.com not allowed)' in message
 
@@ -158,7 +159,39 @@ def test_reference_message_shape_is_kept():
 @pytest.mark.parametrize("pattern", ["localhost", "*", "example.com", "*.example.com", "127.0.0.1",
                                      "169.254.169.254", "a-b.c_d.example.org", "xn--bcher-kva.de"])
 def test_valid_domains(pattern):
-    assert domain_pattern_error(pattern) is None
+    assert pattern_error(pattern) is None
+    parse(json.dumps({"network": {"allowedDomains": [pattern], "deniedDomains": [pattern]}}).encode(), FILE)
+
+
+@pytest.mark.parametrize("pattern", ["bücher.example", "*.bücher.example", "straße.de", "ＥＸＡＭＰＬＥ.com",
+                                     "例え。テスト"])
+def test_internationalised_domains_are_valid(pattern):
+    """An IDN pattern is checked in the IDNA form the filter matches (docs/network.md)."""
+    parse(json.dumps({"network": {"allowedDomains": [pattern], "deniedDomains": [pattern]}}).encode(), FILE)
+
+
+IDN_CASES = [
+    # the reason is judged on the IDNA form; the message shows the pattern as written
+    ("bücher", "invalid domain format"),
+    ("bücher.example.", "invalid domain format"),      # a trailing dot is refused, as for ASCII names
+    ("*.bücher", "wildcard pattern too broad (e.g., *.com not allowed)"),
+    ("１２７.０.０.１", "invalid domain format"),          # the filter refuses a non-ASCII IPv4 spelling
+    ("a\u2024b.com", "invalid domain format"),          # IDNA would change the number of labels
+    ("bü cher.example", "invalid domain format"),
+    ("*.bü*.example", "only *.domain.com wildcard patterns are allowed"),
+]
+
+
+@pytest.mark.parametrize("pattern, reason", IDN_CASES)
+def test_invalid_internationalised_domains(pattern, reason):
+    message = single({"network": {"allowedDomains": [pattern]}}, "$.network.allowedDomains[0]")
+    assert message.startswith(f'invalid allowed domain "{pattern}": {reason}; '), message
+
+
+def test_idn_hint_names_the_host_as_written():
+    assert single({"network": {"allowedDomains": ["https://bücher.example/x"]}}, "$.network.allowedDomains[0]") == (
+        'invalid allowed domain "https://bücher.example/x": domain pattern cannot contain protocol, path, or port; '
+        'write the host name only, e.g. "bücher.example"')
 
 
 @pytest.mark.parametrize("url", ["http://proxy:3128", "http://user:pw@proxy.corp:8080/", "HTTP://p", "http://[::1]:3128"])

@@ -12,7 +12,7 @@ import pytest
 from fence.executor import execdeny
 from fence.executor.execdeny import CRITICAL_COMMANDS, Entry, FileId, SharedBinary, deny_names, plan_masks
 from fence.executor.mounts import FsView
-from fence.executor.plan import HostFacts, plan_sandbox
+from fence.executor.plan import EXEC_NOTIFY_FD, HostFacts, RunPlan, render
 from fence.policy import CommandConfig, Policy
 
 EXE = stat.S_IFREG | 0o755
@@ -172,9 +172,9 @@ HOST = HostFacts(bwrap="/usr/bin/bwrap", is_root=False, masked_dirs=("/run/user/
 
 
 def test_plan_binds_dev_null_after_the_filesystem_mounts():
-    plan = plan_sandbox(Policy(), ["true"], "/w", {}, HOST, fs=FsView(deny_read=[("/srv/secret", True)]),
-                        exec_masks=["/usr/sbin/chroot", "/tmp/x/chroot", "/srv/secret/bin/y",
-                                    "/run/user/1/fence/z", "/usr/sbin/chroot"])
+    plan = render(RunPlan(command=["true"], cwd="/w", host=HOST, fs=FsView(deny_read=[("/srv/secret", True)]),
+                          exec_masks=["/usr/sbin/chroot", "/tmp/x/chroot", "/srv/secret/bin/y",
+                                      "/run/user/1/fence/z", "/usr/sbin/chroot"]))
     argv = plan.argv
     i = argv.index("/usr/sbin/chroot")
     assert argv[i - 2:i] == ["--ro-bind", "/dev/null"]
@@ -188,11 +188,11 @@ def test_plan_binds_dev_null_after_the_filesystem_mounts():
 
 
 def test_plan_with_exec_notify_starts_the_command_through_the_helper():
-    plan = plan_sandbox(Policy(), ["git", "status"], "/w", {}, HOST, exec_notify=17)
+    plan = render(RunPlan(command=["git", "status"], cwd="/w", host=HOST, exec_notify=True))
     tail = plan.argv[plan.argv.index("--") + 1:]
     assert tail[1:3] == ["-I", "-S"] and "landlock" in tail[3]
-    assert tail[4:] == ["--no-landlock", "--exec-notify", "17", "--", "git", "status"]
-    assert plan.exec_notify_fd == 17 and "exec-argv(seccomp-unotify)" in plan.layers
+    assert tail[4:] == ["--no-landlock", "--exec-notify", str(EXEC_NOTIFY_FD), "--", "git", "status"]
+    assert plan.exec_notify_fd == EXEC_NOTIFY_FD and "exec-argv(seccomp-unotify)" in plan.layers
 
 
 # --------------------------------------------------------------------------- cache (real files)

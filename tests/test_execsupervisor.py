@@ -255,12 +255,13 @@ def test_supervisor_ends_when_bwrap_never_sends():
 
 
 def test_unsupported_kernel_refuses_the_run(monkeypatch):
-    from fence.executor import runtimeexec
+    from fence.executor.host import host_facts
+    from fence.executor.prepare import gather
     from fence.executor.runner import FenceError
 
     monkeypatch.setattr(es, "supported", lambda machine=None: "this kernel has no seccomp user notification")
     with pytest.raises(FenceError, match='runtimeExecPolicy "argv" cannot be enforced here'):
-        runtimeexec.prepare(policy(runtime_exec_policy="argv"), ENV, "/", "abc", bus=None)
+        gather(policy(runtime_exec_policy="argv"), ["true"], "/", ENV, "abc", host_facts(), [], "")
 
 
 def test_exec_notify_program_shape():

@@ -1,4 +1,4 @@
-"""Feature detection and the ``fence --linux-features`` report (reference §6.1, without socat)."""
+"""Feature detection and the ``fence --linux-features`` report (as Fence's, without socat: docs/compatibility.md)."""
 
 from __future__ import annotations
 

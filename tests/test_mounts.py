@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 
-from fence.executor.mounts import FsView, filesystem_args, landlock_options, repair_runtime_env, writable_inside
+from fence.executor.mounts import (PINNED_FD_BASE, FsView, filesystem_args, filesystem_mounts, landlock_options,
+                                   repair_runtime_env, writable_inside)
+from fence.mountops import Bind, BindFd, Tmpfs
 from fence.executor.protect import _hooks_path, protected_paths, quarantine
 
 
@@ -19,9 +21,20 @@ def test_phase_order_later_mounts_win():
                   deny_read=[("/w/secret", True), ("/w/k", False)])
     lines = pairs(filesystem_args(view, ("/run/fence",)))
     assert lines == ["--ro-bind / /", "--dev /dev", "--proc /proc", "--tmpfs /tmp", "--dir /tmp/fence",
-                     "--bind /w /w", "--bind /w/.git /w/.git", "--ro-bind /w/.bashrc /w/.bashrc",
+                     "--bind-fd 11 /w", "--bind-fd 12 /w/.git", "--ro-bind /w/.bashrc /w/.bashrc",
                      "--ro-bind /w/locked /w/locked",  # /etc/hosts: already read-only, no mount
                      "--tmpfs /w/secret", "--remount-ro /w/secret", "--ro-bind /dev/null /w/k", "--tmpfs /run/fence"]
+
+
+def test_mounts_are_typed_ops_in_the_same_order():
+    """What ``filesystem_args`` renders is a list of typed ops: tests, ``-d`` and the service read structure."""
+    view = FsView(write=[("/w", True)], pinned=["/w/.git"], protected=["/w/.bashrc"], deny_read=[("/w/k", False)])
+    ops = filesystem_mounts(view, ("/run/fence",))
+    assert ops[0] == Bind(src="/", dest="/") and ops[-1] == Tmpfs(dest="/run/fence")
+    # writable sources are bound from fds whose numbers the plan decides, parents first
+    assert [op for op in ops if isinstance(op, BindFd)] == [BindFd(dest="/w", fd=PINNED_FD_BASE),
+                                                           BindFd(dest="/w/.git", fd=PINNED_FD_BASE + 1)]
+    assert Bind(src="/w/.bashrc", dest="/w/.bashrc") in ops and Bind(src="/dev/null", dest="/w/k") in ops
 
 
 def test_root_writable_and_host_devices():
@@ -37,7 +50,7 @@ def test_default_deny_read_binds_only_readable_tiers():
     lines = pairs(filesystem_args(view))
     assert lines[:6] == ["--ro-bind /etc /etc", "--ro-bind /opt/tool /opt/tool", "--ro-bind /usr /usr",
                          "--symlink usr/lib64 /lib64", "--dev /dev", "--dev-bind /dev/kvm /dev/kvm"]
-    assert "--bind /w /w" in lines
+    assert f"--bind-fd {PINNED_FD_BASE} /w" in lines
 
 
 def test_landlock_options_mirror_the_tiers():

@@ -4,7 +4,7 @@ import time
 
 from fence.executor import paths
 from fence.executor.mounts import FsView
-from fence.executor.plan import HostFacts, plan_sandbox
+from fence.executor.plan import HostFacts, RunPlan, render
 from fence.policy import Policy
 
 
@@ -45,7 +45,7 @@ def test_huge_tree_is_bounded(tmp_path, monkeypatch):
 def test_plan_masks_dirs_with_tmpfs_and_files_with_dev_null():
     host = HostFacts(bwrap="/bwrap", is_root=False)
     view = FsView(deny_read=[("/home/u/.gnupg", True), ("/home/u/.netrc", False), ("/tmp", True)])
-    argv = plan_sandbox(Policy(), ["true"], "/", {}, host, fs=view).argv
+    argv = render(RunPlan(command=["true"], cwd="/", host=host, fs=view)).argv
     joined = " ".join(argv)
     assert "--tmpfs /home/u/.gnupg --remount-ro /home/u/.gnupg" in joined
     assert "--ro-bind /dev/null /home/u/.netrc" in joined

@@ -5,13 +5,13 @@ import pytest
 
 from fence.executor.coverage import ungranted
 from fence.executor.mounts import FsView
-from fence.executor.plan import HostFacts, plan_sandbox, sanitize_env, session_mode
+from fence.executor.plan import EXEC_NOTIFY_FD, HostFacts, NetPlan, RunPlan, render, sanitize_env, session_mode
 from fence.policy import Policy
 
 
 def plan(is_root=False, masked=(), env=None, command=("echo", "hi")):
     host = HostFacts(bwrap="/usr/bin/bwrap", is_root=is_root, masked_dirs=tuple(masked))
-    return plan_sandbox(Policy(), list(command), "/work", env or {"PATH": "/bin"}, host)
+    return render(RunPlan(command=list(command), cwd="/work", env=env or {"PATH": "/bin"}, host=host))
 
 
 def test_namespaces_and_session():
@@ -63,8 +63,8 @@ def test_summary_line():
 
 def test_generated_files_are_bound_read_only_after_the_masks():
     host = HostFacts(bwrap="/usr/bin/bwrap", is_root=False, masked_dirs=("/run/user/1/fence",))
-    p = plan_sandbox(Policy(), ["ssh", "h"], "/work", {}, host, fs=FsView(deny_read=[("/etc/ssh", True)]),
-                     files=[("/etc/ssh/ssh_config", b"ProxyCommand x %h %p\n")])
+    p = render(RunPlan(command=["ssh", "h"], cwd="/work", host=host, fs=FsView(deny_read=[("/etc/ssh", True)]),
+                       files=[("/etc/ssh/ssh_config", b"ProxyCommand x %h %p\n")]))
     argv = p.argv
     i = argv.index("--ro-bind-data")
     assert argv[i - 2:i + 3] == ["--perms", "0644", "--ro-bind-data", "6", "/etc/ssh/ssh_config"]
@@ -97,8 +97,8 @@ def test_session_mode(allow, tty_in, tty_out, force, expected):
 
 def pty_plan(new_session):
     host = HostFacts(bwrap="/usr/bin/bwrap", is_root=False, python="/usr/bin/python3")
-    return plan_sandbox(Policy(allow_pty=True), ["vim", "x"], "/work", {"PATH": "/bin"}, host,
-                        new_session=new_session, pty=True)
+    return render(RunPlan(command=["vim", "x"], cwd="/work", env={"PATH": "/bin"}, host=host,
+                          new_session=new_session, pty=True))
 
 
 def test_pty_plan_runs_the_command_through_the_init_helper():
@@ -120,10 +120,10 @@ def test_no_pty_plan_is_unchanged():
 
 def test_one_helper_carries_landlock_exec_notify_and_pty():
     host = HostFacts(bwrap="/b", is_root=False, python="/py", landlock_abi=7, helper=("/py", "-I", "-S", "/h.pyc"))
-    p = plan_sandbox(Policy(), ["sh"], "/w", {}, host, fs=FsView(write=[("/w", True)]), exec_notify=12, pty=True)
+    p = render(RunPlan(command=["sh"], cwd="/w", host=host, fs=FsView(write=[("/w", True)]), exec_notify=True, pty=True))
     tail = p.argv[p.argv.index("--") + 1:]
     assert tail[:4] == ["/py", "-I", "-S", "/h.pyc"] and tail.count("/py") == 1
-    assert tail[-7:] == ["-w", "/w", "--exec-notify", "12", "--pty", "--", "sh"]
+    assert tail[-7:] == ["-w", "/w", "--exec-notify", str(EXEC_NOTIFY_FD), "--pty", "--", "sh"]
 
 
 def test_allow_pty_is_granted_now():
@@ -132,11 +132,11 @@ def test_allow_pty_is_granted_now():
 
 def test_shared_network_gets_landlock_tcp_connect_rules_and_scope():
     host = HostFacts(bwrap="/b", is_root=False, python="/py", landlock_abi=7, helper=("/py", "-I", "-S", "/h.pyc"))
-    p = plan_sandbox(Policy(), ["curl"], "/w", {}, host, share_net=True, net_connect=[40001, 40002])
+    p = render(RunPlan(command=["curl"], cwd="/w", host=host, network=NetPlan(shared=True, connect_only=(40001, 40002))))
     tail = p.argv[p.argv.index("--") + 1:]
     for part in (["--restrict-net", "--connect-only"], ["--connect", "40001"], ["--connect", "40002"], ["--scope"]):
         assert any(tail[i:i + len(part)] == part for i in range(len(tail))), part
     assert "landlock-v7(tcp-connect)" in p.summary
-    old = plan_sandbox(Policy(), ["curl"], "/w", {}, msgspec.structs.replace(host, landlock_abi=3), share_net=True,
-                       net_connect=[])
+    old = render(RunPlan(command=["curl"], cwd="/w", host=msgspec.structs.replace(host, landlock_abi=3),
+                         network=NetPlan(shared=True, connect_only=())))
     assert "--restrict-net" not in old.argv and "landlock-v3" in old.summary

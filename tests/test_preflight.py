@@ -467,33 +467,44 @@ def test_blocked_event():
 
 # --------------------------------------------------------------------------- where a rule came from
 
+def _resolved(cwd, home=None):
+    from fence.config.resolve import resolve
+    from fence.messages import ConfigResolveRequest
+
+    return resolve(ConfigResolveRequest(cwd=str(cwd), home=str(home or cwd)))
+
+
 def test_rule_sources_names_the_file_that_has_the_rule(tmp_path):
     base = tmp_path / "base.json"
-    base.write_text('{"command": {"deny": ["npm publish"]}}')
+    base.write_text('{"extends": "code", "command": {"deny": ["make release", "shared"]}}')
     child = tmp_path / "fence.json"
-    child.write_text('{"extends": "./base.json", "command": {"deny": ["git push"]}}')
-    label = f"file: {base} + project config: {child}"
-    sources = RuleSources({"command.deny": label})
-    assert sources.rule_label("command.deny", "git push") == f"project config: {child}"
-    assert sources.rule_label("command.deny", "npm publish") == f"file: {base}"
-    assert sources.rule_label("command.deny", "other") == label
-    # a template contributes its own rules
-    sources = RuleSources({"command.deny": f"template: code + project config: {child}"})
-    assert sources.rule_label("command.deny", "gh api") == "template: code"
+    child.write_text('{"extends": "./base.json", "command": {"deny": ["git push", "shared"]}}')
+    reply = _resolved(tmp_path)
+    # what the rules are named by comes in the reply: preflight reads no file (these are gone)
+    base.unlink()
+    child.unlink()
+    sources = RuleSources.from_reply(reply)
     assert sources.rule_label("command.deny", "git push") == f"template: code + project config: {child}"
-    # sources that cannot be re-read are kept
-    sources = RuleSources({"command.deny": "template: code + project config: /nonexistent/fence.json"})
-    assert sources.rule_label("command.deny", "gh api") == "template: code + project config: /nonexistent/fence.json"
+    assert sources.rule_label("command.deny", "make release") == f"file: {base}"
+    assert sources.rule_label("command.deny", "shared") == f"file: {base} + project config: {child}"
+    assert sources.rule_label("command.deny", "gh api") == "template: code"
+    everyone = f"template: code + file: {base} + project config: {child}"
+    assert sources.rule_label("command.deny", "other") == everyone
+    assert sources.list_label("command.deny") == everyone
+    assert sources.list_label("ssh.allowedHosts") == ""
+
+
+def test_rule_sources_by_fixed_names():
+    sources = RuleSources({"command.deny": "template: code + project config: /p/fence.json"})
+    assert sources.rule_label("command.deny", "gh api") == "template: code + project config: /p/fence.json"
     assert RuleSources().rule_label("command.deny", "x") == ""
+    assert RuleSources().list_label("command.deny") == ""
     assert RuleSources({"ssh.allowedHosts": "template: code"}).list_label("ssh.allowedHosts") == "template: code"
 
 
 def test_rule_sources_from_a_resolved_config(tmp_path):
-    from fence.config.resolve import resolve
-    from fence.messages import ConfigResolveRequest
-
     (tmp_path / "fence.json").write_text('{"extends": "code", "command": {"deny": ["make deploy"]}}')
-    reply = resolve(ConfigResolveRequest(cwd=str(tmp_path), home=str(tmp_path)))
+    reply = _resolved(tmp_path)
     sources = RuleSources.from_reply(reply)
     b = check_command(None, "cd x && make deploy prod", reply.policy, sources)
     assert b is not None

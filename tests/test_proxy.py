@@ -624,7 +624,7 @@ def test_attach_serves_passed_in_listening_sockets(factory, origin):
 
 
 def test_events_and_console_lines(proxy, origin):
-    from fence.proxy.lines import net_lines
+    from fence.eventlines import net_lines
 
     port = origin.server_address[1]
     curl("--proxy", proxy.url, f"http://a.ok.test:{port}/ok")
@@ -650,7 +650,7 @@ def test_events_and_console_lines(proxy, origin):
 
 def test_long_urls_are_truncated_in_lines():
     from fence.messages import NetDecisionEvent
-    from fence.proxy.lines import request_line
+    from fence.eventlines import request_line
 
     ev = NetDecisionEvent(sandbox="s", ts=0, proto="http", method="GET", host="a.test", port=80,
                           url="http://a.test/" + "x" * 100, status=403, outcome="blocked", duration_ms=0.4)
@@ -796,6 +796,31 @@ def test_loopback_relaxed_only(resolver):
             sandbox="aa02", network=NetworkConfig(allowed_domains=["*"])), ProxySessionOpened, timeout=10))
         assert strict.http_port == 0 and not strict.relaxed
         assert relaxed.http_port and relaxed.relaxed
+    finally:
+        run_sync(service.stop())
+
+
+def test_listeners_only_when_the_intent_lets_something_through(resolver):
+    """The service opens listeners exactly when ``fence.netintent`` says filtered or relaxed (as the executor)."""
+    from fence.bus import InProcessBus, run_sync
+    from fence.messages import ProxySessionOpen, ProxySessionOpened
+    from fence.netintent import NONE, intent
+    from fence.policy import NetworkConfig
+    from fence.proxy.service import ProxyService
+    from fence.subjects import PROXY_SESSION_OPEN
+
+    bus = InProcessBus()
+    service = ProxyService(resolver=resolver)
+    run_sync(service.start(bus))
+    try:
+        for i, network in enumerate((NetworkConfig(), NetworkConfig(denied_domains=["a.test"]),
+                                     NetworkConfig(default_action="proxy"),  # no upstream: grey is denied
+                                     NetworkConfig(upstream_proxy="http://127.0.0.1:9"),  # no defaultAction
+                                     NetworkConfig(default_action="proxy", upstream_proxy="http://127.0.0.1:9"),
+                                     NetworkConfig(allowed_domains=["a.test"]))):
+            opened = run_sync(bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(sandbox=f"bb{i:02d}", network=network),
+                                          ProxySessionOpened, timeout=10))
+            assert bool(opened.http_port) == (intent(network) != NONE), network
     finally:
         run_sync(service.stop())
 

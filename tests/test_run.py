@@ -185,6 +185,13 @@ def test_no_command(fence):
     assert r.stdout == ""
 
 
+def test_missing_settings_file_is_refused(fence):
+    """``-s`` naming no file is an error, never the built-in defaults (issue 10); ``config show`` agrees."""
+    for args in (["-s", "missing.json", "--", "true"], ["config", "show", "-s", "missing.json"]):
+        r = fence.run(*args)
+        assert (r.returncode, r.stderr, r.stdout) == (1, "Error: settings file missing.json does not exist\n", "")
+
+
 def test_unknown_flag(fence):
     r = fence.run("--no-such-flag", "--", "true")
     assert r.returncode == 1 and r.stderr.startswith("Error: unknown flag: --no-such-flag")

@@ -118,6 +118,13 @@ def test_bad_config_error_over_the_bus(supervised):
     assert 'invalid allowed domain "*.com": wildcard pattern too broad' in r.stderr
 
 
+def test_missing_settings_file_refused_over_the_bus(supervised):
+    root, env = supervised
+    r = subprocess.run([sys.executable, "-m", "fence", "-s", "missing.json", "--", "true"], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stderr) == (1, "Error: settings file missing.json does not exist\n")
+
+
 def test_supervised_pty_run_relays_the_terminal(supervised):
     """The relay runs in a worker thread beside uvloop: typing, resizing and Ctrl-C work as in a lone run."""
     from conftest import Terminal
@@ -154,3 +161,43 @@ raise SystemExit(6)
         term.expect("interrupted")
         assert term.wait() == 6
         assert "exited with code 6" in term.text  # the supervisor's monitor saw the run end
+
+
+def test_plan_endpoint_agrees_with_a_supervised_debug_run(supervised):
+    """The supervisor's executor service answers ``fence.exec.plan`` with the sandbox ``fence -d`` ran."""
+    import json
+    import re
+    import shlex
+
+    from fence.messages import ConfigResolveReply, ConfigResolveRequest, ExecPlanReply, ExecPlanRequest
+    from fence.subjects import CONFIG_RESOLVE, EXEC_PLAN
+
+    root, env = supervised
+    work = root / "agree"
+    (work / "out").mkdir(parents=True, exist_ok=True)
+    (work / "fence.json").write_text(json.dumps({
+        "network": {"allowedDomains": ["example.com"]},
+        "filesystem": {"allowWrite": ["./out"], "denyRead": ["~/.ssh"]}}))
+    r = subprocess.run([sys.executable, "-m", "fence", "-d", "--", "true"], env=env, cwd=work,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    printed = next(shlex.split(line.split(": ", 1)[1]) for line in r.stderr.splitlines()
+                   if line.startswith("[fence] Sandboxed command: "))
+    sandbox = re.search(r"Sandbox ([0-9a-f]{12}) started", r.stderr).group(1)
+    creds = client_creds(root)
+
+    async def ask():
+        bus = await NatsBus.connect(creds.url, user=creds.user, password=creds.password,
+                                    inbox_prefix=creds.inbox_prefix)
+        try:
+            resolved = await bus.request(CONFIG_RESOLVE, ConfigResolveRequest(cwd=str(work), home=env["HOME"]),
+                                         ConfigResolveReply)
+            return await bus.request(EXEC_PLAN, ExecPlanRequest(
+                policy=resolved.policy, argv=["true"], cwd=str(work), env=env, sandbox=sandbox,
+                chain=resolved.chain, config_dir=resolved.user_config_dir, debug=True), ExecPlanReply)
+        finally:
+            await bus.close()
+
+    reply = asyncio.run(ask())
+    assert reply.bwrap_argv == printed
+    assert reply.plan is not None and reply.plan.network.intent == "filtered"

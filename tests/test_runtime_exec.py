@@ -1,4 +1,4 @@
-"""Runtime exec policy in real sandboxes (reference §4.3, §9.1): what preflight cannot see is still refused.
+"""Runtime exec policy in real sandboxes (docs/command-policy.md): what preflight cannot see is still refused.
 
 Commands hide the denied name from preflight (a script file, ``$(echo chr)oot``), as a build script or
 an agent's generated code would; preflight itself is tested in test_preflight_cli.py.
@@ -143,7 +143,7 @@ def argv_settings(work: Path, deny: list[str], **extra) -> Path:
 
 @needs_usernotif
 def test_argv_policy_blocks_a_multi_token_rule_at_run_time(fence):
-    """Reference §9.1: deny ``git push``; a script's ``git --version`` works, its ``git push`` does not."""
+    """As in Fence's own test: deny ``git push``; a script's ``git --version`` works, its ``git push`` does not."""
     work = fence.workdir()
     cfg = argv_settings(work, ["git push"])
     run = script(work, "git --version >/dev/null && echo STATUS_OK\ngit push origin main && echo PUSH_UNEXPECTED\n")

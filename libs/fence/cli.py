@@ -1,6 +1,6 @@
 """The ``fence`` command line.
 
-Root form (as the reference): ``fence [flags] -- CMD...`` or ``fence -c "STRING"``;
+Root form (Fence's, docs/compatibility.md#cli-flags): ``fence [flags] -- CMD...`` or ``fence -c "STRING"``;
 ``fence run [flags] -- CMD...`` is the same.  Subcommands: ``up``, ``status``,
 ``down`` (the supervisor).
 
@@ -130,7 +130,7 @@ def parse_port(value: str) -> tuple[str, int]:
     """``PORT``, ``ADDR:PORT`` or ``[V6ADDR]:PORT`` -> (address, port); the address defaults to 127.0.0.1.
 
     The address must be an IP literal (no name is resolved); anything else is
-    ``UsageError("invalid port: VALUE")``, as the reference words it.
+    ``UsageError("invalid port: VALUE")``, in Fence's words (docs/compatibility.md#messages).
     """
     import socket
 

@@ -1,7 +1,7 @@
 """Built-in defaults shared by several layers.
 
-``DEFAULT_DENIED_COMMANDS`` is the reference's default command deny list
-(reference §4.1, identical in the old and new Go tool).  It applies unless
+``DEFAULT_DENIED_COMMANDS`` is the Go tool Fence's default command deny list
+(docs/compatibility.md#default-command-deny-list; unchanged across its releases).  It applies unless
 ``command.useDefaults`` is ``false``: to every preflight check
 (``fence.executor.preflight``), to remote commands when ``ssh.inheritDeny`` is
 set (``fence.executor.sshpolicy``), and -- single-token entries -- to the
@@ -47,7 +47,7 @@ DEFAULT_DENIED_COMMANDS: tuple[str, ...] = (
     "unshare",
     "nsenter",
 )
-"""The default deny list, in the reference's order (messages name the first entry that matches)."""
+"""The default deny list, in Fence's order (messages name the first entry that matches)."""
 
 DEFAULT_DENY_SOURCE = "built-in default deny list"
 """How messages name where a default rule came from."""

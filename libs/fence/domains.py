@@ -26,12 +26,17 @@ hyphens and splits on ideographic dots.  So:
   because that is where a connection to it goes (so a rule about
   ``127.0.0.1`` covers it); zone ids (``%eth0``) are refused.
 
-``DomainFilter`` decides allow / deny / proxy for a canonical host, as the
-reference (§2.3, §5): deny wins; exact names and a leading ``*.`` (which does
+``DomainFilter`` decides allow / deny / proxy for a canonical host, as Fence
+does (docs/compatibility.md#network): deny wins; exact names and a leading ``*.`` (which does
 not match the apex); ``*`` allows everything not denied; the port is ignored.
 Patterns go through the same canonicalisation (case, IDN, trailing dot), so a
 rule and a host always compare like with like.  A *denied* pattern that is a
 non-canonical IPv4 spelling (``0177.0.0.1``) also denies its canonical form.
+
+``pattern_error`` / ``pattern_problem`` are the one check of a domain
+pattern (the config validator and the importer use them): Fence's
+rules and words, judged on the IDNA form, so a pattern validates exactly
+when the filter can match it.
 
 Nothing here resolves a name: deciding never touches DNS.  Importing this
 module costs only ``re`` (command preflight uses it on every run).
@@ -103,6 +108,19 @@ def _canonical_v6(text: str) -> str:
     return str(mapped) if mapped is not None else addr.compressed
 
 
+def _idna_ascii(raw: str) -> str:
+    """A non-ASCII name in lowercase IDNA (ASCII) form, as Python's resolver would encode it; or HostError."""
+    if any(c.isspace() or c < " " or "\x7f" <= c < "\xa0" for c in raw):
+        raise HostError(f"{raw!r} contains spaces or control characters")
+    try:
+        host = raw.encode("idna").decode("ascii").lower()
+    except UnicodeError as e:
+        raise HostError(f"{raw!r} is not a valid internationalised domain name ({e})") from None
+    if host.count(".") != sum(raw.count(d) for d in _IDNA_DOTS):
+        raise HostError(f"{raw!r} maps to a different number of labels ({host!r})")
+    return host
+
+
 def canonical_host(raw: str) -> str:
     """The canonical form of a host as written by a client (no port, no brackets in the result).
 
@@ -121,14 +139,7 @@ def canonical_host(raw: str) -> str:
     if was_ascii:
         host = raw.lower()
     else:
-        if any(c.isspace() or c < " " or "\x7f" <= c < "\xa0" for c in raw):
-            raise HostError(f"{raw!r} contains spaces or control characters")
-        try:
-            host = raw.encode("idna").decode("ascii").lower()
-        except UnicodeError as e:
-            raise HostError(f"{raw!r} is not a valid internationalised domain name ({e})") from None
-        if host.count(".") != sum(raw.count(d) for d in _IDNA_DOTS):
-            raise HostError(f"{raw!r} maps to a different number of labels ({host!r})")
+        host = _idna_ascii(raw)
     if host.endswith("."):
         host = host[:-1]
     if not host or len(host) > 253:
@@ -278,31 +289,21 @@ class _Rules:
 class DomainFilter:
     """allow / deny / proxy for canonical hosts; built once per policy, then pure lookups.
 
-    ``DomainFilter(None)`` (no config) denies everything, as the reference.
+    ``DomainFilter(None)`` (no config) denies everything, as in Fence.
     ``default_action="proxy"`` turns no-match into ``PROXY`` (the caller
-    forwards to the upstream proxy, or denies where it cannot, as SOCKS).
+    forwards to the upstream proxy, or denies where it cannot, as SOCKS);
+    the session passes it only when there is an upstream to forward to
+    (``fence.netintent.forwards_upstream``).  Whether a policy can allow
+    anything at all, or is relaxed, is ``fence.netintent.intent``.
     """
 
-    __slots__ = ("allowed", "denied", "grey", "configured", "relaxed")
+    __slots__ = ("allowed", "denied", "grey", "configured")
 
     def __init__(self, allowed: list[str] | None, denied: list[str] | None = None, default_action: str = ""):
         self.configured = allowed is not None
         self.allowed = _Rules(allowed or [])
         self.denied = _Rules(denied or [], expand_ip_spellings=True)
         self.grey = PROXY if default_action == "proxy" else DENY
-        self.relaxed = bool(self.allowed.star)
-
-    @classmethod
-    def from_network(cls, network) -> DomainFilter:
-        """From a ``fence.policy.NetworkConfig`` (or None: deny everything)."""
-        if network is None:
-            return cls(None)
-        return cls(network.allowed_domains, network.denied_domains, network.default_action)
-
-    @property
-    def may_allow(self) -> bool:
-        """False when every request would be denied (nothing allowed, no upstream forwarding)."""
-        return bool(self.allowed.exact or self.allowed.suffix or self.allowed.star) or self.grey == PROXY
 
     def decide(self, host: str) -> Decision:
         """The decision for a canonical host (``canonical_host``); the port never matters."""
@@ -334,35 +335,87 @@ def block_hint(host: str, decision: Decision) -> str:
 
 
 # --- pattern validation ---------------------------------------------------------------------
+# Fence's rules and reasons (docs/compatibility.md#messages), applied to the IDNA (ASCII) form of a pattern: that is
+# the form the filter matches, so a pattern is valid exactly when it can mean a host.
+
+PORT_OR_PATH = "domain pattern cannot contain protocol, path, or port"
+TOO_BROAD = "wildcard pattern too broad (e.g., *.com not allowed)"
+ONE_WILDCARD = "only *.domain.com wildcard patterns are allowed"
+BAD_FORMAT = "invalid domain format"
+
+PATTERN_HELP = {
+    PORT_OR_PATH: "write the host name only, e.g. {example}",
+    TOO_BROAD: 'list the domains you need, e.g. "*.example.com"',
+    ONE_WILDCARD: 'a wildcard is a single leading "*." (e.g. "*.example.com") or "*" alone',
+    BAD_FORMAT: 'a domain has a dot and no leading or trailing dot (e.g. "example.com"); "localhost" and "*" are '
+                "also accepted",
+}
+"""What to do about each reason (the second half of a config validation message)."""
+
+_DOMAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
+
 
 def pattern_error(pattern: str) -> str | None:
-    """Why ``pattern`` is not a valid domain pattern (the reference's reasons, §2.3), or None.
+    """Why ``pattern`` is not a valid domain pattern (Fence's reason, docs/compatibility.md#messages), or None.
 
-    The reference's rules (``fence.config.validate``), applied to the IDNA
-    (ASCII) form of a non-ASCII pattern, so ``bücher.example`` is accepted as
-    ``xn--bcher-kva.example`` is.
+    ASCII patterns follow Fence exactly.  A non-ASCII one is checked
+    in its IDNA form (``bücher.example`` as ``xn--bcher-kva.example``), and
+    must also be a host ``canonical_host`` accepts: a pattern the filter
+    could never match (``１２７.０.０.１``, ``a<U+2024>b.com``) is refused
+    rather than silently ignored.
     """
-    from fence.config.validate import domain_pattern_error
-
-    return domain_pattern_error(_ascii_pattern(pattern))
+    if pattern == "localhost" or pattern == "*":
+        return None
+    if "://" in pattern or "/" in pattern or ":" in pattern:
+        return PORT_OR_PATH
+    wildcard = pattern.startswith("*.")
+    name = pattern[2:] if wildcard else pattern
+    if "*" in name:
+        return ONE_WILDCARD
+    ascii_name = _ascii_name(name)
+    if wildcard and ascii_name is not None and "." not in ascii_name:
+        return TOO_BROAD
+    if ascii_name is None or not _plain_domain_ok(ascii_name):
+        return BAD_FORMAT
+    return None
 
 
 def pattern_problem(kind: str, pattern: str) -> str | None:
-    """The full message for a bad ``kind`` ("allowed"/"denied") pattern, as the config validator words it."""
-    from fence.config.validate import domain_pattern_error, domain_problem
+    """The whole message for a bad ``kind`` ("allowed"/"denied") pattern, or None when it is valid.
 
-    ascii_form = _ascii_pattern(pattern)
-    if domain_pattern_error(ascii_form) is None:
+    ``invalid allowed domain "P": <reason>; <what to do>``: the config
+    validator's wording, which scripts written for Fence grep for.
+    """
+    reason = pattern_error(pattern)
+    if reason is None:
         return None
-    message = domain_problem(kind, ascii_form)
-    return message.replace(f'"{ascii_form}"', f'"{pattern}"', 1) if message and ascii_form != pattern else message
+    help_ = PATTERN_HELP[reason]
+    if "{example}" in help_:
+        host = _host_of(pattern)
+        help_ = help_.format(example=f'"{host}"' if host and pattern_error(host) is None else '"example.com"')
+    return f'invalid {kind} domain "{pattern}": {reason}; {help_}'
 
 
-def _ascii_pattern(pattern: str) -> str:
-    if pattern.isascii():
-        return pattern
-    prefix, rest = ("*.", pattern[2:]) if pattern.startswith("*.") else ("", pattern)
+def _plain_domain_ok(domain: str) -> bool:
+    if "." not in domain or domain.startswith(".") or domain.endswith(".") or ".." in domain:
+        return False
+    return all(c in _DOMAIN_CHARS for c in domain)
+
+
+def _ascii_name(name: str) -> str | None:
+    """The ASCII form of a pattern's name part, or None when a non-ASCII name maps to no matchable host."""
+    if name.isascii():
+        return name
     try:
-        return prefix + rest.encode("idna").decode("ascii")
-    except UnicodeError:
-        return pattern.encode("ascii", "replace").decode("ascii").replace("?", "\x00")  # never valid
+        canonical_host(name)
+        return _idna_ascii(name)  # not the canonical form: a trailing dot stays invalid, as in ASCII
+    except HostError:
+        return None
+
+
+def _host_of(pattern: str) -> str:
+    """Best guess at the host inside a URL-ish pattern, for the hint."""
+    rest = pattern.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+    if rest.startswith("["):
+        return ""
+    return rest.split(":", 1)[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import msgspec
 
 from fence.policy import NetworkConfig, Policy
+from fence.runplan import RunPlan, SandboxPlan
 
 PROTOCOL_VERSION = 1
 
@@ -55,17 +56,64 @@ class ConfigResolveRequest(Message):
     """The caller's ``XDG_CONFIG_HOME`` (the service may run with another environment)."""
 
 
-class ConfigResolveReply(Message):
-    """The resolved policy and where it came from (chain of sources, nearest first).
+class SourceRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One link of the chain a policy was resolved from: what it is and how the run reached it.
 
-    ``provenance`` maps the dotted JSON path of every field the policy sets
-    (``network.allowedDomains``) to the source(s) that set it, e.g.
-    ``template: code + project config: /src/app/fence.json``.
+    Consumers decide on these fields and only display ``label``; nobody parses it back.
+
+    ``kind``: ``file`` (a config file), ``template`` (a built-in one) or ``defaults`` (no
+    file: the built-in defaults).  ``via``: how it was found -- ``cli`` (``--settings`` or
+    ``--template``), ``project``, ``user`` or ``legacy`` (discovery, or what ``extends: "@base"``
+    found), ``extends`` (named by the previous link's ``extends``), "" (nothing was: defaults).
+    ``extends``: the ``extends`` value that pulled it in ("" for the config the run asked for).
+    ``path``: the file (kind ``file`` only; absolute, perhaps missing).  ``name``: the
+    template's canonical name (kind ``template``).  ``empty``: a file that is missing (only the
+    first link may be) or blank, so it stood for the built-in defaults.  ``label``: how
+    messages name it, e.g. ``project config: /src/app/fence.json``, ``template: code``.
+    """
+
+    kind: str
+    via: str = ""
+    extends: str = ""
+    path: str = ""
+    name: str = ""
+    empty: bool = False
+    label: str = ""
+
+
+class FieldSource(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Which links of the chain set one field of the resolved policy (``ConfigResolveReply.fields``).
+
+    ``sources``: indices into ``ConfigResolveReply.chain``, in the order the merge applied them
+    (innermost base first): every contributor of a list, the first source of a true plain bool
+    (a child cannot undo it), the last one of any other value.  ``owners``: for a list more
+    than one source contributed to, each entry (as text) -> the sources that list it themselves;
+    empty when one source set the whole list.
+    """
+
+    sources: list[int]
+    owners: dict[str, list[int]] = {}
+
+
+class ConfigResolveReply(Message):
+    """The resolved policy and where it came from.
+
+    ``chain``: the sources, nearest first (the config asked for, then what it extends).
+    ``fields``: the dotted JSON path of every field the policy sets (``network.allowedDomains``)
+    -> the sources that set it.  ``user_config_dir``: the user config directory this resolve
+    looked in (``$XDG_CONFIG_HOME/fence`` or ``~/.config/fence``), which every sandbox protects.
+
+    ``sources`` and ``provenance`` are the same facts rendered for people (``fence -d``'s
+    ``[fence] Config:`` lines, ``fence config show``), e.g. ``template: code + project config:
+    /src/app/fence.json``; they are kept for display and for older readers, never to be parsed.
     """
 
     policy: Policy
     sources: list[str] = []
     provenance: dict[str, str] = {}
+    chain: list[SourceRef] = []
+    fields: dict[str, FieldSource] = {}
+    user_config_dir: str = ""
 
 
 # --- proxy service -----------------------------------------------------------
@@ -138,19 +186,38 @@ class ProxySessionClosed(Message):
 # --- executor service ----------------------------------------------------------
 
 class ExecPlanRequest(Message):
-    """Plan (without running) the sandbox for ``argv`` under ``policy``."""
+    """Plan (without running) the sandbox for ``argv`` under ``policy``, as ``fence run`` would.
+
+    The executor gathers the same facts and makes the same decisions as a run
+    (``fence.executor.prepare``) but does nothing: no placeholder, no fd, no
+    session.  ``chain`` and ``config_dir`` are the resolve reply's
+    (protections cover the files a config came from); ``session`` the proxy session's reply when one
+    is open (its host ports matter only on a shared network).
+    """
 
     policy: Policy
     argv: list[str]
     cwd: str
     env: dict[str, str] = {}
+    sandbox: str = ""
+    chain: list[SourceRef] = []
+    config_dir: str = ""
+    """The user's fence config directory (protected like every config source)."""
+    ports: list[tuple[str, int]] = []
+    session: ProxySessionOpened | None = None
+    debug: bool = False
+    """Plan as ``fence -d`` runs (the init helper then reports what it applies)."""
 
 
 class ExecPlanReply(Message):
+    """The run's decisions (``plan``) and the bwrap invocation they render to (``rendered``)."""
+
     bwrap_argv: list[str]
     env: dict[str, str]
     summary: str
     stripped_env: list[str] = []
+    plan: RunPlan | None = None
+    rendered: SandboxPlan | None = None
 
 
 # --- monitor service -----------------------------------------------------------
@@ -178,7 +245,7 @@ class NetDecisionEvent(Message):
     ``invalid``, ``resolved-denied``, ``unsupported``) and ``rule`` the pattern that matched;
     ``status`` the HTTP status (or SOCKS5 reply code) the client got and
     ``outcome`` ``allowed``, ``blocked`` or ``error``.  Console lines:
-    ``fence.proxy.lines.net_lines``.
+    ``fence.eventlines.net_lines``.
     """
 
     sandbox: str

@@ -2,7 +2,7 @@
 
 Field names are camelCase on disk (``rename="camel"``) so files written for
 the Go tool Fence load unchanged.  Defaults here are the built-in defaults
-(reference §2.10): no network, read-mostly filesystem, default command deny
+(docs/compatibility.md#built-in-defaults): no network, read-mostly filesystem, default command deny
 list on.  Loading, merging and validation live in ``fence.config``; later
 layers only read these objects.
 

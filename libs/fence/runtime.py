@@ -22,6 +22,7 @@ sees half a file.  The supervisor removes all of them when it stops.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 import time
 
 import msgspec
@@ -72,17 +73,21 @@ class SupervisorInfo(msgspec.Struct, kw_only=True):
     version: int = 1
 
 
-def runtime_dir() -> str:
+def runtime_dir(env: Mapping[str, str] | None = None) -> str:
     """``$XDG_RUNTIME_DIR/fence`` when that is a usable directory, else ``~/.local/state/fence``.
 
     ``XDG_RUNTIME_DIR`` (a per-user tmpfs on systemd hosts) is preferred: it
     vanishes at logout and is private to the user.  An unset, relative or
     unwritable one (su, containers, cron) falls back to the state directory.
+    ``env``: another process's environment (the executor service planning for
+    a client); default this process's.
     """
-    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    env = os.environ if env is None else env
+    xdg = env.get("XDG_RUNTIME_DIR", "")
     if xdg and os.path.isabs(xdg) and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK):
         return os.path.join(xdg, "fence")
-    return os.path.join(os.path.expanduser("~"), ".local", "state", "fence")
+    home = env.get("HOME") or os.path.expanduser("~")
+    return os.path.join(home, ".local", "state", "fence")
 
 
 def info_path() -> str:

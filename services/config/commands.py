@@ -15,7 +15,7 @@ import sys
 from typing import NoReturn
 
 from fence.config import discover, templates
-from fence.config.errors import ConfigError
+from fence.config.errors import ConfigError, SettingsFileMissing
 from fence.messages import ConfigResolveRequest
 
 
@@ -45,6 +45,8 @@ def _handle(handler, args) -> int:
     """Run a subcommand: config errors become ``Error: failed to load config: ...``; a closed pipe is fine."""
     try:
         return handler(args)
+    except SettingsFileMissing as e:
+        return _error(e.message)
     except ConfigError as e:
         return _error(f"failed to load config: {e.message}")
     except BrokenPipeError:

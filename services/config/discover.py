@@ -1,6 +1,6 @@
 """Where a run's config comes from when neither ``--template`` nor ``--settings`` is given.
 
-Order (reference §2.1, Linux): the nearest ``fence.jsonc`` / ``fence.json``
+Order (as Fence, docs/configuration.md#where-the-config-comes-from): the nearest ``fence.jsonc`` / ``fence.json``
 walking up from the working directory (``.jsonc`` first in each directory);
 else the user config ``$XDG_CONFIG_HOME/fence/fence.jsonc|.json`` (default
 ``~/.config/fence/``); else the legacy ``~/.fence.jsonc``, ``~/.fence.json``;

@@ -18,6 +18,17 @@ class ConfigError(ServiceError):
     code = "invalid_config"
 
 
+class SettingsFileMissing(ConfigError):
+    """``--settings FILE`` names no file: refused, never the built-in defaults in its place.
+
+    Running with the defaults would silently drop every rule the user wrote.
+    Printed as ``Error: settings file FILE does not exist`` (no "failed to load
+    config" prefix: nothing was loaded), exit 1.
+    """
+
+    code = "settings_missing"
+
+
 Problem = tuple[str, str]
 """(JSON path such as ``$.network.allowedDomains[2]``, message)."""
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import re
 
-from fence.config.validate import domain_pattern_error
+from fence.domains import pattern_error as domain_pattern_error
 
 _RULE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)(?:\((.*)\))?$", re.S)
 

@@ -11,7 +11,7 @@ names the file and says what to do -- never a traceback:
 * binary (NUL bytes) or not UTF-8: reported with line and column;
 * bad JSONC syntax: ``invalid JSON in config file F: line L, column C: ...``;
 * wrong types or unknown keys: ``invalid configuration in F: $.path: ...``,
-  unknown keys with a "did you mean" (the reference silently ignores them);
+  unknown keys with a "did you mean" (Fence ignores them: docs/compatibility.md#deliberate-deviations);
   nesting too deep for the decoder is reported, not raised;
 * semantic rules (``fence.config.validate``).
 

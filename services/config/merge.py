@@ -1,6 +1,6 @@
 """Merging configs (``extends``) and recording which source set each field.
 
-The rules (reference §2.8; the table is in docs/configuration.md):
+The rules (Fence's; the table is in docs/configuration.md#merge-rules):
 
 | kind of field | rule |
 |---|---|
@@ -21,6 +21,9 @@ that resolving the type annotations would cost on every run.
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
+from fence.messages import FieldSource
 from fence.policy import FilesystemConfig, Policy
 
 LIST, BOOL, OPTIONAL, SCALAR, SECTION = range(5)
@@ -88,41 +91,60 @@ def merge(base: Policy, override: Policy) -> Policy:
     return out
 
 
-def set_fields(policy, plan=PLAN, prefix: str = ""):
-    """Yield (dotted JSON path, kind) of every field ``policy`` sets (differs from "unset")."""
+def set_values(policy, plan=PLAN, prefix: str = ""):
+    """Yield (dotted JSON path, kind, value) of every field ``policy`` sets (differs from "unset")."""
     for name, enc, kind, sub in plan:
         value = getattr(policy, name)
         if kind == SECTION:
-            yield from set_fields(value, sub[1], f"{prefix}{enc}.")
+            yield from set_values(value, sub[1], f"{prefix}{enc}.")
         elif kind == OPTIONAL:
             if value is not None:
-                yield f"{prefix}{enc}", kind
+                yield f"{prefix}{enc}", kind, value
         elif value:
-            yield f"{prefix}{enc}", kind
+            yield f"{prefix}{enc}", kind, value
 
 
-def provenance(chain: list[tuple[str, Policy]]) -> dict[str, str]:
-    """Which source set each field of the merged result.
+def set_fields(policy, plan=PLAN, prefix: str = ""):
+    """Yield (dotted JSON path, kind) of every field ``policy`` sets (differs from "unset")."""
+    for path, kind, _ in set_values(policy, plan, prefix):
+        yield path, kind
 
-    ``chain`` is (label, that source's own config) from the innermost base to
-    the config that was asked for (the order the merge applies them).
-    Lists name every source that contributed, joined with " + "; a true
-    plain bool names the first source that set it (a child cannot undo it);
-    other values name the last source that set them.
+
+def field_sources(chain: Sequence[tuple[int, Policy]]) -> dict[str, FieldSource]:
+    """Which source set each field of the merged result: the provenance records, made here once.
+
+    ``chain`` is (the source's index in the reply's chain, that source's own
+    config) from the innermost base to the config that was asked for (the
+    order the merge applies them).  The rules follow the merge's: a list
+    names every source that contributed, and when there are several, which
+    of them list each entry (so a message can name the file a rule came
+    from); a true plain bool names the first source that set it (a child
+    cannot undo it); any other value names the last source that set it.
     """
-    out: dict[str, str] = {}
-    for label, policy in chain:
-        for path, kind in set_fields(policy):
+    sources: dict[str, list[int]] = {}
+    lists: dict[str, list[tuple[int, list]]] = {}
+    for index, policy in chain:
+        for path, kind, value in set_values(policy):
             if path == "extends":
                 continue
             if kind == LIST:
-                if path in out:
-                    if label not in out[path].split(" + "):
-                        out[path] = f"{out[path]} + {label}"
-                else:
-                    out[path] = label
+                sources.setdefault(path, []).append(index)
+                lists.setdefault(path, []).append((index, value))
             elif kind == BOOL:
-                out.setdefault(path, label)
+                sources.setdefault(path, [index])
             else:
-                out[path] = label
+                sources[path] = [index]
+    out: dict[str, FieldSource] = {}
+    for path, indices in sources.items():
+        owners: dict[str, list[int]] = {}
+        if len(indices) > 1 and path in lists:
+            for index, value in lists[path]:
+                for entry in dict.fromkeys(value):
+                    owners.setdefault(str(entry), []).append(index)
+        out[path] = FieldSource(sources=indices, owners=owners)
     return out
+
+
+def provenance_labels(fields: Mapping[str, FieldSource], names: Sequence[str]) -> dict[str, str]:
+    """The records for people: each field -> its sources' names joined with " + " (``fence config show``)."""
+    return {path: " + ".join(names[i] for i in record.sources) for path, record in fields.items()}

@@ -11,7 +11,7 @@ are the docstrings under each field of ``fence/policy.py`` (read here with
 ``ast``, so they cost nothing at run time) and ``policy.SCHEMA_EXTRA`` adds
 value constraints (enums, port ranges, patterns).  Every object has
 ``additionalProperties: false`` (fence rejects unknown keys, with a "did you
-mean").  The ``$id`` is the reference tool's, whose config
+mean").  The ``$id`` is the Go tool Fence's, whose config
 language this is: files pointing their ``$schema`` at it validate here too.
 """
 

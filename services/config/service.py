@@ -1,7 +1,9 @@
 """The config service: answers ``fence.config.resolve`` with a resolved policy.
 
-The reply carries the policy, the chain of sources (nearest first) and the
-provenance of every field set (``fence.config.resolve``).  The handler only
+The reply carries the policy and its provenance records: the chain of
+sources (nearest first), which of them set each field, and the user config
+directory (``fence.config.resolve``), so the executor never reads a config
+file or imports ``fence.config``.  The handler only
 reads files and never blocks on anything but them: FIFOs and devices are
 refused (``fence.config.load``), so a request cannot stall a shared service.
 Bad configs raise ``ConfigError`` (code ``invalid_config``), which the bus

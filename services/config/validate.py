@@ -1,8 +1,10 @@
 """Semantic validation of one config (types are already checked by msgspec).
 
 ``problems(policy)`` returns every problem as ``(JSON path, message)``; the
-messages keep the reference tool's wording (reference §2.3-2.7) and add
-what to do.  ``normalize`` applies the one implied setting
+messages keep the Go tool Fence's wording (docs/compatibility.md#messages) and add
+what to do.  Domain patterns are checked by ``fence.domains`` (the core
+owns domain syntax, IDNA included, so what validates is what the proxies
+match).  ``normalize`` applies the one implied setting
 (``strictDenyRead`` implies ``defaultDenyRead``).  ``cross_problems`` checks
 rules that span fields which may come from different files of an
 ``extends`` chain, so it runs on the merged result.
@@ -18,70 +20,9 @@ from fence.policy import Policy
 
 Problem = tuple[str, str]
 
-_DOMAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
-
-DOMAIN_HELP = {
-    "domain pattern cannot contain protocol, path, or port": "write the host name only, e.g. {example}",
-    "wildcard pattern too broad (e.g., *.com not allowed)": 'list the domains you need, e.g. "*.example.com"',
-    "only *.domain.com wildcard patterns are allowed":
-        'a wildcard is a single leading "*." (e.g. "*.example.com") or "*" alone',
-    "invalid domain format":
-        'a domain has a dot and no leading or trailing dot (e.g. "example.com"); "localhost" and "*" are also '
-        "accepted",
-}
-
-
-def domain_pattern_error(pattern: str) -> str | None:
-    """Why ``pattern`` is not a valid domain pattern (the reference's reasons), or None."""
-    if pattern == "localhost" or pattern == "*":
-        return None
-    if "://" in pattern or "/" in pattern or ":" in pattern:
-        return "domain pattern cannot contain protocol, path, or port"
-    if pattern.startswith("*."):
-        rest = pattern[2:]
-        if "*" in rest:
-            return "only *.domain.com wildcard patterns are allowed"
-        if "." not in rest:
-            return "wildcard pattern too broad (e.g., *.com not allowed)"
-        if not _plain_domain_ok(rest):
-            return "invalid domain format"
-        return None
-    if "*" in pattern:
-        return "only *.domain.com wildcard patterns are allowed"
-    if not _plain_domain_ok(pattern):
-        return "invalid domain format"
-    return None
-
-
-def _plain_domain_ok(domain: str) -> bool:
-    if "." not in domain or domain.startswith(".") or domain.endswith(".") or ".." in domain:
-        return False
-    return all(c in _DOMAIN_CHARS for c in domain)
-
-
-def _host_of(pattern: str) -> str:
-    """Best guess at the host inside a URL-ish pattern, for the hint."""
-    rest = pattern.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
-    if rest.startswith("["):
-        return ""
-    return rest.split(":", 1)[0]
-
-
-def domain_problem(kind: str, pattern: str) -> str | None:
-    """The full message for a bad ``kind`` ("allowed"/"denied") domain, or None when it is fine."""
-    reason = domain_pattern_error(pattern)
-    if reason is None:
-        return None
-    help_ = DOMAIN_HELP[reason]
-    if "{example}" in help_:
-        host = _host_of(pattern)
-        example = f'"{host}"' if host and domain_pattern_error(host) is None else '"example.com"'
-        help_ = help_.format(example=example)
-    return f'invalid {kind} domain "{pattern}": {reason}; {help_}'
-
 
 def upstream_proxy_error(url: str) -> str | None:
-    """Why ``url`` is not a usable upstream proxy (the reference's reasons), or None."""
+    """Why ``url`` is not a usable upstream proxy (Fence's reasons), or None."""
     if "://" not in url:
         return f'missing scheme: URL must start with http:// (got "{url}")'
     scheme, rest = url.split("://", 1)
@@ -136,16 +77,15 @@ def problems(policy: Policy) -> list[Problem]:
     """Every problem in one config, in file order of the fields."""
     out: list[Problem] = []
     net = policy.network
-    for kind, field, values in (("allowed", "allowedDomains", net.allowed_domains),
-                                ("denied", "deniedDomains", net.denied_domains)):
-        for i, pattern in enumerate(values):
-            if pattern == "localhost" or pattern == "*" or (
-                    "." in pattern and "*" not in pattern and ":" not in pattern and "/" not in pattern
-                    and _plain_domain_ok(pattern)):
-                continue  # the common case, without building a message
-            message = domain_problem(kind, pattern)
-            if message:
-                out.append((f"$.network.{field}[{i}]", message))
+    if net.allowed_domains or net.denied_domains:
+        from fence.domains import pattern_problem  # lazily: a run whose config lists no domain never loads it
+
+        for kind, field, values in (("allowed", "allowedDomains", net.allowed_domains),
+                                    ("denied", "deniedDomains", net.denied_domains)):
+            for i, pattern in enumerate(values):
+                message = pattern_problem(kind, pattern)
+                if message:
+                    out.append((f"$.network.{field}[{i}]", message))
     _empty_paths(out, "network", "allowUnixSockets", net.allow_unix_sockets)
     for i, port in enumerate(net.allow_local_outbound_ports):
         if not 1 <= port <= 65535:

@@ -2,7 +2,7 @@
 
 The sandbox runs with ``--unshare-net``, so its loopback is its own.  To give
 it a proxy at ``127.0.0.1:3128`` we do not run a relay process inside (the
-reference runs four socat processes per sandbox); instead a short-lived child
+Go tool Fence runs socat relays for each sandbox); instead a short-lived child
 of fence joins the sandbox's namespaces, binds and listens there, and hands the
 listening sockets back over a socketpair (``SCM_RIGHTS``).  A socket keeps
 the namespace it was created in, so fence (or the proxy service it passes them

@@ -22,7 +22,7 @@ and a mask would break them.  Glob heads (``mkfs.*``) are not resolved.
 under many names; masking it for ``chroot`` would also take ``cat`` and
 ``ls``.  A masked file that some critical command (``CRITICAL_COMMANDS``,
 resolved as the shell would: first hit on PATH) shares is still masked, with
-the reference's warning; a denied name listed in
+Fence's warning (docs/compatibility.md#messages); a denied name listed in
 ``command.acceptSharedBinaryCannotRuntimeDeny`` is skipped silently instead.
 
 Planning is pure: ``plan_masks(names, dirs, fs)`` takes the filesystem as an
@@ -116,7 +116,7 @@ class SharedBinary(msgspec.Struct, frozen=True):
     """Every other name on PATH for the file (sorted; symlinks and hard links)."""
 
     def warning(self) -> str:
-        """The reference's warning text (reference §4.3)."""
+        """The Go tool Fence's warning text, word for word (docs/compatibility.md#messages)."""
         shown = list(self.critical[:SHOWN_CRITICAL])
         more = len(set(self.aliases) - set(shown))
         listed = " ".join(shown)

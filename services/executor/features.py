@@ -10,7 +10,7 @@ their results are cached per boot in fence's runtime directory
 sees as an empty tmpfs: a sandbox must not be able to tell the next run "no
 network namespace here".
 
-The minimum is bubblewrap.  Unlike the reference we need no socat (bridges
+The minimum is bubblewrap.  Unlike the Go tool Fence we need no socat (bridges
 are made by a setns helper, see ``bridge.py``), so the report has no socat
 line and the requirement is bwrap alone.
 """
@@ -56,7 +56,7 @@ class Features(msgspec.Struct, kw_only=True):
     userns_detail: str = ""
     seccomp: bool = False
     seccomp_log_level: int = 0
-    """The reference's scale: 1 from 4.14 (SECCOMP_RET_LOG), 2 from 5.0 (user notification)."""
+    """The Go tool Fence's scale: 1 from 4.14 (SECCOMP_RET_LOG), 2 from 5.0 (user notification)."""
     seccomp_usernotif: bool = False
     landlock_abi: int = 0
     landlock_detail: str = ""
@@ -291,7 +291,7 @@ def _yn(value: bool) -> str:
 
 
 def report(f: Features) -> str:
-    """The ``fence --linux-features`` text (reference §6.1 without socat, plus our extra lines)."""
+    """The ``fence --linux-features`` text (Fence's, without socat, plus our lines: docs/compatibility.md#cli-flags)."""
     bwrap = _yn(bool(f.bwrap))
     if f.bwrap:
         bwrap += f" ({f.bwrap_version + ', ' if f.bwrap_version else ''}{f.bwrap})"

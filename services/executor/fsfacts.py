@@ -10,13 +10,13 @@ the run (``FsError``).
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 
 from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env
 from fence.executor.paths import absolute, expand
 from fence.executor.protect import Protection, protected_paths
 from fence.executor.reserve import PathSwapped
+from fence.messages import SourceRef
 from fence.policy import Policy
 
 
@@ -25,32 +25,43 @@ class FsError(Exception):
 
 
 class FsFacts:
-    __slots__ = ("view", "protection", "env", "notes")
+    """The gathered view (for the plan) and the protection (for the doing: placeholders, quarantine)."""
+
+    __slots__ = ("view", "protection", "env", "notes", "fds")
 
     def __init__(self, view: FsView, protection: Protection, env: dict[str, str], notes: list[str]):
         self.view, self.protection, self.env, self.notes = view, protection, env, notes
+        self.fds: list[int] = []
+        """The pinned sources this process holds open (``pin``) until bwrap has its copies."""
 
-    def pin_sources(self) -> None:
-        """Reserve the missing protected paths, then open the writable sources (``pin``), right before
-        launch: the shorter the gap, the better."""
+    def reserve(self) -> list[str]:
+        """Reserve the missing protected paths right before launch; the view follows what could be made.
+
+        Returns the warnings for paths only watched instead (the caller prints
+        them and plans again with the updated view).
+        """
         try:
             warnings = self.protection.reserve()
         except PathSwapped as e:
             raise FsError(f"{e}; another process is changing it: stop it, or remove the link") from None
-        for warning in warnings:
-            print(f"[fence] Warning: {warning}", file=sys.stderr)
         self.view.protected = self.protection.readonly
         self.view.pinned = self.protection.pinned
-        self.view.write_fds = pin([p for p, _ in self.view.write if p != "/"] + self.view.pinned)
+        return warnings
+
+    def pin(self, planned: dict[int, str]) -> dict[int, int]:
+        """Open and check each writable source the plan binds by fd: ``{fd bwrap receives: our fd}``."""
+        found = pin(list(planned.values()))
+        self.fds = list(found.values())
+        return {target: found[path] for target, path in planned.items()}
 
     def close(self) -> None:
         """Close the pinned sources (once bwrap has started, or when the run stops before it)."""
-        for fd in self.view.write_fds.values():
+        for fd in self.fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self.view.write_fds = {}
+        self.fds = []
 
 
 PINNED_FD_MIN = 10
@@ -90,9 +101,12 @@ def pin(paths: list[str]) -> dict[str, int]:
     return fds
 
 
-def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_sources: Sequence[str] = (),
+def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_chain: Sequence[SourceRef] = (),
            config_dir: str = "", helper_paths: Sequence[str] = ()) -> FsFacts:
-    """Everything ``plan_sandbox`` needs about the filesystem for ``policy`` run in ``cwd``."""
+    """Everything ``plan_sandbox`` needs about the filesystem for ``policy`` run in ``cwd``.
+
+    ``config_chain`` is where the config came from (``ConfigResolveReply.chain``): its files stay
+    read-only, like ``config_dir``, the user config directory."""
     fs = policy.filesystem
     home = env.get("HOME", "/")
     notes: list[str] = []
@@ -139,7 +153,7 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_s
 
     opened = [os.path.realpath(absolute(p, cwd, home)) for p in fs.allow_write_protected]
     protection = protected_paths([p for p, _ in write], os.path.realpath(cwd), home, config_dir,
-                                 [_source_path(s) for s in config_sources], fs.allow_git_config, env, opened)
+                                 [s.path for s in config_chain if s.kind == "file"], fs.allow_git_config, env, opened)
     if protection.truncated:
         notes.append("mandatory protection: the nested-project walk hit its bound; deeper projects are not scanned")
     missing = [ph.path for ph in protection.placeholders if not os.path.lexists(ph.path)]
@@ -167,12 +181,6 @@ def _named_symlinks(patterns: list[str], cwd: str, home: str) -> list[tuple[str,
             except OSError:
                 pass
     return list(dict.fromkeys(out))
-
-
-def _source_path(label: str) -> str:
-    """``project config: /a/fence.json (empty: ...)`` -> ``/a/fence.json``; templates -> ""."""
-    _, _, rest = label.partition(": ")
-    return rest.split(" (", 1)[0] if rest.startswith("/") else ""
 
 
 def helper_read_paths(helper: tuple[str, ...]) -> list[str]:

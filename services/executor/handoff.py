@@ -5,7 +5,8 @@ sockets ``fence run`` made inside the sandbox's netns (127.0.0.1:3128 and
 :1080, ``bridge.py``) go to it over the unix socket its ``session.open``
 reply named (``ProxySessionOpened.handoff``): one ``ProxyHandoff`` message
 with the descriptors attached (SCM_RIGHTS), answered ``ProxyHandoffDone`` or
-``ErrorReply`` (``fence.proxy.handoff`` is the other end).
+``ErrorReply`` (``fence.proxy.handoff`` is the other end; the protocol both
+speak is ``fence.handoffwire``).
 
 It happens while bwrap still waits on ``--block-fd``: a hand-off that fails
 stops the run before the command starts (fail closed, with the reason).
@@ -26,17 +27,16 @@ import socket
 
 import msgspec
 
-from fence.messages import ErrorReply, ProxyHandoff, ProxyHandoffDone, ProxySessionOpened
-
-TIMEOUT = 5.0
-NAMES = ("http", "socks")
+from fence import handoffwire
+from fence.messages import ErrorReply, ProxySessionOpened
 
 
 class HandoffError(Exception):
     pass
 
 
-def hand_over(opened: ProxySessionOpened, listeners: list[socket.socket], timeout: float = TIMEOUT) -> socket.socket:
+def hand_over(opened: ProxySessionOpened, listeners: list[socket.socket],
+              timeout: float = handoffwire.TIMEOUT) -> socket.socket:
     """Give ``listeners`` (HTTP, SOCKS5) to the proxy process holding ``opened``'s session.
 
     Returns the open hand-off connection (close it when the sandbox has
@@ -49,28 +49,25 @@ def hand_over(opened: ProxySessionOpened, listeners: list[socket.socket], timeou
                            "no hand-off socket); restart the supervisor with this fence (fence down; fence up)")
     if not os.path.isabs(path):
         raise HandoffError(f"the proxy named a relative hand-off socket path {path!r}; refusing it")
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    conn = socket.socket(socket.AF_UNIX, handoffwire.SOCK_TYPE | socket.SOCK_CLOEXEC)
     try:
         conn.settimeout(timeout)
         try:
             conn.connect(path)
         except OSError as e:
             raise HandoffError(f"cannot reach the supervisor's proxy at {path}: {e.strerror or e}") from None
-        from fence.proxy.handoff import peer_uid
-
-        uid = peer_uid(conn)
-        if uid not in (os.geteuid(), 0):
+        uid = handoffwire.peer_uid(conn)
+        if uid not in handoffwire.trusted_uids():
             raise HandoffError(f"the process behind {path} runs as uid {uid}, not as this user or root; "
                                "sandbox sockets are not handed to it")
-        names = list(NAMES[:len(listeners)])
-        message = msgspec.json.encode(ProxyHandoff(sandbox=opened.sandbox, token=opened.token, listeners=names))
+        message = handoffwire.handoff_message(opened.sandbox, opened.token, len(listeners))
         try:
             socket.send_fds(conn, [message], [s.fileno() for s in listeners])
-            answer = conn.recv(4096)
+            answer = conn.recv(handoffwire.MAX_MESSAGE)
         except OSError as e:  # includes the timeout
             raise HandoffError(f"hand-off to the proxy at {path} failed: {e.strerror or e}") from None
         try:
-            reply = msgspec.json.decode(answer, type=ProxyHandoffDone | ErrorReply)
+            reply = handoffwire.decode_answer(answer)
         except (msgspec.DecodeError, msgspec.ValidationError):
             raise HandoffError(f"the proxy at {path} answered the hand-off with "
                                f"{'nothing' if not answer else 'an unreadable message'}") from None

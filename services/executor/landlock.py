@@ -43,7 +43,7 @@ Options (each PATH/PORT option may repeat; order does not matter)::
 Everything not granted is denied for the rights this kernel's ABI knows.
 Paths that do not exist are skipped.  Rules on a non-directory get only the
 rights that apply to files.  Without Landlock the helper warns and runs the
-command anyway (the reference's behaviour: bubblewrap still isolates),
+command anyway (Fence's behaviour: bubblewrap still isolates),
 unless ``--strict``.  Exit codes of its own: 127 command not found, 126
 not executable or refused (strict), 2 bad arguments.
 """
@@ -313,8 +313,8 @@ def _is_dir(mode):
 
 # --- environment and exec ----------------------------------------------------------------
 def clean_environ():
-    """The environment this process was started with, minus every ``LD_*`` (case-sensitive, as the
-    reference); bytes.  Read back from ``/proc/self/environ``, not ``posix.environ``: Python's start-up
+    """The environment this process was started with, minus every ``LD_*`` (case-sensitive, as
+    Fence); bytes.  Read back from ``/proc/self/environ``, not ``posix.environ``: Python's start-up
     may have added ``LC_CTYPE`` (C locale coercion), and the command must see the planned environment."""
     try:
         fd = posix.open("/proc/self/environ", posix.O_RDONLY | posix.O_CLOEXEC)

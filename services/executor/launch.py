@@ -103,6 +103,7 @@ class Sandbox:
                     if fd >= 0:
                         os.close(fd)
                 raise LaunchError(f"cannot open a pseudo-terminal: {e.strerror}") from None
+        moved: dict[int, int] = {}
         try:
             if self.relay_signals:  # else the caller routes signals to on_signal (an event loop's handlers)
                 self._install_signal_relay()
@@ -116,8 +117,8 @@ class Sandbox:
                 actions.append((os.POSIX_SPAWN_DUP2, seccomp_read, SECCOMP_FD))
             for end, fd in data_reads:
                 actions.append((os.POSIX_SPAWN_DUP2, end, fd))
-            actions += [(os.POSIX_SPAWN_DUP2, ours, target) for target, ours in self.inherit.items()]
-            actions += [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in self.plan.keep_fds]  # dup2 onto itself: inherited
+            moved = _clear_of_targets(self.inherit)
+            actions += [(os.POSIX_SPAWN_DUP2, ours, target) for target, ours in moved.items()]
             # own process group (Ctrl-C reaches fence only), or for a PTY run its own session with no
             # controlling terminal: nothing in the sandbox shares the user's terminal session
             group: dict[str, Any] = {"setsid": True} if self.relay else {"setpgroup": 0}
@@ -132,6 +133,7 @@ class Sandbox:
                     os.close(block_write)
                 raise LaunchError(f"cannot start bwrap ({self.plan.argv[0]}): {e.strerror}") from None
         finally:
+            _close_moved(moved, self.inherit)
             os.close(write_end)
             for fd in (block_read, seccomp_read, *(end for end, _ in data_reads)):
                 if fd >= 0:
@@ -274,6 +276,30 @@ def exit_code(status: int) -> int:
     """fence's exit code for a wait status: the code, or 128+N for death by signal N."""
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def _clear_of_targets(inherit: dict[int, int]) -> dict[int, int]:
+    """``inherit`` with every source fd that is also some target moved above all targets first.
+
+    The plan decides the numbers bwrap receives (``{target: ours}``); posix_spawn
+    applies the dup2s in order, so a source that sits on another entry's target
+    would be overwritten before it is copied.  Moved copies are close-on-exec
+    and closed by ``_close_moved`` once bwrap has its own.
+    """
+    import fcntl
+
+    if not inherit:
+        return {}
+    targets = set(inherit)
+    floor = max(targets) + 1
+    return {target: ours if ours == target or ours not in targets else fcntl.fcntl(ours, fcntl.F_DUPFD_CLOEXEC, floor)
+            for target, ours in inherit.items()}
+
+
+def _close_moved(moved: dict[int, int], inherit: dict[int, int]) -> None:
+    for target, ours in moved.items():
+        if ours != inherit[target]:
+            os.close(ours)
 
 
 def _pipe() -> tuple[int, int]:

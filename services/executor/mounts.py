@@ -3,7 +3,7 @@
 Input is ``FsView``: every policy path already expanded by the caller to
 existing canonical host paths (``fence.executor.paths``) and the mandatory
 protections found by ``fence.executor.protect``.  Output is a flat bwrap
-argument list in the reference's phase order (§6.2), where a later mount wins
+argument list in Fence's phase order (docs/compatibility.md#the-sandbox), where a later mount wins
 over an earlier one:
 
 1. base view: ``--ro-bind / /`` (read-mostly), ``--bind / /`` (allowWrite "/"),
@@ -26,10 +26,14 @@ without listing for allowExecute, every right on writable paths.
 
 from __future__ import annotations
 
-import msgspec
+from fence.mountops import Bind, BindFd, DevFs, Dir, Mount, ProcFs, Symlink, Tmpfs, render_all
+from fence.runplan import FsView, Paths
+
+__all__ = ["FsView", "Paths", "filesystem_args", "filesystem_mounts", "landlock_options", "pinned_sources",
+           "repair_runtime_env", "under", "writable_inside"]
 
 SYSTEM_READ_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
-"""Readable under defaultDenyRead unless strictDenyRead (the reference's essential system paths)."""
+"""Readable under defaultDenyRead unless strictDenyRead (Fence's essential system paths)."""
 
 SANDBOX_TMP = "/tmp/fence"
 """Always present and writable inside (a directory in the private /tmp)."""
@@ -37,86 +41,57 @@ SANDBOX_TMP = "/tmp/fence"
 DEV_RIGHTS = "read_file,read_dir,execute,write_file,truncate,ioctl_dev"
 PROC_RIGHTS = "read_file,read_dir,write_file,truncate"
 
-Paths = list[tuple[str, bool]]
-"""(canonical existing path, is a directory)"""
-
-
-class FsView(msgspec.Struct):
-    """The filesystem facts the planner needs, gathered (and bounded) by the caller."""
-
-    read: Paths = []
-    """allowRead (plus system and helper paths under defaultDenyRead)."""
-    execute: Paths = []
-    write: Paths = []
-    deny_read: Paths = []
-    deny_write: Paths = []
-    protected: list[str] = []
-    """Mandatory read-only paths (existing, under a writable path)."""
-    pinned: list[str] = []
-    """Directories under a writable root to bind onto themselves (``.git``, parents of protected paths)."""
-    default_deny_read: bool = False
-    devices: str = "minimal"
-    """"minimal" (bwrap's own /dev) or "host" (the host's /dev)."""
-    devices_allow: list[str] = []
-    """Existing host device paths passed through in minimal mode."""
-    symlinks: list[tuple[str, str]] = []
-    """(target, path): symlinks the user named under defaultDenyRead (``/lib64 -> usr/lib64``), recreated
-    inside because only their canonical targets are bound."""
-    runtime_dirs: list[tuple[str, str]] = []
-    """(path, octal mode) directories to create inside the private /tmp (XDG_RUNTIME_DIR repair)."""
-    write_fds: dict[str, int] = {}
-    """Writable sources opened (``O_PATH``) and checked by the caller: bound with ``--bind-fd`` so a path
-    swapped for a symlink after the check (another sandbox writing the same project) cannot redirect
-    the bind; bwrap verifies the mount and closes each fd before the command runs."""
-
-    def writable_roots(self) -> list[str]:
-        return [p for p, _ in self.write]
-
+PINNED_FD_BASE = 11
+"""Writable sources reach bwrap as fds ``PINNED_FD_BASE + i`` (the i-th of ``pinned_sources``): numbers the
+plan decides, so a plan is the same wherever it is made; the launcher moves the fds it opened onto them
+(10 is the exec supervisor's socket, 3-9 bwrap's fixed inputs)."""
 
 def under(path: str, root: str) -> bool:
     return path == root or root == "/" or path.startswith(root + "/")
 
 
-def filesystem_args(view: FsView, masked_dirs: tuple[str, ...] = ()) -> list[str]:
-    """bwrap mount arguments for ``view`` (phases 1-7 above)."""
-    args: list[str] = []
+def pinned_sources(view: FsView) -> list[str]:
+    """The writable sources bound by fd, in the order they are mounted (and numbered from ``PINNED_FD_BASE``).
+
+    Pinned directories lie inside writable roots and writable roots may lie
+    inside pinned directories: one sorted list binds every parent before what
+    is inside it.  A writable "/" is the base view itself, not a bind.
+    """
+    return sorted({p for p, _ in view.write if p != "/"} | set(view.pinned))
+
+
+def filesystem_mounts(view: FsView, masked_dirs: tuple[str, ...] = ()) -> list[Mount]:
+    """The setup ops for ``view`` (phases 1-7 above)."""
+    ops: list[Mount] = []
     writes = sorted(p for p, _ in view.write)
-    root_writable = "/" in writes
     if view.default_deny_read:
-        for path in _outermost(sorted({p for p, _ in view.read + view.execute})):
-            args += ["--ro-bind", path, path]
-        for target, path in view.symlinks:
-            args += ["--symlink", target, path]
+        ops += [Bind(src=path, dest=path) for path in _outermost(sorted({p for p, _ in view.read + view.execute}))]
+        ops += [Symlink(target=target, dest=path) for target, path in view.symlinks]
     else:
-        args += ["--bind" if root_writable else "--ro-bind", "/", "/"]
+        ops.append(Bind(src="/", dest="/", writable="/" in writes))
 
     if view.devices == "host":
-        args += ["--dev-bind", "/dev", "/dev"]
+        ops.append(Bind(src="/dev", dest="/dev", device=True))
     else:
-        args += ["--dev", "/dev"]
-        for dev in view.devices_allow:
-            args += ["--dev-bind", dev, dev]
-    args += ["--proc", "/proc", "--tmpfs", "/tmp", "--dir", SANDBOX_TMP]
-    for path, mode in view.runtime_dirs:
-        args += ["--perms", mode, "--dir", path]
-
-    # pinned directories lie inside writable roots and writable roots may lie inside pinned
-    # directories: one sorted list binds every parent before what is inside it
-    for path in sorted({w for w in writes if w != "/"} | set(view.pinned)):
-        fd = view.write_fds.get(path)
-        args += ["--bind-fd", str(fd), path] if fd is not None else ["--bind", path, path]
-    readonly = list(dict.fromkeys(view.protected + [p for p, _ in view.deny_write
-                                                     if any(under(p, w) for w in writes)]))
-    for path in readonly:
-        args += ["--ro-bind", path, path]
+        ops.append(DevFs(dest="/dev"))
+        ops += [Bind(src=dev, dest=dev, device=True) for dev in view.devices_allow]
+    ops += [ProcFs(dest="/proc"), Tmpfs(dest="/tmp"), Dir(dest=SANDBOX_TMP)]
+    ops += [Dir(dest=path, perms=mode) for path, mode in view.runtime_dirs]
+    ops += [BindFd(dest=path, fd=PINNED_FD_BASE + i) for i, path in enumerate(pinned_sources(view))]
+    readonly = dict.fromkeys(view.protected + [p for p, _ in view.deny_write if any(under(p, w) for w in writes)])
+    ops += [Bind(src=path, dest=path) for path in readonly]
     for path, is_dir in view.deny_read:
         if path == "/tmp":
             continue  # the sandbox's /tmp is already its own
-        # a directory appears empty, a file reads as empty (reference §6.2 step 9)
-        args += ["--tmpfs", path, "--remount-ro", path] if is_dir else ["--ro-bind", "/dev/null", path]
-    for path in masked_dirs:
-        args += ["--tmpfs", path]
-    return args
+        # a directory appears empty, a file reads as empty (as in Fence: docs/compatibility.md#the-sandbox)
+        ops.append(Tmpfs(dest=path, readonly=True) if is_dir else Bind(src="/dev/null", dest=path))
+    ops += [Tmpfs(dest=path) for path in masked_dirs]
+    return ops
+
+
+def filesystem_args(view: FsView, masked_dirs: tuple[str, ...] = ()) -> list[str]:
+    """bwrap mount arguments for ``view``: ``filesystem_mounts`` rendered."""
+    return render_all(filesystem_mounts(view, masked_dirs))
 
 
 def _outermost(paths: list[str]) -> list[str]:
@@ -151,7 +126,7 @@ def landlock_options(view: FsView, exec_denied: tuple[str, ...] = ()) -> list[st
 
 
 def repair_runtime_env(env: dict[str, str], view: FsView, sandbox: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """TMPDIR and XDG_RUNTIME_DIR that would not work inside get working values (reference §6.8).
+    """TMPDIR and XDG_RUNTIME_DIR that would not work inside get working values (docs/compatibility.md#environment).
 
     Returns the variables to override and the private directories to create:
     an unusable TMPDIR becomes ``/tmp``; an unusable XDG_RUNTIME_DIR becomes a

@@ -2,7 +2,7 @@
 
 Some containers forbid new network namespaces (seccomp profiles, nested user
 namespaces, ``user.max_net_namespaces=0``).  bwrap then fails with
-``Creating new namespace failed``, and the reference quietly runs without
+``Creating new namespace failed``, and the Go tool Fence quietly runs without
 ``--unshare-net``.  fence runs proxy-only too when the policy allows some
 network (with a warning every time: direct connections are not blocked),
 and refuses a run whose policy allows no network unless

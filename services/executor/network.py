@@ -1,6 +1,9 @@
 """How a run reaches the network: none, filtered through the proxies, or relaxed.
 
-* ``none``: no allowed domain; ``--unshare-net`` and nothing else.
+Which of the three a policy asks for is ``fence.netintent.intent`` (shared
+with the proxy service); this module turns it into the run's shape.
+
+* ``none``: nothing allowed; ``--unshare-net`` and nothing else.
 * ``filtered``: ``--unshare-net``; listeners at 127.0.0.1:3128 (HTTP) and
   :1080 (SOCKS5) are created inside the sandbox's netns (``bridge.py``) and
   served by this run's proxy session; the proxy env points at them.
@@ -23,6 +26,7 @@ sandbox is on the host's loopback already, so neither is needed.
 from __future__ import annotations
 
 from fence.messages import ProxySessionOpened
+from fence.netintent import FILTERED, NONE, intent
 from fence.policy import NetworkConfig
 
 HTTP_PORT_INSIDE = 3128
@@ -31,21 +35,13 @@ NO_PROXY = "localhost,127.0.0.1,::1"
 
 
 def mode(network: NetworkConfig) -> str:
-    if "*" in network.allowed_domains:
-        return "relaxed"
-    if network.allowed_domains or (network.default_action == "proxy" and network.upstream_proxy):
-        return "filtered"
-    return "none"
-
-
-def shared(net_mode: str, netns_available: bool) -> bool:
-    """Whether the sandbox runs on the host's network (no ``--unshare-net``)."""
-    return net_mode == "relaxed" or not netns_available
+    """The run's network intent, as every service reads it (``fence.netintent``): none, filtered or relaxed."""
+    return intent(network)
 
 
 def listeners(net_mode: str, shared: bool = False) -> list[tuple[str, int]]:
     """The proxy listeners inside the sandbox (served by the proxy service)."""
-    if net_mode == "filtered" and not shared:
+    if net_mode == FILTERED and not shared:
         return [("127.0.0.1", HTTP_PORT_INSIDE), ("127.0.0.1", SOCKS_PORT_INSIDE)]
     return []
 
@@ -76,7 +72,7 @@ OUTBOUND_WITHOUT_PORTS = ("[fence:linux] Warning: network.allowLocalOutbound is 
 
 
 def outbound_warning(shared: bool, network: NetworkConfig) -> str:
-    """The reference's warning when local outbound is allowed without ports (it reaches nothing)."""
+    """Our wording of Fence's warning when local outbound is allowed without ports (it reaches nothing)."""
     if not shared and local_outbound(network) and not network.allow_local_outbound_ports:
         return OUTBOUND_WITHOUT_PORTS
     return ""
@@ -98,13 +94,13 @@ def no_netns_warning(detail: str, tcp_blocked: bool = False) -> str:
 def shared_network_refusal(net_mode: str, detail: str, env: dict[str, str]) -> str:
     """Why a run is refused when no netns exists: a policy allowing no network would get the host's.
 
-    The reference runs it anyway; we fail closed unless the user opts in
+    The Go tool Fence runs it anyway; we fail closed unless the user opts in
     (``FENCE_ALLOW_SHARED_NETWORK=1``), because nothing but the netns keeps
     such a sandbox off the network.  "" when the run may go on.
     """
     from fence.executor.netns import ALLOW_SHARED_ENV
 
-    if net_mode != "none" or env.get(ALLOW_SHARED_ENV) == "1":
+    if net_mode != NONE or env.get(ALLOW_SHARED_ENV) == "1":
         return ""
     return ("this environment cannot create a network namespace (bwrap --unshare-net: "
             f"{detail or 'failed'}), and the policy allows no network: the sandbox would have the host's "
@@ -115,9 +111,9 @@ def shared_network_refusal(net_mode: str, detail: str, env: dict[str, str]) -> s
 
 def proxy_env(net_mode: str, opened: ProxySessionOpened, shared: bool = False) -> dict[str, str]:
     """HTTP_PROXY & co. for the command; empty when there is nothing to reach."""
-    if net_mode == "filtered" and not shared:
+    if net_mode == FILTERED and not shared:
         http, socks = HTTP_PORT_INSIDE, SOCKS_PORT_INSIDE
-    elif net_mode != "none" and shared and opened.http_port:
+    elif net_mode != NONE and shared and opened.http_port:
         http, socks = opened.http_port, opened.socks_port
     else:
         return {}

@@ -5,7 +5,7 @@
 a source), canonicalised with ``realpath`` so a symlink can never redirect a
 mount somewhere the policy did not name.
 
-Expansion is bounded in entries visited and in time: the reference once hung
+Expansion is bounded in entries visited and in time: the Go tool Fence once hung
 walking a huge tree for a ``**`` pattern.  When a bound is hit the caller
 learns it (``truncated``) and must decide; for masks, ``dir/**`` is handled
 without walking at all (the whole directory is masked).

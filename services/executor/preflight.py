@@ -10,7 +10,7 @@ exits 1, and the runner publishes ``Blocked.event(sandbox)`` on
 What is checked: every command the input would run, as
 ``fence.executor.shellparse`` sees it (chains, pipelines, substitutions,
 nested shells, wrappers such as ``sudo``/``env``/``xargs``).  For each
-(reference §4.2):
+(Fence's order, docs/compatibility.md#command-matching):
 
 1. a ``command.allow`` prefix matches -> this command is allowed;
 2. else a ``command.deny`` prefix matches -> blocked;
@@ -18,7 +18,7 @@ nested shells, wrappers such as ``sudo``/``env``/``xargs``).  For each
    (``fence.defaults``) matches -> blocked by the *default* policy.
 
 Then, when an SSH policy is configured (``ssh.allowedHosts`` or
-``ssh.deniedHosts`` is non-empty: the policy is opt-in, as in the reference),
+``ssh.deniedHosts`` is non-empty: the policy is opt-in, as in Fence),
 every ssh/scp/sftp/rsync/git-over-ssh command is checked by
 ``fence.executor.sshpolicy``; ``command.allow`` does not exempt from it.
 
@@ -45,8 +45,11 @@ import msgspec
 from fence.defaults import DEFAULT_DENIED_COMMANDS, DEFAULT_DENY_SOURCE
 from fence.executor import shellparse
 from fence.executor.shellparse import Command, ParseError, basename
+from fence.goquote import go_quote
+from fence.messages import FieldSource
 from fence.policy import Policy
 
+# go_quote (fence.goquote) stays importable from here for the SSH policy and the exec supervisor
 __all__ = ["Blocked", "RuleSources", "RuleSet", "check_command", "check_commands", "go_quote", "matches",
            "rule_tokens"]
 
@@ -54,7 +57,7 @@ __all__ = ["Blocked", "RuleSources", "RuleSet", "check_command", "check_commands
 class Blocked(msgspec.Struct, frozen=True, kw_only=True):
     """Why a command may not run.
 
-    ``message`` is the full text for ``Error: ...`` (reference shape, then
+    ``message`` is the full text for ``Error: ...`` (Fence's shape, docs/compatibility.md#messages, then
     where the rule came from); ``command`` is the offending (sub)command;
     ``rule`` the rule that matched ("" when no single rule did, e.g. a host
     not in ``ssh.allowedHosts`` or input too deep to check); ``source``
@@ -81,70 +84,48 @@ class Blocked(msgspec.Struct, frozen=True, kw_only=True):
 # --------------------------------------------------------------------------- where rules came from
 
 class RuleSources:
-    """Which config file or template each rule came from.
+    """Which config file or template each rule came from, as the config service recorded it.
 
-    Built from the config service's provenance (``ConfigResolveReply.provenance``:
-    dotted JSON path of a list -> ``"template: code + project config: /p/fence.json"``).
-    Provenance names the sources of a whole list; when several sources
-    contributed, ``rule_label`` re-reads those sources (only on this, the
-    blocked path) to name the one(s) that contain the rule, and otherwise
-    names them all.  ``RuleSources()`` (no provenance) names nothing.
+    ``from_reply`` takes the records of a ``ConfigResolveReply``: ``chain``
+    names each source, ``fields`` says which sources set each list and, when
+    several did, which of them list each entry, so a message names the file
+    that holds the rule, not every file merged into the list.  Nothing here
+    reads a config file or parses a label.  ``RuleSources({"command.deny":
+    "template: code"})`` names whole lists by fixed names; ``RuleSources()``
+    names nothing.
     """
 
-    __slots__ = ("provenance",)
+    __slots__ = ("names", "fields")
 
-    def __init__(self, provenance: Mapping[str, str] | None = None):
-        self.provenance = dict(provenance or {})
+    def __init__(self, names: Mapping[str, str] | None = None):
+        self.names: list[str] = []
+        self.fields: dict[str, FieldSource] = {}
+        for field, name in (names or {}).items():
+            self.fields[field] = FieldSource(sources=[len(self.names)])
+            self.names.append(name)
 
     @classmethod
     def from_reply(cls, reply) -> RuleSources:
         """From a ``ConfigResolveReply``."""
-        return cls(getattr(reply, "provenance", None))
+        out = cls()
+        out.names = [source.label for source in reply.chain]
+        out.fields = reply.fields
+        return out
+
+    def _join(self, indices: Sequence[int]) -> str:
+        return " + ".join(self.names[i] for i in indices if 0 <= i < len(self.names))
 
     def list_label(self, field: str) -> str:
         """The source(s) of a whole field, e.g. ``ssh.allowedHosts`` -> ``project config: /p/fence.json``."""
-        return self.provenance.get(field, "")
+        record = self.fields.get(field)
+        return self._join(record.sources) if record is not None else ""
 
     def rule_label(self, field: str, rule: str) -> str:
-        """The source(s) of one entry of a list field (``command.deny``, ``git push``)."""
-        label = self.provenance.get(field, "")
-        parts = label.split(" + ")
-        if len(parts) < 2:
-            return label
-        owners = [part for part in parts if _source_has(part, field, rule) is not False]
-        return " + ".join(owners or parts)
-
-
-def _source_has(label: str, field: str, rule: str) -> bool | None:
-    """Does the source named ``label`` itself list ``rule`` under ``field``?  None when it cannot tell."""
-    kind, sep, value = label.partition(": ")
-    if not sep:
-        return None
-    try:
-        from fence.config.load import load_file
-
-        if kind.endswith("template"):
-            from fence.config import templates
-
-            path = templates.path_of(value)
-        elif value.startswith("/"):
-            path = value
-        else:
-            return None
-        if not path:
-            return None
-        obj = load_file(path, path)
-        if obj is None:  # missing (changed since the run resolved it) or blank
-            return None
-        for part in field.split("."):
-            obj = getattr(obj, _snake(part))
-        return rule in obj
-    except Exception:  # a source that cannot be re-read: keep naming it
-        return None
-
-
-def _snake(name: str) -> str:
-    return "".join("_" + c.lower() if c.isupper() else c for c in name)
+        """The source(s) that list one entry of a list field (``command.deny``, ``git push``)."""
+        record = self.fields.get(field)
+        if record is None:
+            return ""
+        return self._join(record.owners.get(rule) or record.sources)
 
 
 def _from(label: str) -> str:
@@ -154,7 +135,7 @@ def _from(label: str) -> str:
 # --------------------------------------------------------------------------- rules and matching
 
 def rule_tokens(rule: str) -> list[str]:
-    """Tokens of a rule as the reference splits them: on blanks outside quotes, quotes removed;
+    """Tokens of a rule as Fence splits them: on blanks outside quotes, quotes removed;
     the executable reduced to its basename."""
     tokens: list[str] = []
     cur: list[str] = []
@@ -294,26 +275,6 @@ def ruleset(rules: Sequence[str]) -> RuleSet:
 
 
 # --------------------------------------------------------------------------- the decision
-
-def go_quote(text: str) -> str:
-    """Quote like Go's %q (the reference's messages use it)."""
-    out = ['"']
-    for c in text:
-        if c == '"' or c == "\\":
-            out.append("\\" + c)
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\t":
-            out.append("\\t")
-        elif c == "\r":
-            out.append("\\r")
-        elif ord(c) < 0x20 or c == "\x7f":
-            out.append(f"\\x{ord(c):02x}")
-        else:
-            out.append(c)
-    out.append('"')
-    return "".join(out)
-
 
 def use_defaults(policy: Policy) -> bool:
     return policy.command.use_defaults is not False

@@ -1,4 +1,4 @@
-"""Mandatory protection: the paths no config can make writable (reference §4.4, and more).
+"""Mandatory protection: the paths no config can make writable (docs/compatibility.md#mandatory-protections, and more).
 
 A sandbox that can write a shell startup file, a git hook, an editor's task
 file or fence's own config gets code run *outside* the sandbox later.  These
@@ -233,7 +233,7 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
     for rel, placeholder, _why in HOME_PERSISTENCE:
         for base in _home_bases(rel, home, env):
             protect(base, placeholder=placeholder)
-    for directory in _fence_config_dirs(cwd):
+    for directory in _project_config_dirs(cwd):
         for name in FENCE_CONFIG_NAMES:
             protect(os.path.join(directory, name), openable=False)
     protect(config_dir, openable=False)
@@ -381,7 +381,7 @@ def _names(directory: str) -> set[str]:
         return set()
 
 
-def _fence_config_dirs(cwd: str) -> list[str]:
+def _project_config_dirs(cwd: str) -> list[str]:
     """``cwd`` and each parent: where project config discovery looks."""
     dirs, d = [], cwd
     while True:

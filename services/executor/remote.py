@@ -16,6 +16,7 @@ import os
 import sys
 
 from fence.bus import BusError
+from fence.eventlines import console_lines
 from fence.executor.launch import FORWARDED_SIGNALS, Sandbox, exit_code
 from fence.executor.plan import HostFacts
 from fence.executor.runner import FenceError, RunRequest, run
@@ -31,7 +32,6 @@ def run_over_nats(url: str, supervisor, req: RunRequest, host: HostFacts, monito
     import uvloop
 
     from fence.messages import Event, LifecycleEvent
-    from fence.monitor.service import console_lines
     from fence.natsbus import NatsBus
 
     creds = _credentials()

@@ -1,4 +1,4 @@
-"""One ``fence run``: resolve, open a proxy session, plan, launch, report, clean up.
+"""One ``fence run``: resolve, admit, gather, open a proxy session, decide, launch, report, clean up.
 
 Written once as a coroutine over the ``Bus`` so it runs unchanged in both
 modes: driven without an event loop over the in-process bus (a lone run,
@@ -16,12 +16,14 @@ from typing import Awaitable, Callable
 import msgspec
 
 from fence.bus import Bus, BusError
-from fence.executor.coverage import refused, ungranted
+from fence.executor import network
+from fence.executor.coverage import refused
+from fence.executor.errors import FenceError
 from fence.executor.fsfacts import FsError
 from fence.executor.launch import LaunchError, Sandbox
-from fence.executor import network
+from fence.executor.plan import HostFacts, RunPlan, SandboxPlan, render
+from fence.executor.prepare import RunFacts, gather, prepare
 from fence.executor.preflight import RuleSources, check_command
-from fence.executor.plan import HostFacts, SandboxPlan, plan_sandbox, session_mode
 from fence.messages import (ConfigResolveReply, ConfigResolveRequest, LifecycleEvent, ProxySessionClose,
                             ProxySessionClosed, ProxySessionOpen, ProxySessionOpened)
 from fence.subjects import CONFIG_RESOLVE, PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN, event
@@ -45,10 +47,6 @@ class RunRequest(msgspec.Struct):
     """``--force-new-session``: keep bwrap's ``--new-session`` even for a PTY run (as ``forceNewSession``)."""
 
 
-class FenceError(Exception):
-    """A fence-level failure: printed as ``Error: ...``, exit 1."""
-
-
 def new_sandbox_id() -> str:
     return os.urandom(6).hex()
 
@@ -60,7 +58,7 @@ async def blocking_wait(sandbox: Sandbox) -> int:
 async def run(bus: Bus, req: RunRequest, host: HostFacts,
               wait: Callable[[Sandbox], Awaitable[int]] = blocking_wait, relay_signals: bool = True,
               attach: Callable[..., None] | None = None) -> int:
-    """Run ``req`` to completion and return its exit code.
+    """Run ``req`` to completion and return its exit code: one line per layer.
 
     ``attach(sandbox, *listeners)`` hands the sockets made inside the sandbox's
     netns to a proxy in this process (a lone run's ProxyService.attach),
@@ -68,135 +66,155 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     proxy) they are handed to the proxy process over its hand-off socket
     (``handoff.py``) before the command starts.
     """
-    sandbox_id = req.sandbox
+    resolved = await resolve(bus, req)                          # config service: policy + provenance
+    await admit(bus, req, resolved)                             # refused fields, command/SSH preflight
+    facts = gather_facts(req, resolved, host)                   # filesystem, netns, Landlock, exec masks, seccomp
+    say(facts.warnings)
+    opened = await open_session(bus, req, resolved.policy, facts)  # proxy session (none without network)
+    run = _Doing(bus, req, resolved, facts, opened)
+    try:
+        plan = decide(req, resolved, facts, opened)             # every decision, pure: the RunPlan
+        say(plan.warnings)
+        plan = run.reserve_placeholders(plan)                   # missing protected paths made inert, bound ro
+        rendered = render(plan)                                 # the bwrap invocation
+        if req.debug:
+            debug_plan(plan, rendered)
+        sandbox = run.launch(plan, rendered, relay_signals, attach)  # exec supervisor, pinned fds, bwrap, bridges
+        await bus.publish(run.lifecycle, LifecycleEvent(sandbox=req.sandbox, phase="started", ts=time.time(),
+                                                        pid=sandbox.init_pid or sandbox.pid, argv=req.command))
+        code = await wait(sandbox)
+        await bus.publish(run.lifecycle, LifecycleEvent(sandbox=req.sandbox, phase="exited", ts=time.time(),
+                                                        pid=sandbox.init_pid or sandbox.pid, exit_code=code,
+                                                        signal=code - 128 if code > 128 else None))
+        return code
+    finally:
+        await run.close()                                       # placeholders, quarantine, relays, session
+
+
+async def resolve(bus: Bus, req: RunRequest) -> ConfigResolveReply:
+    """The policy for ``req`` from the config service (``-d``: where it came from)."""
     try:
         resolved = await bus.request(CONFIG_RESOLVE, ConfigResolveRequest(
             cwd=req.cwd, settings=req.settings, template=req.template, home=req.env.get("HOME", ""),
             env_xdg_config_home=req.env.get("XDG_CONFIG_HOME", "")),
             ConfigResolveReply)
     except BusError as e:
+        if getattr(e, "code", "") == "settings_missing":  # nothing was loaded: the message says it all
+            raise FenceError(getattr(e, "message", str(e))) from None
         raise FenceError(f"failed to load config: {getattr(e, 'message', e)}") from None
     if req.debug:
         for source in resolved.sources:
             print(f"[fence] Config: {source}", file=sys.stderr)
+    return resolved
 
-    policy = resolved.policy
-    await admit(bus, req, resolved)
-    facts, host = filesystem(policy, req, resolved, host)
-    net_mode = network.mode(policy.network)
-    shared, host = _shared_network(net_mode, host, req.env)
-    proxy_listen = network.listeners(net_mode, shared)
-    out_ports = network.outbound_ports(shared, policy.network)
-    clash = sorted({port for _, port in proxy_listen} & set(out_ports))
-    if clash:
-        raise FenceError(f"network.allowLocalOutboundPorts: port {clash[0]} is the sandbox's own proxy port "
-                         "when allowedDomains is set; it cannot also be relayed to the host")
-    warning = network.outbound_warning(shared, policy.network)
-    if warning:
-        print(warning, file=sys.stderr)
-    published = req.ports if not shared else []
-    if req.debug and req.ports:
-        print(f"[fence] Exposing ports: [{' '.join(str(p) for _, p in req.ports)}]", file=sys.stderr)
-        if not published:
-            print("[fence] Skipping reverse bridge (no network namespace, ports accessible directly)",
-                  file=sys.stderr)
-    # No allowed domain: nothing to proxy, so no session (two bus round trips saved on every such run)
-    opened = ProxySessionOpened(sandbox=sandbox_id) if net_mode == "none" else await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
-        sandbox=sandbox_id, network=policy.network, loopback=shared), ProxySessionOpened)
-    lifecycle = event(sandbox_id, "lifecycle")
-    finish_attach = None
-    forwarder = None
-    handed: list = []  # the open hand-off connection to a supervisor's proxy (kept for the sandbox's life)
-    runtime = None
-    try:
-        from fence.executor import runtimeexec
 
-        runtime = runtimeexec.prepare(policy, req.env, req.cwd, sandbox_id, bus, RuleSources.from_reply(resolved),
-                                      debug=req.debug)
-        host_listeners = []
-        if out_ports or published:
-            from fence.executor import portfwd
+def gather_facts(req: RunRequest, resolved: ConfigResolveReply, host: HostFacts) -> RunFacts:
+    return gather(resolved.policy, req.command, req.cwd, req.env, req.sandbox, host, resolved.chain,
+                  _user_config_dir(resolved), debug=req.debug)
 
-            forwarder = portfwd.Forwarder(debug=req.debug)
-            try:
-                host_listeners = portfwd.bind_published(published)
-            except portfwd.PortError as e:
-                raise FenceError(str(e)) from None
-        extra_env = {**facts.env, **network.proxy_env(net_mode, opened, shared)}
-        files: list[tuple[str, bytes]] = []
-        if net_mode == "filtered" and not shared:  # ssh/scp/sftp/rsync/git go through the SOCKS proxy
-            from fence.executor import sshproxy
 
-            ssh_route = sshproxy.route(req.env, facts.view.deny_read)
-            files += ssh_route.files
-            extra_env.update(ssh_route.env)
-        net_connect = None
-        if shared and net_mode != "relaxed":  # no netns: Landlock keeps TCP to the proxies (and listed ports)
-            local = list(policy.network.allow_local_outbound_ports) if network.local_outbound(policy.network) else []
-            net_connect = [p for p in (opened.http_port, opened.socks_port) if p] + local
+def decide(req: RunRequest, resolved: ConfigResolveReply, facts: RunFacts, opened: ProxySessionOpened) -> RunPlan:
+    return prepare(resolved.policy, req.command, req.cwd, req.env, req.sandbox, facts, opened, ports=req.ports,
+                   terminal=(_isatty(0), _isatty(1)), force_new_session=req.force_new_session, debug=req.debug)
+
+
+async def open_session(bus: Bus, req: RunRequest, policy, facts: RunFacts) -> ProxySessionOpened:
+    """The proxy session for the sandbox; none when nothing is proxied (two round trips saved per run)."""
+    if facts.net_mode == "none":
+        return ProxySessionOpened(sandbox=req.sandbox)
+    return await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
+        sandbox=req.sandbox, network=policy.network, loopback=facts.shared), ProxySessionOpened)
+
+
+def say(lines: list[str]) -> None:
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+class _Doing:
+    """The side effects of one run, and their undoing in ``close`` (whatever stage the run reached)."""
+
+    def __init__(self, bus: Bus, req: RunRequest, resolved: ConfigResolveReply, facts: RunFacts,
+                 opened: ProxySessionOpened):
+        self.bus, self.req, self.facts, self.opened = bus, req, facts, opened
+        self.sources = RuleSources.from_reply(resolved)
+        self.lifecycle = event(req.sandbox, "lifecycle")
+        self.runtime = None
+        self.forwarder = None
+        self.finish_attach = None
+        self.handed: list = []  # the open hand-off connection to a supervisor's proxy (kept for the sandbox's life)
+
+    def reserve_placeholders(self, plan: RunPlan) -> RunPlan:
+        """Make the reserved placeholders; a path that could not be made is watched instead (said, replanned)."""
         try:
-            facts.pin_sources()
+            warnings = self.facts.fs.reserve()
         except FsError as e:
             raise FenceError(str(e)) from None
-        pty, new_session = terminal_mode(policy, req, host)
-        plan = plan_sandbox(policy, req.command, req.cwd, req.env, host, fs=facts.view,
-                            seccomp=seccomp_for(policy),
-                            listen_inside=proxy_listen + network.outbound_listeners(out_ports),
-                            share_net=shared, extra_env=extra_env, files=files, debug=req.debug,
-                            new_session=new_session, pty=pty, net_connect=net_connect, **runtime.plan_args())
-        if req.debug:
-            debug_plan(plan)
-            for name, value in facts.env.items():
-                print(f"[fence] {name} is not usable inside the sandbox: set to {value}", file=sys.stderr)
-            for note in facts.notes:
-                print(f"[fence] Note: {note}", file=sys.stderr)
-            for name in ungranted(policy):
-                print(f"[fence] Note: {name} is not granted by this build yet; the sandbox stays stricter",
-                      file=sys.stderr)
-        prepare = None
-        if proxy_listen and attach is None:
-            prepare = _hand_over_to(opened, len(proxy_listen), handed)
+        if not warnings:
+            return plan
+        say([f"[fence] Warning: {w}" for w in warnings])
+        protection = self.facts.fs.protection
+        return msgspec.structs.replace(plan, fs=self.facts.fs.view, watch=list(protection.watch),
+                                       reserve=[p for p in plan.reserve if p in protection.readonly])
+
+    def launch(self, plan: RunPlan, rendered, relay_signals: bool, attach) -> Sandbox:
+        """Start the exec supervisor and the local-port relays, pin the writable sources, start bwrap,
+        then hand the proxy listeners over and start the relays."""
+        from fence.executor import runtimeexec
+
+        req, net = self.req, plan.network
+        self.runtime = runtimeexec.start(plan.policy, req.env, req.cwd, req.sandbox, self.bus, self.facts.masks,
+                                         self.sources)
+        host_listeners = []
+        if net.outbound_ports or net.published:
+            from fence.executor import portfwd
+
+            self.forwarder = portfwd.Forwarder(debug=req.debug)
+            try:
+                host_listeners = portfwd.bind_published(list(net.published))
+            except portfwd.PortError as e:
+                raise FenceError(str(e)) from None
+        prepare_listeners = None
+        if net.proxy_listen and attach is None:
+            prepare_listeners = _hand_over_to(self.opened, len(net.proxy_listen), self.handed)
         try:
-            sandbox = Sandbox(plan, relay_signals, inherit=runtime.inherit()).start(prepare)
+            inherit = {**self.runtime.inherit(), **self.facts.fs.pin(rendered.pinned)}
+            sandbox = Sandbox(rendered, relay_signals, inherit=inherit).start(prepare_listeners)
         except BaseException as e:
             for sock in host_listeners:
                 sock.close()
-            if isinstance(e, LaunchError):
+            if isinstance(e, FsError | LaunchError):
                 raise FenceError(str(e)) from None
             raise
         finally:
-            runtime.spawned()
-            facts.close()  # bwrap has its own copies (and closes them once mounted)
-        proxy_socks = sandbox.listeners[:len(proxy_listen)]
+            self.runtime.spawned()
+            self.facts.fs.close()  # bwrap has its own copies (and closes them once mounted)
+        proxy_socks = sandbox.listeners[:len(net.proxy_listen)]
         if proxy_socks and attach is not None:  # connections queue in the backlog until the proxy serves them
-            finish_attach = network.attach_on_first_connection(attach, sandbox_id, proxy_socks)
-        if forwarder is not None:  # local ports: relayed by this process, no proxy (works supervised too)
-            _forward(forwarder, sandbox, network.outbound_listeners(out_ports),
-                     sandbox.listeners[len(proxy_listen):], list(zip(published, host_listeners, strict=True)))
-        await bus.publish(lifecycle, LifecycleEvent(sandbox=sandbox_id, phase="started", ts=time.time(),
-                                                    pid=sandbox.init_pid or sandbox.pid, argv=req.command))
-        code = await wait(sandbox)
-        signum = code - 128 if code > 128 else None
-        await bus.publish(lifecycle, LifecycleEvent(sandbox=sandbox_id, phase="exited", ts=time.time(),
-                                                    pid=sandbox.init_pid or sandbox.pid, exit_code=code,
-                                                    signal=signum))
-        return code
-    finally:
-        if runtime is not None:
-            runtime.close()
-        facts.protection.release()
-        if facts.protection.watch or facts.protection.links:
-            await _quarantine(bus, facts.protection, sandbox_id)
-        if finish_attach is not None:
-            finish_attach()
-        if forwarder is not None:
-            forwarder.close()
+            self.finish_attach = network.attach_on_first_connection(attach, req.sandbox, proxy_socks)
+        if self.forwarder is not None:  # local ports: relayed by this process, no proxy (works supervised too)
+            _forward(self.forwarder, sandbox, network.outbound_listeners(list(net.outbound_ports)),
+                     sandbox.listeners[len(net.proxy_listen):], list(zip(net.published, host_listeners)))
+        return sandbox
+
+    async def close(self) -> None:
+        if self.runtime is not None:
+            self.runtime.close()
+        protection = self.facts.fs.protection
+        protection.release()
+        if protection.watch or protection.links:
+            await _quarantine(self.bus, protection, self.req.sandbox)
+        if self.finish_attach is not None:
+            self.finish_attach()
+        if self.forwarder is not None:
+            self.forwarder.close()
         try:
-            if net_mode != "none":
-                await bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=sandbox_id), ProxySessionClosed)
+            if self.facts.net_mode != "none":
+                await self.bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=self.req.sandbox),
+                                       ProxySessionClosed)
         except BusError as e:
-            print(f"[fence] Warning: closing proxy session {sandbox_id} failed: {e}", file=sys.stderr)
-        for conn in handed:  # the proxy also ends the session when this closes (if the request above failed)
+            print(f"[fence] Warning: closing proxy session {self.req.sandbox} failed: {e}", file=sys.stderr)
+        for conn in self.handed:  # the proxy also ends the session when this closes (if the request above failed)
             conn.close()
 
 
@@ -212,30 +230,6 @@ def _hand_over_to(opened: ProxySessionOpened, count: int, handed: list):
                 from None
 
     return prepare
-
-
-def _shared_network(net_mode: str, host: HostFacts, env: dict[str, str]) -> tuple[bool, HostFacts]:
-    """Whether the sandbox runs on the host's network: relaxed mode, or no netns can be made here.
-
-    The latter is known from ``netns.py``'s per-boot cache (probed on the
-    first run of a boot).  Proxy-only is announced on every run; a policy
-    allowing no network is refused unless the user opted in.  Without a
-    netns, Landlock (ABI 4+) is what keeps TCP to the proxies, so the host
-    facts come back with Landlock's filled in.
-    """
-    if net_mode == "relaxed":
-        return True, host
-    from fence.executor import netns
-
-    found = netns.state(host.bwrap)
-    if not found.proxy_only:
-        return False, host  # available, or bwrap fails without a netns too: nothing to weaken, bwrap says why
-    refusal = network.shared_network_refusal(net_mode, found.detail, env)
-    if refusal:
-        raise FenceError(refusal)
-    host = with_landlock(host, without="direct TCP connections are not blocked either")
-    print(network.no_netns_warning(found.detail, tcp_blocked=host.landlock_abi >= 4), file=sys.stderr)
-    return True, host
 
 
 def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_socks: list,
@@ -273,51 +267,12 @@ async def admit(bus: Bus, req: RunRequest, resolved: ConfigResolveReply) -> None
         raise FenceError(blocked.message)
 
 
-def filesystem(policy, req: RunRequest, resolved: ConfigResolveReply, host: HostFacts):
-    """The run's filesystem facts, and the host facts completed with Landlock's when it will be used."""
-    from fence.executor import fsfacts
-    from fence.executor.plan import wants_landlock
-
-    helper: tuple[str, ...] = ()
-    if policy.filesystem.default_deny_read or policy.filesystem.strict_deny_read:
-        helper = _helper()
-    try:
-        facts = fsfacts.gather(policy, req.cwd, req.env, req.sandbox, resolved.sources,
-                               config_dir=_user_config_dir(req.env), helper_paths=fsfacts.helper_read_paths(helper))
-    except fsfacts.FsError as e:
-        raise FenceError(str(e)) from None
-    if wants_landlock(facts.view):
-        host = with_landlock(host, helper, "filesystem enforcement is bubblewrap-only")
-    return facts, host
-
-
-def with_landlock(host: HostFacts, helper: tuple[str, ...] = (), without: str = "") -> HostFacts:
-    """``host`` with the kernel's Landlock ABI and the init helper filled in (once per run)."""
-    if host.helper:
-        return host
-    from fence.executor import landlock
-
-    try:
-        abi = landlock.abi_version()
-    except OSError as e:
-        abi = 0
-        print(f"[fence:linux] Warning: Landlock unavailable ({e.strerror}): {without}", file=sys.stderr)
-    return msgspec.structs.replace(host, landlock_abi=abi, helper=helper or _helper())
-
-
-def _helper() -> tuple[str, ...]:
-    from fence.executor.landlock import helper_command
-
-    # the real interpreter, not a venv's symlink: -I -S needs no venv, and under
-    # defaultDenyRead only the interpreter's own tree is made readable
-    python, *rest = helper_command()
-    return (os.path.realpath(python), *rest)
-
-
-def _user_config_dir(env: dict[str, str]) -> str:
-    from fence.config.discover import user_config_dir
-
-    return user_config_dir(env.get("HOME", "/"), env.get("XDG_CONFIG_HOME", ""))
+def _user_config_dir(resolved: ConfigResolveReply) -> str:
+    """The user config directory every sandbox protects, as the config service looked for it."""
+    if not resolved.user_config_dir:  # an older config service: it sends neither this nor the chain's files
+        raise FenceError("the config service did not say where the config came from (it is older than this "
+                         "fence); restart it: fence down, then fence up")
+    return resolved.user_config_dir
 
 
 async def _quarantine(bus: Bus, protection, sandbox_id: str) -> None:
@@ -340,12 +295,6 @@ async def _quarantine(bus: Bus, protection, sandbox_id: str) -> None:
         except BusError as e:
             print(f"[fence] Warning: cannot publish the quarantine event: {e}", file=sys.stderr)
 
-def terminal_mode(policy, req: RunRequest, host: HostFacts) -> tuple[bool, bool]:
-    """``(pty, new_session)``: ``plan.session_mode`` fed with this process's terminals."""
-    force = req.force_new_session or bool(policy.force_new_session)
-    return session_mode(policy.allow_pty and bool(host.python), _isatty(0), _isatty(1), force)
-
-
 def _isatty(fd: int) -> bool:
     try:
         return os.isatty(fd)
@@ -353,28 +302,14 @@ def _isatty(fd: int) -> bool:
         return False
 
 
-def seccomp_for(policy) -> tuple[bytes, str]:
-    """The seccomp program and its label; a warning and no filter when it cannot be built.
-
-    socketpair(AF_UNIX) stays allowed: an anonymous connected pair reaches
-    nothing outside the sandbox, and denying it breaks asyncio and Node's child
-    processes.  socket(AF_UNIX), which can connect to host sockets, is denied.
-    """
-    from fence.executor import seccomp
-
-    try:
-        return seccomp.build_program(policy, deny_socketpair=False), seccomp.summary(policy)
-    except Exception as e:  # libseccomp missing or broken: degrade as documented, loudly
-        print(f"[fence:linux] Warning: seccomp filter unavailable ({type(e).__name__}: {e}): "
-              "running without syscall filtering", file=sys.stderr)
-        return b"", ""
-
-
-def debug_plan(plan: SandboxPlan) -> None:
+def debug_plan(plan: RunPlan, rendered: SandboxPlan) -> None:
+    """``-d``: what will run, exactly (``render``'s argv), and what fence noticed on the way."""
     import shlex
 
-    print(f"[fence] Command: {shlex.join(plan.command)}", file=sys.stderr)
-    if plan.stripped_env:
-        print(f"[fence] Stripped dangerous env vars: [{' '.join(plan.stripped_env)}]", file=sys.stderr)
-    print(f"[fence] Sandboxed command: {shlex.join(plan.argv)}", file=sys.stderr)
-    print(plan.summary, file=sys.stderr)
+    say(plan.trace)
+    print(f"[fence] Command: {shlex.join(rendered.command)}", file=sys.stderr)
+    if rendered.stripped_env:
+        print(f"[fence] Stripped dangerous env vars: [{' '.join(rendered.stripped_env)}]", file=sys.stderr)
+    print(f"[fence] Sandboxed command: {shlex.join(rendered.argv)}", file=sys.stderr)
+    print(rendered.summary, file=sys.stderr)
+    say(plan.notes)

@@ -3,7 +3,7 @@
 Default ALLOW, and EPERM for a fixed list of calls a sandboxed command has
 no business making (see ``docs/linux-layers.md`` for the why of each):
 
-* the reference's 27 calls (``REFERENCE_DENIED``);
+* the Go tool Fence's 27 calls (``REFERENCE_DENIED``);
 * ``socket``/``socketpair`` with ``AF_UNIX`` unless the policy allows Unix
   sockets: a read-only bind does not stop ``connect()`` to a host socket
   (docker.sock, ssh-agent), so the socket must never be created;
@@ -18,7 +18,7 @@ no business making (see ``docs/linux-layers.md`` for the why of each):
   ``clone``, whose flags the filter does check.
 
 Calls from a non-native ABI (on x86_64: 32-bit ``int 0x80`` and x32) kill
-the process: the reference's filter had no architecture check, so a 32-bit
+the process: Fence's filter has no architecture check, so a 32-bit
 call walked around it.  With ``arch_native_only=False`` those ABIs are
 allowed instead, under the same rules.
 
@@ -51,7 +51,7 @@ REFERENCE_DENIED = (
     "init_module", "finit_module", "delete_module",
     "ioperm", "iopl",
 )
-"""The reference's 27 (linux_seccomp.go); ioperm/iopl exist on x86 only."""
+"""The Go tool Fence's 27 (docs/compatibility.md#seccomp); ioperm/iopl exist on x86 only."""
 
 IO_URING = ("io_uring_setup", "io_uring_enter", "io_uring_register")
 

@@ -1,6 +1,6 @@
-"""SSH policy (reference §2.7): which hosts ssh may reach and which remote commands it may run.
+"""SSH policy (docs/compatibility.md#config-fields): which hosts ssh may reach and which remote commands it may run.
 
-Opt-in, as in the reference: nothing here applies unless ``ssh.allowedHosts``
+Opt-in, as in Fence: nothing here applies unless ``ssh.allowedHosts``
 or ``ssh.deniedHosts`` is non-empty (``preflight.check_commands`` only calls
 ``check`` then).  For every command that would open an ssh connection --
 ``ssh``, ``scp``, ``sftp``, ``rsync`` over ssh, git's ssh transport
@@ -660,7 +660,7 @@ _PATTERN_CACHE: dict[str, re.Pattern] = {}
 
 
 def host_matches(host: str, pattern: str) -> bool:
-    """Case-insensitive glob, ``*`` anywhere (reference §2.7)."""
+    """Case-insensitive glob, ``*`` anywhere (as Fence matches hosts)."""
     rx = _PATTERN_CACHE.get(pattern)
     if rx is None:
         rx = re.compile(".*".join(re.escape(p) for p in pattern.lower().split("*")) + r"\Z", re.S)

@@ -6,7 +6,8 @@ In a lone run the proxy lives in the same process and takes them directly;
 under a supervisor the proxy is another process, so the sockets travel over
 a unix socket in the runtime dir, one message per sandbox:
 ``ProxyHandoff{sandbox, token, listeners}`` with the descriptors attached,
-answered ``ProxyHandoffDone`` or ``ErrorReply``.
+answered ``ProxyHandoffDone`` or ``ErrorReply`` (the protocol, shared with
+the client ``fence.executor.handoff``, is ``fence.handoffwire``).
 
 Who may hand over: the socket file is 0600 in the 0700 runtime dir (masked
 inside every sandbox), and each connection's ``SO_PEERCRED`` uid must be the
@@ -35,26 +36,19 @@ import errno
 import os
 import socket
 import stat
-import struct
 import sys
 from typing import Awaitable, Callable
 
 import msgspec
 
+from fence.handoffwire import (LISTENER_NAMES, MAX_FDS, MAX_MESSAGE, SOCK_TYPE, TIMEOUT, decode_handoff,
+                               encode_answer, peer_uid, trusted_uids)
 from fence.messages import ErrorReply, ProxyHandoff, ProxyHandoffDone
 
-MAX_FDS = 2
-"""HTTP and SOCKS5: more descriptors in one message is a refused hand-off."""
-MAX_MESSAGE = 4096
 MAX_CLIENTS = 64
-TIMEOUT = 5.0
-"""Seconds a connection may take to send its hand-off."""
-LISTENER_NAMES = ("http", "socks")
 
 OnEnd = Callable[[], Awaitable[None]]
 Accept = Callable[[ProxyHandoff, dict[str, socket.socket]], Awaitable[OnEnd]]
-_PEERCRED = struct.Struct("3i")
-_decoder = msgspec.json.Decoder(ProxyHandoff)
 
 
 class HandoffRefused(Exception):
@@ -63,11 +57,6 @@ class HandoffRefused(Exception):
     def __init__(self, message: str, code: str = "bad_request"):
         super().__init__(message)
         self.code = code
-
-
-def peer_uid(sock: socket.socket) -> int:
-    """The uid of the process at the other end of a unix socket (as it was at connect time)."""
-    return _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))[1]
 
 
 class _Client:
@@ -93,7 +82,7 @@ class HandoffServer:
         self.loop = loop
         self.timeout = timeout
         self.max_clients = max_clients
-        self.uids = uids if uids is not None else (os.geteuid(), 0)
+        self.uids = uids if uids is not None else trusted_uids()
         self.sock: socket.socket | None = None
         self.clients: dict[int, _Client] = {}
         self._inode = 0
@@ -103,7 +92,7 @@ class HandoffServer:
     # --- the listening socket ---------------------------------------------------------------
     def start(self) -> None:
         _remove_stale(self.path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        sock = socket.socket(socket.AF_UNIX, SOCK_TYPE | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
         try:
             sock.bind(self.path)
             os.chmod(self.path, 0o600)  # before listen(): nobody can connect until it is private
@@ -265,7 +254,7 @@ class HandoffServer:
 
 def _parse(msg: bytes, socks: list[socket.socket]) -> tuple[ProxyHandoff, dict[str, socket.socket]]:
     try:
-        req = _decoder.decode(msg)
+        req = decode_handoff(msg)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise HandoffRefused(f"not a ProxyHandoff message: {e}") from None
     if req.v != 1:
@@ -314,7 +303,7 @@ def _close_all(socks) -> None:
 
 def _send(conn: socket.socket, message) -> None:
     try:
-        conn.send(msgspec.json.encode(message))
+        conn.send(encode_answer(message))
     except OSError:
         pass  # the client left; nothing to tell
 

@@ -1,4 +1,4 @@
-"""The HTTP proxy: CONNECT tunnels and absolute-URI plain HTTP with keep-alive (reference §5).
+"""The HTTP proxy: CONNECT tunnels and absolute-URI plain HTTP with keep-alive (docs/compatibility.md#network).
 
 * ``CONNECT host:port`` (port 443 when missing): the canonical host is
   decided; allowed -> dial (10 s), ``200 Connection Established``, then the

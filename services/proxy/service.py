@@ -5,8 +5,9 @@ Endpoints (bus):
 * ``fence.proxy.session.open`` (``ProxySessionOpen{sandbox, network}`` ->
   ``ProxySessionOpened{sandbox, http_port, socks_port, address, relaxed}``):
   builds the sandbox's filter and, when the policy can allow anything
-  (some ``allowedDomains``, or ``defaultAction: "proxy"``), opens the
-  session's own listeners on ``127.0.0.1`` (random ports unless
+  (``fence.netintent``: some ``allowedDomains``, or ``defaultAction:
+  "proxy"`` with an ``upstreamProxy``), opens the session's own listeners
+  on ``127.0.0.1`` (random ports unless
   ``httpProxyPort``/``socksProxyPort``).  A policy that allows nothing gets
   no listeners (ports 0): no event loop is started for it, so the default
   no-network run never pays for asyncio.  Opening an id again replaces its
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from fence.bus import ServiceError
 from fence.messages import ProxySessionClose, ProxySessionClosed, ProxySessionOpen, ProxySessionOpened
+from fence.netintent import NONE, RELAXED, intent
 from fence.service import Endpoint, Service
 from fence.subjects import PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN, event
 
@@ -60,12 +62,6 @@ if TYPE_CHECKING:  # the lone run imports this module: no asyncio or threading u
 
 EVENT_BACKLOG = 10000
 LOOPBACK = "127.0.0.1"
-
-
-def _can_allow(network) -> tuple[bool, bool]:
-    """(may allow anything, relaxed) without importing the filter: the no-network run stays import-free."""
-    allowed = [p.strip() for p in network.allowed_domains]
-    return bool(allowed) or network.default_action == "proxy", "*" in allowed
 
 
 class _Idle:
@@ -165,7 +161,8 @@ class ProxyService(Service):
         self._tokens.pop(req.sandbox, None)
         if old is not None and not isinstance(old, _Idle):
             await self._on_loop(old.close())
-        may_allow, relaxed = _can_allow(req.network)
+        wants = intent(req.network)  # not the filter: deciding this must not import it (a no-network run)
+        may_allow, relaxed = wants != NONE, wants == RELAXED
         if req.loopback is not None:
             listen = may_allow and req.loopback
         else:

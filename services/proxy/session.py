@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 
 from fence.domains import ALLOW, DENY, DomainFilter, HostError, canonical_host, display_host, is_ip
 from fence.messages import NetDecisionEvent
+from fence.netintent import forwards_upstream
 from fence.proxy.conn import DeadlineExceeded, connect
 from fence.proxy.relay import COPY_CHUNK, HALF_OPEN_TIMEOUT, Relay
 
@@ -105,7 +106,7 @@ class Session:
         self.sandbox = sandbox
         self.network = network
         self.upstream: Upstream | None = None
-        if network is not None and network.upstream_proxy and network.default_action == "proxy":
+        if network is not None and forwards_upstream(network):
             try:
                 self.upstream = Upstream(network.upstream_proxy)
             except (HostError, IndexError, ValueError) as e:  # validated earlier; fail closed if not
