@@ -112,10 +112,10 @@ def test_settings_relative_to_cwd_and_home(env):
 
 def test_missing_settings_file_is_refused(env):
     """Not the defaults in its place: that would drop every rule the user wrote (issue 10)."""
-    with pytest.raises(SettingsFileMissing, match="^settings file nope.json does not exist$"):
+    with pytest.raises(SettingsFileMissing, match=r"^settings file nope\.json does not exist$"):
         env.resolve(settings="nope.json")
     (env.cwd / "dangling.json").symlink_to(env.cwd / "gone.json")
-    with pytest.raises(SettingsFileMissing, match="^settings file dangling.json does not exist$"):
+    with pytest.raises(SettingsFileMissing, match=r"^settings file dangling\.json does not exist$"):
         env.resolve(settings="dangling.json")
 
 

@@ -37,7 +37,7 @@ import os
 import socket
 import stat
 import sys
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
