@@ -27,10 +27,8 @@ OUTSIDE_CITATION = re.compile(
     r"|\bshared/spec\b|\breference(?:-v[\d.]+)?\.md\b",  # its path and file names
     re.IGNORECASE)
 
-# Temporary: services/executor/shellparse.py is being split into a package by another
-# change; its citations (if any) are replaced there.  Remove this entry once that has landed.
-# The entry also covers the package the file becomes (services/executor/shellparse/).
-SKIP_OUTSIDE_CITATIONS = ("services/executor/shellparse.py",)
+SKIP_OUTSIDE_CITATIONS: tuple[str, ...] = ()
+"""Paths (a module also covers the package it becomes) exempt while they are being rewritten: none now."""
 
 DOC_LINK = re.compile(r"(?<![\w/.-])docs/((?:[\w-]+/)*[\w-]+(?:\.[\w-]+)*\.(?:md|json))(?:#([\w-]+))?")
 DOC_HEADING = re.compile(r"(?<![\w/.-])docs/((?:[\w-]+/)*[\w-]+\.md),\s*\"([^\"\n]+)\"")

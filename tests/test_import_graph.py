@@ -120,3 +120,22 @@ def test_every_exception_is_still_needed():
     stale = [f"{rel} -> {what}: {why}" for (rel, what), why in ALLOWED.items()
              if not any(covers((rel, what), r, target) for r, _, target, _, _ in crossings())]
     assert not stale, "allow-list entries no longer needed (delete them):\n" + "\n".join(stale)
+
+
+DECISION_CORE = ("policy", "netintent", "domains", "goquote", "runplan", "mountops", "defaults", "subjects")
+"""The core modules that only decide (no I/O, no transport): what every service and the lone run share."""
+
+TRANSPORTS = ("asyncio", "nats", "uvloop", "socket", "subprocess", "fence.bus", "fence.natsbus", "fence.service",
+              "prometheus_client")
+PURE_USES = {("domains", "socket"): "socket.inet_aton/inet_ntoa only: parsing an address, never a connection"}
+
+
+def test_the_decision_core_imports_no_transport():
+    """Deciding is pure: the policy core reaches no bus, socket or event loop, so both modes share it as is."""
+    bad = []
+    for name in DECISION_CORE:
+        path = REPO / "libs" / "fence" / f"{name}.py"
+        for line, target, statement in imports(path):
+            if (name, target) not in PURE_USES and any(target == t or target.startswith(t + ".") for t in TRANSPORTS):
+                bad.append(f"libs/fence/{name}.py:{line}: {statement}")
+    assert not bad, "the decision core imports a transport:\n" + "\n".join(bad)

@@ -153,8 +153,9 @@ def test_exit_codes_are_unchanged(fence):
 
 def test_signals_sent_to_fence(fence):
     script = r"""
-import signal, sys, time
-signal.signal(signal.SIGTERM, lambda *_: (print("got TERM", flush=True), sys.exit(5)))
+import os, signal, sys, time
+# os.write, not print: the signal may land inside the loop's print (a reentrant buffered write fails)
+signal.signal(signal.SIGTERM, lambda *_: (os.write(1, b"got TERM\n"), sys.exit(5)))
 print("ready", flush=True)
 for _ in range(40):
     time.sleep(0.5)

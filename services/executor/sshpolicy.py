@@ -37,9 +37,10 @@ from collections.abc import Mapping
 
 from fence.defaults import DEFAULT_DENIED_COMMANDS, DEFAULT_DENY_SOURCE
 from fence.executor import shellparse
-from fence.executor.preflight import Blocked, RuleSources, go_quote, ruleset, use_defaults
+from fence.executor.commandrules import Blocked, RuleSources, ruleset, use_defaults
 from fence.executor.shellparse import (Command, ParseError, basename, git_globals, option_cluster, split_words,
                                        ssh_option)
+from fence.goquote import go_quote
 from fence.policy import Policy
 
 __all__ = ["Target", "Resolved", "ResolveError", "check", "targets", "host_matches", "resolve", "ssh_binary",
