@@ -38,6 +38,7 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
 extra=""
 [ $want_test = 1 ] && extra="[test,lint]"
+rm -rf build  # setuptools' build/lib keeps renamed or removed modules and would install them again
 # A regular (non-editable) install: an editable one adds an import hook that
 # costs ~15 ms on every `fence run`.
 .venv/bin/python -m pip install -q --disable-pip-version-check ".${extra}" 2>&1 | grep -v '^WARNING: Location' >&2 || true

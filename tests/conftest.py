@@ -5,6 +5,10 @@ creates a user namespace).  When the tests run as root they create the user
 ``fence-test`` and a copy of the installed package that this user can read
 (the CI checkout and its venv may live under a directory only root can
 enter), and every ``fence`` case runs both ways.
+
+Every directory made here lives under the session's roots, and the session
+fails if a test leaves a directory, process, mount or network name behind
+(``leakcheck.py``, whose hooks are imported below).
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from leakcheck import (pytest_collection_finish, pytest_configure, pytest_runtest_protocol,  # noqa: F401 (hooks)
+                       pytest_sessionfinish, pytest_terminal_summary, pytest_unconfigure, session_dir)
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_USER = "fence-test"
@@ -85,7 +91,7 @@ class FenceRunner:
         Not under /tmp: inside the sandbox /tmp is a private tmpfs, so a host
         path there would be invisible.
         """
-        path = Path(tempfile.mkdtemp(prefix=f"fence-{self.name}-", dir="/var/tmp"))
+        path = session_dir(f"fence-{self.name}-")
         self.made.append(path)
         if self.user:
             pw = pwd.getpwnam(self.user)
@@ -184,7 +190,7 @@ def _base_env(home: str, user: str) -> dict[str, str]:
 
 def _current_runner() -> FenceRunner:
     # not under /tmp: the sandbox's /tmp is a private tmpfs
-    home = Path(tempfile.mkdtemp(prefix="fence-self-home-", dir="/var/tmp"))
+    home = session_dir("fence-self-home-")
     env = _base_env(str(home), pwd.getpwuid(os.getuid()).pw_name)
     return FenceRunner("self", [sys.executable, "-m", "fence"], env, None, str(home))
 
@@ -250,7 +256,7 @@ def unprivileged_runner(tmp_path_factory) -> Iterator[FenceRunner]:
     if os.geteuid() != 0:
         pytest.skip("not root: the current user is already unprivileged")
     pw = _ensure_test_user()
-    dest = Path(tempfile.mkdtemp(prefix="fence-nonroot-", dir="/var/tmp"))
+    dest = session_dir("fence-nonroot-")
     os.chmod(dest, 0o755)
     site = _portable_install(dest)
     home = dest / "home"
@@ -303,6 +309,23 @@ def marker_server(body: str, host: str = "127.0.0.1"):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def removed_afterwards(*paths: str | Path):
+    """Removes paths a sandbox must never be able to create outside this session's roots.
+
+    Should one appear (the test then fails), one broken run still leaves
+    nothing on the host for later runs, or other sessions, to trip over.
+    """
+    try:
+        yield
+    finally:
+        for path in map(Path, paths):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def lone_bus(events: str = "fence.events.>"):

@@ -77,9 +77,9 @@ def test_failed_prepare_stops_the_sandbox_before_its_command():
     """
     from fence.executor.launch import LaunchError
 
-    import tempfile
+    from conftest import session_dir
 
-    work = tempfile.mkdtemp(prefix="fence-prepare-", dir="/var/tmp")  # not /tmp: private inside
+    work = str(session_dir("fence-prepare-"))  # not /tmp: private inside
     marker = os.path.join(work, "ran")
     plan = render(RunPlan(command=["sh", "-c", f"echo > {marker}"], cwd="/", env=dict(os.environ),
                          host=host_facts(), network=NetPlan(proxy_listen=(("127.0.0.1", 3128),))))

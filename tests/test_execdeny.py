@@ -14,6 +14,7 @@ from fence.executor.execdeny import CRITICAL_COMMANDS, Entry, FileId, SharedBina
 from fence.executor.mounts import FsView
 from fence.executor.plan import EXEC_NOTIFY_FD, HostFacts, RunPlan, render
 from fence.policy import CommandConfig, Policy
+from fence.runtime import read_cache
 
 EXE = stat.S_IFREG | 0o755
 
@@ -190,7 +191,7 @@ def test_plan_binds_dev_null_after_the_filesystem_mounts():
 def test_plan_with_exec_notify_starts_the_command_through_the_helper():
     plan = render(RunPlan(command=["git", "status"], cwd="/w", host=HOST, exec_notify=True))
     tail = plan.argv[plan.argv.index("--") + 1:]
-    assert tail[1:3] == ["-I", "-S"] and "landlock" in tail[3]
+    assert tail[1:3] == ["-I", "-S"] and "inithelper" in tail[3]
     assert tail[4:] == ["--no-landlock", "--exec-notify", str(EXEC_NOTIFY_FD), "--", "git", "status"]
     assert plan.exec_notify_fd == EXEC_NOTIFY_FD and "exec-argv(seccomp-unotify)" in plan.layers
 
@@ -246,5 +247,5 @@ def test_cache_entry_not_ours_or_writable_by_others_is_ignored(tree):
     (entry,) = os.listdir(cache)
     path = os.path.join(cache, entry)
     os.chmod(path, 0o666)
-    assert execdeny._read_cached(path) is None
+    assert read_cache(path, execdeny._Cached) is None
     assert execdeny.plan_for(pol, f"{tree}/b", "/", cache_dir=cache).masks == (f"{tree}/b/frob",)

@@ -18,7 +18,7 @@ import pytest
 
 from fence.executor import execsupervisor as es
 from fence.executor.execsupervisor import ExecCall, ExecPolicy, Supervisor
-from fence.executor.landlock import EXEC_SYSCALLS, __file__ as HELPER
+from fence.executor.inithelper import EXEC_SYSCALLS, __file__ as HELPER
 from fence.policy import CommandConfig, Policy
 
 pytestmark = pytest.mark.skipif(es.supported() != "", reason=f"no seccomp user notification: {es.supported()}")
@@ -265,7 +265,7 @@ def test_unsupported_kernel_refuses_the_run(monkeypatch):
 
 
 def test_exec_notify_program_shape():
-    from fence.executor.landlock import exec_notify_program
+    from fence.executor.inithelper import exec_notify_program
 
     for machine in ("x86_64", "aarch64"):
         program = exec_notify_program(machine)

@@ -118,7 +118,7 @@ def test_kernel_version_parsing():
 
 # detection on this machine --------------------------------------------------------------
 def test_detect_matches_this_machine():
-    from fence.executor import landlock
+    from fence.executor import inithelper
 
     f = features.detect()
     release = os.uname().release
@@ -127,7 +127,7 @@ def test_detect_matches_this_machine():
     assert f.seccomp  # this process could run bwrap --seccomp
     assert f.seccomp_usernotif == (f.kernel_version >= (5, 0))
     try:
-        abi = landlock.abi_version()
+        abi = inithelper.abi_version()
     except OSError:
         abi = 0
     assert f.landlock_abi == abi

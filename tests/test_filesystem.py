@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import removed_afterwards, session_dir
+
 pytestmark = pytest.mark.sandbox
 
 
@@ -66,17 +68,19 @@ def test_nothing_writable_without_allow_write(fence):
 def test_write_outside_workspace_is_refused(fence):
     work = _workspace(fence)
     outside = Path(f"/var/tmp/fence-outside-{uuid.uuid4().hex}")
-    r = sh(fence, work, f"touch {outside}; touch /etc/fence-test-file; touch ../../../../var/tmp/{outside.name}.2")
-    assert r.returncode != 0
-    assert not outside.exists() and not Path(f"{outside}.2").exists() and not Path("/etc/fence-test-file").exists()
+    with removed_afterwards(outside, f"{outside}.2", "/etc/fence-test-file"):
+        r = sh(fence, work, f"touch {outside}; touch /etc/fence-test-file; touch ../../../../var/tmp/{outside.name}.2")
+        assert r.returncode != 0
+        assert not outside.exists() and not Path(f"{outside}.2").exists() and not Path("/etc/fence-test-file").exists()
 
 
 def test_symlink_out_of_workspace_gives_no_write(fence):
     work = _workspace(fence)
     name = f"fence-test-{uuid.uuid4().hex}"
-    r = sh(fence, work, f"ln -s /etc escape && echo x > escape/{name}")
-    assert r.returncode != 0
-    assert not Path("/etc", name).exists()
+    with removed_afterwards(Path("/etc", name)):
+        r = sh(fence, work, f"ln -s /etc escape && echo x > escape/{name}")
+        assert r.returncode != 0
+        assert not Path("/etc", name).exists()
     assert (work / "escape").is_symlink()  # the link itself was allowed: it is in the workspace
 
 
@@ -110,9 +114,10 @@ def test_glob_does_not_follow_planted_symlinks_out_of_its_base(fence):
 def test_tmp_fence_is_writable_and_private(fence):
     work = _workspace(fence)
     name = f"t-{uuid.uuid4().hex}"
-    r = sh(fence, work, f"echo hi > /tmp/fence/{name} && cat /tmp/fence/{name}")
-    assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
-    assert not Path("/tmp/fence", name).exists()
+    with removed_afterwards(Path("/tmp/fence", name)):
+        r = sh(fence, work, f"echo hi > /tmp/fence/{name} && cat /tmp/fence/{name}")
+        assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
+        assert not Path("/tmp/fence", name).exists()
 
 
 def test_python_multiprocessing_uses_dev_shm(fence):
@@ -375,8 +380,7 @@ def preload_library(tmp_path_factory):
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         pytest.skip("no C compiler to build the LD_PRELOAD probe")
-    d = Path("/var/tmp") / f"fence-preload-{uuid.uuid4().hex[:8]}"
-    d.mkdir()
+    d = session_dir("fence-preload-")
     src = d / "probe.c"
     # says so only inside a sandbox: fence itself, on the host, may load it (that is the user's own env)
     src.write_text('#include <stdlib.h>\n#include <unistd.h>\n__attribute__((constructor)) static void hello(void) '
@@ -412,11 +416,10 @@ def test_init_helper_passes_the_environment_unchanged(fence):
 
 @pytest.fixture(scope="module")
 def other_filesystem():
-    """A tmpfs mounted under /var/tmp: a writable path on another filesystem than the root."""
+    """A tmpfs mounted under /var/tmp (this session's root): a writable path on another filesystem."""
     if os.geteuid() != 0:
         pytest.skip("mounting a test filesystem needs root")
-    point = Path(f"/var/tmp/fence-otherfs-{uuid.uuid4().hex[:8]}")
-    point.mkdir()
+    point = session_dir("fence-otherfs-")
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0777", "tmpfs", str(point)]).returncode:
         point.rmdir()
         pytest.skip("cannot mount a tmpfs here")

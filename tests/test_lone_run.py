@@ -8,12 +8,11 @@ is opened and closed, and the monitor keeps the events.
 import os
 import sys
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import lone_bus
+from conftest import lone_bus, session_dir
 from fence.bus import InProcessBus, run_sync
 from fence.config.service import ConfigService
 from fence.executor.host import host_facts
@@ -89,7 +88,7 @@ def test_quarantine_is_an_event(tmp_path_factory):
     """A protected name the sandbox creates is moved aside after the run and published on .fs."""
     from fence.messages import ProtectedPathEvent
 
-    work = Path(tempfile.mkdtemp(prefix="fence-quarantine-", dir="/var/tmp"))
+    work = session_dir("fence-quarantine-")
     try:
         (work / "fence.json").write_text('{"filesystem": {"allowWrite": ["."]}}')
         bus, seen = lone_bus("fence.events.*.fs")

@@ -105,7 +105,7 @@ def test_pty_plan_runs_the_command_through_the_init_helper():
     p = pty_plan(new_session=False)
     assert p.pty and "--new-session" not in p.argv
     tail = p.argv[p.argv.index("--") + 1:]
-    assert tail[:3] == ["/usr/bin/python3", "-I", "-S"] and "landlock" in tail[3]
+    assert tail[:3] == ["/usr/bin/python3", "-I", "-S"] and "inithelper" in tail[3]
     assert tail[4:] == ["--no-landlock", "--pty", "--", "vim", "x"] and p.command == ["vim", "x"]
     assert p.summary.endswith(", pty")
     forced = pty_plan(new_session=True)

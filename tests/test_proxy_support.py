@@ -185,7 +185,8 @@ class UpstreamProxy:
         self.log: list[tuple[str, str, str]] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
 
     def _serve(self) -> None:
         while True:
@@ -226,6 +227,9 @@ class UpstreamProxy:
             _pump(conn, up, b"")
 
     def close(self) -> None:
+        # close() alone leaves the port listening: the thread blocked in accept() holds the socket open
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(5)
         self.sock.close()
 
 

@@ -14,6 +14,8 @@ import uuid
 
 import pytest
 
+from conftest import removed_afterwards
+
 pytestmark = pytest.mark.sandbox
 
 
@@ -65,10 +67,11 @@ def test_root_filesystem_is_read_only(fence):
 
 def test_tmp_is_private(fence):
     name = f"/tmp/fence-private-{uuid.uuid4().hex}"
-    r = fence.run("--", "sh", "-c", f"echo inside > {name} && cat {name} && ls /tmp")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["inside", "fence", name[5:]]  # /tmp/fence is always there
-    assert not os.path.exists(name)
+    with removed_afterwards(name):
+        r = fence.run("--", "sh", "-c", f"echo inside > {name} && cat {name} && ls /tmp")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == ["inside", "fence", name[5:]]  # /tmp/fence is always there
+        assert not os.path.exists(name)
 
 
 def test_environment(fence):

@@ -13,12 +13,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from conftest import session_dir
 from fence.messages import Event, LifecycleEvent, RecentEventsReply, RecentEventsRequest
 from fence.natsbus import NatsBus
 from fence.runtime import Credentials
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.nats, pytest.mark.sandbox]
 
 @pytest.fixture(scope="module")
 def supervised():
-    root = Path(tempfile.mkdtemp(prefix="fence-supervised-", dir="/var/tmp"))  # not /tmp: private inside
+    root = session_dir("fence-supervised-")  # not /tmp: private inside
     (root / "run").mkdir(mode=0o700)
     (root / "home").mkdir()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root / "home"), "LANG": "C.UTF-8",

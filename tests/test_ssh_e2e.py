@@ -35,11 +35,12 @@ import pwd
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import session_dir
 
 pytestmark = pytest.mark.sandbox
 
@@ -94,7 +95,7 @@ def sshd():
         pytest.skip("git not installed")
     if _locked("root"):
         pytest.skip("root's password is locked ('!'), so sshd with UsePAM no refuses the login")
-    root = Path(tempfile.mkdtemp(prefix="fence-sshd-", dir="/var/tmp"))
+    root = session_dir("fence-sshd-")
     os.chmod(root, 0o755)
     keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", ""]
     subprocess.run([*keygen, "-f", str(root / "host_ed25519"), "-C", "fence-test-host"], check=True)

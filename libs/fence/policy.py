@@ -83,7 +83,8 @@ class FilesystemConfig(_Part):
     settings such as ~/.claude.json), made writable on purpose: each is named exactly, no globs, and must
     also be in allowWrite. fence's own config files stay protected."""
     wsl_interop: bool | None = None
-    """WSL: allow executing Windows binaries (/init). Unset: detected."""
+    """WSL: let the sandbox start Windows programs (/init). Never granted by fence (true only gets a -d note);
+    unset or false, a run that could reach WSL's interop server is refused."""
 
 
 class DevicesConfig(_Part):

@@ -32,7 +32,7 @@ class HostFacts(msgspec.Struct, frozen=True):
     landlock_abi: int = 0
     """The kernel's Landlock ABI (0: unavailable)."""
     helper: tuple[str, ...] = ()
-    """The init helper's command prefix (``python -I -S landlock.py``), run first inside when Landlock is used."""
+    """The init helper's command prefix (``python -I -S inithelper.py``), run first inside when Landlock is used."""
     python: str = ""
     """This interpreter (``sys.executable``): runs fence's init helper inside the sandbox (PTY and argv-policy runs)."""
 

@@ -22,8 +22,10 @@ sees half a file.  The supervisor removes all of them when it stops.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 import time
+from typing import TypeVar
 
 import msgspec
 
@@ -33,6 +35,9 @@ NATS_CONF = "nats.conf"
 CREDS_DIR = "creds"
 PROXY_HANDOFF = "proxy.sock"
 CLIENT_USER = "client"
+CACHE_DIR = "cache"
+
+T = TypeVar("T")
 
 
 class Credentials(msgspec.Struct, kw_only=True):
@@ -106,22 +111,44 @@ def ensure_private_dir(path: str) -> str:
     return path
 
 
-def read_cache(path: str, max_size: int = 1 << 20) -> bytes | None:
-    """A cache file's bytes, or None when missing, too big or not trustworthy.
+def cache_dir() -> str:
+    """``cache/`` in the runtime dir: answers worth keeping between runs (seccomp programs, exec masks,
+    probes), where no sandbox can see or plant them (the runtime dir is masked in every sandbox)."""
+    return os.path.join(runtime_dir(), CACHE_DIR)
 
-    Trusted only when it is a regular file (not followed through a link) owned
-    by this user and writable by nobody else: the cache directory is fence's
-    own, but a stale or planted file must never steer a sandbox.
+
+def read_cache(path: str, type: type[T], max_size: int = 1 << 20) -> T | None:
+    """The cache file at ``path`` decoded as ``type``, or None when there is nothing to trust.
+
+    None when ``path`` is "", the file is missing, unreadable, bigger than
+    ``max_size``, not a regular file of this user's that nobody else may
+    write (a link is not followed), or does not decode as ``type``: the
+    directory is fence's own, but a stale or planted file must never steer a
+    sandbox, and a cache that cannot be used only costs the work again.
+    JSON (msgspec) for every type but ``bytes``, which is the file as it is
+    (a seccomp program is stored as BPF).
     """
+    data = _read_private(path, max_size)
+    if data is None or type is bytes:
+        return data
+    try:
+        return msgspec.json.decode(data, type=type)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _read_private(path: str, max_size: int) -> bytes | None:
+    """The bytes of a regular file of ours, opened without following a link or blocking (a planted FIFO)."""
     if not path:
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022 or st.st_size > max_size:
+        if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022
+                or st.st_size > max_size):
             return None
         data = os.read(fd, st.st_size)
     except OSError:
@@ -131,9 +158,14 @@ def read_cache(path: str, max_size: int = 1 << 20) -> bytes | None:
     return data if len(data) == st.st_size else None
 
 
-def write_cache(path: str, data: bytes) -> None:
-    """Best effort (0600, atomic, in a 0700 directory): a cache not written only costs work next time."""
+def write_cache(path: str, value: object) -> None:
+    """Store ``value`` as ``read_cache`` reads it back (``bytes`` as they are, anything else as JSON).
+
+    Best effort (0600, atomic, in a 0700 directory): a cache not written only
+    costs work next time.
+    """
     try:
+        data = value if isinstance(value, bytes) else msgspec.json.encode(value)
         ensure_private_dir(os.path.dirname(path))
         write_private(path, data)
     except OSError:

@@ -416,38 +416,20 @@ def _cached(names: list[str], accept: tuple[str, ...], path: str, cwd: str, cach
         if entry not in entries:
             entries.append(entry)
     key = repr((FORMAT, entries, names, accept))
-    if cache_dir is None:
-        from fence.runtime import runtime_dir
+    from fence.runtime import cache_dir as default_cache_dir, read_cache, write_cache
 
-        cache_dir = os.path.join(runtime_dir(), "cache")
+    if cache_dir is None:
+        cache_dir = default_cache_dir()
     file = os.path.join(cache_dir, f"execdeny-{zlib.crc32(key.encode()):08x}.json") if cache_dir else ""
-    if file:
-        cached = _read_cached(file)
-        if cached is not None and cached.key == key and _still_valid(cached):
-            return cached.result
+    cached = read_cache(file, _Cached)
+    if cached is not None and cached.key == key and _still_valid(cached):
+        return cached.result
     states = [(e, *_dir_state(e)) for e in entries]
     fs = HostFS()
     result = plan_masks(names, path_dirs(path, cwd, fs), fs, accept)
     if file and [(e, *_dir_state(e)) for e in entries] == states:  # nothing moved while planning
-        _write_cached(file, _Cached(key=key, dirs=states, result=result))
+        write_cache(file, _Cached(key=key, dirs=states, result=result))
     return result
-
-
-def _read_cached(path: str) -> _Cached | None:
-    """The entry, or None when missing, unreadable or not trustworthy (``fence.runtime.read_cache``)."""
-    from fence.runtime import read_cache
-
-    data = read_cache(path)
-    try:
-        return msgspec.json.decode(data, type=_Cached) if data else None
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-
-
-def _write_cached(path: str, entry: _Cached) -> None:
-    from fence.runtime import write_cache
-
-    write_cache(path, msgspec.json.encode(entry))
 
 
 def debug_lines(result: ExecDeny) -> list[str]:

@@ -10,7 +10,7 @@ to what is really being run.
 How (seccomp_unotify(2))::
 
     fence run (host)                                   sandbox
-    socketpair: ours, theirs ---- theirs (fd N) -----> init helper (landlock.py --exec-notify N):
+    socketpair: ours, theirs ---- theirs (fd N) -----> init helper (inithelper.py --exec-notify N):
                                                          seccomp(SET_MODE_FILTER, NEW_LISTENER) with
                                                          execve/execveat -> USER_NOTIF
     thread: recvmsg(ours) <------ SCM_RIGHTS listener -- closes both fds, execs the command
@@ -336,7 +336,7 @@ class Supervisor:
                  say: Callable[[str], None] | None = None, machine: str | None = None):
         import _socket
 
-        from fence.executor.landlock import EXEC_SYSCALLS
+        from fence.executor.inithelper import EXEC_SYSCALLS
 
         self.policy = policy
         self.report = report
@@ -530,7 +530,7 @@ def event_for(sandbox: str, verdict: Verdict, call: ExecCall | None, pid: int = 
 def supported(machine: str | None = None) -> str:
     """"" when this kernel and architecture can run the argv policy, else why not."""
     from fence.executor.features import kernel_version, seccomp_support
-    from fence.executor.landlock import EXEC_SYSCALLS
+    from fence.executor.inithelper import EXEC_SYSCALLS
 
     uname = os.uname()
     machine = machine or uname.machine

@@ -144,7 +144,7 @@ def seccomp_support(machine: str, version: tuple[int, int]) -> tuple[bool, bool]
     EINVAL when not.  ``seccomp(SECCOMP_GET_NOTIF_SIZES)`` succeeds from 5.0
     on; where we don't know the syscall number, the kernel version decides.
     """
-    from fence.executor.landlock import prctl, syscall
+    from fence.executor.inithelper import prctl, syscall
 
     try:
         prctl(PR_GET_SECCOMP, 0)
@@ -163,7 +163,7 @@ def seccomp_support(machine: str, version: tuple[int, int]) -> tuple[bool, bool]
 
 def landlock_support(version: tuple[int, int]) -> tuple[int, str]:
     """(ABI, "") or (0, why not), from ``landlock_create_ruleset(NULL, 0, VERSION)``."""
-    from fence.executor.landlock import abi_version
+    from fence.executor.inithelper import abi_version
 
     try:
         return abi_version(), ""
@@ -214,19 +214,19 @@ def _probe_cached(bwrap: str, cache_dir: str | None) -> _Probed:
         ident = (st.st_mtime_ns, st.st_size)
     except OSError:
         ident = (0, 0)
-    if cache_dir is None:
-        from fence.runtime import runtime_dir
+    from fence.runtime import cache_dir as default_cache_dir, read_cache, write_cache
 
-        cache_dir = os.path.join(runtime_dir(), "cache")
+    if cache_dir is None:
+        cache_dir = default_cache_dir()
     bid = boot_id()
     path = os.path.join(cache_dir, f"features-{bid}.json") if cache_dir and bid else ""
-    cached = _read_cache(path)
+    cached = read_cache(path, _Probed)
     if cached and cached.bwrap == bwrap and cached.bwrap_id == ident and cached.euid == os.geteuid():
         return cached
     probed = probe(bwrap)
     probed.bwrap_id = ident
     if path:
-        _write_cache(path, probed)
+        write_cache(path, probed)
     return probed
 
 
@@ -267,22 +267,6 @@ def run_quiet(argv: list[str]) -> tuple[int, str]:
             chunks.append(chunk)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), b"".join(chunks).decode("utf-8", "replace")
-
-
-def _read_cache(path: str) -> _Probed | None:
-    from fence.runtime import read_cache
-
-    data = read_cache(path)
-    try:
-        return msgspec.json.decode(data, type=_Probed) if data else None
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
-
-
-def _write_cache(path: str, probed: _Probed) -> None:
-    from fence.runtime import write_cache
-
-    write_cache(path, msgspec.json.encode(probed))
 
 
 # output ---------------------------------------------------------------------------------

@@ -64,9 +64,11 @@ def state(bwrap: str, cache_dir: str | None = None) -> NetnsState:
 
     ``cache_dir``: default ``cache/`` in the runtime dir; "" keeps nothing.
     """
+    from fence.runtime import read_cache
+
     want = key(bwrap)
     path = cache_path(cache_dir, want["userns"])
-    cached = _read(path)
+    cached = read_cache(path, NetnsState)  # only our own, private answer is trusted
     if (cached is not None and all(getattr(cached, k) == v for k, v in want.items())
             and (cached.available or 0 <= time.time() - cached.at < NEGATIVE_TTL)):
         return cached
@@ -98,7 +100,7 @@ def write(path: str, found: NetnsState) -> None:
     """Store a probe result (0600, atomically); failures only cost a probe next time."""
     from fence.runtime import write_cache
 
-    write_cache(path, msgspec.json.encode(found))
+    write_cache(path, found)
 
 
 def key(bwrap: str) -> dict:
@@ -130,21 +132,11 @@ def boot_id() -> str:
 def cache_path(cache_dir: str | None = None, userns: int | None = None) -> str:
     """Where the answer for this boot and user namespace is cached ("" when nowhere)."""
     if cache_dir is None:
-        from fence.runtime import runtime_dir
+        from fence.runtime import cache_dir as default_cache_dir
 
-        cache_dir = os.path.join(runtime_dir(), "cache")
+        cache_dir = default_cache_dir()
     bid = boot_id()
     if userns is None:
         userns = _userns()
     return os.path.join(cache_dir, f"netns-{bid}-{userns}.json") if cache_dir and bid else ""
 
-
-def _read(path: str) -> NetnsState | None:
-    """Only our own, private answer is trusted (``fence.runtime.read_cache``)."""
-    from fence.runtime import read_cache
-
-    data = read_cache(path)
-    try:
-        return msgspec.json.decode(data, type=NetnsState) if data else None
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None

@@ -218,9 +218,9 @@ def _exec_masks(paths: Sequence[str], hidden: list[str]) -> list[str]:
 
 
 def _init_helper(python: str = "") -> list[str]:
-    """``python -I -S .../landlock.py``: the in-sandbox init helper (reads no more than a .pyc header),
+    """``python -I -S .../inithelper.py``: the in-sandbox init helper (reads no more than a .pyc header),
     run by the real interpreter (``host.python``) when known: a venv's symlink need not be visible inside."""
-    from fence.executor.landlock import helper_command
+    from fence.executor.inithelper import helper_command
 
     command = helper_command()
     if python:

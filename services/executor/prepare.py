@@ -183,10 +183,10 @@ def with_landlock(host: HostFacts, warnings: list[str], helper: tuple[str, ...] 
     """``host`` with the kernel's Landlock ABI and the init helper filled in (once per run)."""
     if host.helper:
         return host
-    from fence.executor import landlock
+    from fence.executor import inithelper
 
     try:
-        abi = landlock.abi_version()
+        abi = inithelper.abi_version()
     except OSError as e:
         abi = 0
         warnings.append(f"[fence:linux] Warning: Landlock unavailable ({e.strerror}): {without}")
@@ -194,7 +194,7 @@ def with_landlock(host: HostFacts, warnings: list[str], helper: tuple[str, ...] 
 
 
 def _helper() -> tuple[str, ...]:
-    from fence.executor.landlock import helper_command
+    from fence.executor.inithelper import helper_command
 
     # the real interpreter, not a venv's symlink: -I -S needs no venv, and under
     # defaultDenyRead only the interpreter's own tree is made readable

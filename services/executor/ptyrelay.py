@@ -2,7 +2,7 @@
 
 Only a PTY run imports this module.  Three parts:
 
-* **Inside** (the init helper ``fence.executor.landlock`` with ``--pty``, run
+* **Inside** (the init helper ``fence.executor.inithelper`` with ``--pty``, run
   by the host's interpreter, ``python -I -S``): ``setsid()`` + ``TIOCSCTTY`` on
   its stdin, the PTY's slave, then (after Landlock) exec the command.  The command thus owns the
   PTY as its controlling terminal in a session of its own: ``/dev/tty``

@@ -166,11 +166,7 @@ class Reservation:
                        0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            data = read_cache(path)
-            try:
-                entries = msgspec.json.decode(data, type=list[Made]) if data else []
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                entries = []
+            entries = read_cache(path, list[Made]) or []
             kept = change(entries)
             if kept:
                 write_private(path, msgspec.json.encode(kept))

@@ -37,6 +37,8 @@ import zlib
 
 FORMAT = 1
 """Bump when the way rules compile changes (the rules themselves are hashed)."""
+MAX_PROGRAM = 65535
+"""A cached program bigger than this is not one of ours (the kernel takes 4096 instructions, 32 KiB)."""
 
 EPERM = errno.EPERM
 ENOSYS = errno.ENOSYS
@@ -131,24 +133,19 @@ def build_program(policy, *, arch_native_only: bool = True, deny_socketpair: boo
     fence's runtime directory; ``""`` turns caching off).  A hit costs one
     file read and never imports pyseccomp.
     """
+    from fence.runtime import cache_dir as default_cache_dir, read_cache, write_cache
+
     ruleset = rules(deny_unix=not unix_sockets_allowed(policy), deny_socketpair=deny_socketpair)
     if cache_dir is None:
         cache_dir = default_cache_dir()
     path = os.path.join(cache_dir, cache_name(ruleset, arch_native_only)) if cache_dir else ""
-    if path:
-        cached = _read_cached(path)
-        if cached:
-            return cached
+    cached = read_cache(path, bytes, max_size=MAX_PROGRAM)
+    if cached and len(cached) % 8 == 0:  # a whole BPF program (8 bytes an instruction)
+        return cached
     program = compile_rules(ruleset, arch_native_only=arch_native_only)
     if path:
-        _write_cached(path, program)
+        write_cache(path, program)
     return program
-
-
-def default_cache_dir() -> str:
-    from fence.runtime import runtime_dir
-
-    return os.path.join(runtime_dir(), "cache")
 
 
 def cache_name(ruleset: tuple[Rule, ...], arch_native_only: bool) -> str:
@@ -159,20 +156,6 @@ def cache_name(ruleset: tuple[Rule, ...], arch_native_only: bool) -> str:
     """
     key = repr((FORMAT, os.uname().machine, arch_native_only, ruleset)).encode()
     return f"seccomp-{os.uname().machine}-{zlib.crc32(key):08x}.bpf"
-
-
-def _read_cached(path: str) -> bytes:
-    """The cached program, or b"" when missing, not trustworthy or not a whole BPF program."""
-    from fence.runtime import read_cache
-
-    data = read_cache(path, max_size=65535) or b""
-    return data if len(data) % 8 == 0 else b""
-
-
-def _write_cached(path: str, program: bytes) -> None:
-    from fence.runtime import write_cache
-
-    write_cache(path, program)
 
 
 def compile_rules(ruleset: tuple[Rule, ...], *, arch_native_only: bool = True) -> bytes:

@@ -1,12 +1,15 @@
-"""fence's init helper inside the sandbox: apply Landlock, clean the environment, exec the command.
+"""fence's init helper inside the sandbox: its duties (Landlock, the argv listener, the PTY), then exec.
 
-Runs as ``python3 -I -S landlock.py [OPTIONS] -- COMMAND [ARG...]`` after
+Runs as ``python3 -I -S inithelper.py [OPTIONS] -- COMMAND [ARG...]`` after
 bubblewrap has built the mount view (Landlock rules name paths as the
 sandbox sees them, and restrict_self cannot be undone, so it must come last).
 It is on the path of every run, so it imports nothing but builtin modules:
 ``posix``, ``sys`` and ``_ctypes`` (the C half of ctypes; ``import ctypes``
 itself costs ~3.5 ms more per run, measured in bench/helper).  No fence
-imports: it must run from any interpreter, with no site-packages.
+imports: it must run from any interpreter, with no site-packages.  One file
+on purpose, Landlock rules included: ``-I`` leaves its directory off
+``sys.path``, so a second module would mean a path search and another file
+to read (and keep readable under defaultDenyRead) on every run.
 
 Options (each PATH/PORT option may repeat; order does not matter)::
 

@@ -1,4 +1,4 @@
-"""The Landlock init helper, run the way fence runs it: first thing inside a real bwrap sandbox.
+"""The init helper (Landlock and its other duties), run the way fence runs it: first thing inside a real bwrap sandbox.
 
 bubblewrap binds the whole work directory writable, so every refusal seen
 here is Landlock's (EACCES / EXDEV), not a read-only mount's (EROFS); every
@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from fence.executor import landlock
+from conftest import session_dir
+from fence.executor import inithelper
 from fence.executor.host import find_bwrap
 
 pytestmark = pytest.mark.sandbox
 
 BWRAP = find_bwrap()
-HELPER = os.path.abspath(landlock.__file__)
+HELPER = os.path.abspath(inithelper.__file__)
 SECCOMP_FD = 63
 SYSTEM = ["-r", "/usr", "-r", "/etc", "-r", "/bin", "-r", "/lib", "-r", "/lib64", "-r", "/proc", "-w", "/dev",
           "-w", "/tmp"]
@@ -34,7 +35,7 @@ SYSTEM = ["-r", "/usr", "-r", "/etc", "-r", "/bin", "-r", "/lib", "-r", "/lib64"
 
 def landlock_abi() -> int:
     try:
-        return landlock.abi_version()
+        return inithelper.abi_version()
     except OSError:
         return 0
 
@@ -50,7 +51,7 @@ class Runner:
         self.user, self.python, self.helper = user, python, helper
 
     def workdir(self) -> Path:
-        path = Path(tempfile.mkdtemp(prefix="fence-landlock-", dir="/var/tmp"))
+        path = session_dir("fence-landlock-")
         if self.user:
             pw = pwd.getpwnam(self.user)
             os.chown(path, pw.pw_uid, pw.pw_gid)
@@ -103,9 +104,9 @@ def unprivileged() -> Iterator[Runner]:
     if os.geteuid() != 0:
         pytest.skip("not root: the current user is already unprivileged")
     _ensure_test_user()
-    dest = Path(tempfile.mkdtemp(prefix="fence-landlock-helper-", dir="/var/tmp"))
+    dest = session_dir("fence-landlock-helper-")
     os.chmod(dest, 0o755)
-    helper = dest / "landlock.py"
+    helper = dest / "inithelper.py"
     shutil.copy(HELPER, helper)
     os.chmod(helper, 0o644)
     # a copy: the repo may sit where others cannot read
@@ -235,13 +236,13 @@ def test_a_real_ld_preload_library_never_reaches_the_command(tmp_path_factory):
     src.write_text('#include <stdio.h>\n#include <errno.h>\n'
                    '__attribute__((constructor)) static void hi(void) '
                    '{ fprintf(stderr, "PRELOADED-INTO %s\\n", program_invocation_short_name); }\n')
-    lib = Path("/var/tmp") / f"fence-announce-{os.getpid()}.so"
+    lib = session_dir("fence-announce-") / "announce.so"  # not /tmp: the helper loads it inside too
     subprocess.run(["gcc", "-shared", "-fPIC", "-D_GNU_SOURCE", "-o", str(lib), str(src)], check=True)
     try:
         r = Runner(None, sys.executable).run(SYSTEM, ["sh", "-c", "env | grep -c LD_PRELOAD; true"],
                                              env={"LD_PRELOAD": str(lib)})
     finally:
-        lib.unlink()
+        shutil.rmtree(lib.parent)
     assert r.stdout == "0\n"
     loaded = [line for line in r.stderr.splitlines() if line.startswith("PRELOADED-INTO")]
     # bwrap and the helper's interpreter start with it (fence strips LD_* before bwrap); sh, env, grep never
@@ -288,7 +289,7 @@ def _landlock_enosys() -> bytes:
     from fence.executor.seccomp import _export
 
     flt = sc.SyscallFilter(sc.ALLOW)
-    flt.add_rule(sc.ERRNO(38), landlock.SYS_CREATE_RULESET)
+    flt.add_rule(sc.ERRNO(38), inithelper.SYS_CREATE_RULESET)
     return _export(flt)
 
 
@@ -383,10 +384,10 @@ def test_helper_imports_only_builtin_modules():
     """Beyond what ``python -I -S`` loads anyway: only ``_ctypes`` (not ``ctypes``, ``os``, ``struct``...),
     and only once it makes a call (importing it on the host for ``helper_command`` loads nothing)."""
     code = ("import sys; before = set(sys.modules); "
-            f"sys.path.insert(0, {os.path.dirname(HELPER)!r}); import landlock; "
-            "print(sorted(set(sys.modules) - before - {'landlock'})); "
-            "import errno\ntry:\n    landlock.abi_version()\nexcept OSError:\n    pass\n"
-            "print(sorted(set(sys.modules) - before - {'landlock', 'errno'}))")
+            f"sys.path.insert(0, {os.path.dirname(HELPER)!r}); import inithelper; "
+            "print(sorted(set(sys.modules) - before - {'inithelper'})); "
+            "import errno\ntry:\n    inithelper.abi_version()\nexcept OSError:\n    pass\n"
+            "print(sorted(set(sys.modules) - before - {'inithelper', 'errno'}))")
     r = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout == "[]\n['_ctypes']\n"
 
@@ -396,15 +397,15 @@ def test_public_ctypes_fallback(monkeypatch):
     import _ctypes
 
     monkeypatch.delattr(_ctypes, "FUNCFLAG_USE_ERRNO")
-    monkeypatch.setattr(landlock, "_libc", {})
-    assert landlock.abi_version() == ABI
+    monkeypatch.setattr(inithelper, "_libc", {})
+    assert inithelper.abi_version() == ABI
     assert "ctypes" in sys.modules
 
 
 @pytest.fixture
 def var_tmp():
     """Like tmp_path, but visible inside the sandboxes (their /tmp is a private tmpfs)."""
-    path = Path(tempfile.mkdtemp(prefix="fence-landlock-", dir="/var/tmp"))
+    path = session_dir("fence-landlock-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -415,10 +416,10 @@ def test_helper_command_prefers_a_current_pyc(var_tmp):
     import py_compile
 
     tmp_path = var_tmp
-    source = tmp_path / "landlock.py"
+    source = tmp_path / "inithelper.py"
     shutil.copy(HELPER, source)
     cached = importlib.util.cache_from_source(str(source))
-    spec = importlib.util.spec_from_file_location("landlock_copy", source)
+    spec = importlib.util.spec_from_file_location("inithelper_copy", source)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
