@@ -54,7 +54,7 @@ DECIDED: dict[str, tuple[str, ...]] = {
                      "execsupervisor.ExecPolicy"),
     "command.allow": ("preflight.command_rule_hit", "preflight.check_command", "execdeny.plan_for",
                       "execsupervisor.ExecPolicy"),
-    "command.useDefaults": ("preflight.use_defaults", "preflight.check_command", "execdeny.plan_for",
+    "command.useDefaults": ("commandrules.use_defaults", "preflight.check_command", "execdeny.plan_for",
                             "execsupervisor.ExecPolicy"),
     "command.runtimeExecPolicy": ("prepare.prepare", "plan.render", "execsupervisor.Supervisor"),
     "command.acceptSharedBinaryCannotRuntimeDeny": ("execdeny.plan_for", "plan.render"),
