@@ -10,7 +10,7 @@ the run (``FsError``).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env
 from fence.executor.paths import absolute, expand
@@ -78,6 +78,7 @@ def pin(paths: list[str]) -> dict[str, int]:
     import fcntl
 
     fds: dict[str, int] = {}
+    path = ""  # the one being opened, for the error
     try:
         for path in dict.fromkeys(paths):
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -101,7 +102,7 @@ def pin(paths: list[str]) -> dict[str, int]:
 
 
 def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_chain: Sequence[SourceRef] = (),
-           config_dir: str = "", helper_paths: list[str] = ()) -> FsFacts:
+           config_dir: str = "", helper_paths: Sequence[str] = ()) -> FsFacts:
     """Everything ``plan_sandbox`` needs about the filesystem for ``policy`` run in ``cwd``.
 
     ``config_chain`` is where the config came from (``ConfigResolveReply.chain``): its files stay
