@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from fence.executor.bridge import as_socket
 from fence.executor.host import host_facts
 from fence.executor.launch import Sandbox
 from fence.executor.plan import NetPlan, RunPlan, render
@@ -36,13 +37,14 @@ def test_listeners_inside_the_netns_reach_the_host(tmp_path, capfd):
     sandbox = Sandbox(plan).start()
     assert len(sandbox.listeners) == 2
     seen: list = []
-    threads = [threading.Thread(target=_serve_once, args=(sock, seen)) for sock in sandbox.listeners]
+    listeners = [as_socket(sock) for sock in sandbox.listeners]  # the bridge's _socket objects, to accept on
+    threads = [threading.Thread(target=_serve_once, args=(sock, seen)) for sock in listeners]
     for t in threads:
         t.start()
     code = sandbox.wait()
     for t in threads:
         t.join(5)
-    for sock in sandbox.listeners:
+    for sock in listeners:
         sock.close()
     out = capfd.readouterr().out
     assert code == 0

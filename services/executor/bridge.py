@@ -18,28 +18,44 @@ join it (as its owner we hold every capability there), then join the netns.
 child always is.  Root may skip the user namespace (it already has
 CAP_SYS_ADMIN over every child namespace).
 
-Measured here: ~1.3 ms for two listeners, as root and as an unprivileged user.
-Only runs that allow some network pay it (and the ctypes import).
+Every sandbox with its own network pays this (no-network runs too: their
+proxies deny every request, and say so), so ``listen_inside`` is kept to
+the fork itself: it speaks ``_socket``, the C half of ``socket`` (importing
+``socket`` builds four enums, ~2-3 ms), and calls ``setns`` through the init
+helper's ``_ctypes`` binding where Python has no ``os.setns`` (before 3.12;
+``import ctypes`` costs ~2-3 ms in the forked child).  Its listeners are
+``_socket.socket`` objects; ``as_socket`` makes one a ``socket.socket`` for
+code that accepts on it.  Measured here: ~1.5 ms for two listeners.
 """
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
-import signal
-import socket
+import sys
 
 NS_GET_USERNS = 0xB701  # _IO(0xb7, 0x1)
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
+SETNS_SYSCALL = {"x86_64": 308, "aarch64": 268}
+FD_SIZE = 4
+"""Bytes per descriptor in an SCM_RIGHTS message (a C int)."""
 
 
 class BridgeError(Exception):
     pass
 
 
-def _report(sock: socket.socket, error: BaseException) -> None:
+def as_socket(raw):
+    """A ``socket.socket`` owning ``raw``'s descriptor (``raw``, a ``_socket.socket``, is left closed)."""
+    import socket
+
+    return socket.socket(fileno=raw.detach())
+
+
+def _report(sock, error: BaseException) -> None:
     """A forked helper's failure, sent to fence as ``error: ...`` (it must never raise out of the child)."""
     try:
         sock.sendall(b"error: " + f"{type(error).__name__}: {error}".encode()[:4000])
@@ -50,6 +66,12 @@ def _report(sock: socket.socket, error: BaseException) -> None:
 def _setns(fd: int, nstype: int) -> None:
     if hasattr(os, "setns"):  # Python >= 3.12
         os.setns(fd, nstype)
+        return
+    number = SETNS_SYSCALL.get(os.uname().machine)
+    if number is not None:
+        from fence.executor.inithelper import syscall
+
+        syscall(number, fd, nstype)
         return
     import ctypes
 
@@ -94,7 +116,7 @@ def _wait_loopback_up(timeout: float = 2.0) -> None:
     import struct
     import time
 
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     try:
         deadline = time.monotonic() + timeout
         delay = 0.0002
@@ -113,12 +135,12 @@ def _wait_loopback_up(timeout: float = 2.0) -> None:
         probe.close()
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+def _listen(host: str, port: int):
+    family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    if family == _socket.AF_INET6:
+        sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
     sock.bind((host, port))
     sock.listen(512)
     return sock
@@ -128,7 +150,7 @@ IPV6_SETTLE = 0.05
 """After lo is up, how long ``::1`` may take to appear before the netns is taken to have no IPv6."""
 
 
-def _listen_settled(host: str, port: int) -> socket.socket:
+def _listen_settled(host: str, port: int):
     """``_listen``, retrying ``::1`` briefly: the kernel adds it when lo comes up, a moment after 127.0.0.1."""
     import time
 
@@ -147,15 +169,34 @@ def _optional(host: str, err: BaseException) -> bool:
     return ":" in host and isinstance(err, OSError) and err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
 
 
-def listen_inside(pid: int, addresses: list[tuple[str, int]]) -> list[socket.socket | None]:
-    """Listening sockets bound to ``addresses`` inside the network namespace of ``pid``.
+def _send_fds(sock, message: bytes, fds: list[int]) -> None:
+    rights = b"".join(fd.to_bytes(FD_SIZE, sys.byteorder) for fd in fds)
+    sock.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)] if fds else [])
+
+
+def _recv_fds(sock, size: int, most: int) -> tuple[bytes, list[int]]:
+    """``socket.recv_fds`` without the ``socket`` module: the message and the descriptors that came
+    (close-on-exec, as every descriptor Python makes)."""
+    message, ancillary, _flags, _addr = sock.recvmsg(size, _socket.CMSG_LEN(most * FD_SIZE),
+                                                      _socket.MSG_CMSG_CLOEXEC)
+    fds = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            whole = len(data) - len(data) % FD_SIZE
+            fds += [int.from_bytes(data[i:i + FD_SIZE], sys.byteorder) for i in range(0, whole, FD_SIZE)]
+    return message, fds
+
+
+def listen_inside(pid: int, addresses: list[tuple[str, int]]) -> list:
+    """Listening sockets (``_socket.socket``; see ``as_socket``) bound to ``addresses`` inside the network
+    namespace of ``pid``.
 
     Raises BridgeError naming the address and the reason when anything fails:
     a sandbox must never start with a proxy it was promised missing.  The one
     exception is an IPv6 address when the netns has no IPv6 (``::1`` cannot
     be bound): its slot is ``None``.
     """
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     helper = os.fork()
     if helper == 0:  # pragma: no cover - runs in the forked helper
         code = 0
@@ -172,14 +213,14 @@ def listen_inside(pid: int, addresses: list[tuple[str, int]]) -> list[socket.soc
                     if not _optional(host, e):
                         raise
                     bound.append("0")
-            socket.send_fds(child, [b"ok " + "".join(bound).encode()], [s.fileno() for s in socks])
+            _send_fds(child, b"ok " + "".join(bound).encode(), [s.fileno() for s in socks])
         except BaseException as e:  # report, never raise out of a forked child
             _report(child, e)
             code = 1
         os._exit(code)
     child.close()
     try:
-        msg, fds, _flags, _addr = socket.recv_fds(parent, 4096, len(addresses))
+        msg, fds = _recv_fds(parent, 4096, len(addresses))
     finally:
         parent.close()
         os.waitpid(helper, 0)
@@ -191,7 +232,7 @@ def listen_inside(pid: int, addresses: list[tuple[str, int]]) -> list[socket.soc
         wanted = ", ".join(f"{h}:{p}" for h, p in addresses)
         raise BridgeError(f"cannot create listeners ({wanted}) inside the sandbox network: {reason}")
     it = iter(fds)
-    return [socket.socket(fileno=next(it)) if bit == "1" else None for bit in mask]
+    return [_socket.socket(fileno=next(it)) if bit == "1" else None for bit in mask]
 
 
 class NetnsHelper:
@@ -214,6 +255,8 @@ class NetnsHelper:
 
     def __init__(self, pid: int, connect_timeout: float = 3.0):
         import ctypes
+        import signal
+        import socket
         import threading
 
         self._lock = threading.Lock()
@@ -247,8 +290,10 @@ class NetnsHelper:
             reason = first.decode(errors="replace").removeprefix("error: ") or "helper died"
             raise BridgeError(f"cannot enter the sandbox network: {reason}")
 
-    def connect(self, host: str, port: int) -> socket.socket:
-        """A socket connected to ``host:port`` inside the sandbox's netns (BridgeError otherwise)."""
+    def connect(self, host: str, port: int):
+        """A ``socket.socket`` connected to ``host:port`` inside the sandbox's netns (BridgeError otherwise)."""
+        import socket
+
         with self._lock:
             if self._sock is None:
                 raise BridgeError("netns helper closed")
@@ -277,7 +322,9 @@ class NetnsHelper:
                 pass
 
 
-def _serve_connects(chan: socket.socket, timeout: float) -> None:  # pragma: no cover - in the helper
+def _serve_connects(chan, timeout: float) -> None:  # pragma: no cover - in the helper
+    import socket
+
     while True:
         req = chan.recv(256)
         if not req:

@@ -132,16 +132,20 @@ def attach_on_first_connection(attach, sandbox: str, listeners: list):
     Starting the proxy (asyncio + uvloop + proxy code, ~60 ms) costs nothing
     for commands that never use the network: until a connection is pending it
     waits in the listen backlog and a watcher thread sleeps in ``select``.
-    ``finish()`` (after the sandbox ended) stops the watcher and closes the
-    listeners unless the proxy session already owns them.
+    Every run with its own network has these listeners (a no-network one's
+    proxy denies all), so the watcher is a bare ``_thread`` (``threading``
+    is imported only by the proxy it starts) and ``listeners`` are the
+    bridge's ``_socket`` objects, made ``socket.socket`` (``bridge.as_socket``)
+    only when handed over.  ``finish()`` (after the sandbox ended) stops the
+    watcher and closes the listeners unless the proxy session already owns them.
     """
+    import _thread
     import os
     import select
     import sys
-    import threading
 
     wake_r, wake_w = os.pipe()
-    lock = threading.Lock()
+    lock = _thread.allocate_lock()
     state = {"attached": False, "finished": False}
 
     def watch() -> None:
@@ -156,11 +160,13 @@ def attach_on_first_connection(attach, sandbox: str, listeners: list):
                 return
             state["attached"] = True
         try:
-            attach(sandbox, *listeners)
+            from fence.executor.bridge import as_socket
+
+            attach(sandbox, *[as_socket(sock) for sock in listeners])
         except Exception as e:  # the sandbox then sees refused connections; say why
             print(f"[fence] Warning: proxy for sandbox {sandbox} failed to start: {e}", file=sys.stderr)
 
-    threading.Thread(target=watch, name=f"fence-attach-{sandbox}", daemon=True).start()
+    _thread.start_new_thread(watch, ())  # daemonic: never joined, gone with the process
 
     def finish() -> None:
         with lock:

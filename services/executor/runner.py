@@ -250,11 +250,11 @@ def _hand_over_to(opened: ProxySessionOpened, count: int, handed: list):
 def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_socks: list,
              published: list) -> None:
     """Start the local-port relays; a -p helper that cannot enter the sandbox is a warning."""
-    from fence.executor.bridge import BridgeError
+    from fence.executor.bridge import BridgeError, as_socket
 
     for (host, port), sock in zip(inside, inside_socks, strict=True):
         if sock is not None:  # None: the sandbox's netns has no IPv6 ([::1] skipped)
-            forwarder.outbound(sock, (host, port))
+            forwarder.outbound(as_socket(sock), (host, port))
     for (_addr, port), sock in published:
         try:
             forwarder.inbound(sock, sandbox.init_pid, port)
