@@ -89,6 +89,40 @@ def test_relaxed_mode_shares_the_network_and_still_applies_denied(fence, origin)
 
 
 def test_no_network_without_allowed_domains(fence, origin):
+    """No domain allowed: still only the sandbox's own loopback, but its proxies are there (to refuse)."""
     work = config(fence, {})
     r = run(fence, work, "echo ${HTTP_PROXY:-unset}; cat /proc/net/dev | tail -n +3 | cut -d: -f1")
-    assert r.stdout.split() == ["unset", "lo"]
+    assert r.stdout.split() == ["http://127.0.0.1:3128", "lo"], r.stderr
+
+
+PROXY_ENV = {"HTTP_PROXY": "http://127.0.0.1:3128", "HTTPS_PROXY": "http://127.0.0.1:3128",
+             "http_proxy": "http://127.0.0.1:3128", "https_proxy": "http://127.0.0.1:3128",
+             "ALL_PROXY": "socks5h://127.0.0.1:1080", "all_proxy": "socks5h://127.0.0.1:1080",
+             "NO_PROXY": "localhost,127.0.0.1,::1", "no_proxy": "localhost,127.0.0.1,::1"}
+
+
+def test_no_network_run_has_the_proxy_variables(fence):
+    """As in Fence (docs/compatibility.md#environment): the proxies run for every sandbox, so the proxy env
+    is set with no domain allowed."""
+    r = fence.run("--", "env", cwd=str(fence.workdir()))
+    env = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    assert {name: env.get(name) for name in PROXY_ENV} == PROXY_ENV, r.stdout
+
+
+def test_no_network_block_is_answered_and_shown(fence):
+    """A blocked request gets the proxy's 403 and -m prints it (nothing leaves: denied names are never resolved)."""
+    r = fence.run("-m", "--", "curl", "-s", "--max-time", "10", "http://example.com", cwd=str(fence.workdir()))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Connection blocked by network allowlist\n"), (r.stdout, r.stderr)
+    assert 'Add "example.com" to network.allowedDomains' in r.stdout
+    lines = [line for line in r.stderr.splitlines() if line.startswith("[fence:http]")]
+    assert len(lines) == 1 and " ✗ GET     403 example.com http://example.com/ (" in lines[0], r.stderr
+
+
+def test_no_network_blocks_over_connect_and_socks_are_shown(fence):
+    script = ("curl -s --max-time 10 -o /dev/null -w '%{http_connect}\\n' https://example.com/; "
+              'curl -s --max-time 10 --proxy "$ALL_PROXY" http://example.com/; echo "socks=$?"')
+    r = fence.run("-m", "-c", script, cwd=str(fence.workdir()))
+    assert r.stdout.splitlines() == ["403", "socks=97"], (r.stdout, r.stderr)  # 97: the SOCKS5 proxy refused
+    assert " ✗ CONNECT 403 example.com https://example.com:443 (" in r.stderr, r.stderr
+    assert " ✗ CONNECT example.com:80 BLOCKED" in r.stderr, r.stderr

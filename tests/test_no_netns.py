@@ -101,10 +101,15 @@ def test_no_network_policy_is_refused_unless_opted_in(fence, origin):
     assert r.returncode == 1 and "COMMAND-RAN" not in r.stdout
     assert r.stderr.startswith("Error: this environment cannot create a network namespace (bwrap --unshare-net: ")
     assert "the policy allows no network" in r.stderr and "FENCE_ALLOW_SHARED_NETWORK=1" in r.stderr
-    r = run_without_netns(fence, work, "-c", "echo COMMAND-RAN; echo ${HTTP_PROXY:-no-proxy}",
-                          FENCE_ALLOW_SHARED_NETWORK="1")
-    assert (r.returncode, r.stdout) == (0, "COMMAND-RAN\nno-proxy\n"), r.stderr
+    script = (f"echo COMMAND-RAN; echo ${{HTTP_PROXY:-no-proxy}}; "
+              f"NO_PROXY= no_proxy= curl -s --max-time 10 -w '%{{http_code}}' http://localhost:{origin}/")
+    r = run_without_netns(fence, work, "-m", "-c", script, FENCE_ALLOW_SHARED_NETWORK="1")
+    assert r.returncode == 0, r.stderr
+    ran, proxy, *blocked = r.stdout.splitlines()
+    assert ran == "COMMAND-RAN" and proxy.startswith("http://127.0.0.1:") and not proxy.endswith(":3128")
+    assert blocked[0] == "Connection blocked by network allowlist" and blocked[-1].endswith("403")  # host proxies
     assert "[fence:linux] Warning: Skipping --unshare-net" in r.stderr
+    assert " ✗ GET     403 localhost " in r.stderr
 
 
 def test_relaxed_mode_is_unchanged_and_quiet(fence, origin):

@@ -131,6 +131,17 @@ def test_allowed_host_reached_blocked_host_403(sup, origin):
     assert len(net) == 1 and "✗" in net[0] and "403 localhost" in net[0], r.stderr
 
 
+def test_no_network_block_is_answered_and_shown(sup):
+    """No domain allowed: the proxy process still gets the sandbox's listeners, denies, and -m shows it."""
+    cfg = sup.config({})
+    r = sup.fence("-m", "-s", str(cfg), "-c", "curl -s --max-time 10 http://example.com/; echo; echo $HTTP_PROXY")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == BLOCKED and lines[-1] == "http://127.0.0.1:3128", (r.stdout, r.stderr)
+    net = [line for line in r.stderr.splitlines() if line.startswith("[fence:http]")]
+    assert len(net) == 1 and " ✗ GET     403 example.com http://example.com/ (" in net[0], r.stderr
+
+
 def test_direct_connections_still_fail_and_debug_shows_netns(sup, origin):
     cfg = sup.config({"allowedDomains": ["127.0.0.1"]})
     r = sup.fence("-d", "-s", str(cfg), "-c",

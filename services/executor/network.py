@@ -3,7 +3,10 @@
 Which of the three a policy asks for is ``fence.netintent.intent`` (shared
 with the proxy service); this module turns it into the run's shape.
 
-* ``none``: nothing allowed; ``--unshare-net`` and nothing else.
+* ``none``: nothing allowed; ``--unshare-net`` and the proxies as in
+  ``filtered``, whose filter denies every request: as in the Go tool Fence,
+  which starts its proxies for every run, a blocked request gets the proxy's
+  ``403`` and ``-m`` shows it, instead of failing in the resolver unseen.
 * ``filtered``: ``--unshare-net``; listeners at 127.0.0.1:3128 (HTTP) and
   :1080 (SOCKS5) are created inside the sandbox's netns (``bridge.py``) and
   served by this run's proxy session; the proxy env points at them.
@@ -26,7 +29,7 @@ sandbox is on the host's loopback already, so neither is needed.
 from __future__ import annotations
 
 from fence.messages import ProxySessionOpened
-from fence.netintent import FILTERED, NONE, intent
+from fence.netintent import NONE, RELAXED, intent
 from fence.policy import NetworkConfig
 
 HTTP_PORT_INSIDE = 3128
@@ -40,8 +43,8 @@ def mode(network: NetworkConfig) -> str:
 
 
 def listeners(net_mode: str, shared: bool = False) -> list[tuple[str, int]]:
-    """The proxy listeners inside the sandbox (served by the proxy service)."""
-    if net_mode == FILTERED and not shared:
+    """The proxy listeners inside the sandbox (served by the proxy service): every run with a netns."""
+    if net_mode != RELAXED and not shared:
         return [("127.0.0.1", HTTP_PORT_INSIDE), ("127.0.0.1", SOCKS_PORT_INSIDE)]
     return []
 
@@ -110,10 +113,14 @@ def shared_network_refusal(net_mode: str, detail: str, env: dict[str, str]) -> s
 
 
 def proxy_env(net_mode: str, opened: ProxySessionOpened, shared: bool = False) -> dict[str, str]:
-    """HTTP_PROXY & co. for the command; empty when there is nothing to reach."""
-    if net_mode == FILTERED and not shared:
+    """HTTP_PROXY & co. for the command, pointing at its proxies (which deny everything in ``none`` mode).
+
+    Empty only when the session has no proxy to point at (a shared network
+    whose session opened no host listener).
+    """
+    if net_mode != RELAXED and not shared:
         http, socks = HTTP_PORT_INSIDE, SOCKS_PORT_INSIDE
-    elif net_mode != NONE and shared and opened.http_port:
+    elif shared and opened.http_port:
         http, socks = opened.http_port, opened.socks_port
     else:
         return {}

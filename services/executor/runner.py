@@ -77,7 +77,7 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     await admit(bus, req, resolved)                             # refused fields, command/SSH preflight
     facts = gather_facts(req, resolved, host)                   # filesystem, netns, Landlock, exec masks, seccomp
     say(facts.warnings)
-    opened = await open_session(bus, req, resolved.policy, facts)  # proxy session (none without network)
+    opened = await open_session(bus, req, resolved.policy, facts)  # proxy session (denying all without network)
     run = _Doing(bus, req, resolved, facts, opened)
     try:
         plan = decide(req, resolved, facts, opened)             # every decision, pure: the RunPlan
@@ -134,9 +134,9 @@ def decide(req: RunRequest, resolved: ConfigResolveReply, facts: RunFacts, opene
 
 
 async def open_session(bus: Bus, req: RunRequest, policy, facts: RunFacts) -> ProxySessionOpened:
-    """The proxy session for the sandbox; none when nothing is proxied (two round trips saved per run)."""
-    if facts.net_mode == "none":
-        return ProxySessionOpened(sandbox=req.sandbox)
+    """The proxy session for the sandbox, for every run: without allowed domains its filter denies
+    everything, so a blocked request is answered (403) and reported like any other.  In a lone run
+    it is a name until the sandbox first connects (``network.attach_on_first_connection``)."""
     return await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
         sandbox=req.sandbox, network=policy.network, loopback=facts.shared), ProxySessionOpened)
 
@@ -224,9 +224,8 @@ class _Doing:
         if self.forwarder is not None:
             self.forwarder.close()
         try:
-            if self.facts.net_mode != "none":
-                await self.bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=self.req.sandbox),
-                                       ProxySessionClosed)
+            await self.bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=self.req.sandbox),
+                                   ProxySessionClosed)
         except BusError as e:
             print(f"[fence] Warning: closing proxy session {self.req.sandbox} failed: {e}", file=sys.stderr)
         for conn in self.handed:  # the proxy also ends the session when this closes (if the request above failed)
