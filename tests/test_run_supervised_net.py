@@ -142,6 +142,19 @@ def test_no_network_block_is_answered_and_shown(sup):
     assert len(net) == 1 and " ✗ GET     403 example.com http://example.com/ (" in net[0], r.stderr
 
 
+def test_debug_says_the_run_went_through_the_supervisor(sup):
+    info = sup.info()
+    services = "; the config, proxy and monitor services are the supervisor's"
+    r = sup.fence("-d", "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines()[0] == (f"[fence] Supervised run: through the bus at {info.nats_url} "
+                                        f"(supervisor pid {info.pid}){services}"), r.stderr
+    r = sup.fence("-d", "--bus", info.nats_url, "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines()[0] == f"[fence] Supervised run: through the bus at {info.nats_url} (--bus){services}"
+    assert "Lone run" not in r.stderr
+
+
 def test_direct_connections_still_fail_and_debug_shows_netns(sup, origin):
     cfg = sup.config({"allowedDomains": ["127.0.0.1"]})
     r = sup.fence("-d", "-s", str(cfg), "-c",
