@@ -180,6 +180,44 @@ def test_session_gone_after_the_run(sup, origin):
     assert 'fence_service_gauge{name="fence_proxy_sessions"} 0.0' in body
 
 
+def _run_metrics(url: str) -> dict[str, float]:
+    """The executor's run metrics from its /metrics page: ``{'phase/outcome': n, 'seconds_count': n, ...}``."""
+    import re
+    import urllib.request
+
+    body = urllib.request.urlopen(url, timeout=3).read().decode()
+    found = {}
+    for m in re.finditer(r"^fence_sandbox_runs_total\{(.*)\} (\S+)$", body, re.M):
+        labels = dict(re.findall(r'(\w+)="(\w*)"', m[1]))
+        found[f"{labels['phase']}/{labels['outcome']}"] = float(m[2])
+    for name, key in (("fence_sandbox_run_seconds_count", "seconds_count"),
+                      ('fence_service_gauge{name="fence_sandboxes_running"}', "running")):
+        m = re.search(rf"^{re.escape(name)} (\S+)$", body, re.M)
+        if m:
+            found[key] = float(m[1])
+    return found
+
+
+def test_executor_metrics_count_the_runs_clients_report(sup):
+    """The executor service never runs a sandbox (fence run does); it counts what runs report on the bus."""
+    executor = next(c for c in sup.info().components if c.name == "executor")
+    before = _run_metrics(executor.metrics_url)
+    runs = [sup.fence("--", "true"), sup.fence("-c", "exit 3"), sup.fence("-c", "kill -9 $$"),
+            sup.fence("-c", "reboot")]
+    assert [r.returncode for r in runs] == [0, 3, 137, 1], [r.stderr for r in runs]
+    want = {"started/started": 3, "exited/ok": 1, "exited/failed": 1, "exited/signal": 1,
+            "refused/preflight": 1, "seconds_count": 3}
+    deadline = time.monotonic() + 5
+    while True:  # events reach the service asynchronously
+        after = _run_metrics(executor.metrics_url)
+        delta = {key: after.get(key, 0) - before.get(key, 0) for key in want}
+        if delta == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert delta == want, after
+    assert after["running"] == 0
+
+
 def test_unreachable_proxy_fails_closed_before_the_command(sup, origin):
     cfg = sup.config({"allowedDomains": ["127.0.0.1"]})
     sock = sup.rdir / "proxy.sock"

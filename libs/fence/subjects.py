@@ -86,10 +86,12 @@ REQUESTS: tuple[Request, ...] = (
 
 EVENTS: tuple[EventKind, ...] = (
     # The run's own events come from `fence run` (client); only the proxy decides network verdicts.
-    # The monitor collects them all; `fence run -d/-m` watches its own sandbox's.
-    EventKind(kind="lifecycle", message="LifecycleEvent", published_by=(CLIENT,), watched_by=(MONITOR, CLIENT)),
+    # The monitor collects them all; `fence run -d/-m` watches its own sandbox's; the executor service
+    # counts the runs clients report (started, exited, refused by preflight) in its /metrics.
+    EventKind(kind="lifecycle", message="LifecycleEvent", published_by=(CLIENT,),
+              watched_by=(MONITOR, CLIENT, EXECUTOR)),
     EventKind(kind="preflight", message="PreflightBlockedEvent", published_by=(CLIENT,),
-              watched_by=(MONITOR, CLIENT)),
+              watched_by=(MONITOR, CLIENT, EXECUTOR)),
     EventKind(kind="net", message="NetDecisionEvent", published_by=(PROXY,), watched_by=(MONITOR, CLIENT)),
     EventKind(kind="exec", message="ExecBlockedEvent", published_by=(CLIENT,), watched_by=(MONITOR, CLIENT)),
     EventKind(kind="fs", message="ProtectedPathEvent", published_by=(CLIENT,), watched_by=(MONITOR, CLIENT)),

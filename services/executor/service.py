@@ -1,4 +1,4 @@
-"""The executor service: plans sandboxes on request (``fence.exec.plan``).
+"""The executor service: plans sandboxes on request (``fence.exec.plan``), counts the runs clients report.
 
 Launching stays with whoever owns the terminal (the ``fence run`` process);
 this service answers what a sandbox *would* be for a policy and command, so
@@ -6,6 +6,9 @@ tools and fleets can inspect plans over the bus.  The answer comes from the
 same two steps a run takes (``prepare.gather`` then ``prepare.prepare``), so
 it is the sandbox ``fence -d`` prints for the same inputs.  Detached starts
 (``fence.exec.start|signal|stdin``) build on it.
+
+Since runs execute elsewhere, its ``/metrics`` counts what runs report on the
+bus, their lifecycle and preflight events (``fence.executor.runstats``).
 """
 
 from __future__ import annotations
@@ -17,17 +20,31 @@ from fence.executor.errors import FenceError
 from fence.executor.host import HostError, host_facts
 from fence.executor.plan import render
 from fence.executor.prepare import gather, prepare
-from fence.messages import ExecPlanReply, ExecPlanRequest, ProxySessionOpened
+from fence.executor.runstats import RunStats
+from fence.messages import Event, ExecPlanReply, ExecPlanRequest, ProxySessionOpened
 from fence.service import Endpoint, Service
-from fence.subjects import EXEC_PLAN
+from fence.subjects import EVENTS, EXEC_PLAN, EXECUTOR
 
 
 class ExecutorService(Service):
     name = "fence-executor"
     description = "Plans and launches bubblewrap sandboxes"
 
+    def __init__(self, metrics=None):
+        super().__init__(metrics)
+        self.runs = RunStats(metrics)
+
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint("plan", EXEC_PLAN, ExecPlanRequest, self.plan)]
+
+    async def on_start(self, bus) -> None:
+        """Watch the event kinds the subject table gives this service (lifecycle, preflight) for ``runs``."""
+        for kind in EVENTS:
+            if EXECUTOR in kind.watched_by:
+                self._subs.append(await bus.subscribe(kind.subject, Event, self.on_event))
+
+    async def on_event(self, event) -> None:
+        self.runs.record(event)
 
     async def plan(self, req: ExecPlanRequest) -> ExecPlanReply:
         if not req.argv:
