@@ -43,14 +43,17 @@ Linux Sandbox Features:
   Audit: true (CAP_AUDIT_READ: false)
 
 Feature Status:
-  ✓ Minimum requirements met (bwrap)
-  ✓ Network namespace isolation: each sandbox (but relaxed "*") has its own network, reached only through fence's proxies
-  ✓ Seccomp: every sandbox runs under fence's syscall filter (denied calls fail with EPERM)
-  ✓ Landlock v7: fence adds filesystem rules inside the sandbox when something is writable or execute-only, or under defaultDenyRead
-  ✓ Runtime exec policy "argv" available (seccomp user notification): every exec checked, refusals shown by -m
-  ○ Violation reporting: -m shows blocked network requests, and execs refused under runtimeExecPolicy "argv"; filesystem and syscall denials are not reported
-  ○ eBPF monitoring: not implemented by fence
-"""
+""" + "".join(f"  {line}\n" for line in (
+        "✓ Minimum requirements met (bwrap)",
+        '✓ Network namespace isolation: each sandbox (but relaxed "*") has its own network, reached only through '
+        "fence's proxies",
+        "✓ Seccomp: every sandbox runs under fence's syscall filter (denied calls fail with EPERM)",
+        "✓ Landlock v7: fence adds filesystem rules inside the sandbox when something is writable or execute-only, "
+        "or under defaultDenyRead",
+        '✓ Runtime exec policy "argv" available (seccomp user notification): every exec checked, refusals shown by -m',
+        '○ Violation reporting: -m shows blocked network requests, and execs refused under runtimeExecPolicy "argv"; '
+        "filesystem and syscall denials are not reported",
+        "○ eBPF monitoring: not implemented by fence"))
 
 
 def test_report_on_a_poor_machine():

@@ -192,9 +192,9 @@ def _run_metrics(url: str) -> dict[str, float]:
         found[f"{labels['phase']}/{labels['outcome']}"] = float(m[2])
     for name, key in (("fence_sandbox_run_seconds_count", "seconds_count"),
                       ('fence_service_gauge{name="fence_sandboxes_running"}', "running")):
-        m = re.search(rf"^{re.escape(name)} (\S+)$", body, re.M)
-        if m:
-            found[key] = float(m[1])
+        value = re.search(rf"^{re.escape(name)} (\S+)$", body, re.M)
+        if value:
+            found[key] = float(value[1])
     return found
 
 

@@ -14,18 +14,24 @@ Joining: the network namespace is owned by the user namespace bwrap created
 (or nested: bwrap may create two), so we take the owner with the
 ``NS_GET_USERNS`` ioctl on the netns rather than trusting ``/proc/PID/ns/user``,
 join it (as its owner we hold every capability there), then join the netns.
-``setns`` into a user namespace needs a single-threaded caller: a forked
-child always is.  Root may skip the user namespace (it already has
-CAP_SYS_ADMIN over every child namespace).
+``setns`` into a user namespace needs a single-threaded caller and cannot be
+undone: a forked child does it.  Root needs no user namespace (it holds
+CAP_SYS_ADMIN over every child namespace and its own), so its calling
+thread enters the netns, binds, and comes back: no process at all
+(``setns`` is per thread).
 
 Every sandbox with its own network pays this (no-network runs too: their
-proxies deny every request, and say so), so ``listen_inside`` is kept to
-the fork itself: it speaks ``_socket``, the C half of ``socket`` (importing
-``socket`` builds four enums, ~2-3 ms), and calls ``setns`` through the init
-helper's ``_ctypes`` binding where Python has no ``os.setns`` (before 3.12;
-``import ctypes`` costs ~2-3 ms in the forked child).  Its listeners are
-``_socket.socket`` objects; ``as_socket`` makes one a ``socket.socket`` for
-code that accepts on it.  Measured here: ~1.5 ms for two listeners.
+proxies deny every request, and say so), so it is kept to the syscalls: it
+speaks ``_socket``, the C half of ``socket`` (importing ``socket`` builds
+four enums, ~2-3 ms), and calls ``setns`` through the init helper's
+``_ctypes`` binding where Python has no ``os.setns`` (before 3.12), bound
+before the fork (in a forked child of this process every touched page is
+copied: ``import ctypes`` there cost ~3 ms), and the child does not wait
+for the loopback unless it binds ``::1`` (``127.0.0.1`` can be bound before
+``lo`` is up).  Its listeners are ``_socket.socket`` objects; ``as_socket``
+makes one a ``socket.socket`` for code that accepts on it.  Measured here
+for the two proxy listeners (``bench``-style, interleaved, medians): root
+~0.15 ms, an unprivileged user ~2.5-3.5 ms (the fork; min ~1.2 ms).
 """
 
 from __future__ import annotations
@@ -63,25 +69,34 @@ def _report(sock, error: BaseException) -> None:
         pass
 
 
-def _setns(fd: int, nstype: int) -> None:
+def _setns_function():
+    """``setns(fd, nstype)`` as a callable, bound now.
+
+    Called before a fork, so the child only makes syscalls: every page a
+    forked child of this big process touches is copied, and an import there
+    (``ctypes``, or the binding itself) cost 2-3 ms on every run.
+    """
     if hasattr(os, "setns"):  # Python >= 3.12
-        os.setns(fd, nstype)
-        return
+        return os.setns
     number = SETNS_SYSCALL.get(os.uname().machine)
     if number is not None:
-        from fence.executor.inithelper import syscall
+        from fence.executor.inithelper import load_libc, syscall
 
-        syscall(number, fd, nstype)
-        return
+        load_libc()
+        return lambda fd, nstype: syscall(number, fd, nstype)
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, nstype) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+
+    def setns(fd: int, nstype: int) -> None:
+        if libc.setns(fd, nstype) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return setns
 
 
-def _enter_netns(pid: int) -> None:
+def _enter_netns(pid: int, setns) -> None:
     """Join the network namespace of ``pid`` (and the user namespace that owns it)."""
     import fcntl
 
@@ -89,13 +104,13 @@ def _enter_netns(pid: int) -> None:
     try:
         userfd = fcntl.ioctl(netfd, NS_GET_USERNS)
         try:
-            _setns(userfd, CLONE_NEWUSER)
+            setns(userfd, CLONE_NEWUSER)
         except OSError:
             if os.geteuid() != 0:  # root reaches a child netns without joining its userns
                 raise
         finally:
             os.close(userfd)
-        _setns(netfd, CLONE_NEWNET)
+        setns(netfd, CLONE_NEWNET)
     finally:
         os.close(netfd)
 
@@ -187,6 +202,32 @@ def _recv_fds(sock, size: int, most: int) -> tuple[bytes, list[int]]:
     return message, fds
 
 
+def _bind_all(addresses: list[tuple[str, int]]) -> tuple[list, str]:
+    """Listeners for ``addresses`` in the current netns and the mask of those made ("1"/"0", IPv6 optional)."""
+    if any(":" in host for host, _ in addresses):
+        _wait_loopback_up()  # ::1 exists only once lo is up; 127.0.0.1 can be bound before
+    socks, bound = [], []
+    try:
+        for host, port in addresses:
+            try:
+                socks.append(_listen_settled(host, port))
+                bound.append("1")
+            except OSError as e:
+                if not _optional(host, e):
+                    raise
+                bound.append("0")
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks, "".join(bound)
+
+
+def _failed(addresses: list[tuple[str, int]], reason: str) -> BridgeError:
+    wanted = ", ".join(f"{h}:{p}" for h, p in addresses)
+    return BridgeError(f"cannot create listeners ({wanted}) inside the sandbox network: {reason}")
+
+
 def listen_inside(pid: int, addresses: list[tuple[str, int]]) -> list:
     """Listening sockets (``_socket.socket``; see ``as_socket``) bound to ``addresses`` inside the network
     namespace of ``pid``.
@@ -195,25 +236,64 @@ def listen_inside(pid: int, addresses: list[tuple[str, int]]) -> list:
     a sandbox must never start with a proxy it was promised missing.  The one
     exception is an IPv6 address when the netns has no IPv6 (``::1`` cannot
     be bound): its slot is ``None``.
+
+    Where this thread may enter the netns itself (root, holding
+    CAP_SYS_ADMIN over it and its own namespace) it does, binds, and comes
+    back: no process at all.  Otherwise (an unprivileged user must join the
+    sandbox's user namespace first, which no thread of a running process can
+    undo) a forked child does it and sends the sockets back.
     """
+    setns = _setns_function()
+    if os.geteuid() == 0:
+        made = _listen_from_this_thread(pid, addresses, setns)
+        if made is not None:
+            return made
+    return _listen_from_a_child(pid, addresses, setns)
+
+
+def _listen_from_this_thread(pid: int, addresses: list[tuple[str, int]], setns) -> list | None:
+    """``listen_inside`` by moving this thread into the netns and back; None when the kernel refuses entry.
+
+    Only this thread changes namespace (``setns`` is per thread), for the
+    few syscalls below.  If it could not come back, every later socket of
+    this thread would be the sandbox's: that is an error, never ignored.
+    """
+    try:
+        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise _failed(addresses, f"{type(e).__name__}: {e}") from None
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            setns(target, CLONE_NEWNET)
+        except OSError as e:
+            if e.errno == errno.EPERM:
+                return None  # not privileged over it here: a child joins its user namespace first
+            raise _failed(addresses, f"{type(e).__name__}: {e}") from None
+        finally:
+            os.close(target)
+        try:
+            socks, mask = _bind_all(addresses)
+        except OSError as e:
+            raise _failed(addresses, f"{type(e).__name__}: {e}") from None
+        finally:
+            setns(own, CLONE_NEWNET)  # raises (and so stops the run) if this thread cannot come back
+    finally:
+        os.close(own)
+    it = iter(socks)
+    return [next(it) if bit == "1" else None for bit in mask]
+
+
+def _listen_from_a_child(pid: int, addresses: list[tuple[str, int]], setns) -> list:
     parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     helper = os.fork()
     if helper == 0:  # pragma: no cover - runs in the forked helper
         code = 0
         try:
             parent.close()
-            _enter_netns(pid)
-            _wait_loopback_up()
-            socks, bound = [], []
-            for host, port in addresses:
-                try:
-                    socks.append(_listen_settled(host, port))
-                    bound.append("1")
-                except OSError as e:
-                    if not _optional(host, e):
-                        raise
-                    bound.append("0")
-            _send_fds(child, b"ok " + "".join(bound).encode(), [s.fileno() for s in socks])
+            _enter_netns(pid, setns)
+            socks, mask = _bind_all(addresses)
+            _send_fds(child, b"ok " + mask.encode(), [s.fileno() for s in socks])
         except BaseException as e:  # report, never raise out of a forked child
             _report(child, e)
             code = 1
@@ -228,9 +308,7 @@ def listen_inside(pid: int, addresses: list[tuple[str, int]]) -> list:
     if len(mask) != len(addresses) or len(fds) != mask.count("1"):
         for fd in fds:
             os.close(fd)
-        reason = msg.decode(errors="replace").removeprefix("error: ") or "helper died"
-        wanted = ", ".join(f"{h}:{p}" for h, p in addresses)
-        raise BridgeError(f"cannot create listeners ({wanted}) inside the sandbox network: {reason}")
+        raise _failed(addresses, msg.decode(errors="replace").removeprefix("error: ") or "helper died")
     it = iter(fds)
     return [_socket.socket(fileno=next(it)) if bit == "1" else None for bit in mask]
 
@@ -263,6 +341,7 @@ class NetnsHelper:
         libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the child only calls prctl
         prctl = libc.prctl
         fence_pid = os.getpid()
+        setns = _setns_function()
         sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock: socket.socket | None = sock  # None once closed
         self.pid = os.fork()
@@ -275,7 +354,7 @@ class NetnsHelper:
                 prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
                 if os.getppid() != fence_pid:  # fence died before prctl
                     os._exit(1)
-                _enter_netns(pid)
+                _enter_netns(pid, setns)
                 _wait_loopback_up()
                 child.send(b"ready")
                 _serve_connects(child, connect_timeout)
