@@ -140,6 +140,10 @@ class Sandbox:
                     os.close(fd)
         if self.relay:
             self.relay.spawned(self.pid)
+        if self.plan.listen_inside:  # while bwrap starts: the bridge's imports overlap it
+            from fence.executor.bridge import get_ready
+
+            get_ready()
         try:
             self.init_pid = _read_child_pid(read_end)
         finally:
