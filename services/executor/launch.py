@@ -44,11 +44,16 @@ class LaunchError(Exception):
 class Sandbox:
     """A running sandbox: bwrap's pid, the sandbox init's pid, and signal relaying."""
 
-    def __init__(self, plan: SandboxPlan, relay_signals: bool = True, inherit: dict[int, int] | None = None):
+    def __init__(self, plan: SandboxPlan, relay_signals: bool = True, inherit: dict[int, int] | None = None,
+                 stdio: tuple[int, int, int] | None = None):
         """``inherit``: more fds for bwrap, ``{number in bwrap: our fd}`` (our fds above 10, close-on-exec;
         bwrap passes inherited fds on to the sandbox's command).  ``{fd: fd}`` keeps the number: a dup2
-        onto itself clears close-on-exec (glibc 2.29+)."""
+        onto itself clears close-on-exec (glibc 2.29+).  ``stdio``: our fds to become bwrap's 0, 1, 2
+        (a detached sandbox's pipes, above 10); None inherits ours (``fence run``)."""
+        if stdio is not None and plan.pty:
+            raise LaunchError("a PTY run relays this process's terminal: it takes no stdio of its own")
         self.plan = plan
+        self.stdio = stdio
         self.inherit = dict(inherit or {})
         self.relay_signals = relay_signals
         self.pid = 0
@@ -108,6 +113,8 @@ class Sandbox:
             if self.relay_signals:  # else the caller routes signals to on_signal (an event loop's handlers)
                 self._install_signal_relay()
             actions = self.relay.spawn_actions() if self.relay else []  # first: later dup2s may reuse its fd
+            if self.stdio is not None:  # first too: the targets 0-2 are no later source, nor these sources a target yet
+                actions += [(os.POSIX_SPAWN_DUP2, ours, target) for target, ours in enumerate(self.stdio)]
             actions.append((os.POSIX_SPAWN_DUP2, write_end, self.plan.info_fd))
             if block_read >= 0:
                 actions.append((os.POSIX_SPAWN_DUP2, block_read, self.plan.block_fd))
@@ -183,6 +190,17 @@ class Sandbox:
             if sock is not None:
                 sock.close()
         self.listeners = []
+
+    def kill(self) -> None:
+        """Stop the whole sandbox now (SIGKILL to its init and to bwrap) and reap bwrap."""
+        if self.init_pid:
+            _kill(self.init_pid, signal.SIGKILL)
+        _kill(self.pid, signal.SIGKILL)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:  # already reaped (its waiter got there first)
+            pass
+        self._restore_signals()
 
     def wait(self) -> int:
         """Wait for bwrap; its status is the command's (bwrap maps a signal death to 128+N)."""
