@@ -194,11 +194,10 @@ async def _wait(bus, sandbox: str) -> int:
     from fence.messages import ExecWaitReply, ExecWaitRequest
     from fence.subjects import EXEC_WAIT
 
-    seen = False
+    await _known(bus, sandbox)
     while True:
         reply = await _ask(bus, EXEC_WAIT, ExecWaitRequest(sandbox=sandbox, timeout=FOLLOW_WAIT), ExecWaitReply,
-                           FOLLOW_WAIT + GRACE, lost=sandbox if seen else "")
-        seen = True
+                           FOLLOW_WAIT + GRACE, lost=sandbox)
         if reply.info.state == "exited":
             return reply.info.exit_code if reply.info.exit_code is not None else 1
 
@@ -220,10 +219,10 @@ async def _attach(bus, sandbox: str) -> int:
     import signal
     import threading
 
-    from fence.messages import ExecAck, ExecSandboxRequest, ExecSignalRequest, ExecStdinRequest, SandboxInfo
-    from fence.subjects import EXEC_INFO, EXEC_SIGNAL, EXEC_STDIN
+    from fence.messages import ExecAck, ExecSignalRequest, ExecStdinRequest
+    from fence.subjects import EXEC_SIGNAL, EXEC_STDIN
 
-    info = await _ask(bus, EXEC_INFO, ExecSandboxRequest(sandbox=sandbox), SandboxInfo)
+    info = await _known(bus, sandbox)
     loop = asyncio.get_running_loop()
     tasks: set = set()
 
@@ -276,6 +275,14 @@ async def _attach(bus, sandbox: str) -> int:
     return final.exit_code if final is not None and final.exit_code is not None else 1
 
 
+async def _known(bus, sandbox: str):
+    """The sandbox's ``SandboxInfo``: from here on, silence from the executor means it was lost."""
+    from fence.messages import ExecSandboxRequest, SandboxInfo
+    from fence.subjects import EXEC_INFO
+
+    return await _ask(bus, EXEC_INFO, ExecSandboxRequest(sandbox=sandbox), SandboxInfo)
+
+
 async def _follow(bus, sandbox: str, live: bool):
     """Print the sandbox's output from the start of what is retained; with ``live`` until it ends.
 
@@ -283,13 +290,13 @@ async def _follow(bus, sandbox: str, live: bool):
     from fence.messages import ExecOutputReply, ExecOutputRequest
     from fence.subjects import EXEC_OUTPUT
 
-    after, seen = 0, False
+    await _known(bus, sandbox)
+    after = 0
     out, err = sys.stdout.buffer, sys.stderr.buffer
     while True:
         wait = FOLLOW_WAIT if live else 0.0
         reply = await _ask(bus, EXEC_OUTPUT, ExecOutputRequest(sandbox=sandbox, after=after, wait=wait),
-                           ExecOutputReply, wait + GRACE, lost=sandbox if seen else "")
-        seen = True
+                           ExecOutputReply, wait + GRACE, lost=sandbox)
         for chunk in reply.chunks:
             if chunk.stream == "dropped":
                 out.flush()
