@@ -91,7 +91,7 @@ def _parse(command: str, args: list[str]) -> dict:
         arg = args[i]
         if arg in ("-h", "--help"):
             opts["help"] = True
-        elif arg == "--bus" or arg == "-s" and command == "kill":
+        elif arg == "--bus" or (arg == "-s" and command == "kill"):
             if i + 1 >= len(args):
                 raise CliError(f"flag needs an argument: {arg}")
             i += 1
@@ -230,7 +230,7 @@ async def _attach(bus, sandbox: str) -> int:
         task = loop.create_task(_ask(bus, EXEC_SIGNAL, ExecSignalRequest(sandbox=sandbox, signal=str(signum)),
                                      ExecAck))
         tasks.add(task)
-        task.add_done_callback(lambda t: (tasks.discard(t), t.cancelled() or t.exception()))
+        task.add_done_callback(_forgotten(tasks))
 
     for name in FORWARDED:
         loop.add_signal_handler(getattr(signal, name), forward, getattr(signal, name))
@@ -273,6 +273,16 @@ async def _attach(bus, sandbox: str) -> int:
         if feeder is not None:
             feeder.cancel()
     return final.exit_code if final is not None and final.exit_code is not None else 1
+
+
+def _forgotten(tasks: set):
+    """A done callback: drop the task, and read its outcome (a signal that could not go is not an error)."""
+    def done(task) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    return done
 
 
 async def _known(bus, sandbox: str):

@@ -222,7 +222,7 @@ class Detached:
         exited = loop.create_future()
         try:
             self.pidfd = os.pidfd_open(sandbox.pid)
-            loop.add_reader(self.pidfd, lambda: exited.done() or exited.set_result(None))
+            loop.add_reader(self.pidfd, _settle, exited)
             await exited
             loop.remove_reader(self.pidfd)
             _, status = os.waitpid(sandbox.pid, 0)
@@ -385,6 +385,11 @@ class Fleet:
             detached.kill()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=1.0)
+
+
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def parse_signal(value: str) -> int:

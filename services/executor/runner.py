@@ -87,6 +87,7 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
     """
     running = await start(bus, req, host, relay_signals=relay_signals, attach=attach)
     try:
+        assert running.sandbox is not None  # start returns only once it runs
         _collect_from_now_on()
         code = await wait(running.sandbox)
         await running.exited(code)
