@@ -259,6 +259,49 @@ def test_a_reader_that_stops_reading_stalls_nothing(fleet):
     assert text_of(reply.chunks).endswith("x\nlast\n")
 
 
+async def read_until(bus, sandbox: str, text: str, timeout: float = 20) -> str:
+    """The output from the start until ``text`` appears in it."""
+    seen, after = b"", 0
+    deadline = time.monotonic() + timeout
+    while text.encode() not in seen:
+        assert time.monotonic() < deadline, f"{text!r} never came: {seen!r}"
+        reply = await bus.request(EXEC_OUTPUT, ExecOutputRequest(sandbox=sandbox, after=after, wait=2),
+                                  ExecOutputReply, timeout=10)
+        seen += b"".join(c.data for c in reply.chunks)
+        after = reply.chunks[-1].seq if reply.chunks else after
+        assert not reply.ended or text.encode() in seen, seen
+    return seen.decode(errors="replace")
+
+
+def test_a_tty_sandbox_gets_a_terminal_and_with_allow_pty_owns_it(fleet):
+    """``tty``: a PTY as stdio; with ``allowPty`` the command's controlling terminal, so a Ctrl-C byte
+    written to it is SIGINT for the foreground group, and EOF is Ctrl-D."""
+    cfg = fleet.write("pty.json", json.dumps({"allowPty": True}))
+    script = ("test -t 0 && test -t 1 && echo is-a-tty; (: < /dev/tty) 2>/dev/null && echo has-ctty; "
+              "trap 'echo INT-seen; exit 4' INT; read line; echo got:$line; while :; do sleep 0.05; done")
+
+    async def scenario(bus):
+        owned = await start(bus, fleet, ["sh", "-c", script], tty=True, settings=str(cfg))
+        await read_until(bus, owned.sandbox, "is-a-tty")
+        await bus.request(EXEC_STDIN, ExecStdinRequest(sandbox=owned.sandbox, data=b"hello\n"), ExecAck)
+        await read_until(bus, owned.sandbox, "got:hello")
+        await bus.request(EXEC_STDIN, ExecStdinRequest(sandbox=owned.sandbox, data=b"\x03"), ExecAck)
+        owned_end = await wait_for(bus, owned.sandbox)
+        owned_out = text_of(await read_all(bus, owned.sandbox))
+        plain = await start(bus, fleet, ["sh", "-c", "test -t 1 && echo is-a-tty; (: < /dev/tty) 2>/dev/null "
+                                                     "&& echo has-ctty; cat"], tty=True)
+        await bus.request(EXEC_STDIN, ExecStdinRequest(sandbox=plain.sandbox, data=b"typed\n", eof=True), ExecAck)
+        plain_end = await wait_for(bus, plain.sandbox)
+        return owned_end, owned_out, plain_end, text_of(await read_all(bus, plain.sandbox))
+
+    owned_end, owned_out, plain_end, plain_out = fleet.api(scenario)
+    assert owned_end.tty and owned_end.exit_code == 4, owned_out
+    assert "is-a-tty" in owned_out and "has-ctty" in owned_out and "INT-seen" in owned_out
+    assert "hello\r\n" in owned_out  # the terminal echoes what is typed, with its line discipline
+    assert plain_end.exit_code == 0 and "is-a-tty" in plain_out and "has-ctty" not in plain_out, plain_out
+    assert plain_out.count("typed") == 2  # echoed, then cat's copy
+
+
 # --- typed errors ----------------------------------------------------------------------------------
 
 def test_bad_start_requests_get_typed_errors_naming_the_field(fleet):
@@ -279,6 +322,7 @@ def test_bad_start_requests_get_typed_errors_naming_the_field(fleet):
             "missing settings": ExecStartRequest(argv=["true"], cwd=root, settings="missing.json"),
             "blocked command": ExecStartRequest(argv=["git", "push"], cwd=root, settings=str(deny)),
             "tail": ExecStartRequest(argv=["true"], cwd=root, tail_bytes=-1),
+            "label": ExecStartRequest(argv=["true"], cwd=root, labels={"": "x"}),
         }
         found = {name: await error_of(bus, EXEC_START, msg, ExecStartReply) for name, msg in cases.items()}
         listed = await bus.request(EXEC_LIST, ExecListRequest(), ExecListReply)
@@ -293,7 +337,7 @@ def test_bad_start_requests_get_typed_errors_naming_the_field(fleet):
         "oversized env": ("invalid", "env"), "bad env name": ("invalid", "env"),
         "unknown template": ("refused", "template"), "bad policy": ("refused", "settings"),
         "missing settings": ("refused", "settings"), "blocked command": ("refused", "argv"),
-        "tail": ("invalid", "tail_bytes")}, {n: e.message for n, e in found.items()}
+        "tail": ("invalid", "tail_bytes"), "label": ("invalid", "labels")}, {n: e.message for n, e in found.items()}
     assert "command not found: no-such-command-xyz" in found["not found"].message
     assert "*.com" in found["bad policy"].message and "missing.json" in found["missing settings"].message
     assert len(listed.sandboxes) == len(before.sandboxes)  # nothing was started
@@ -414,6 +458,24 @@ def test_attach_forwards_signals(fleet):
     assert (attach.returncode, out) == (11, "INT-seen\n"), err
 
 
+def test_cli_attach_to_a_tty_sandbox_from_a_terminal(fleet):
+    """``fence attach`` on a real terminal: raw mode while attached (keys, Ctrl-C too, go to the sandbox's
+    PTY), the terminal restored after, the sandbox's exit code."""
+    cfg = fleet.write("pty-cli.json", json.dumps({"allowPty": True}))
+    script = "trap 'echo INT-seen; exit 6' INT; read line; echo got:$line; while :; do sleep 0.05; done"
+    r = fleet.fence("run", "--detach", "--tty", "-s", str(cfg), "--", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    with fleet.runner.terminal("attach", r.stdout.strip(), env=fleet.env, cwd=str(fleet.root)) as term:
+        before = term.modes()
+        time.sleep(1)
+        term.send(b"typed\r")
+        term.expect("got:typed")
+        term.send(b"\x03")
+        term.expect("INT-seen")
+        assert term.wait() == 6
+        assert term.modes() == before
+
+
 def test_cli_errors(fleet):
     ghost = "0123456789ab"
     for args in (("logs", ghost), ("attach", ghost), ("kill", ghost), ("kill", "-s", "TERM", ghost),
@@ -422,8 +484,9 @@ def test_cli_errors(fleet):
         assert (r.returncode, r.stderr) == (1, f"Error: no sandbox '{ghost}'\n"), args
     r = fleet.fence("run", "--detach", "--", "no-such-command-xyz")
     assert r.returncode == 127 and "command not found" in r.stderr
-    r = fleet.fence("run", "--label", "a=b", "--", "true")
-    assert r.returncode == 1 and "--detach" in r.stderr
+    for flags in (("--label", "a=b"), ("--tty",), ("-i",), ("--tail", "10")):
+        r = fleet.fence("run", *flags, "--", "true")
+        assert r.returncode == 1 and "are for fence run --detach" in r.stderr, flags
     r = fleet.fence("logs")
     assert r.returncode == 1 and "one sandbox id" in r.stderr
 
@@ -470,8 +533,8 @@ def test_executor_killed_takes_its_sandboxes_and_tells_clients(fleet):
     pids = [s.pid for s in info.sandboxes if s.sandbox in ids]
     assert len(pids) == 2 and all(pid_alive(p) for p in pids)
     attach = fleet.popen("attach", ids[0], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    waiter = fleet.popen("wait", ids[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert attach.stdout.readline() == "up\n"
+    follower = fleet.popen("logs", "-f", ids[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert attach.stdout.readline() == "up\n" and follower.stdout.readline() == "up\n"  # both follow now
     old = fleet.executor_pid()
     os.kill(old, signal.SIGKILL)
     deadline = time.monotonic() + 10
@@ -480,8 +543,8 @@ def test_executor_killed_takes_its_sandboxes_and_tells_clients(fleet):
     assert not any(pid_alive(p) for p in pids), "a sandbox outlived its executor"
     _, err = attach.communicate(timeout=30)
     assert attach.returncode == 1 and f"Error: executor lost: sandbox {ids[0]}" in err, err
-    _, err = waiter.communicate(timeout=30)
-    assert waiter.returncode == 1 and f"Error: executor lost: sandbox {ids[1]}" in err, err
+    _, err = follower.communicate(timeout=30)
+    assert follower.returncode == 1 and f"Error: executor lost: sandbox {ids[1]}" in err, err
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         component = next(c for c in fleet.info().components if c.name == "executor")

@@ -30,7 +30,7 @@ Usage:
   fence up [--detach]       start the supervisor (NATS bus + services)
   fence status              show the supervisor's components
   fence down                stop the supervisor
-  fence run --detach [-i] [--label K=V] [--tail BYTES] [flags] -- COMMAND [ARGS...]
+  fence run --detach [-i] [--tty] [--label K=V] [--tail BYTES] [flags] -- COMMAND [ARGS...]
                             start a sandbox in the supervisor's executor; print its id
   fence ps [--json] | logs [-f] ID | attach ID | kill [-s SIG] ID | wait ID
                             detached sandboxes (docs/fleet.md)
@@ -82,6 +82,7 @@ class RunOptions:
         self.ports: list[tuple[str, int]] = []
         self.detach = False
         self.interactive = False
+        self.tty = False
         self.labels: dict[str, str] = {}
         self.tail = 0
 
@@ -92,7 +93,7 @@ _VALUE_FLAGS = {"-c": "command_string", "-s": "settings", "--settings": "setting
 _BOOL_FLAGS = {"-d": "debug", "--debug": "debug", "-m": "monitor", "--monitor": "monitor",
                "--force-new-session": "force_new_session", "-v": "version", "--version": "version",
                "--linux-features": "linux_features", "--detach": "detach", "-i": "interactive",
-               "--interactive": "interactive",
+               "--interactive": "interactive", "--tty": "tty",
                "-h": "help", "--help": "help"}
 
 
@@ -210,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     if opts.version:
         print_version()
         return 0
-    if not opts.detach and (opts.interactive or opts.labels or opts.tail):
-        return error("-i/--interactive, --label and --tail are for fence run --detach")
+    if not opts.detach and (opts.interactive or opts.tty or opts.labels or opts.tail):
+        return error("-i/--interactive, --tty, --label and --tail are for fence run --detach")
     if opts.linux_features:
         from fence.executor.features import detect, report
 
@@ -299,7 +300,7 @@ def _start_detached(opts: RunOptions, command: list[str], env: dict[str, str]) -
         return error(f"fence run --detach: {e}")
     return fleetcli.start_detached(url, ExecStartRequest(
         argv=command, cwd=os.getcwd(), env=env, template=opts.template, settings=opts.settings,
-        command_string=opts.command_string or "", stdin=opts.interactive, labels=opts.labels,
+        command_string=opts.command_string or "", stdin=opts.interactive, tty=opts.tty, labels=opts.labels,
         tail_bytes=opts.tail))
 
 

@@ -21,7 +21,7 @@ import time
 
 USAGE = """\
 Usage:
-  fence run --detach [-i] [--label K=V]... [--tail BYTES] [flags] -- COMMAND [ARGS...]
+  fence run --detach [-i] [--tty] [--label K=V]... [--tail BYTES] [flags] -- COMMAND [ARGS...]
   fence ps [--json]                 detached sandboxes: id, tenant, labels, command, state, age, exit
   fence logs [-f] ID                output retained so far (-f: then follow it to the end)
   fence attach ID                   output, stdin, signals; exits with the sandbox's code
@@ -235,6 +235,7 @@ async def _attach(bus, sandbox: str) -> int:
     for name in FORWARDED:
         loop.add_signal_handler(getattr(signal, name), forward, getattr(signal, name))
     feeder = None
+    restore = _raw_terminal() if info.tty and info.state == "running" else None
     if info.stdin and info.state == "running":
         queue: asyncio.Queue = asyncio.Queue(maxsize=16)
 
@@ -272,7 +273,27 @@ async def _attach(bus, sandbox: str) -> int:
             loop.remove_signal_handler(getattr(signal, name))
         if feeder is not None:
             feeder.cancel()
+        if restore is not None:
+            restore()
     return final.exit_code if final is not None and final.exit_code is not None else 1
+
+
+def _raw_terminal():
+    """Our terminal in raw mode for a sandbox's PTY (every key, Ctrl-C too, goes to it); returns how to
+    restore it, or None when stdin is no terminal."""
+    import termios
+    import tty
+
+    try:
+        saved = termios.tcgetattr(0)
+    except (termios.error, OSError):
+        return None
+    tty.setraw(0, termios.TCSANOW)
+
+    def restore() -> None:
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+    return restore
 
 
 def _forgotten(tasks: set):

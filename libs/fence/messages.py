@@ -233,7 +233,9 @@ class ExecStartRequest(Message):
     or relative to ``cwd``), else from discovery in ``cwd`` as for ``fence run``.
     ``env``: variables added over the executor's own environment (a client's
     whole environment for ``fence run --detach``).  ``stdin``: give the command
-    a pipe fed by ``fence.exec.stdin`` (else ``/dev/null``).  ``tail_bytes``:
+    a pipe fed by ``fence.exec.stdin`` (else ``/dev/null``).  ``tty``: a PTY as its
+    stdin, stdout and stderr instead (its output is one stream, ``stdout``; with
+    ``allowPty`` the command owns it as its controlling terminal).  ``tail_bytes``:
     how much output the sandbox retains for late readers (0: the default).
     """
 
@@ -345,6 +347,7 @@ class SandboxInfo(Message):
     output_chunks: int = 0
     output_bytes: int = 0
     stdin: bool = False
+    tty: bool = False
 
 
 class ExecOutputReply(Message):

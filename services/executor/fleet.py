@@ -28,6 +28,8 @@ import asyncio
 import fcntl
 import os
 import signal as signals
+import struct
+import termios
 import time
 from collections import OrderedDict
 
@@ -58,6 +60,8 @@ STDIN_BUFFER = 1024 * 1024
 """Bytes of stdin waiting for the command to read them; beyond this a client is told ``busy``."""
 DRAIN_AFTER_EXIT = 2.0
 """Seconds the pipes may still deliver after bwrap ended (everything inside died with its init)."""
+TTY_ROWS, TTY_COLUMNS = 24, 80
+"""The window size a detached PTY starts with."""
 OWN_VARIABLES = ("FENCE_BUS_CREDS", "FENCE_SUPERVISOR_PID", "FENCE_PROXY_HANDOFF")
 """The service process's own settings from the supervisor: never a sandbox's environment."""
 
@@ -86,9 +90,6 @@ def check_start(req: ExecStartRequest, env: dict[str, str]) -> None:
                            "invalid", "env")
     if req.tail_bytes < 0 or req.tail_bytes > MAX_TAIL:
         raise ServiceError(f"tail_bytes must be between 0 and {MAX_TAIL}", "invalid", "tail_bytes")
-    if req.tty:
-        raise ServiceError("a PTY for a detached sandbox is not supported yet: start it without tty",
-                           "invalid", "tty")
     if any(not k or any(c in k for c in "\0=") or "\0" in v for k, v in req.labels.items()):
         raise ServiceError("labels: a key is non-empty without '=' or NUL, a value holds no NUL", "invalid", "labels")
     command = req.argv[0] if "/" not in req.argv[0] else os.path.join(req.cwd, req.argv[0])
@@ -116,6 +117,8 @@ class Detached:
         self.stdin_fd = -1
         self.stdin_buffer = bytearray()
         self.stdin_eof = False
+        self.tty = -1
+        """The PTY's master of a ``tty`` sandbox (its output is read there too), else -1."""
         self.pidfd = -1
         self.done = asyncio.Event()
         self._changed = asyncio.Event()
@@ -158,6 +161,8 @@ class Detached:
             if data:
                 raise ServiceError(f"stdin of sandbox {self.id} is closed", "closed", "stdin")
             return
+        if eof and self.tty >= 0:  # a terminal stays open: its end of input is the EOF character (Ctrl-D)
+            data, eof = data + b"\x04", False
         if len(self.stdin_buffer) + len(data) > STDIN_BUFFER:
             raise ServiceError(f"stdin of sandbox {self.id}: the command is not reading; "
                                f"{len(self.stdin_buffer)} bytes wait already", "busy", "stdin")
@@ -199,8 +204,20 @@ class Detached:
     # signals and the end ------------------------------------------------------------------
     def signal(self, signum: int) -> None:
         """``signum`` to the command's process group (``Sandbox.deliver``: as a terminal would)."""
-        if self.state == "running" and self.running is not None and self.running.sandbox is not None:
-            self.running.sandbox.deliver(signum)
+        if self.state != "running" or self.running is None or self.running.sandbox is None:
+            return
+        if self.tty >= 0:  # as a terminal would: to the PTY's foreground group, once the command has one
+            try:
+                group = os.tcgetpgrp(self.tty)
+            except OSError:
+                group = 0
+            if group > 0 and group != self.running.sandbox.pid:
+                try:
+                    os.killpg(group, signum)
+                    return
+                except OSError:
+                    pass
+        self.running.sandbox.deliver(signum)
 
     def kill(self) -> None:
         """The whole sandbox, now: SIGKILL to its init and bwrap (reaped by ``on_exit``)."""
@@ -258,7 +275,8 @@ class Detached:
                            started=self.started, pid=self.running.pid if self.running is not None else 0,
                            tenant=self.req.tenant, labels=self.req.labels, ended=self.ended, exit_code=code,
                            signal=code - 128 if code is not None and code > 128 else None,
-                           output_chunks=self.log.last, output_bytes=self.log.total_bytes, stdin=self.req.stdin)
+                           output_chunks=self.log.last, output_bytes=self.log.total_bytes,
+                           stdin=self.req.stdin or self.req.tty, tty=self.req.tty)
 
 
 class Fleet:
@@ -287,8 +305,8 @@ class Fleet:
         detached = Detached(sandbox, req)
         run_req = runner.RunRequest(command=list(req.argv), cwd=req.cwd, env=env, sandbox=sandbox,
                                     command_string=req.command_string, settings=req.settings,
-                                    template=req.template, terminal=False)
-        theirs, ours = _stdio(req.stdin)
+                                    template=req.template, terminal=req.tty)
+        theirs, ours = _stdio(req.stdin, req.tty)
         warnings: list[str] = []
         try:
             detached.running = await runner.start(bus, run_req, host, relay_signals=False, stdio=theirs,
@@ -308,7 +326,9 @@ class Fleet:
             _close(ours)
             raise
         finally:
-            _close(theirs)
+            _close(tuple(dict.fromkeys(theirs)))  # a PTY's slave is all three
+        if req.tty:
+            detached.tty = ours[1]
         self._adopt(detached, ours)
         return ExecStartReply(sandbox=sandbox, pid=detached.running.pid, warnings=warnings)
 
@@ -317,8 +337,8 @@ class Fleet:
         loop = asyncio.get_running_loop()
         stdin, stdout, stderr = ours
         detached.stdin_fd = stdin
-        detached.readers = {stdout: "stdout", stderr: "stderr"}
-        for fd in (stdout, stderr):
+        detached.readers = {fd: name for fd, name in ((stdout, "stdout"), (stderr, "stderr")) if fd >= 0}
+        for fd in detached.readers:
             loop.add_reader(fd, detached.on_readable, fd)
         detached.state = "running"
         self.sandboxes[detached.id] = detached
@@ -414,11 +434,24 @@ def _masked_dirs(env: dict[str, str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys((runtime_dir(), runtime_dir(env))))
 
 
-def _stdio(with_stdin: bool) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+def _stdio(with_stdin: bool, tty: bool) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """(bwrap's ends, ours) of the sandbox's stdio: pipes (stdin /dev/null unless asked); ours non-blocking.
 
-    Every end sits above 10, close-on-exec: bwrap gets its copies as 0, 1, 2 by dup2."""
+    With ``tty``: a new PTY, its slave as all three, and ours the master (twice: stdin is written to a
+    copy of it, output read from it; no stderr of its own, a terminal has one stream).  Every end sits
+    above 10, close-on-exec: bwrap gets its copies as 0, 1, 2 by dup2."""
     made: list[int] = []
+    if tty:
+        try:
+            master, slave = os.openpty()
+            master, slave = _high(master, made), _high(slave, made)
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", TTY_ROWS, TTY_COLUMNS, 0, 0))
+            os.set_blocking(master, False)
+            writer = _high(os.dup(master), made)
+        except BaseException:
+            _close(tuple(made))
+            raise
+        return (slave, slave, slave), (writer, master, -1)
     try:
         if with_stdin:
             stdin_read, stdin_write = _pipe(made)

@@ -15,7 +15,10 @@ A PTY run (``plan.pty``) differs only in where stdio and signals go:
 ``fence.executor.ptyrelay`` opens the PTY, bwrap starts in a session of its
 own with the PTY as stdio, ``waitpid`` relays the terminal until bwrap ends,
 and every signal goes to the relay (which resizes, hangs up, or forwards to
-the PTY's foreground group, as a terminal would).
+the PTY's foreground group, as a terminal would).  A detached PTY sandbox
+(``fence.executor.fleet``) brings its own PTY as ``stdio``: bwrap starts in
+a session of its own the same way, and the executor service relays nothing
+here (it pumps the master on its event loop).
 
 Uses ``os.posix_spawn`` directly: the ``subprocess`` module costs ~10 ms of
 imports on every run and we need none of it.
@@ -49,9 +52,8 @@ class Sandbox:
         """``inherit``: more fds for bwrap, ``{number in bwrap: our fd}`` (our fds above 10, close-on-exec;
         bwrap passes inherited fds on to the sandbox's command).  ``{fd: fd}`` keeps the number: a dup2
         onto itself clears close-on-exec (glibc 2.29+).  ``stdio``: our fds to become bwrap's 0, 1, 2
-        (a detached sandbox's pipes, above 10); None inherits ours (``fence run``)."""
-        if stdio is not None and plan.pty:
-            raise LaunchError("a PTY run relays this process's terminal: it takes no stdio of its own")
+        (a detached sandbox's pipes or PTY slave, above 10); None inherits ours (``fence run``).  A PTY
+        run with ``stdio`` takes the caller's PTY (a detached sandbox's) and relays nothing itself."""
         self.plan = plan
         self.stdio = stdio
         self.inherit = dict(inherit or {})
@@ -98,7 +100,7 @@ class Sandbox:
         block_read = block_write = -1
         if self.plan.block_fd:
             block_read, block_write = _pipe()
-        if self.plan.pty:
+        if self.plan.pty and self.stdio is None:
             from fence.executor.ptyrelay import PtyRelay
 
             try:
@@ -128,7 +130,7 @@ class Sandbox:
             actions += [(os.POSIX_SPAWN_DUP2, ours, target) for target, ours in moved.items()]
             # own process group (Ctrl-C reaches fence only), or for a PTY run its own session with no
             # controlling terminal: nothing in the sandbox shares the user's terminal session
-            group: dict[str, Any] = {"setsid": True} if self.relay else {"setpgroup": 0}
+            group: dict[str, Any] = {"setsid": True} if self.plan.pty else {"setpgroup": 0}
             try:
                 self.pid = os.posix_spawn(self.plan.argv[0], self.plan.argv, self.plan.env,
                                           file_actions=actions, **group)
