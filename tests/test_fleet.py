@@ -162,6 +162,27 @@ def test_start_list_info_wait_and_ordered_output(fleet):
     assert text_of(chunks, "stderr") == "err1\n"
 
 
+def test_policy_by_template_settings_or_inline_config(fleet):
+    """The three ways to name a policy give the sandbox that policy (here: its network mode)."""
+    cfg = fleet.write("filtered.json", json.dumps({"network": {"allowedDomains": ["example.com"]}}))
+    probe = ["sh", "-c", "echo proxy=${HTTP_PROXY:-none}"]
+
+    async def scenario(bus):
+        out = {}
+        for name, how in (("template", {"template": "disable-telemetry"}), ("settings", {"settings": str(cfg)}),
+                          ("config", {"config": {"network": {"allowedDomains": ["example.com"]}}}),
+                          ("defaults", {})):
+            started = await start(bus, fleet, probe, **how)
+            out[name] = text_of(await read_all(bus, started.sandbox))
+        return out
+
+    out = fleet.api(scenario)
+    assert out["settings"] == out["config"] == "proxy=http://127.0.0.1:3128\n", out
+    assert out["defaults"] == "proxy=none\n", out
+    assert out["template"].startswith("proxy="), out  # ran under the template (a template that writes
+    # nothing: one that reserves placeholders leaves its lock files in the runtime dir after fence down)
+
+
 def test_stdin_round_trip(fleet):
     async def scenario(bus):
         started = await start(bus, fleet, ["cat"], stdin=True)
@@ -322,6 +343,8 @@ def test_bad_start_requests_get_typed_errors_naming_the_field(fleet):
             "missing settings": ExecStartRequest(argv=["true"], cwd=root, settings="missing.json"),
             "blocked command": ExecStartRequest(argv=["git", "push"], cwd=root, settings=str(deny)),
             "tail": ExecStartRequest(argv=["true"], cwd=root, tail_bytes=-1),
+            "bad inline config": ExecStartRequest(argv=["true"], cwd=root, config={"bogus": 1}),
+            "two policies": ExecStartRequest(argv=["true"], cwd=root, config={}, template="code"),
             "label": ExecStartRequest(argv=["true"], cwd=root, labels={"": "x"}),
         }
         found = {name: await error_of(bus, EXEC_START, msg, ExecStartReply) for name, msg in cases.items()}
@@ -337,9 +360,12 @@ def test_bad_start_requests_get_typed_errors_naming_the_field(fleet):
         "oversized env": ("invalid", "env"), "bad env name": ("invalid", "env"),
         "unknown template": ("refused", "template"), "bad policy": ("refused", "settings"),
         "missing settings": ("refused", "settings"), "blocked command": ("refused", "argv"),
-        "tail": ("invalid", "tail_bytes"), "label": ("invalid", "labels")}, {n: e.message for n, e in found.items()}
+        "tail": ("invalid", "tail_bytes"), "label": ("invalid", "labels"),
+        "bad inline config": ("refused", "config"), "two policies": ("invalid", "config")}, {n: e.message for n, e in found.items()}
     assert "command not found: no-such-command-xyz" in found["not found"].message
     assert "*.com" in found["bad policy"].message and "missing.json" in found["missing settings"].message
+    assert 'in the inline config: $.bogus: unknown key "bogus"' in found["bad inline config"].message
+    assert not (fleet.rdir / "inline").exists()  # the inline config's file went with its start
     assert len(listed.sandboxes) == len(before.sandboxes)  # nothing was started
 
 

@@ -14,6 +14,8 @@ is said.  Keep this module free of logic: it is imported on every run.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from fence.policy import NetworkConfig, Policy
@@ -229,8 +231,10 @@ class ExecPlanReply(Message):
 class ExecStartRequest(Message):
     """Start a detached sandbox: the executor service owns it, its client may leave and come back.
 
-    The policy comes from ``template`` or ``settings`` (a config file, absolute
-    or relative to ``cwd``), else from discovery in ``cwd`` as for ``fence run``.
+    The policy comes from ``template``, ``settings`` (a config file, absolute
+    or relative to ``cwd``) or ``config`` (a config object, as a file would hold
+    it; its ``extends`` names a template or an absolute path), else from
+    discovery in ``cwd`` as for ``fence run``.
     ``env``: variables added over the executor's own environment (a client's
     whole environment for ``fence run --detach``).  ``stdin``: give the command
     a pipe fed by ``fence.exec.stdin`` (else ``/dev/null``).  ``tty``: a PTY as its
@@ -244,6 +248,7 @@ class ExecStartRequest(Message):
     env: dict[str, str] = {}
     template: str = ""
     settings: str = ""
+    config: dict[str, Any] | None = None
     command_string: str = ""
     """``fence run --detach -c``: what preflight parses (argv is then ``[shell, -c, it]``)."""
     stdin: bool = False

@@ -60,6 +60,8 @@ STDIN_BUFFER = 1024 * 1024
 """Bytes of stdin waiting for the command to read them; beyond this a client is told ``busy``."""
 DRAIN_AFTER_EXIT = 2.0
 """Seconds the pipes may still deliver after bwrap ended (everything inside died with its init)."""
+INLINE_DIR = "inline"
+"""Where inline configs wait (in the runtime dir) for the config service to read them."""
 TTY_ROWS, TTY_COLUMNS = 24, 80
 """The window size a detached PTY starts with."""
 OWN_VARIABLES = ("FENCE_BUS_CREDS", "FENCE_SUPERVISOR_PID", "FENCE_PROXY_HANDOFF")
@@ -88,6 +90,8 @@ def check_start(req: ExecStartRequest, env: dict[str, str]) -> None:
     if bad is not None:
         raise ServiceError(f"env: invalid variable {bad!r} (a name holds no '=' or NUL, a value no NUL)",
                            "invalid", "env")
+    if req.config is not None and (req.template or req.settings):
+        raise ServiceError("give the policy as one of template, settings or config", "invalid", "config")
     if req.tail_bytes < 0 or req.tail_bytes > MAX_TAIL:
         raise ServiceError(f"tail_bytes must be between 0 and {MAX_TAIL}", "invalid", "tail_bytes")
     if any(not k or any(c in k for c in "\0=") or "\0" in v for k, v in req.labels.items()):
@@ -303,8 +307,9 @@ class Fleet:
             raise ServiceError(str(e), "unavailable") from None
         sandbox = runner.new_sandbox_id()
         detached = Detached(sandbox, req)
+        inline = _write_inline(req.config, sandbox) if req.config is not None else ""
         run_req = runner.RunRequest(command=list(req.argv), cwd=req.cwd, env=env, sandbox=sandbox,
-                                    command_string=req.command_string, settings=req.settings,
+                                    command_string=req.command_string, settings=inline or req.settings,
                                     template=req.template, terminal=req.tty)
         theirs, ours = _stdio(req.stdin, req.tty)
         warnings: list[str] = []
@@ -314,8 +319,9 @@ class Fleet:
         except runner.StartRefused as e:
             _close(ours)
             field = e.field if e.field != "policy" else "template" if req.template else \
-                "settings" if req.settings else "policy"
-            raise ServiceError(str(e), "refused", field) from None
+                "settings" if req.settings else "config" if inline else "policy"
+            message = str(e).replace(inline, "the inline config") if inline else str(e)
+            raise ServiceError(message, "refused", field) from None
         except FenceError as e:
             _close(ours)
             raise ServiceError(str(e), "refused") from None
@@ -327,6 +333,8 @@ class Fleet:
             raise
         finally:
             _close(tuple(dict.fromkeys(theirs)))  # a PTY's slave is all three
+            if inline:
+                _remove(inline)
         if req.tty:
             detached.tty = ours[1]
         self._adopt(detached, ours)
@@ -425,6 +433,26 @@ def parse_signal(value: str) -> int:
         if isinstance(found, signals.Signals):
             return int(found)
     raise ServiceError(f"unknown signal {value!r}", "invalid", "signal")
+
+
+def _write_inline(config: dict, sandbox: str) -> str:
+    """An inline config as the config service reads configs: a file (0600, in this executor's runtime
+    dir, which no sandbox sees), named for the sandbox and removed once the start is over."""
+    import msgspec
+
+    from fence.runtime import ensure_private_dir, runtime_dir, write_private
+
+    path = os.path.join(ensure_private_dir(os.path.join(runtime_dir(), INLINE_DIR)), f"{sandbox}.json")
+    write_private(path, msgspec.json.encode(config))
+    return path
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))  # only when no other start is using it
+    except OSError:
+        pass
 
 
 def _masked_dirs(env: dict[str, str]) -> tuple[str, ...]:
