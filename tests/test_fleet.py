@@ -361,7 +361,8 @@ def test_bad_start_requests_get_typed_errors_naming_the_field(fleet):
         "unknown template": ("refused", "template"), "bad policy": ("refused", "settings"),
         "missing settings": ("refused", "settings"), "blocked command": ("refused", "argv"),
         "tail": ("invalid", "tail_bytes"), "label": ("invalid", "labels"),
-        "bad inline config": ("refused", "config"), "two policies": ("invalid", "config")}, {n: e.message for n, e in found.items()}
+        "bad inline config": ("refused", "config"), "two policies": ("invalid", "config"),
+    }, {n: e.message for n, e in found.items()}
     assert "command not found: no-such-command-xyz" in found["not found"].message
     assert "*.com" in found["bad policy"].message and "missing.json" in found["missing settings"].message
     assert 'in the inline config: $.bogus: unknown key "bogus"' in found["bad inline config"].message
