@@ -26,6 +26,7 @@ from fence.supervisor.files import Lock, clean_stale, lock_holder, log_path, log
 from fence.supervisor.natsconf import NATS
 from fence.supervisor.output import error
 from fence.supervisor.supervise import Supervisor
+from fence.textsafe import printable
 
 DETACH_TIMEOUT = 30.0
 
@@ -156,7 +157,7 @@ def main_status(argv: list[str]) -> int:
         try:
             live = asyncio.run(_live_pings(info, 1.0))
         except Exception as e:
-            print(f"warning: cannot ping the services over {info.nats_url}: {type(e).__name__}: {e}",
+            print(printable(f"warning: cannot ping the services over {info.nats_url}: {type(e).__name__}: {e}"),
                   file=sys.stderr)
     now = time.time()
     out = [f"fence supervisor pid {info.pid}, up {runtime.uptime(info.started_at, now)}, bus {info.nats_url}"]
