@@ -19,10 +19,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import marker_server
-from test_run_supervised_net import sup  # noqa: F401 (fixture: a real supervisor, as root and unprivileged)
 
+from conftest import marker_server
 from fence.executor import execsupervisor
+from test_run_supervised_net import sup  # noqa: F401 (fixture: a real supervisor, as root and unprivileged)
 
 pytestmark = pytest.mark.sandbox
 
@@ -90,7 +90,8 @@ port = int(os.environ["HTTP_PROXY"].rstrip("/").rsplit(":", 1)[1])
 evil = sys.argv[1].encode("utf-8", "surrogateescape")
 for raw in (b"GET http://x" + evil + b".example/ HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
             b"GET http://x\\xc2\\x9b2J\\xe2\\x80\\xae.example/ HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
-            b"GET http://127.0.0.1:" + sys.argv[2].encode() + b"/\\xc2\\x9b2J\\xe2\\x80\\xae HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+            b"GET http://127.0.0.1:" + sys.argv[2].encode() + b"/\\xc2\\x9b2J\\xe2\\x80\\xae HTTP/1.1\\r\\n"
+            b"Host: x\\r\\n\\r\\n",
             b"CONNECT x\\xe2\\x80\\xae.example:443 HTTP/1.1\\r\\nHost: x\\x1b[2J\\r\\n\\r\\n"):
     s = socket.create_connection(("127.0.0.1", port), 10)
     s.sendall(raw)
@@ -108,7 +109,7 @@ def test_proxy_decision_lines_escape_hosts_and_urls(fence, origin, flag):
     client = put(fence, work, "client.py", HTTP_CLIENT)
     script = (f"curl -s --max-time 5 -o /dev/null -x \"$HTTP_PROXY\" 'http://evil{EVIL}/' "
               f"2>/dev/null; python3 {client} '{EVIL}' {origin} 2>/dev/null")
-    code, out, err = run_bytes(fence, flag, "-c", script, cwd=work)
+    _code, out, err = run_bytes(fence, flag, "-c", script, cwd=work)
     assert out == b"SENT\n", err
     text = assert_unforged(err)
     assert "[fence:http]" in text and "\\x9b2J\\u202e" in text
@@ -137,7 +138,7 @@ def test_socks5_domain_names_are_escaped(fence, flag):
     """A tiny SOCKS5 client asks for names with ESC sequences, CR/LF, C1, bidi and non-UTF-8 bytes."""
     work = workspace(fence, {"network": {"allowedDomains": ["127.0.0.1"]}})
     client = put(fence, work, "socks.py", SOCKS_CLIENT)
-    code, out, err = run_bytes(fence, flag, "-c", f"python3 {client} 2>/dev/null", cwd=work)
+    _code, out, err = run_bytes(fence, flag, "-c", f"python3 {client} 2>/dev/null", cwd=work)
     assert out == b"SENT\n", err
     text = assert_unforged(err)
     socks = [line for line in text.splitlines() if line.startswith("[fence:socks]")]
@@ -169,7 +170,7 @@ def test_quarantined_file_names_are_escaped(fence):
     subprocess.run(["git", "init", "-q", str(work)], check=True)
     shutil.rmtree(work / ".git" / "hooks")
     fence.own(work)
-    code, out, err = run_bytes(fence, "--", "bash", "-c", 'mkdir .git/hooks && printf evil > ".git/hooks/$1"',
+    code, _out, err = run_bytes(fence, "--", "bash", "-c", 'mkdir .git/hooks && printf evil > ".git/hooks/$1"',
                                "sh", EVIL, cwd=work)
     assert code == 0, err
     text = assert_unforged(err)
@@ -183,8 +184,9 @@ def test_quarantined_file_names_are_escaped(fence):
 EXEC_SCRIPT = """\
 import os, shutil, sys
 evil = sys.argv[1]
-os.symlink(shutil.which("git"), "/tmp/" + evil.replace("/", ""))
-for path, argv in (("/tmp/" + evil.replace("/", ""), ["innocent", "push"]), (shutil.which("git"), ["git", "push", evil])):
+git = shutil.which("git")
+os.symlink(git, "/tmp/" + evil)
+for path, argv in (("/tmp/" + evil, ["innocent", "push"]), (git, ["git", "push", evil])):
     if os.fork() == 0:
         try:
             os.execv(path, argv)
@@ -201,7 +203,7 @@ def test_blocked_exec_lines_escape_argv_and_paths(fence):
     and one whose argv carries it (the ``Runtime exec policy blocked`` line and the ``-m`` event line)."""
     work = workspace(fence, {"command": {"deny": ["git push"], "useDefaults": False, "runtimeExecPolicy": "argv"}})
     runner = put(fence, work, "exec.py", EXEC_SCRIPT)
-    code, out, err = run_bytes(fence, "-m", "--", "python3", runner, EVIL, cwd=work)
+    _code, out, err = run_bytes(fence, "-m", "--", "python3", runner, EVIL, cwd=work)
     assert out == b"TRIED\n", err
     text = assert_unforged(err)
     blocked = [line for line in text.splitlines() if line.startswith("Runtime exec policy blocked: ")]
@@ -214,7 +216,7 @@ def test_blocked_exec_lines_escape_argv_and_paths(fence):
 def test_preflight_block_message_escapes_the_command(fence):
     """A ``-c`` string with ANSI, C1 and bidi sequences that preflight blocks: ``Error: command blocked``."""
     work = workspace(fence, {"command": {"deny": ["git push"], "useDefaults": False}})
-    code, out, err = run_bytes(fence, "-d", "-c", f"git push '{EVIL}'", cwd=work)
+    code, _out, err = run_bytes(fence, "-d", "-c", f"git push '{EVIL}'", cwd=work)
     assert code == 1, err
     text = assert_unforged(err)
     assert 'Error: command blocked by sandbox command policy: "git push ' in text
@@ -223,6 +225,6 @@ def test_preflight_block_message_escapes_the_command(fence):
 
 def test_missing_command_name_is_escaped(fence):
     work = fence.workdir()
-    code, out, err = run_bytes(fence, "--", EVIL, cwd=work)
+    code, _out, err = run_bytes(fence, "--", EVIL, cwd=work)
     assert code == 127
     assert "Error: command not found: a\\x1b[2J" in assert_unforged(err)
