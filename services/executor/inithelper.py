@@ -38,6 +38,9 @@ Options (each PATH/PORT option may repeat; order does not matter)::
                        refuse to run (exit 126) if any of that fails
   --no-landlock        apply no Landlock ruleset (for runs that only need the
                        helper's other duties)
+  --close-fd FD        close FD before any duty: the interpreter fence started
+                       this helper from (``/proc/self/fd/FD``) when the exec
+                       masks cover its path, so the command cannot reach it
   --pty                allowPty runs: start a session (setsid) and make stdin,
                        the PTY fence relays, its controlling terminal
                        (TIOCSCTTY), so the command gets job control and
@@ -179,6 +182,7 @@ class Request:
         self.connect_only = False
         self.no_landlock = False
         self.exec_notify = -1  # the unix socket fd for --exec-notify
+        self.close_fds = []
         self.pty = False
         self.command = []
 
@@ -203,6 +207,9 @@ def parse(argv):
             i += 2
         elif opt == "--exec-notify":
             req.exec_notify = _fd(_value(argv, i))
+            i += 2
+        elif opt == "--close-fd":
+            req.close_fds.append(_fd(_value(argv, i)))
             i += 2
         elif opt in ("--restrict-net", "--scope", "--audit", "--strict", "--debug", "--no-landlock", "--pty",
                      "--connect-only"):
@@ -401,6 +408,11 @@ def main(argv):
     except Usage as e:
         _say(f"[fence:landlock-wrapper] Error: {e}")
         return 2
+    for fd in req.close_fds:  # first: whatever happens next, the command never inherits it
+        try:
+            posix.close(fd)
+        except OSError:
+            pass
     if req.exec_notify >= 0:  # fails closed: without the supervisor no command may run
         try:
             hand_over_exec_notify(req.exec_notify)
