@@ -116,3 +116,20 @@ def test_masks_hold_through_the_usrmerge_links_under_default_deny_read(fence):
     fence.own(work)
     r = fence.run("-s", str(cfg), "--", "sh", str(probe), cwd=str(work))
     assert (r.returncode, r.stdout) == (0, "/sbin=126\n/usr/sbin=126\nlink\n"), r.stderr
+
+
+def test_the_plan_starts_a_masked_interpreter_from_the_fd_after_the_pinned_sources():
+    from fence.executor.plan import FsView, HostFacts, RunPlan, render
+
+    host = HostFacts(bwrap="/b", is_root=False, python="/py", landlock_abi=7, helper=("/py", "-I", "-S", "/h.pyc"))
+    view = FsView(write=[("/w", True), ("/v", True)])
+    rendered = render(RunPlan(command=["true"], cwd="/w", host=host, fs=view, exec_masks=["/py", "/usr/sbin/chroot"]))
+    assert rendered.pinned == {11: "/v", 12: "/w"}
+    assert (rendered.interpreter_fd, rendered.interpreter) == (13, "/py")
+    tail = rendered.argv[rendered.argv.index("--") + 1:]
+    assert tail[:6] == ["/proc/self/fd/13", "-I", "-S", "/h.pyc", "--close-fd", "13"] and tail[-1] == "true"
+    assert "--ro-bind /dev/null /py" in " ".join(rendered.argv)
+
+    rendered = render(RunPlan(command=["true"], cwd="/w", host=host, fs=view, exec_masks=["/usr/sbin/chroot"]))
+    assert (rendered.interpreter_fd, rendered.interpreter) == (0, "")
+    assert rendered.argv[rendered.argv.index("--") + 1:][:4] == ["/py", "-I", "-S", "/h.pyc"]
