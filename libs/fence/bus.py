@@ -41,7 +41,8 @@ import sys
 import time
 from collections import deque
 from functools import lru_cache
-from typing import Any, Awaitable, Callable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -174,9 +175,9 @@ def check_subject(subject: str, wildcards: bool = False) -> None:
     for i, tok in enumerate(tokens):
         if not tok:
             raise BadSubject(f"invalid subject {subject!r}: empty token")
-        if tok in ("*", ">") or ("*" in tok or ">" in tok):
-            if not wildcards or tok not in ("*", ">") or (tok == ">" and i != len(tokens) - 1):
-                raise BadSubject(f"invalid subject {subject!r}: misplaced wildcard")
+        if ("*" in tok or ">" in tok) and (not wildcards or tok not in ("*", ">")
+                                             or (tok == ">" and i != len(tokens) - 1)):
+            raise BadSubject(f"invalid subject {subject!r}: misplaced wildcard")
 
 
 @lru_cache(maxsize=4096)
@@ -249,7 +250,7 @@ def make_responder(subject: str, request_type: Any, handler: Handler, max_reques
 
 def decode_reply(subject: str, data: bytes, reply_type: type[T]) -> T:
     try:
-        reply = msgspec.json.decode(data, type=reply_type | ErrorReply)  # type: ignore[operator]
+        reply = msgspec.json.decode(data, type=reply_type | ErrorReply)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise BusError(f"{subject}: undecodable reply: {e}") from None
     if isinstance(reply, ErrorReply):
@@ -313,7 +314,7 @@ class TypedBus:
                 print(f"[fence:bus] subscriber on {subject} failed: {type(e).__name__}: {e}", file=sys.stderr)
 
         sub = await self.subscribe_raw(subject, on_raw, queue=queue)
-        sub.undecodable = stats  # type: ignore[attr-defined]
+        sub.undecodable = stats
         return sub
 
     # transports provide these
@@ -335,7 +336,7 @@ class TypedBus:
 class _Sub:
     """One in-process subscription: a callback on (bytes, reply), with its ordered backlog."""
 
-    def __init__(self, bus: "InProcessBus", pattern: str, queue: str,
+    def __init__(self, bus: InProcessBus, pattern: str, queue: str,
                  deliver: Callable[[bytes, Callable[[bytes], None] | None], Awaitable[None]]):
         self.bus, self.pattern, self.queue, self.deliver = bus, pattern, queue, deliver
         self.pending: deque = deque()
@@ -387,7 +388,8 @@ class InProcessBus(TypedBus):
         self.closed = False
 
     def _route(self, subject: str) -> list[_Sub]:
-        chosen, groups = [], {}
+        chosen: list[_Sub] = []
+        groups: dict[str, list[_Sub]] = {}
         for sub in self._subs:
             if sub.active and subject_matches(sub.pattern, subject):
                 if sub.queue:
@@ -437,7 +439,7 @@ class InProcessBus(TypedBus):
         self._waiting.add(future)
         try:
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RequestTimeout(f"request on {subject} timed out after {timeout}s") from None
         finally:
             self._waiting.discard(future)

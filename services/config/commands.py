@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from typing import NoReturn
 
 from fence.config import discover, templates
 from fence.config.errors import ConfigError, SettingsFileMissing
@@ -26,7 +27,7 @@ def _error(message: str) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as ``Error: ...`` / exit 2 instead of its own format."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         print(f"Error: {message}", file=sys.stderr)
         raise SystemExit(2)

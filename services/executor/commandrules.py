@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from fnmatch import fnmatchcase
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -83,7 +83,7 @@ class RuleSources:
             self.names.append(name)
 
     @classmethod
-    def from_reply(cls, reply) -> "RuleSources":
+    def from_reply(cls, reply) -> RuleSources:
         """From a ``ConfigResolveReply``."""
         out = cls()
         out.names = [source.label for source in reply.chain]

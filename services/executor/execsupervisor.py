@@ -58,7 +58,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 from fence.executor.shellparse import Command, basename
 
@@ -209,7 +209,7 @@ class Memory:
             address += count * 8
 
 
-def read_call(pid: int, nr: int, args: tuple[int, ...], execveat: int, still_valid: Callable[[], None]) -> ExecCall:
+def read_call(pid: int, nr: int, args: Sequence[int], execveat: int, still_valid: Callable[[], None]) -> ExecCall:
     """Path and argv of the exec ``pid`` is blocked in.
 
     ``/proc/<pid>/mem`` is opened first and ``still_valid`` (NOTIF_ID_VALID)
@@ -357,7 +357,7 @@ class Supervisor:
     def sandbox_fd(self) -> int:
         return self._theirs
 
-    def start(self) -> "Supervisor":
+    def start(self) -> Supervisor:
         self._thread = threading.Thread(target=self._run, name="fence-exec-supervisor", daemon=True)
         self._thread.start()
         return self
@@ -426,12 +426,12 @@ class Supervisor:
         for fd in extra:
             os.close(fd)
         try:
-            kind = os.readlink(f"/proc/self/fd/{listener}")
+            target = os.readlink(f"/proc/self/fd/{listener}")
         except OSError:
-            kind = ""
-        if kind != "anon_inode:seccomp notify":
+            target = ""
+        if target != "anon_inode:seccomp notify":
             os.close(listener)
-            raise RuntimeError(f"the sandbox sent {kind or 'an unknown fd'}, not a seccomp listener")
+            raise RuntimeError(f"the sandbox sent {target or 'an unknown fd'}, not a seccomp listener")
         return listener
 
     def _serve(self, listener: int) -> None:

@@ -8,10 +8,12 @@ modes: driven without an event loop over the in-process bus (a lone run,
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -28,6 +30,10 @@ from fence.executor.preflight import check_command
 from fence.messages import (ConfigResolveReply, ConfigResolveRequest, LifecycleEvent, ProxySessionClose,
                             ProxySessionClosed, ProxySessionOpen, ProxySessionOpened)
 from fence.subjects import CONFIG_RESOLVE, PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN, event
+
+if TYPE_CHECKING:  # imported when a run needs them
+    from fence.executor.portfwd import Forwarder
+    from fence.executor.runtimeexec import RuntimeExec
 
 
 class RunRequest(msgspec.Struct):
@@ -83,6 +89,7 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         sandbox = run.launch(plan, rendered, relay_signals, attach)  # exec supervisor, pinned fds, bwrap, bridges
         await bus.publish(run.lifecycle, LifecycleEvent(sandbox=req.sandbox, phase="started", ts=time.time(),
                                                         pid=sandbox.init_pid or sandbox.pid, argv=req.command))
+        _collect_from_now_on()
         code = await wait(sandbox)
         await bus.publish(run.lifecycle, LifecycleEvent(sandbox=req.sandbox, phase="exited", ts=time.time(),
                                                         pid=sandbox.init_pid or sandbox.pid, exit_code=code,
@@ -90,6 +97,13 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         return code
     finally:
         await run.close()                                       # placeholders, quarantine, relays, session
+
+
+def _collect_from_now_on() -> None:
+    """The command runs: what start-up made stays (frozen: never scanned again), and the garbage
+    collector, off during start-up (``cli.run_command``), is on for the rest of the sandbox's life."""
+    gc.freeze()
+    gc.enable()
 
 
 async def resolve(bus: Bus, req: RunRequest) -> ConfigResolveReply:
@@ -140,8 +154,8 @@ class _Doing:
         self.bus, self.req, self.facts, self.opened = bus, req, facts, opened
         self.sources = RuleSources.from_reply(resolved)
         self.lifecycle = event(req.sandbox, "lifecycle")
-        self.runtime = None
-        self.forwarder = None
+        self.runtime: RuntimeExec | None = None
+        self.forwarder: Forwarder | None = None
         self.finish_attach = None
         self.handed: list = []  # the open hand-off connection to a supervisor's proxy (kept for the sandbox's life)
 
@@ -164,8 +178,8 @@ class _Doing:
         from fence.executor import runtimeexec
 
         req, net = self.req, plan.network
-        self.runtime = runtimeexec.start(plan.policy, req.env, req.cwd, req.sandbox, self.bus, self.facts.masks,
-                                         self.sources)
+        runtime = self.runtime = runtimeexec.start(plan.policy, req.env, req.cwd, req.sandbox, self.bus,
+                                                   self.facts.masks, self.sources)
         host_listeners = []
         if net.outbound_ports or net.published:
             from fence.executor import portfwd
@@ -179,7 +193,7 @@ class _Doing:
         if net.proxy_listen and attach is None:
             prepare_listeners = _hand_over_to(self.opened, len(net.proxy_listen), self.handed)
         try:
-            inherit = {**self.runtime.inherit(), **self.facts.fs.pin(rendered.pinned)}
+            inherit = {**runtime.inherit(), **self.facts.fs.pin(rendered.pinned)}
             sandbox = Sandbox(rendered, relay_signals, inherit=inherit).start(prepare_listeners)
         except BaseException as e:
             for sock in host_listeners:
@@ -188,14 +202,14 @@ class _Doing:
                 raise FenceError(str(e)) from None
             raise
         finally:
-            self.runtime.spawned()
+            runtime.spawned()
             self.facts.fs.close()  # bwrap has its own copies (and closes them once mounted)
         proxy_socks = sandbox.listeners[:len(net.proxy_listen)]
         if proxy_socks and attach is not None:  # connections queue in the backlog until the proxy serves them
             self.finish_attach = network.attach_on_first_connection(attach, req.sandbox, proxy_socks)
         if self.forwarder is not None:  # local ports: relayed by this process, no proxy (works supervised too)
             _forward(self.forwarder, sandbox, network.outbound_listeners(list(net.outbound_ports)),
-                     sandbox.listeners[len(net.proxy_listen):], list(zip(net.published, host_listeners)))
+                     sandbox.listeners[len(net.proxy_listen):], list(zip(net.published, host_listeners, strict=True)))
         return sandbox
 
     async def close(self) -> None:
@@ -238,7 +252,7 @@ def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_
     """Start the local-port relays; a -p helper that cannot enter the sandbox is a warning."""
     from fence.executor.bridge import BridgeError
 
-    for (host, port), sock in zip(inside, inside_socks):
+    for (host, port), sock in zip(inside, inside_socks, strict=True):
         if sock is not None:  # None: the sandbox's netns has no IPv6 ([::1] skipped)
             forwarder.outbound(sock, (host, port))
     for (_addr, port), sock in published:

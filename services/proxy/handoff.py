@@ -37,7 +37,7 @@ import os
 import socket
 import stat
 import sys
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -267,7 +267,7 @@ def _parse(msg: bytes, socks: list[socket.socket]) -> tuple[ProxyHandoff, dict[s
     if len(set(req.listeners)) != len(req.listeners) or not set(req.listeners) <= set(LISTENER_NAMES):
         raise HandoffRefused(f"listeners must be distinct names among {', '.join(LISTENER_NAMES)}; "
                              f"got {req.listeners}")
-    return req, dict(zip(req.listeners, socks))
+    return req, dict(zip(req.listeners, socks, strict=True))
 
 
 def _adopt(fds: list[int]) -> tuple[list[socket.socket], str]:

@@ -31,7 +31,8 @@ import errno
 import socket
 import sys
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 from fence.domains import ALLOW, DENY, DomainFilter, HostError, canonical_host, display_host, is_ip
 from fence.messages import NetDecisionEvent
@@ -265,8 +266,8 @@ class Session:
         deadline = self.loop.time() + self.dial_timeout
         try:
             if is_ip(host):
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                addrs = [(family, (host, port))]
+                ip_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                addrs: list[tuple[int, tuple]] = [(ip_family, (host, port))]
             else:
                 try:
                     async with asyncio.timeout_at(deadline):

@@ -134,7 +134,7 @@ async def _live_pings(info: SupervisorInfo, timeout: float) -> dict[str, bool]:
 
         services = [c for c in info.components if c.service]
         results = await asyncio.gather(*(one(c) for c in services))
-        return {c.name: ok for c, ok in zip(services, results)}
+        return {c.name: ok for c, ok in zip(services, results, strict=True)}
     finally:
         await bus.close()
 
@@ -169,7 +169,7 @@ def main_status(argv: list[str]) -> int:
                      str(c.restarts), "yes" if healthy else "no", c.metrics_url or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        out.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        out.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     print("\n".join(out))
     return 0
 
