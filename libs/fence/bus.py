@@ -196,6 +196,13 @@ def decoder_for(msg_type: Any) -> msgspec.json.Decoder:
     return msgspec.json.Decoder(msg_type)
 
 
+def _warn(line: str) -> None:
+    """A bus warning on stderr, escaped: an exception's text may quote what a peer sent (``fence.textsafe``)."""
+    from fence.textsafe import printable
+
+    print(printable(line), file=sys.stderr)
+
+
 def _error(code: str, message: str) -> bytes:
     return _encoder.encode(ErrorReply(code=code, message=message))
 
@@ -311,7 +318,7 @@ class TypedBus:
             try:
                 await handler(msg)
             except Exception as e:  # a subscriber bug must not reach the publisher
-                print(f"[fence:bus] subscriber on {subject} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                _warn(f"[fence:bus] subscriber on {subject} failed: {type(e).__name__}: {e}")
 
         sub = await self.subscribe_raw(subject, on_raw, queue=queue)
         sub.undecodable = stats
@@ -373,7 +380,7 @@ class _Sub:
         try:
             await self.deliver(data, reply)
         except Exception as e:  # a raw subscriber bug must not stop later deliveries (nor reach the publisher)
-            print(f"[fence:bus] subscriber on {self.pattern} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            _warn(f"[fence:bus] subscriber on {self.pattern} failed: {type(e).__name__}: {e}")
 
 
 class InProcessBus(TypedBus):
@@ -461,7 +468,7 @@ class InProcessBus(TypedBus):
                 try:
                     reply(fit_reply(subject, await respond(data), self.max_payload))
                 except Exception as e:  # a raw responder bug: no reply, as over NATS
-                    print(f"[fence:bus] responder on {subject} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                    _warn(f"[fence:bus] responder on {subject} failed: {type(e).__name__}: {e}")
 
             task = loop.create_task(run())  # concurrent: a slow request stalls no other
             self._tasks.add(task)

@@ -159,7 +159,10 @@ def print_version() -> None:
 
 
 def error(message: str) -> int:
-    print(f"Error: {message}", file=sys.stderr)
+    """``Error: MESSAGE`` on stderr, exit 1; escaped (``fence.textsafe``): messages quote commands and paths."""
+    from fence.textsafe import printable_message
+
+    print(f"Error: {printable_message(message)}", file=sys.stderr)
     return 1
 
 
@@ -236,7 +239,7 @@ def run_command(opts: RunOptions) -> int:
 
     env = launch_environ()
     if not which(command[0], env.get("PATH", "")):
-        print(f"Error: command not found: {command[0]}", file=sys.stderr)
+        error(f"command not found: {command[0]}")
         return 127
     try:
         host = host_facts(masked_dirs=_private_dirs())
