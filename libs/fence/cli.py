@@ -281,19 +281,20 @@ def _run_lone(req, host, monitor: bool) -> int:
 
 
 def _private_dirs() -> tuple[str, ...]:
-    """Directories a sandbox must never see: fence's runtime dir (bus credentials).
+    """Directories a sandbox must never see: fence's runtime dir (bus credentials, caches).
 
     Created if missing so it can always be masked: a supervisor started while
     this sandbox runs must not write credentials into a directory it can read.
+    Something planted there (a symlink, a file, another user's directory) stops
+    the run with a message naming it (``HostError``): fence never follows it.
     """
-    from fence.runtime import runtime_dir
+    from fence.executor.host import HostError
+    from fence.runtime import UnsafeDir, private_runtime_dirs
 
-    path = runtime_dir()
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    except OSError:
-        return ()
-    return (path,)
+        return private_runtime_dirs()
+    except UnsafeDir as e:
+        raise HostError(f"fence's runtime directory: {e}") from None
 
 
 def _find_bus(opts: RunOptions):
