@@ -456,10 +456,16 @@ def _remove(path: str) -> None:
 
 
 def _masked_dirs(env: dict[str, str]) -> tuple[str, ...]:
-    """fence's runtime dirs a sandbox must never see: this supervisor's (its credentials) and the client's."""
-    from fence.runtime import runtime_dir
+    """fence's runtime dirs a sandbox must never see: this supervisor's (its credentials; checked private,
+    as ``fence run`` checks its own) and the client's, when that is another one that exists."""
+    from fence.runtime import UnsafeDir, masked_path, private_runtime_dirs, runtime_dir
 
-    return tuple(dict.fromkeys((runtime_dir(), runtime_dir(env))))
+    try:
+        own = private_runtime_dirs()
+    except UnsafeDir as e:
+        raise ServiceError(f"fence's runtime directory: {e}", "unavailable") from None
+    theirs = masked_path(runtime_dir(env))
+    return tuple(dict.fromkeys((*own, theirs) if os.path.isdir(theirs) else own))
 
 
 def _stdio(with_stdin: bool, tty: bool) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
