@@ -40,6 +40,7 @@ from fence.executor import shellparse
 from fence.executor.commandrules import Blocked, RuleSources, ruleset, use_defaults
 from fence.executor.shellparse import (Command, ParseError, basename, git_globals, option_cluster, split_words,
                                        ssh_option)
+from fence.globmatch import star_match
 from fence.goquote import go_quote
 from fence.policy import Policy
 
@@ -660,21 +661,16 @@ def resolve(target: Target, env: Mapping[str, str] | None = None, ssh: str | Non
 
 # --------------------------------------------------------------------------- the decision
 
-_PATTERN_CACHE: dict[str, re.Pattern] = {}
-
-
 def host_matches(host: str, pattern: str) -> bool:
-    """Case-insensitive glob, ``*`` anywhere (as Fence matches hosts)."""
-    rx = _PATTERN_CACHE.get(pattern)
-    if rx is None:
-        rx = re.compile(".*".join(re.escape(p) for p in pattern.lower().split("*")) + r"\Z", re.S)
-        if len(_PATTERN_CACHE) > 256:
-            _PATTERN_CACHE.clear()
-        _PATTERN_CACHE[pattern] = rx
+    """Case-insensitive glob, ``*`` anywhere (as Fence matches hosts); ``[v6]`` compared without brackets.
+
+    The host comes from the sandboxed command, so the match must not backtrack
+    (``fence.globmatch``: linear in the host, whatever the pattern).
+    """
     host = host.lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    return rx.match(host) is not None
+    return star_match(host, pattern.lower())
 
 
 class _Check:
