@@ -54,7 +54,7 @@ FENCE_POLICY = "fence ssh policy"
 """``Blocked.source`` of refusals that come from fence itself rather than a config rule."""
 
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
-_IPV6 = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\Z")
+_IPV6_CHARS = frozenset("0123456789ABCDEFabcdef:.")
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?\Z")
 _PORT = re.compile(r"[0-9]{1,5}\Z")
 _OPTION_VALUE = re.compile(r"[A-Za-z0-9_.:%,@*\[\] /+-]*\Z")
@@ -68,6 +68,12 @@ _SSH_FLAGS_NO_CONNECT = "GV"
 _SSH_ARG = "bcDEeFIiJLlmOoPpQRSWw"
 _SCP_ARG = "lPSoFciJXD"
 _SFTP_ARG = "cDilosSbBFJPRX"
+
+
+def _ipv6_like(host: str) -> bool:
+    """Hex digits, dots and at least one colon.  A set test, not a regex: ``[...]*:[...]*`` backtracks
+    quadratically over a long run of colons, and the host is the sandboxed command's."""
+    return ":" in host and set(host) <= _IPV6_CHARS
 
 
 class ResolveError(Exception):
@@ -147,7 +153,7 @@ def _set_dest(t: Target, text: str, dynamic: bool) -> None:
     if not host:
         t.unknown = f"no host in {go_quote(text)}"
         return
-    if not (_HOST.match(host) or _IPV6.match(host)) or (user and not _USER.match(user)) or \
+    if not (_HOST.match(host) or _ipv6_like(host)) or (user and not _USER.match(user)) or \
             (port and not _PORT.match(port)):
         t.host = text
         t.refuse(f"destination {go_quote(text)} has characters ssh would not accept in a host or user name",
