@@ -30,7 +30,8 @@ ALLOWED: dict[tuple[str, str], str] = {
 
 
 def module_of(path: Path) -> str:
-    """The import name of a source file (``libs/fence/x.py`` -> ``fence.x``, ``services/proxy/y.py`` -> ``fence.proxy.y``)."""
+    """The import name of a source file (``libs/fence/x.py`` -> ``fence.x``,
+    ``services/proxy/y.py`` -> ``fence.proxy.y``)."""
     rel = path.relative_to(REPO)
     parts = list(rel.with_suffix("").parts)
     parts = parts[1:] if parts[0] == "libs" else ["fence", *parts[1:]]

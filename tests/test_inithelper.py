@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ class Runner:
         pass_fds: tuple[int, ...] = ()
         spill = None
         if program is not None:
-            spill = tempfile.TemporaryFile()
+            spill = tempfile.TemporaryFile()  # noqa: SIM115 -- its fd is passed to bwrap, closed after the run
             spill.write(program)
             spill.seek(0)
             os.dup2(spill.fileno(), SECCOMP_FD)
@@ -97,7 +98,7 @@ def self_runner() -> Runner:
 
 
 @pytest.fixture(scope="session")
-def unprivileged() -> Runner:
+def unprivileged() -> Iterator[Runner]:
     from conftest import TEST_USER, _ensure_test_user, _interpreter_for_others
 
     if os.geteuid() != 0:
@@ -419,6 +420,7 @@ def test_helper_command_prefers_a_current_pyc(var_tmp):
     shutil.copy(HELPER, source)
     cached = importlib.util.cache_from_source(str(source))
     spec = importlib.util.spec_from_file_location("inithelper_copy", source)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.helper_command() == [sys.executable, "-I", "-S", str(source)]  # no pyc yet

@@ -140,7 +140,12 @@ def test_probe_once_then_cached(tmp_path, monkeypatch):
 def test_cache_of_another_user_namespace_or_writable_by_others_is_ignored(tmp_path, monkeypatch):
     bwrap = find_bwrap()
     calls = []
-    monkeypatch.setattr(features, "run_quiet", lambda argv: calls.append(argv) or (1, "bwrap: no netns here"))
+
+    def run_quiet(argv):
+        calls.append(argv)
+        return 1, "bwrap: no netns here"
+
+    monkeypatch.setattr(features, "run_quiet", run_quiet)
     other = dict(netns.key(bwrap), userns=1)  # a container's answer in the same file name would not apply
     netns.write(netns.cache_path(str(tmp_path)), netns.NetnsState(available=True, **other))
     found = netns.state(bwrap, str(tmp_path))

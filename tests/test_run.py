@@ -317,5 +317,6 @@ def test_linux_features_report(fence):
 
 def test_no_new_user_namespaces_inside(fence):
     r = fence.run("-c", "python3 -c 'import os; os.unshare(os.CLONE_NEWUSER)' && echo CREATED; "
-                        "python3 -c 'import os; os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNS)' && echo CREATED; echo end")
+                        "python3 -c 'import os; os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNS)' && echo CREATED; "
+                        "echo end")
     assert "CREATED" not in r.stdout and r.stdout.strip().endswith("end"), r.stderr

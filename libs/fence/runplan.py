@@ -37,7 +37,7 @@ class HostFacts(msgspec.Struct, frozen=True):
     """This interpreter (``sys.executable``): runs fence's init helper inside the sandbox (PTY and argv-policy runs)."""
 
 
-class FsView(msgspec.Struct):
+class FsView(msgspec.Struct, frozen=True):
     """The filesystem facts the planner needs, gathered (and bounded) by the caller."""
 
     read: Paths = []

@@ -25,7 +25,7 @@ import os
 import stat
 from collections.abc import Mapping
 import time
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import msgspec
 
@@ -129,8 +129,10 @@ def read_cache(path: str, type: type[T], max_size: int = 1 << 20) -> T | None:
     (a seccomp program is stored as BPF).
     """
     data = _read_private(path, max_size)
-    if data is None or type is bytes:
-        return data
+    if data is None:
+        return None
+    if type is bytes:
+        return cast(T, data)  # T is bytes here, which mypy cannot infer from the identity check
     try:
         return msgspec.json.decode(data, type=type)
     except (msgspec.DecodeError, msgspec.ValidationError):

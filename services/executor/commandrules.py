@@ -20,7 +20,7 @@ missing tail; an *allow* rule gets none of these.  See docs/command-policy.md.
 from __future__ import annotations
 
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -83,7 +83,7 @@ class RuleSources:
             self.names.append(name)
 
     @classmethod
-    def from_reply(cls, reply) -> "RuleSources":
+    def from_reply(cls, reply) -> RuleSources:
         """From a ``ConfigResolveReply``."""
         out = cls()
         out.names = [source.label for source in reply.chain]

@@ -94,7 +94,7 @@ class Usage(Exception):
 
 
 # --- calling libc without importing ctypes -----------------------------------------------
-_libc = {}
+_libc: dict[str, object] = {}
 """``syscall`` and ``prctl`` as C functions (and errno access), made on first use: importing
 this module on the host for ``helper_command`` loads nothing."""
 
@@ -114,7 +114,8 @@ def _load_libc():
             _type_ = "l"
 
         class Libc:
-            _handle = _ctypes.dlopen(None)
+            # dlopen(NULL) is the process itself (dlopen(3)); the stub only allows a path
+            _handle = _ctypes.dlopen(None)  # type: ignore[arg-type]
 
         class Func(_ctypes.CFuncPtr):
             _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
@@ -127,8 +128,12 @@ def _load_libc():
             copy = (Char * len(data)).from_buffer_copy(data)
             return copy, _ctypes.addressof(copy)
 
-        return {"long": Long, "syscall": Func(("syscall", Libc)), "prctl": Func(("prctl", Libc)),
-                "sendmsg": Func(("sendmsg", Libc)), "ioctl": Func(("ioctl", Libc)), "buffer": buffer,
+        def function(name):
+            # CFuncPtr takes any object with a _handle, not only the CDLL its stub names
+            return Func((name, Libc))  # type: ignore[arg-type]
+
+        return {"long": Long, "syscall": function("syscall"), "prctl": function("prctl"),
+                "sendmsg": function("sendmsg"), "ioctl": function("ioctl"), "buffer": buffer,
                 **errno_access}
     except (AttributeError, TypeError):  # a CPython that reshaped _ctypes: pay for the public module
         import ctypes
@@ -270,7 +275,8 @@ def apply(req, abi):
             _add_path_rule(ruleset, path, rights & fs, req.debug)
         if net:
             for port in sorted(set(req.connect) | set(req.bind)):
-                allowed = ((NET_CONNECT_TCP if port in req.connect else 0) | (NET_BIND_TCP if port in req.bind else 0)) & net
+                allowed = ((NET_CONNECT_TCP if port in req.connect else 0)
+                           | (NET_BIND_TCP if port in req.bind else 0)) & net
                 if not allowed:
                     continue
                 syscall(SYS_ADD_RULE, ruleset, RULE_NET_PORT, _u64(allowed) + _u64(port), 0)
@@ -316,7 +322,7 @@ def clean_environ():
     try:
         fd = posix.open("/proc/self/environ", posix.O_RDONLY | posix.O_CLOEXEC)
     except OSError:
-        items = posix.environ.items()
+        items = [[k, v] for k, v in posix.environ.items()]  # the shape the /proc branch makes
     else:
         try:
             chunks = []
@@ -427,7 +433,7 @@ def _landlock(req):
     try:
         abi = abi_version()
     except OSError as e:
-        why = {38: "kernel built without Landlock", 95: "Landlock disabled at boot"}.get(e.errno, e.strerror)
+        why = {38: "kernel built without Landlock", 95: "Landlock disabled at boot"}.get(e.errno or 0) or e.strerror
         return [f"Landlock unavailable ({why})"]
     try:
         return apply(req, abi)

@@ -26,8 +26,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import TYPE_CHECKING, Any
 
 from fence.executor.plan import SandboxPlan
+
+if TYPE_CHECKING:
+    from fence.executor.ptyrelay import PtyRelay
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
@@ -53,9 +57,9 @@ class Sandbox:
         self.pending: list[int] = []
         self.listeners: list = []
         """Listening sockets made inside the sandbox's netns (``plan.listen_inside``), in order."""
-        self.relay = None
+        self.relay: PtyRelay | None = None
         """The PTY relay of a PTY run (``fence.executor.ptyrelay.PtyRelay``), else None."""
-        self._old_handlers: dict[int, object] = {}
+        self._old_handlers: dict[int, signal._HANDLER] = {}
 
     @property
     def signals(self) -> tuple[int, ...]:
@@ -66,7 +70,7 @@ class Sandbox:
             return FORWARDED_SIGNALS + JOB_SIGNALS
         return FORWARDED_SIGNALS
 
-    def start(self, prepare=None) -> "Sandbox":
+    def start(self, prepare=None) -> Sandbox:
         """Spawn bwrap; with bridges planned, create them inside before the command may run.
 
         ``prepare(listeners)``, when given, runs once the listeners exist and
@@ -117,7 +121,7 @@ class Sandbox:
             actions += [(os.POSIX_SPAWN_DUP2, ours, target) for target, ours in moved.items()]
             # own process group (Ctrl-C reaches fence only), or for a PTY run its own session with no
             # controlling terminal: nothing in the sandbox shares the user's terminal session
-            group = {"setsid": True} if self.relay else {"setpgroup": 0}
+            group: dict[str, Any] = {"setsid": True} if self.relay else {"setpgroup": 0}
             try:
                 self.pid = os.posix_spawn(self.plan.argv[0], self.plan.argv, self.plan.env,
                                           file_actions=actions, **group)
@@ -213,7 +217,7 @@ class Sandbox:
 
     def _restore_signals(self) -> None:
         for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+            signal.signal(sig, handler)
         self._old_handlers.clear()
 
     def on_signal(self, signum: int, _frame=None) -> None:

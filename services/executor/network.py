@@ -158,7 +158,9 @@ def attach_on_first_connection(attach, sandbox: str, listeners: list):
         try:
             attach(sandbox, *listeners)
         except Exception as e:  # the sandbox then sees refused connections; say why
-            print(f"[fence] Warning: proxy for sandbox {sandbox} failed to start: {e}", file=sys.stderr)
+            from fence.textsafe import printable
+
+            print(printable(f"[fence] Warning: proxy for sandbox {sandbox} failed to start: {e}"), file=sys.stderr)
 
     threading.Thread(target=watch, name=f"fence-attach-{sandbox}", daemon=True).start()
 

@@ -85,7 +85,7 @@ def _glob(pattern: str, deadline: float, budget: list[int]) -> list[str] | None:
                 return None
             if part == "**":
                 rest_is_last = i == len(parts) - 1
-                for root, dirs, files in _walk(base, deadline, budget):
+                for root, _dirs, files in _walk(base, deadline, budget):
                     if root is None:
                         return None
                     nxt.append(root)

@@ -12,9 +12,8 @@ ones), then the command.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-import msgspec
 
 from fence.executor.mounts import PINNED_FD_BASE, filesystem_mounts, landlock_options, pinned_sources
 from fence.mountops import Bind, DataFile, render_all
@@ -139,7 +138,8 @@ def render(plan: RunPlan) -> SandboxPlan:
     clean, stripped = sanitize_env(plan.env)
     clean.update(plan.extra_env)
     clean["FENCE_SANDBOX"] = "1"
-    return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped, layers=layers(plan, exec_denied),
+    return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped,
+                       layers=layers(plan, exec_denied),
                        mounts=mounts, block_fd=BLOCK_FD if listen_inside else 0, listen_inside=listen_inside,
                        seccomp_program=plan.seccomp_program, data_files=data_files, pty=plan.pty,
                        exec_denied=exec_denied, exec_notify_fd=EXEC_NOTIFY_FD if plan.exec_notify else 0,
@@ -170,7 +170,8 @@ def _init_helper_argv(plan: RunPlan) -> list[str]:
         duties.append("--pty")
     if not (landlock or plan.exec_notify or plan.pty):
         return []
-    return [*(host.helper or _init_helper(host.python)), *duties, *(["--debug"] if plan.debug and landlock else []), "--"]
+    debug = ["--debug"] if plan.debug and landlock else []
+    return [*(host.helper or _init_helper(host.python)), *duties, *debug, "--"]
 
 
 def layers(plan: RunPlan, exec_denied: list[str]) -> list[str]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from fence.defaults import DEFAULT_DENIED_COMMANDS, DEFAULT_DENY_SOURCE
 from fence.executor import shellparse
@@ -190,9 +190,8 @@ def _ssh_o(t: Target, value: str) -> None:
     elif key == "controlpath":
         if low != "none":
             t.refuse("-o ControlPath may reuse a connection to another host", "ControlPath")
-    elif key == "remotecommand":
-        if low != "none" and t.remote is None:
-            t.remote = val
+    elif key == "remotecommand" and low != "none" and t.remote is None:
+        t.remote = val
     if key in _PASSED_OPTIONS:
         if not _OPTION_VALUE.match(val):
             t.refuse(f"-o {key} value {go_quote(val)} has characters fence does not pass to ssh", key)
@@ -265,9 +264,7 @@ def _walk_options(t: Target, argv: list[str], dyn: list[bool], i: int, arg_chars
                         flags["subsystem"] = True
             elif k < n and dyn[k]:
                 t.refuse(f"option -{ch} {go_quote(value)} is only known when the command runs", f"-{ch}")
-            elif program == "ssh" and ch == "Q":
-                flags["noconnect"] = True
-            elif program in ("scp", "sftp") and ch == "D":
+            elif (program == "ssh" and ch == "Q") or (program in ("scp", "sftp") and ch == "D"):
                 flags["noconnect"] = True
             elif program == "sftp" and ch == "s":
                 t.remote = value
@@ -331,7 +328,7 @@ def _copy_targets(argv: list[str], dyn: list[bool], program: str) -> list[Target
     odyn = dyn[i:]
     if program == "sftp":
         operands, odyn = operands[:1], odyn[:1]
-    for word, d in zip(operands, odyn):
+    for word, d in zip(operands, odyn, strict=True):
         t = Target(program)
         t.options = list(base.options)
         t.jumps = list(base.jumps)
@@ -379,7 +376,7 @@ def _rsync_targets(cmd: Command) -> list[Target]:
     while i < n:
         w = argv[i]
         if w == "--":
-            operands += list(zip(argv[i + 1:], dyn[i + 1:]))
+            operands += list(zip(argv[i + 1:], dyn[i + 1:], strict=True))
             break
         if w.startswith("--"):
             name, eq, value = w.partition("=")
