@@ -121,15 +121,18 @@ class _Segment:
 
 
 class Glob:
-    """A compiled pattern: ``head`` at the start, ``tail`` at the end (when starred), ``middle`` between."""
+    """A compiled pattern: ``head`` at the start, ``tail`` at the end, ``middle`` between.
+
+    Without a star the pattern is one segment: ``head`` (and ``tail``, unused) is all of it.
+    """
 
     __slots__ = ("head", "middle", "tail", "starred")
 
     def __init__(self, segments: list[_Segment], starred: bool):
         self.starred = starred
         self.head = segments[0]
-        self.tail = segments[-1] if starred else None
-        self.middle = tuple(segments[1:-1]) if starred else ()
+        self.tail = segments[-1]
+        self.middle = tuple(segments[1:-1])
 
     def match(self, text: str) -> bool:
         """Does the whole of ``text`` match?"""
