@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from fence.globmatch import compile_fnmatch, fnmatch_case, star_match
 from test_linear_patterns import ADVERSARIAL, within
 
-MANY = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MANY = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 PATTERN_CHARS = "ab-!]^[*?\\z&|~\n."
 TEXT_CHARS = "ab-!]^[*?\\z&\n.cÅ"

@@ -18,7 +18,6 @@ import json
 import re
 import shutil
 import signal
-import time
 from contextlib import contextmanager
 
 import pytest
@@ -126,12 +125,9 @@ def test_fence_with_an_adversarial_host_pattern_returns_promptly(fence):
     cfg = work / "fence-test.json"
     cfg.write_text(json.dumps({"ssh": {"allowedHosts": [ADVERSARIAL]}}))
     cfg.chmod(0o644)
-    started = time.monotonic()
-    r = fence.run("-s", str(cfg), "-c", f"ssh {LONG} true", cwd=str(work), timeout=30)
-    took = time.monotonic() - started
+    r = fence.run("-s", str(cfg), "-c", f"ssh {LONG} true", cwd=str(work), timeout=30)  # before: killed at 30 s
     assert r.returncode == 1, r.stderr[-500:]
     assert r.stderr.startswith("Error: SSH blocked: host not in allowedHosts (host: aaaa")
-    assert took < 30
     cfg.write_text(json.dumps({"ssh": {"allowedHosts": ["*"], "deniedHosts": [ADVERSARIAL]}}))
     r = fence.run("-s", str(cfg), "-c", f"ssh {LONG}b true", cwd=str(work), timeout=30)
     assert r.returncode == 1 and r.stderr.startswith('Error: SSH blocked: host matches denied pattern "*a*a*a*a*b"')
