@@ -157,10 +157,26 @@ _encoder = msgspec.json.Encoder()
 
 
 def encode(msg: Message, limit: int = MAX_PAYLOAD) -> bytes:
-    data = _encoder.encode(msg)
+    try:
+        data = _encoder.encode(msg)
+    except UnicodeEncodeError:  # an OS string that is not UTF-8 (argv, a path the sandbox made)
+        data = _encoder.encode(_wire_text(msgspec.to_builtins(msg)))
     if len(data) > limit:
         raise PayloadTooLarge(f"{type(msg).__name__} is {len(data)} bytes; the limit is {limit}")
     return data
+
+
+def _wire_text(value: Any) -> Any:
+    """``value`` with every string made valid UTF-8: bytes Python kept as surrogates (``os.fsdecode`` of
+    ``x\\xff``) become the text ``\\xff``.  Lossy on purpose and only for such bytes: an event about
+    a command whose argv is not UTF-8 must still be sent, not crash the run after bwrap started."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {_wire_text(k): _wire_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_wire_text(v) for v in value]
+    return value
 
 
 @lru_cache(maxsize=4096)
