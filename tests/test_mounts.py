@@ -19,7 +19,8 @@ def test_phase_order_later_mounts_win():
     view = FsView(write=[("/w", True)], protected=["/w/.bashrc"], pinned=["/w/.git"],
                   deny_write=[("/w/locked", True), ("/etc/hosts", False)], deny_read=[("/w/secret", True), ("/w/k", False)])
     lines = pairs(filesystem_args(view, ("/run/fence",)))
-    assert lines == ["--ro-bind / /", "--dev /dev", "--proc /proc", "--tmpfs /tmp", "--dir /tmp/fence",
+    assert lines == ["--ro-bind / /", "--dev /dev", "--proc /proc", "--remount-ro /proc", "--tmpfs /tmp",
+                     "--dir /tmp/fence",
                      "--bind-fd 11 /w", "--bind-fd 12 /w/.git", "--ro-bind /w/.bashrc /w/.bashrc",
                      "--ro-bind /w/locked /w/locked",  # /etc/hosts: already read-only, no mount
                      "--tmpfs /w/secret", "--remount-ro /w/secret", "--ro-bind /dev/null /w/k", "--tmpfs /run/fence"]

@@ -431,6 +431,22 @@ def test_kernel_interfaces_fail_inside_and_work_outside(fence, syscall_probe, co
     assert inside(fence, syscall_probe, KERNEL_INTERFACES, config) == {name: "EPERM" for name in KERNEL_INTERFACES}
 
 
+PROC_WRITES = ["proc_mem_write", "proc_self_mem_write", "proc_sys_write", "proc_sys_mount"]
+
+
+@pytest.mark.parametrize("config", [None, LANDLOCKED], ids=["plain", "landlocked"])
+def test_writes_through_proc_fail_inside(fence, syscall_probe, config):
+    """/proc is read-only inside: another process's memory (a child's, here: same user, nothing else stops
+    it), the process's own, and /proc/sys (which root could write outside)."""
+    root = fence.user is None and os.geteuid() == 0
+    assert outside(fence, syscall_probe, PROC_WRITES) == {
+        "proc_mem_write": "ok", "proc_self_mem_write": "ok", "proc_sys_mount": "ok",
+        "proc_sys_write": "ok" if root else "EACCES"}
+    assert inside(fence, syscall_probe, PROC_WRITES, config) == {
+        "proc_mem_write": "EROFS", "proc_self_mem_write": "EROFS", "proc_sys_mount": "EROFS",
+        "proc_sys_write": "EROFS" if root else "EACCES"}  # the file's own permission is checked first
+
+
 TTY_CONTROL = ["tiocsctty", "tiocsetd", "tioccons_badfd", "tiocsctty_badfd", "tiocsetd_badfd", "tcgets"]
 
 

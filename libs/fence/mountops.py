@@ -41,7 +41,10 @@ class DevFs(Op, tag="dev"):
 
 
 class ProcFs(Op, tag="proc"):
-    """A fresh /proc for the sandbox's pid namespace."""
+    """A fresh /proc for the sandbox's pid namespace; ``readonly`` remounts it read-only (no write through
+    /proc reaches another process's memory, /proc/<pid>/mem, or the kernel's settings, /proc/sys)."""
+
+    readonly: bool = False
 
 
 class Tmpfs(Op, tag="tmpfs"):
@@ -80,7 +83,7 @@ def render(op: Mount) -> list[str]:
     if isinstance(op, DevFs):
         return ["--dev", op.dest]
     if isinstance(op, ProcFs):
-        return ["--proc", op.dest]
+        return ["--proc", op.dest, *(["--remount-ro", op.dest] if op.readonly else [])]
     if isinstance(op, Tmpfs):
         return ["--tmpfs", op.dest, *(["--remount-ro", op.dest] if op.readonly else [])]
     if isinstance(op, Dir):
