@@ -37,6 +37,13 @@ def test_mounts_are_typed_ops_in_the_same_order():
     assert Bind(src="/w/.bashrc", dest="/w/.bashrc") in ops and Bind(src="/dev/null", dest="/w/k") in ops
 
 
+def test_tmp_and_shm_are_sized():
+    lines = pairs(filesystem_args(FsView(tmp_size=8 << 20, shm_size=4 << 20)))
+    assert lines[:9] == ["--ro-bind / /", "--dev /dev", "--size 4194304", "--tmpfs /dev/shm", "--proc /proc",
+                         "--remount-ro /proc", "--size 8388608", "--tmpfs /tmp", "--dir /tmp/fence"]
+    assert not any("/dev/shm" in line for line in pairs(filesystem_args(FsView(devices="host", shm_size=4 << 20))))
+
+
 def test_root_writable_and_host_devices():
     lines = pairs(filesystem_args(FsView(write=[("/", True)], devices="host")))
     assert lines[:2] == ["--bind / /", "--dev-bind /dev /dev"]

@@ -48,9 +48,11 @@ class ProcFs(Op, tag="proc"):
 
 
 class Tmpfs(Op, tag="tmpfs"):
-    """An empty tmpfs; ``readonly`` remounts it read-only (how a denied directory looks empty)."""
+    """An empty tmpfs; ``readonly`` remounts it read-only (how a denied directory looks empty); ``size``: the
+    most it may hold, in bytes (0: the kernel's default, half of RAM)."""
 
     readonly: bool = False
+    size: int = 0
 
 
 class Dir(Op, tag="dir"):
@@ -85,7 +87,8 @@ def render(op: Mount) -> list[str]:
     if isinstance(op, ProcFs):
         return ["--proc", op.dest, *(["--remount-ro", op.dest] if op.readonly else [])]
     if isinstance(op, Tmpfs):
-        return ["--tmpfs", op.dest, *(["--remount-ro", op.dest] if op.readonly else [])]
+        size = ["--size", str(op.size)] if op.size else []
+        return [*size, "--tmpfs", op.dest, *(["--remount-ro", op.dest] if op.readonly else [])]
     if isinstance(op, Dir):
         return [*(["--perms", op.perms] if op.perms else []), "--dir", op.dest]
     if isinstance(op, Symlink):

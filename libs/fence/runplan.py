@@ -60,6 +60,10 @@ class FsView(msgspec.Struct):
     inside because only their canonical targets are bound."""
     runtime_dirs: list[tuple[str, str]] = []
     """(path, octal mode) directories to create inside the private /tmp (XDG_RUNTIME_DIR repair)."""
+    tmp_size: int = 0
+    """Bytes the private /tmp may hold (``filesystem.tmpSize``, resolved; 0: the kernel's default, half of RAM)."""
+    shm_size: int = 0
+    """Bytes the private /dev/shm may hold (``filesystem.shmSize``; minimal /dev only; 0: no tmpfs of its own)."""
     def writable_roots(self) -> list[str]:
         return [p for p, _ in self.write]
 

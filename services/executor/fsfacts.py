@@ -163,8 +163,24 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
         notes.append(f"mandatory protection: {path} is writable (filesystem.allowWriteProtected)")
     view.protected = protection.readonly
     view.pinned = protection.pinned
+    view.tmp_size, view.shm_size = _tmpfs_sizes(policy, view.devices)
     changes, view.runtime_dirs = repair_runtime_env(env, view, sandbox)
     return FsFacts(view, protection, changes, notes)
+
+
+def _tmpfs_sizes(policy: Policy, devices: str) -> tuple[int, int]:
+    """Bytes for the private /tmp and (minimal /dev only: the host's is the host's) /dev/shm."""
+    from fence.sizes import physical_memory, to_bytes
+
+    fs = policy.filesystem
+    memory = physical_memory()
+    sizes = []
+    for field, value in (("tmpSize", fs.tmp_size), ("shmSize", fs.shm_size)):
+        try:
+            sizes.append(to_bytes(value, memory))
+        except ValueError as e:  # validated by the config service; refused here too, never ignored
+            raise FsError(f"filesystem.{field}: {e}") from None
+    return sizes[0], sizes[1] if devices == "minimal" else 0
 
 
 def _named_symlinks(patterns: list[str], cwd: str, home: str) -> list[tuple[str, str]]:

@@ -8,7 +8,8 @@ over an earlier one:
 
 1. base view: ``--ro-bind / /`` (read-mostly), ``--bind / /`` (allowWrite "/"),
    or under defaultDenyRead only the readable paths bound read-only;
-2. devices, ``/proc`` read-only, a private ``/tmp`` with ``/tmp/fence``;
+2. devices (a private, sized ``/dev/shm`` with the minimal ``/dev``), ``/proc``
+   read-only, a private sized ``/tmp`` with ``/tmp/fence``;
 3. allowWrite binds (read/write/exec);
 4. pinned directories, in path order with the allowWrite binds: every ``.git``
    and every directory between a writable root and a protected path, bound onto
@@ -75,7 +76,9 @@ def filesystem_mounts(view: FsView, masked_dirs: tuple[str, ...] = ()) -> list[M
     else:
         ops.append(DevFs(dest="/dev"))
         ops += [Bind(src=dev, dest=dev, device=True) for dev in view.devices_allow]
-    ops += [ProcFs(dest="/proc", readonly=True), Tmpfs(dest="/tmp"), Dir(dest=SANDBOX_TMP)]
+        if view.shm_size:
+            ops.append(Tmpfs(dest="/dev/shm", size=view.shm_size))
+    ops += [ProcFs(dest="/proc", readonly=True), Tmpfs(dest="/tmp", size=view.tmp_size), Dir(dest=SANDBOX_TMP)]
     ops += [Dir(dest=path, perms=mode) for path, mode in view.runtime_dirs]
     ops += [BindFd(dest=path, fd=PINNED_FD_BASE + i) for i, path in enumerate(pinned_sources(view))]
     readonly = dict.fromkeys(view.protected + [p for p, _ in view.deny_write if any(under(p, w) for w in writes)])
