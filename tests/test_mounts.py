@@ -37,11 +37,27 @@ def test_mounts_are_typed_ops_in_the_same_order():
     assert Bind(src="/w/.bashrc", dest="/w/.bashrc") in ops and Bind(src="/dev/null", dest="/w/k") in ops
 
 
-def test_tmp_and_shm_are_sized():
-    lines = pairs(filesystem_args(FsView(tmp_size=8 << 20, shm_size=4 << 20)))
-    assert lines[:9] == ["--ro-bind / /", "--dev /dev", "--size 4194304", "--tmpfs /dev/shm", "--proc /proc",
-                         "--remount-ro /proc", "--size 8388608", "--tmpfs /tmp", "--dir /tmp/fence"]
+def test_sizes_hidden_runtime_dir_and_grants_in_path_order():
+    """/dev/shm and /tmp sized; /run/user/0 hidden after a write grant above it, its grants bound back over it,
+    fence's mask inside it, and the hidden tmpfs made read-only last."""
+    view = FsView(write=[("/run", True), ("/run/user/0/w", True)], hidden=["/run/user/0"],
+                  hidden_grants=["/run/user/0/bus"], tmp_size=8 << 20, shm_size=4 << 20)
+    lines = pairs(filesystem_args(view, ("/run/user/0/fence",)))
+    assert lines == ["--ro-bind / /", "--dev /dev", "--size 4194304", "--tmpfs /dev/shm", "--proc /proc",
+                     "--remount-ro /proc", "--size 8388608", "--tmpfs /tmp", "--dir /tmp/fence",
+                     f"--bind-fd {PINNED_FD_BASE} /run", "--tmpfs /run/user/0",
+                     "--ro-bind /run/user/0/bus /run/user/0/bus", f"--bind-fd {PINNED_FD_BASE + 1} /run/user/0/w",
+                     "--tmpfs /run/user/0/fence", "--remount-ro /run/user/0"]
+    assert pairs(filesystem_args(FsView(devices="host", shm_size=4 << 20)))[1] == "--dev-bind /dev /dev"
     assert not any("/dev/shm" in line for line in pairs(filesystem_args(FsView(devices="host", shm_size=4 << 20))))
+
+
+def test_hidden_runtime_dir_is_repaired_unless_written_inside():
+    view = FsView(write=[("/", True)], hidden=["/run/user/5"])
+    changes, dirs = repair_runtime_env({"XDG_RUNTIME_DIR": "/run/user/5"}, view, "abc")
+    assert changes == {"XDG_RUNTIME_DIR": "/tmp/fence-runtime-abc"} and dirs == [("/tmp/fence-runtime-abc", "0700")]
+    view = FsView(write=[("/run/user/5/app", True)], hidden=["/run/user/5"])
+    assert writable_inside(view, "/run/user/5/app/x") and not writable_inside(view, "/run/user/5")
 
 
 def test_root_writable_and_host_devices():

@@ -1,10 +1,14 @@
 """The sandbox's private mounts in real sandboxes, as root and as an unprivileged user: a sized /tmp and
-/dev/shm.  Each case does the same thing outside fence, where it works."""
+/dev/shm, and the user's /run/user/<uid> hidden unless a grant names it.  Each case does the same thing
+outside fence, where it works."""
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
+import socket
 import subprocess
 
 import pytest
@@ -66,3 +70,83 @@ def test_host_devices_keep_the_hosts_shm(fence):
     blocks, device = r.stdout.split()
     assert int(blocks) * os.sysconf("SC_PAGE_SIZE") == 4 * MIB
     assert int(device) == os.stat("/dev/shm").st_dev
+
+
+# --- /run/user/<uid> ------------------------------------------------------------------------------
+
+@pytest.fixture
+def runtime_dir(fence):
+    """The runner's /run/user/<uid> with a secret, a file to grant, a socket and a directory in it; made for
+    the test when the machine has none (then removed), else only the files are added (and removed)."""
+    uid = pwd.getpwnam(fence.user).pw_uid if fence.user else os.getuid()
+    gid = pwd.getpwnam(fence.user).pw_gid if fence.user else os.getgid()
+    base = "/run/user"
+    path = f"{base}/{uid}"
+    made_base = not os.path.isdir(base)
+    made = not os.path.isdir(path)
+    if made_base:
+        os.makedirs(base, mode=0o755)
+    if made:
+        os.mkdir(path, 0o700)
+        os.chown(path, uid, gid)
+    names = ["secret.txt", "granted.txt", "agent.sock", "work"]
+    for name in names[:2]:
+        with open(f"{path}/{name}", "w") as f:
+            f.write(f"{name} content\n")
+    agent = socket.socket(socket.AF_UNIX)
+    agent.bind(f"{path}/agent.sock")
+    agent.close()
+    os.mkdir(f"{path}/work")
+    for name in names:
+        os.lchown(f"{path}/{name}", uid, gid)
+    try:
+        yield path, made
+    finally:
+        if made:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            for name in names:
+                full = f"{path}/{name}"
+                shutil.rmtree(full, ignore_errors=True) if os.path.isdir(full) else os.unlink(full)
+        if made_base:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+LOOK = ('ls -A "$1"; cat "$1/secret.txt" 2>/dev/null || echo no-secret; '
+        'cat "$1/granted.txt" 2>/dev/null || echo no-granted; test -S "$1/agent.sock" && echo socket || echo no-socket; '
+        'touch "$1/work/new" 2>/dev/null && echo wrote || echo read-only')
+EVERYTHING = "agent.sock\ngranted.txt\nsecret.txt\nwork\nsecret.txt content\ngranted.txt content\nsocket\n"
+
+
+def test_user_runtime_dir_is_hidden(fence, runtime_dir):
+    path, _ = runtime_dir
+    assert outside(fence, LOOK, path).stdout == EVERYTHING + "wrote\n"
+    os.unlink(f"{path}/work/new")
+    r = sh(fence, {}, LOOK, path)
+    assert r.stdout == "no-secret\nno-granted\nno-socket\nread-only\n", r.stderr
+
+
+def test_grants_inside_it_show_what_they_name(fence, runtime_dir):
+    path, _ = runtime_dir
+    policy = {"filesystem": {"allowRead": [f"{path}/granted.txt"], "allowWrite": [f"{path}/work"]},
+              "network": {"allowUnixSockets": [f"{path}/agent.sock"]}}
+    r = sh(fence, policy, LOOK, path)
+    assert r.stdout == "agent.sock\ngranted.txt\nwork\nno-secret\ngranted.txt content\nsocket\nwrote\n", r.stderr
+    assert os.path.exists(f"{path}/work/new")  # the write grant is the host's directory
+
+
+def test_a_grant_naming_it_shows_all_of_it(fence, runtime_dir):
+    path, _ = runtime_dir
+    r = sh(fence, {"filesystem": {"allowRead": [path]}}, LOOK, path)
+    assert r.stdout == EVERYTHING + "read-only\n", r.stderr
+
+
+def test_xdg_runtime_dir_there_is_repaired(fence, runtime_dir):
+    """XDG_RUNTIME_DIR=/run/user/<uid>: inside it points at a fresh private directory that works."""
+    path, made = runtime_dir
+    if not made:
+        pytest.skip("a real runtime directory: fence would keep its own runtime files in it")
+    r = sh(fence, {}, 'echo "$XDG_RUNTIME_DIR"; touch "$XDG_RUNTIME_DIR/x" && echo usable',
+           env=fence.env(XDG_RUNTIME_DIR=path))
+    lines = r.stdout.split("\n")
+    assert lines[0].startswith("/tmp/fence-runtime-") and lines[1:] == ["usable", ""], r.stderr

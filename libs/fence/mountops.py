@@ -55,6 +55,11 @@ class Tmpfs(Op, tag="tmpfs"):
     size: int = 0
 
 
+class RemountRo(Op, tag="remount-ro"):
+    """``dest``'s mount made read-only, not its submounts: for a tmpfs that must stay writable until the
+    mount points of what is bound inside it have been made (a hidden directory's granted paths)."""
+
+
 class Dir(Op, tag="dir"):
     """A directory created inside (in a tmpfs); ``perms`` an octal mode, "" for bwrap's default."""
 
@@ -72,7 +77,7 @@ class DataFile(Op, tag="data"):
     perms: str = "0644"
 
 
-Mount = Bind | BindFd | DevFs | ProcFs | Tmpfs | Dir | Symlink | DataFile
+Mount = Bind | BindFd | DevFs | ProcFs | Tmpfs | RemountRo | Dir | Symlink | DataFile
 
 
 def render(op: Mount) -> list[str]:
@@ -89,6 +94,8 @@ def render(op: Mount) -> list[str]:
     if isinstance(op, Tmpfs):
         size = ["--size", str(op.size)] if op.size else []
         return [*size, "--tmpfs", op.dest, *(["--remount-ro", op.dest] if op.readonly else [])]
+    if isinstance(op, RemountRo):
+        return ["--remount-ro", op.dest]
     if isinstance(op, Dir):
         return [*(["--perms", op.perms] if op.perms else []), "--dir", op.dest]
     if isinstance(op, Symlink):
