@@ -38,7 +38,8 @@ def test_nested_user_namespaces_disabled_for_everyone():
 def test_filesystem_view_order():
     argv = plan(masked=["/run/user/1/fence"]).argv
     view = argv[argv.index("--ro-bind"):argv.index("--chdir")]
-    assert view == ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--remount-ro", "/proc", "--tmpfs", "/tmp",
+    assert view == ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--remount-ro", "/proc",
+                    "--tmpfs", "/tmp",
                     "--dir", "/tmp/fence", "--tmpfs", "/run/user/1/fence"]
     assert argv[argv.index("--chdir") + 1] == "/work"
 

@@ -113,7 +113,8 @@ def runtime_dir(fence):
 
 
 LOOK = ('ls -A "$1"; cat "$1/secret.txt" 2>/dev/null || echo no-secret; '
-        'cat "$1/granted.txt" 2>/dev/null || echo no-granted; test -S "$1/agent.sock" && echo socket || echo no-socket; '
+        'cat "$1/granted.txt" 2>/dev/null || echo no-granted; '
+        'test -S "$1/agent.sock" && echo socket || echo no-socket; '
         'touch "$1/work/new" 2>/dev/null && echo wrote || echo read-only')
 EVERYTHING = "agent.sock\ngranted.txt\nsecret.txt\nwork\nsecret.txt content\ngranted.txt content\nsocket\n"
 
