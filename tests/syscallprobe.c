@@ -193,6 +193,18 @@ static int check_tiocsetd(void) {
     return ioctl(slave, TIOCSETD, &ldisc) < 0 ? fail() : 0;  /* the line discipline it already has */
 }
 
+static int check_tiocsctty_steal(void) {  /* arg 1: take it even from another session (with CAP_SYS_ADMIN) */
+    int master, slave;
+    if (openpty(&master, &slave, NULL, NULL, NULL) < 0)
+        return fail();
+    setsid();
+    return ioctl(slave, TIOCSCTTY, 1) < 0 ? fail() : 0;
+}
+
+static int check_tiocsctty_stdin(void) {  /* the descriptor the sandbox was given */
+    return ioctl(0, TIOCSCTTY, 0) < 0 ? fail() : 0;
+}
+
 /* On a closed fd the kernel answers EBADF, the filter (which runs first) EPERM. */
 static int bad_fd_ioctl(unsigned long request) { return ioctl(999, request, 0) < 0 ? fail() : 0; }
 static int check_tioccons_badfd(void) { return bad_fd_ioctl(TIOCCONS); }
@@ -235,6 +247,8 @@ static const struct {
     {"proc_sys_write", check_proc_sys_write},
     {"proc_sys_mount", check_proc_sys_mount},
     {"tiocsctty", check_tiocsctty},
+    {"tiocsctty_steal", check_tiocsctty_steal},
+    {"tiocsctty_stdin", check_tiocsctty_stdin},
     {"tiocsetd", check_tiocsetd},
     {"tioccons_badfd", check_tioccons_badfd},
     {"tiocsctty_badfd", check_tiocsctty_badfd},

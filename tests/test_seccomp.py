@@ -446,18 +446,27 @@ def test_writes_through_proc_fail_inside(fence, syscall_probe, config):
         "proc_sys_write": "EROFS" if root else "EACCES"}  # the file's own permission is checked first
 
 
-TTY_CONTROL = ["tiocsctty", "tiocsetd", "tioccons_badfd", "tiocsctty_badfd", "tiocsetd_badfd", "tcgets"]
+TTY_CONTROL = ["tiocsctty", "tiocsctty_steal", "tiocsetd", "tioccons_badfd", "tiocsctty_badfd", "tiocsetd_badfd",
+               "tcgets"]
 
 
 def test_tty_control_ioctls_fail_inside(fence, syscall_probe):
-    """TIOCSCTTY and TIOCSETD on a pty of the probe's own work outside; on a closed fd all three get EBADF
-    outside (the kernel looks at the fd) and EPERM inside (the filter answers first, whatever the fd)."""
+    """TIOCSETD and TIOCCONS fail inside on any fd (on a closed one EPERM, not EBADF: the filter answers
+    first); TIOCSCTTY in its steal form too, while taking a terminal the command opened itself still works
+    (forkpty: tmux, pexpect)."""
     assert outside(fence, syscall_probe, TTY_CONTROL) == {
-        "tiocsctty": "ok", "tiocsetd": "ok", "tioccons_badfd": "EBADF", "tiocsctty_badfd": "EBADF",
-        "tiocsetd_badfd": "EBADF", "tcgets": "ok"}
+        "tiocsctty": "ok", "tiocsctty_steal": "ok", "tiocsetd": "ok", "tioccons_badfd": "EBADF",
+        "tiocsctty_badfd": "EBADF", "tiocsetd_badfd": "EBADF", "tcgets": "ok"}
     assert inside(fence, syscall_probe, TTY_CONTROL) == {
-        "tiocsctty": "EPERM", "tiocsetd": "EPERM", "tioccons_badfd": "EPERM", "tiocsctty_badfd": "EPERM",
-        "tiocsetd_badfd": "EPERM", "tcgets": "ok"}
+        "tiocsctty": "ok", "tiocsctty_steal": "EPERM", "tiocsetd": "EPERM", "tioccons_badfd": "EPERM",
+        "tiocsctty_badfd": "EBADF", "tiocsetd_badfd": "EPERM", "tcgets": "ok"}
+
+
+def test_a_terminal_program_gives_its_child_a_terminal(fence):
+    """forkpty inside works (Python's pty.fork: what pexpect, script and tmux do)."""
+    r = fence.run("--", "python3", "-c", "import os, pty\npid, fd = pty.fork()\nif pid == 0:\n    os.execvp('tty', ['tty'])\n"
+                  "print(os.read(fd, 100).decode().strip().startswith('/dev/pts/'))\nos.waitpid(pid, 0)")
+    assert (r.returncode, r.stdout) == (0, "True\n"), r.stderr
 
 
 def test_a_pty_run_keeps_its_terminal_without_tiocsctty(fence, syscall_probe):
@@ -466,10 +475,10 @@ def test_a_pty_run_keeps_its_terminal_without_tiocsctty(fence, syscall_probe):
     work = fence.workdir()
     (work / "fence.json").write_text('{"allowPty": true}')
     fence.own(work)
-    with fence.terminal("-s", str(work / "fence.json"), "--", syscall_probe, "controlling_terminal", "tiocsctty",
-                        cwd=str(work)) as term:
+    with fence.terminal("-s", str(work / "fence.json"), "--", syscall_probe, "controlling_terminal",
+                        "tiocsctty_stdin", cwd=str(work)) as term:
         term.expect("}")
         assert term.wait() == 0, term.text
     assert json.loads(term.text[term.text.index("{"):term.text.index("}") + 1]) == {
-        "controlling_terminal": "ok", "tiocsctty": "EPERM"}
+        "controlling_terminal": "ok", "tiocsctty_stdin": "EPERM"}
     assert "Warning" not in term.text, term.text

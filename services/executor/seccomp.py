@@ -14,9 +14,11 @@ no business making (see ``docs/linux-layers.md`` for the why of each):
   placement calls, ``pidfd_getfd`` (taking another process's fds);
 * ``socket(AF_VSOCK)``: vsock is not network-namespaced, so it would reach
   the hypervisor host whatever the network policy;
-* ``ioctl`` TIOCSCTTY, TIOCSETD and TIOCCONS on any fd (``TTY_CONTROL``):
-  seccomp cannot tell a terminal the sandbox opened from one it inherited,
-  so they are refused on every fd; the init helper takes a PTY as
+* ``ioctl`` TIOCSETD and TIOCCONS on any fd; TIOCSCTTY on fds 0-2 (what the
+  sandbox was given) and in its steal form (arg 1) on any fd: seccomp cannot
+  tell a terminal the sandbox opened from one it inherited and ``dup``ed, so
+  a terminal it opened itself stays usable (``forkpty``: tmux, pexpect) and
+  the kernel's ownership rule covers the rest; the init helper takes a PTY as
   controlling terminal without TIOCSCTTY (docs/linux-layers.md);
 * new namespaces of any kind (``unshare``/``clone`` namespace flags) and
   ``setns``: a fresh user namespace would hand back every capability;
@@ -95,6 +97,10 @@ TIOCSETD = 0x5423
 TTY_INPUT = (TIOCSTI, TIOCLINUX)
 """Typing into (or driving) a terminal."""
 TTY_CONTROL = (TIOCSCTTY, TIOCSETD, TIOCCONS)
+TTY_ANY_FD = (TIOCSETD, TIOCCONS)
+"""Refused on every fd: changing a terminal's line discipline, redirecting the console."""
+INHERITED_FDS = (0, 1, 2)
+"""Where TIOCSCTTY is refused (with its steal form, arg 1, everywhere): the descriptors the sandbox got."""
 """Taking a terminal as controlling terminal, changing its line discipline, redirecting the console to it."""
 LOW32 = 0xFFFFFFFF
 """int arguments: the kernel ignores the upper half of the register, so the
@@ -144,7 +150,11 @@ def _always() -> tuple[Rule, ...]:
     out.append(Rule("clone3", ENOSYS))
     out += [Rule("unshare", EPERM, (0, flag, flag)) for flag in CLONE_NAMESPACES + (CLONE_NEWTIME,)]
     out += [Rule("clone", EPERM, (0, flag, flag)) for flag in CLONE_NAMESPACES]
-    out += [Rule("ioctl", EPERM, (1, LOW32, request)) for request in TTY_INPUT + TTY_CONTROL]
+    out += [Rule("ioctl", EPERM, (1, LOW32, request)) for request in TTY_INPUT + TTY_ANY_FD]
+    # TIOCSCTTY: never on the descriptors the sandbox was given (0-2: the user's terminal, when it is
+    # one), never to steal (arg 1); a terminal the sandbox opened itself stays usable (forkpty)
+    out += [Rule("ioctl", EPERM, (0, LOW32, fd), (1, LOW32, TIOCSCTTY)) for fd in INHERITED_FDS]
+    out.append(Rule("ioctl", EPERM, (1, LOW32, TIOCSCTTY), (2, LOW32, 1)))
     out.append(Rule("socket", EPERM, (0, LOW32, AF_VSOCK)))
     return tuple(out)
 
