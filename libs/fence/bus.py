@@ -94,9 +94,11 @@ class ServiceError(Exception):
 
     code = "failed"
 
-    def __init__(self, message: str, code: str = ""):
+    def __init__(self, message: str, code: str = "", field: str = ""):
         super().__init__(message)
         self.message = message
+        self.field = field
+        """The request field that was wrong ("" when none is): sent in ``ErrorReply.field``."""
         if code:
             self.code = code
 
@@ -104,11 +106,12 @@ class ServiceError(Exception):
 class RemoteError(BusError):
     """The responder answered with an ``ErrorReply``."""
 
-    def __init__(self, code: str, message: str, subject: str = ""):
+    def __init__(self, code: str, message: str, subject: str = "", field: str = ""):
         super().__init__(f"{subject}: {code}: {message}" if subject else f"{code}: {message}")
         self.code = code
         self.message = message
         self.subject = subject
+        self.field = field
 
 
 # --- the interface --------------------------------------------------------------
@@ -157,10 +160,26 @@ _encoder = msgspec.json.Encoder()
 
 
 def encode(msg: Message, limit: int = MAX_PAYLOAD) -> bytes:
-    data = _encoder.encode(msg)
+    try:
+        data = _encoder.encode(msg)
+    except UnicodeEncodeError:  # an OS string that is not UTF-8 (argv, a path the sandbox made)
+        data = _encoder.encode(_wire_text(msgspec.to_builtins(msg)))
     if len(data) > limit:
         raise PayloadTooLarge(f"{type(msg).__name__} is {len(data)} bytes; the limit is {limit}")
     return data
+
+
+def _wire_text(value: Any) -> Any:
+    """``value`` with every string made valid UTF-8: bytes Python kept as surrogates (``os.fsdecode`` of
+    ``x\\xff``) become the text ``\\xff``.  Lossy on purpose and only for such bytes: an event about
+    a command whose argv is not UTF-8 must still be sent, not crash the run after bwrap started."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {_wire_text(k): _wire_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_wire_text(v) for v in value]
+    return value
 
 
 @lru_cache(maxsize=4096)
@@ -196,8 +215,15 @@ def decoder_for(msg_type: Any) -> msgspec.json.Decoder:
     return msgspec.json.Decoder(msg_type)
 
 
-def _error(code: str, message: str) -> bytes:
-    return _encoder.encode(ErrorReply(code=code, message=message))
+def _warn(line: str) -> None:
+    """A bus warning on stderr, escaped: an exception's text may quote what a peer sent (``fence.textsafe``)."""
+    from fence.textsafe import printable
+
+    print(printable(line), file=sys.stderr)
+
+
+def _error(code: str, message: str, field: str = "") -> bytes:
+    return _encoder.encode(ErrorReply(code=code, message=message, field=field))
 
 
 def fit_reply(subject: str, data: bytes, limit: int) -> bytes:
@@ -237,7 +263,7 @@ def make_responder(subject: str, request_type: Any, handler: Handler, max_reques
                 return encode(reply)
             except (RemoteError, ServiceError) as e:  # a typed verdict: pass it on verbatim
                 outcome = e.code
-                return _error(e.code, e.message)
+                return _error(e.code, e.message, getattr(e, "field", ""))
             except Exception as e:  # a handler bug must never kill the service
                 outcome = "internal"
                 return _error("internal", f"{subject}: {type(e).__name__}: {e}")
@@ -254,7 +280,7 @@ def decode_reply(subject: str, data: bytes, reply_type: type[T]) -> T:
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise BusError(f"{subject}: undecodable reply: {e}") from None
     if isinstance(reply, ErrorReply):
-        raise RemoteError(reply.code, reply.message, subject)
+        raise RemoteError(reply.code, reply.message, subject, reply.field)
     return reply
 
 
@@ -311,7 +337,7 @@ class TypedBus:
             try:
                 await handler(msg)
             except Exception as e:  # a subscriber bug must not reach the publisher
-                print(f"[fence:bus] subscriber on {subject} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                _warn(f"[fence:bus] subscriber on {subject} failed: {type(e).__name__}: {e}")
 
         sub = await self.subscribe_raw(subject, on_raw, queue=queue)
         sub.undecodable = stats
@@ -373,7 +399,7 @@ class _Sub:
         try:
             await self.deliver(data, reply)
         except Exception as e:  # a raw subscriber bug must not stop later deliveries (nor reach the publisher)
-            print(f"[fence:bus] subscriber on {self.pattern} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            _warn(f"[fence:bus] subscriber on {self.pattern} failed: {type(e).__name__}: {e}")
 
 
 class InProcessBus(TypedBus):
@@ -461,7 +487,7 @@ class InProcessBus(TypedBus):
                 try:
                     reply(fit_reply(subject, await respond(data), self.max_payload))
                 except Exception as e:  # a raw responder bug: no reply, as over NATS
-                    print(f"[fence:bus] responder on {subject} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                    _warn(f"[fence:bus] responder on {subject} failed: {type(e).__name__}: {e}")
 
             task = loop.create_task(run())  # concurrent: a slow request stalls no other
             self._tasks.add(task)

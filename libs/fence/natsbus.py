@@ -106,7 +106,9 @@ def run(main: Awaitable[T]) -> T:
 
 
 def _log(text: str) -> None:
-    print(f"[fence:bus] {text}", file=sys.stderr, flush=True)
+    from fence.textsafe import printable
+
+    print(f"[fence:bus] {printable(text)}", file=sys.stderr, flush=True)
 
 
 def _bus_error(e: BaseException, subject: str = "") -> BusError:

@@ -37,7 +37,7 @@ class HostFacts(msgspec.Struct, frozen=True):
     """This interpreter (``sys.executable``): runs fence's init helper inside the sandbox (PTY and argv-policy runs)."""
 
 
-class FsView(msgspec.Struct):
+class FsView(msgspec.Struct, frozen=True):
     """The filesystem facts the planner needs, gathered (and bounded) by the caller."""
 
     read: Paths = []
@@ -60,6 +60,16 @@ class FsView(msgspec.Struct):
     inside because only their canonical targets are bound."""
     runtime_dirs: list[tuple[str, str]] = []
     """(path, octal mode) directories to create inside the private /tmp (XDG_RUNTIME_DIR repair)."""
+    tmp_size: int = 0
+    """Bytes the private /tmp may hold (``filesystem.tmpSize``, resolved; 0: the kernel's default, half of RAM)."""
+    shm_size: int = 0
+    """Bytes the private /dev/shm may hold (``filesystem.shmSize``; minimal /dev only; 0: no tmpfs of its own)."""
+    hidden: list[str] = []
+    """Host directories the sandbox sees as an empty read-only tmpfs: the user's ``/run/user/<uid>`` (the
+    session bus, keyring and desktop sockets), unless a grant names the directory itself."""
+    hidden_grants: list[str] = []
+    """Readable grants (allowRead, allowExecute, allowUnixSockets) inside a hidden directory, bound back
+    read-only over it (writable ones are allowWrite binds already)."""
     def writable_roots(self) -> list[str]:
         return [p for p, _ in self.write]
 
@@ -161,6 +171,11 @@ class SandboxPlan(msgspec.Struct):
     """fd bwrap receives -> the writable source the launcher must open, check and move onto it."""
     exec_notify_fd: int = 0
     """Non-zero: the exec supervisor's socket, which bwrap must inherit under this number."""
+    interpreter_fd: int = 0
+    """Non-zero: the exec masks cover the init helper's interpreter, so bwrap starts it as
+    ``/proc/self/fd/<this>``; the launcher opens ``interpreter`` and moves it onto this number."""
+    interpreter: str = ""
+    """The host path of that interpreter (its real path)."""
 
     @property
     def summary(self) -> str:

@@ -291,6 +291,7 @@ class ExecPolicy:
         from fence.defaults import DEFAULT_DENY_SOURCE
         from fence.executor.preflight import command_rule_hit
         from fence.goquote import go_quote
+        from fence.textsafe import printable
 
         for name in self.names(call):
             hit = command_rule_hit(Command([name] + call.argv[1:]), self.policy)
@@ -299,7 +300,8 @@ class ExecPolicy:
             rule, default = hit
             source = DEFAULT_DENY_SOURCE if default else self.sources.rule_label("command.deny", rule)
             shown = " ".join(call.argv) if call.argv else call.path
-            via = "" if call.argv and basename(call.argv[0]) == name else f" ({call.path or call.program()} is {name})"
+            via = ("" if call.argv and basename(call.argv[0]) == name
+                   else f" ({printable(call.path or call.program())} is {printable(name)})")
             message = (f"Runtime exec policy blocked: {go_quote(shown[:500])}{via} matches {go_quote(rule)}"
                        + (f" (rule from {source})" if source else ""))
             # Always EPERM, even where the file does not exist: the existence check would be resolved
@@ -512,8 +514,11 @@ def _respond(listener: int, nid: int, error: int, flags: int) -> None:
 
 
 def _stderr(line: str) -> None:
+    """One line on fence's stderr, escaped (``fence.textsafe``: the argv and paths in it are the sandbox's)."""
+    from fence.textsafe import printable
+
     try:
-        os.write(2, (line + "\n").encode("utf-8", "replace"))
+        os.write(2, (printable(line) + "\n").encode("utf-8", "replace"))
     except OSError:
         pass
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env
+import msgspec
+
+from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env, under
 from fence.executor.paths import absolute, expand
 from fence.executor.protect import Protection, protected_paths
 from fence.executor.reserve import PathSwapped
@@ -44,8 +46,8 @@ class FsFacts:
             warnings = self.protection.reserve()
         except PathSwapped as e:
             raise FsError(f"{e}; another process is changing it: stop it, or remove the link") from None
-        self.view.protected = self.protection.readonly
-        self.view.pinned = self.protection.pinned
+        self.view = msgspec.structs.replace(self.view, protected=list(self.protection.readonly),
+                                            pinned=list(self.protection.pinned))
         return warnings
 
     def pin(self, planned: dict[int, str]) -> dict[int, int]:
@@ -103,7 +105,7 @@ def pin(paths: list[str]) -> dict[str, int]:
 
 def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_chain: Sequence[SourceRef] = (),
            config_dir: str = "", helper_paths: Sequence[str] = ()) -> FsFacts:
-    """Everything ``plan_sandbox`` needs about the filesystem for ``policy`` run in ``cwd``.
+    """Everything the plan (``prepare``) needs about the filesystem for ``policy`` run in ``cwd``.
 
     ``config_chain`` is where the config came from (``ConfigResolveReply.chain``): its files stay
     read-only, like ``config_dir``, the user config directory."""
@@ -125,31 +127,37 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
         return found.paths
 
     write = grant("allowWrite", fs.allow_write)
-    view = FsView(write=write, deny_read=deny("denyRead", fs.deny_read), deny_write=deny("denyWrite", fs.deny_write),
-                  default_deny_read=fs.default_deny_read or fs.strict_deny_read)
-    if view.default_deny_read:
-        system = [] if fs.strict_deny_read else [(p, True) for p in SYSTEM_READ_PATHS if os.path.isdir(p)]
+    deny_read, deny_write = deny("denyRead", fs.deny_read), deny("denyWrite", fs.deny_write)
+    default_deny_read = fs.default_deny_read or fs.strict_deny_read
+    read: list[tuple[str, bool]] = []
+    execute: list[tuple[str, bool]] = []
+    symlinks: list[tuple[str, str]] = []
+    if default_deny_read:
+        # by their real paths, the usrmerge links (/bin -> usr/bin) recreated: a second bind of /usr/bin at
+        # /bin would not carry the exec masks laid over /usr/bin/NAME (/bin/NAME would still run)
+        system_paths = [] if fs.strict_deny_read else [p for p in SYSTEM_READ_PATHS if os.path.isdir(p)]
+        system = list(dict.fromkeys((os.path.realpath(p), True) for p in system_paths))
         helper = [(os.path.realpath(p), os.path.isdir(p)) for p in helper_paths if os.path.exists(p)]
-        view.read = system + helper + grant("allowRead", fs.allow_read)
-        view.execute = grant("allowExecute", fs.allow_execute)
-        view.symlinks = _named_symlinks(fs.allow_read + fs.allow_execute + fs.allow_write, cwd, home)
-        visible = [p for p, _ in view.read + view.execute + view.write]
+        read = system + helper + grant("allowRead", fs.allow_read)
+        execute = grant("allowExecute", fs.allow_execute)
+        symlinks = _named_symlinks(system_paths + fs.allow_read + fs.allow_execute + fs.allow_write, cwd, home)
+        visible = [p for p, _ in read + execute + write]
         real_cwd = os.path.realpath(cwd)
         if not any(real_cwd == p or p == "/" or real_cwd.startswith(p + "/") for p in visible):
             raise FsError(f"filesystem.defaultDenyRead: the working directory {cwd} is not readable in the sandbox; "
                           'add it to filesystem.allowRead (e.g. ".") or run from a readable directory')
     elif fs.allow_execute:
-        view.execute = grant("allowExecute", fs.allow_execute)
+        execute = grant("allowExecute", fs.allow_execute)
 
-    mode = policy.devices.mode or "auto"
-    view.devices = "host" if mode == "host" else "minimal"
-    if view.devices == "minimal":
+    devices = "host" if (policy.devices.mode or "auto") == "host" else "minimal"
+    devices_allow: list[str] = []
+    if devices == "minimal":
         for dev in dict.fromkeys(policy.devices.allow):
             real = os.path.realpath(dev)
             if not real.startswith("/dev/"):  # /dev/stdin -> /proc/self/fd/0, /dev/fd/N: not a device node
                 notes.append(f"devices.allow: {dev} leads to {real}, outside /dev: not passed through")
             elif os.path.exists(real):
-                view.devices_allow.append(real)
+                devices_allow.append(real)
 
     opened = [os.path.realpath(absolute(p, cwd, home)) for p in fs.allow_write_protected]
     protection = protected_paths([p for p, _ in write], os.path.realpath(cwd), home, config_dir,
@@ -162,10 +170,86 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
                      f"read-only and removed afterwards): {', '.join(missing)}")
     for path in protection.opened:
         notes.append(f"mandatory protection: {path} is writable (filesystem.allowWriteProtected)")
-    view.protected = protection.readonly
-    view.pinned = protection.pinned
-    changes, view.runtime_dirs = repair_runtime_env(env, view, sandbox)
+    tmp_size, shm_size = _tmpfs_sizes(policy, devices)
+    view = FsView(read=read, execute=execute, write=write, deny_read=deny_read,
+                  deny_write=deny_write, protected=list(protection.readonly),
+                  pinned=list(protection.pinned), default_deny_read=default_deny_read, devices=devices,
+                  devices_allow=devices_allow, symlinks=symlinks, tmp_size=tmp_size, shm_size=shm_size)
+    hidden, hidden_grants = _hidden_user_runtime_dir(view, policy, cwd, home, notes)
+    view = msgspec.structs.replace(view, hidden=hidden, hidden_grants=hidden_grants)
+    changes, runtime_dirs = repair_runtime_env(env, view, sandbox)
+    view = msgspec.structs.replace(view, runtime_dirs=runtime_dirs)
     return FsFacts(view, protection, changes, notes)
+
+
+def _tmpfs_sizes(policy: Policy, devices: str) -> tuple[int, int]:
+    """Bytes for the private /tmp and (minimal /dev only: the host's is the host's) /dev/shm."""
+    from fence.sizes import physical_memory, to_bytes
+
+    fs = policy.filesystem
+    memory = physical_memory()
+    sizes = []
+    for field, value in (("tmpSize", fs.tmp_size), ("shmSize", fs.shm_size)):
+        try:
+            sizes.append(to_bytes(value, memory))
+        except ValueError as e:  # validated by the config service; refused here too, never ignored
+            raise FsError(f"filesystem.{field}: {e}") from None
+    return sizes[0], sizes[1] if devices == "minimal" else 0
+
+
+def user_runtime_dir() -> str:
+    """The host's per-user runtime directory (systemd-logind's): the session bus, keyrings, agents' sockets."""
+    return f"/run/user/{os.getuid()}"
+
+
+def _hidden_user_runtime_dir(view: FsView, policy: Policy, cwd: str, home: str,
+                             notes: list[str]) -> tuple[list[str], list[str]]:
+    """``(hidden, hidden_grants)`` for the view: ``/run/user/<uid>`` (an empty read-only tmpfs) unless a
+    grant names it, and the grants inside it, which come back.
+
+    Its sockets reach the user's session outside the sandbox (D-Bus can ask
+    systemd to start any program), so only what a grant names stays: a
+    grant naming the directory itself shows all of it, as before; a grant
+    inside it shows that path (readable ones read-only, writable ones as
+    the allowWrite bind they already are).
+    """
+    path = user_runtime_dir()
+    if not os.path.isdir(path):
+        return [], []
+    path = os.path.realpath(path)
+    writes = [p for p, _ in view.write]
+    readable = [p for p, _ in view.read + view.execute] + _readable_grants_in(policy, path, cwd, home, view)
+    sockets = [os.path.realpath(absolute(p, cwd, home)) for p in policy.network.allow_unix_sockets if p]
+    named = writes + readable + sockets
+    if path in named:
+        return [], []
+    if view.default_deny_read and not any(under(path, p) for p in readable + writes):
+        return [], []  # no readable tier above it: not in the view at all, nothing to hide
+    inside = [p for p in readable + [s for s in sockets if os.path.exists(s)] if under(p, path)]
+    writable_inside = [w for w in writes if under(w, path)]
+    notes.append(f"{path} is hidden (an empty read-only directory): name it, or a path in it, in a grant to "
+                 "show it")
+    return [path], [p for p in dict.fromkeys(sorted(inside)) if not any(under(p, w) for w in writable_inside)]
+
+
+def _readable_grants_in(policy: Policy, directory: str, cwd: str, home: str, view: FsView) -> list[str]:
+    """allowRead paths at or inside ``directory`` when the view did not expand allowRead (no defaultDenyRead).
+
+    Only the patterns that can lead there are expanded: a literal path (it may be a link into it) or a
+    glob whose literal base directory lies inside it or above it (a glob's links out of its base are never
+    granted).
+    """
+    if view.default_deny_read:
+        return []
+    candidates = []
+    for pattern in policy.filesystem.allow_read:
+        path = absolute(pattern, cwd, home)
+        if any(c in path for c in "*?["):
+            base = path[:min(path.find(c) for c in "*?[" if c in path)].rsplit("/", 1)[0] or "/"
+            if not (under(base, directory) or under(directory, base)):
+                continue
+        candidates.append(pattern)
+    return [p for p, _ in expand(candidates, cwd, home, contained=True).paths] if candidates else []
 
 
 def _named_symlinks(patterns: list[str], cwd: str, home: str) -> list[tuple[str, str]]:
