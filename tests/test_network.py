@@ -126,3 +126,40 @@ def test_no_network_blocks_over_connect_and_socks_are_shown(fence):
     assert r.stdout.splitlines() == ["403", "socks=97"], (r.stdout, r.stderr)  # 97: the SOCKS5 proxy refused
     assert " ✗ CONNECT 403 example.com https://example.com:443 (" in r.stderr, r.stderr
     assert " ✗ CONNECT example.com:80 BLOCKED" in r.stderr, r.stderr
+
+
+def _blocked_signals(pid: int) -> dict[int, int]:
+    """Each thread of ``pid`` (but the main one) and its blocked-signal mask."""
+    import os
+
+    masks = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if int(tid) == pid:
+            continue
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            masks[int(tid)] = next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk:"))
+    return masks
+
+
+@pytest.mark.parametrize("connect", [False, True], ids=["watcher", "proxy"])
+def test_threads_leave_signals_to_the_main_thread(fence, connect):
+    """The main thread waits for the sandbox in waitpid: a signal delivered to another thread of fence would
+    never reach the command (Ctrl-C hung the run now and then), so fence's own threads block them all."""
+    import signal
+    import subprocess
+
+    work = config(fence, {})
+    first = "curl -s --max-time 10 -o /dev/null http://example.com; " if connect else ""
+    proc = fence.popen("-c", f"{first}echo ready; sleep 30", cwd=str(work), stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        masks = _blocked_signals(proc.pid)
+        assert masks, "no helper thread: the listeners' watcher (or the proxy) should be running"
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            assert all(mask >> (sig - 1) & 1 for mask in masks.values()), (sig, masks)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

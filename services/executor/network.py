@@ -102,14 +102,15 @@ def shared_network_refusal(net_mode: str, detail: str, env: dict[str, str]) -> s
     such a sandbox off the network.  "" when the run may go on.
     """
     from fence.executor.netns import ALLOW_SHARED_ENV
+    from fence.executor.refusal import missing_layer
 
     if net_mode != NONE or env.get(ALLOW_SHARED_ENV) == "1":
         return ""
-    return ("this environment cannot create a network namespace (bwrap --unshare-net: "
-            f"{detail or 'failed'}), and the policy allows no network: the sandbox would have the host's "
-            f"network. Refusing to run. Set {ALLOW_SHARED_ENV}=1 to run it anyway on the host's network "
-            "(Landlock then blocks direct TCP connections where the kernel has ABI 4, but never UDP), "
-            "or run where network namespaces can be created")
+    return missing_layer("network namespace", f"bwrap --unshare-net: {detail or 'failed'}",
+                         "the policy allows no network, and without a namespace of its own the sandbox would "
+                         "have the host's network", f"set {ALLOW_SHARED_ENV}=1 in fence's environment",
+                         "the host's network; Landlock then blocks direct TCP connections where the kernel has "
+                         "ABI 4, but never UDP", instead="run where network namespaces can be created")
 
 
 def proxy_env(net_mode: str, opened: ProxySessionOpened, shared: bool = False) -> dict[str, str]:
@@ -171,9 +172,11 @@ def attach_on_first_connection(attach, sandbox: str, listeners: list):
 
             attach(sandbox, *[as_socket(sock) for sock in listeners])
         except Exception as e:  # the sandbox then sees refused connections; say why
-            print(f"[fence] Warning: proxy for sandbox {sandbox} failed to start: {e}", file=sys.stderr)
+            from fence.textsafe import printable
 
-    _thread.start_new_thread(watch, ())  # daemonic: never joined, gone with the process
+            print(printable(f"[fence] Warning: proxy for sandbox {sandbox} failed to start: {e}"), file=sys.stderr)
+
+    _start_without_signals(watch)
 
     def finish() -> None:
         with lock:
@@ -189,3 +192,22 @@ def attach_on_first_connection(attach, sandbox: str, listeners: list):
         os.close(wake_w)  # the watcher closes the read end as it leaves select
 
     return finish
+
+
+def _start_without_signals(target) -> None:
+    """Start ``target`` on a bare ``_thread`` that never receives signals (nor do threads it starts).
+
+    fence waits for the sandbox in the main thread, blocked in ``waitpid``;
+    a signal the kernel delivered to another thread would not interrupt it,
+    so the Python handler that forwards it to the command would never run
+    (a Ctrl-C then hung the run).  The mask is set before the thread exists,
+    so there is no window, and put back at once in this thread.
+    """
+    import _thread
+    import signal
+
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        _thread.start_new_thread(target, ())  # daemonic: never joined, gone with the process
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
