@@ -142,7 +142,8 @@ def attach_on_first_connection(attach, sandbox: str, listeners: list):
     waits in the listen backlog and a watcher thread sleeps in ``select``.
     Every run with its own network has these listeners (a no-network one's
     proxy denies all), so the watcher is a bare ``_thread`` (``threading``
-    is imported only by the proxy it starts) and ``listeners`` are the
+    is imported only by the proxy it starts, and then takes the watcher for
+    the main thread: nothing in fence asks it) and ``listeners`` are the
     bridge's ``_socket`` objects, made ``socket.socket`` (``bridge.as_socket``)
     only when handed over.  ``finish()`` (after the sandbox ended) stops the
     watcher and closes the listeners unless the proxy session already owns them.
