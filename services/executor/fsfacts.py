@@ -14,7 +14,7 @@ from typing import Sequence
 
 from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env
 from fence.executor.paths import absolute, expand
-from fence.executor.protect import Protection, protected_paths
+from fence.executor.protect import Protection, agent_config_notes, protected_paths
 from fence.executor.reserve import PathSwapped
 from fence.messages import SourceRef
 from fence.policy import Policy
@@ -152,7 +152,8 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
 
     opened = [os.path.realpath(absolute(p, cwd, home)) for p in fs.allow_write_protected]
     protection = protected_paths([p for p, _ in write], os.path.realpath(cwd), home, config_dir,
-                                 [s.path for s in config_chain if s.kind == "file"], fs.allow_git_config, env, opened)
+                                 [s.path for s in config_chain if s.kind == "file"], fs.allow_git_config, env, opened,
+                                 fs.allow_agent_config)
     if protection.truncated:
         notes.append("mandatory protection: the nested-project walk hit its bound; deeper projects are not scanned")
     missing = [ph.path for ph in protection.placeholders if not os.path.lexists(ph.path)]
@@ -161,6 +162,8 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
                      f"read-only and removed afterwards): {', '.join(missing)}")
     for path in protection.opened:
         notes.append(f"mandatory protection: {path} is writable (filesystem.allowWriteProtected)")
+    if fs.allow_agent_config:
+        notes += agent_config_notes(fs.allow_agent_config)
     view.protected = protection.readonly
     view.pinned = protection.pinned
     changes, view.runtime_dirs = repair_runtime_env(env, view, sandbox)
