@@ -147,8 +147,30 @@ def test_a_symlinked_agent_directory_cannot_be_swapped(home):
 def test_a_link_made_in_place_of_a_watched_parent_is_moved_not_what_it_leads_to(home):
     """Quarantining ``.claude/settings.json`` through a link the sandbox made would move the user's own file."""
     mine = home.put(".claude/settings.json", '{"mine": 1}\n')
+    command = home.put(".claude/commands/review.md", "review\n")
     home.writable({"filesystem": {"allowWrite": ["."]}, "command": {"useDefaults": False}})
     r = home.fence_sh("ln -s ~/.claude .claude; echo done")
     assert "done" in r.stdout, r.stderr
-    assert mine.read_text() == '{"mine": 1}\n'
+    assert mine.read_text() == '{"mine": 1}\n' and command.read_text() == "review\n"
     assert not (home.project / ".claude").exists() and list(home.project.glob(".claude.fence-quarantine-*"))
+
+
+def test_a_quarantined_agent_file_is_an_event():
+    """``.envrc`` created in the project: moved aside after the run and published on ``.fs``."""
+    from conftest import lone_bus, session_dir
+    from fence.bus import run_sync
+    from fence.executor.host import host_facts
+    from fence.executor.runner import RunRequest, new_sandbox_id, run
+    from fence.messages import ProtectedPathEvent
+
+    work = session_dir("fence-agent-event-")
+    try:
+        (work / "fence.json").write_text('{"filesystem": {"allowWrite": ["."]}}')
+        bus, seen = lone_bus("fence.events.*.fs")
+        req = RunRequest(command=["sh", "-c", "echo evil > .envrc"], cwd=str(work),
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(work)}, sandbox=new_sandbox_id())
+        assert run_sync(run(bus, req, host_facts())) == 0
+        assert [(type(e), e.path) for e in seen] == [(ProtectedPathEvent, str(work / ".envrc"))]
+        assert not (work / ".envrc").exists() and Path(seen[0].moved_to).read_text() == "evil\n"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
