@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,32 @@ def test_a_quarantined_agent_file_is_an_event():
         assert not (work / ".envrc").exists() and Path(seen[0].moved_to).read_text() == "evil\n"
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_run_ending_never_frees_a_placeholder_another_run_still_holds(home):
+    """Run Y (from the parent, watching ``proj/.vscode``) fills run X's reserved ``proj/.vscode``; Y's
+    quarantine moves what it wrote, not the directory, so X's sandbox still cannot write there."""
+    wait = 'i=0; until {cond}; do i=$((i+1)); [ $i -gt 300 ] && exit 7; sleep 0.1; done'
+    y_script = ("touch y-started; " + wait.format(cond="[ -d proj/.vscode ]")
+                + "; echo evil > proj/.vscode/tasks.json; echo Y=$?")
+    x_script = (wait.format(cond="ls -a .vscode 2>/dev/null | grep -q quarantine || [ ! -d .vscode ]")
+                + "; mkdir -p .vscode; echo evil > .vscode/tasks.json; echo X=$?")
+    y = home.fence.popen("-t", "code", "-c", y_script, env=home.env(), cwd=str(home.path),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    x = None
+    try:
+        for _ in range(300):
+            if (home.path / "y-started").exists() or y.poll() is not None:
+                break
+            time.sleep(0.05)
+        x = home.fence_popen(x_script, "-t", "code")
+        y_out, y_err = y.communicate(timeout=60)
+        x_out, x_err = x.communicate(timeout=60)
+    finally:
+        for proc in (y, x):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert "Y=0" in y_out, y_err
+    assert "X=1" in x_out and "Read-only file system" in x_err, (x_out, x_err)
+    assert not planted(home.project, ".vscode/tasks.json")

@@ -244,3 +244,29 @@ def test_quarantine_keeps_samples_only_in_git_hooks_directories(tmp_path):
     (hooks / "pre-tool.sample").write_text("x")
     moved = quarantine([str(hooks)], "id3")
     assert [os.path.basename(to) for _, to, _ in moved] == ["hooks.fence-quarantine-id3"]
+
+
+def test_a_placeholder_another_run_holds_keeps_its_place_in_quarantine(tmp_path, monkeypatch):
+    from fence.executor.protect import quarantine
+    from fence.runtime import runtime_dir
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    work = tmp_path / "w"
+    work.mkdir()
+    held = Reservation(runtime_dir())
+    try:
+        held.make([Placeholder(str(work / ".vscode"), str(work), DIR)])
+        (work / ".vscode" / "tasks.json").write_text("evil")  # by a sandbox that did not bind it
+        moved = quarantine([str(work / ".vscode")], "id4")
+        assert [os.path.basename(to) for _, to, _ in moved] == ["tasks.json.fence-quarantine-id4"]
+        assert (work / ".vscode").is_dir()  # renaming it would free the name in the holder's sandbox
+    finally:
+        held.close()
+
+
+def test_reserved_directories_in_the_working_directory_are_watched_too(tmp_path):
+    work = tmp_path / "w"
+    (work / ".idea").mkdir(parents=True)
+    p = protected_paths([str(work)], str(work), str(tmp_path / "home"), str(tmp_path / "cfg"))
+    assert str(work / ".vscode") in p.watch and str(work / ".vscode") in p.readonly
+    assert str(work / ".idea") not in p.watch  # the user's own: never moved aside

@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Collection, Mapping, Sequence
 
-from fence.executor.reserve import DIR, Placeholder, Reservation
+from fence.executor.reserve import DIR, Placeholder, Reservation, live_entries
 from fence.protectednames import HOME, PROJECT, PROTECTED_NAMES, TOOL_NAMES
 
 XDG_BASES = ((".config/", "XDG_CONFIG_HOME"), (".local/share/", "XDG_DATA_HOME"))
@@ -96,7 +96,8 @@ class Protection:
         for path, why in failed.items():
             unreserved.setdefault(why, []).append(path)
             self.readonly.remove(path)
-            self.watch.append(path)
+            if path not in self.watch:
+                self.watch.append(path)
         self.pinned = [p for p in self.pinned if os.path.isdir(p)]
         return [f"cannot reserve protected {'paths' if len(paths) > 1 else 'path'} {', '.join(paths)} ({why}): "
                 "watched instead, and quarantined after the run if the sandbox creates them"
@@ -176,7 +177,7 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
                 pass
 
     def protect(path: str, watch_if_missing: bool = True, openable: bool = True,
-                placeholder: bytes | None = None, base: str = "") -> None:
+                placeholder: bytes | None = None, base: str = "", watch_reserved: bool = False) -> None:
         if base:  # a table row under ``base``: a symlinked parent must stay the link it is
             parent = base
             for part in path[len(base):].lstrip("/").split("/")[:-1]:
@@ -208,6 +209,8 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
                 out.placeholders.append(Placeholder(target, root, content))
                 out.readonly.append(target)
                 pin_parents(target, root)
+                if watch_reserved and not os.path.lexists(target):
+                    out.watch.append(target)  # what another process puts in it during the run goes aside
         elif os.path.lexists(path):
             if os.path.exists(real):
                 out.readonly.append(real)
@@ -273,7 +276,9 @@ def _protect_project(project: str, present: set[str], is_cwd: bool, rows, protec
     is missing) and, while missing, where tools look for it: the working directory and every
     repository root nested in it (an editor or agent opens those).  In the working directory a
     missing directory row whose parent exists is reserved instead: an empty directory is inert
-    and invisible to git, so nothing can appear there even during a long run.
+    and invisible to git, so nothing can appear there even during a long run.  It is watched as
+    well: another run that does not bind it (one started earlier, from a parent directory) could
+    fill it, or rename it away and let this run's sandbox make the name afresh.
     """
     watch_missing = is_cwd or ".git" in present
     for row in rows:
@@ -281,7 +286,7 @@ def _protect_project(project: str, present: set[str], is_cwd: bool, rows, protec
             continue
         path = os.path.join(project, row.path)
         if is_cwd and row.placeholder == DIR and os.path.isdir(os.path.dirname(path)):
-            protect(path, placeholder=DIR, base=project)
+            protect(path, placeholder=DIR, base=project, watch_reserved=True)
         else:
             protect(path, base=project)
 
@@ -559,24 +564,45 @@ def quarantine(watch: list[str], sandbox: str) -> list[tuple[str, str, str]]:
     whose parent became a symlink during the run (``ln -s ~/.claude .claude``
     where ``.claude/settings.json`` was watched) has the *link* moved aside:
     renaming through it would move a file the sandbox could not even write.
+    A watched directory that is a placeholder fence still holds for some run
+    (``reserve.live_entries``) keeps its place, since renaming it would free
+    the name in that run's sandbox: what was put in it goes aside instead.
     """
     moved: list[tuple[str, str, str]] = []
+    live = None
     for path in watch:
         link = _linked_parent(path)
         if link:
             if not any(m[0] == link for m in moved):
                 moved += _move_aside(link, sandbox)
-        elif (os.path.basename(path) == "hooks" and os.path.isdir(path) and not os.path.islink(path)
-              and os.path.isfile(os.path.join(os.path.dirname(path), "HEAD"))):
+            continue
+        if not os.path.isdir(path) or os.path.islink(path):
+            if os.path.lexists(path):
+                moved += _move_aside(path, sandbox)
+            continue
+        if os.path.basename(path) == "hooks" and os.path.isfile(os.path.join(os.path.dirname(path), "HEAD")):
             # a new git hooks directory (``git init`` makes one): only real hooks go, samples stay
-            try:
-                names = sorted(n for n in os.listdir(path) if not n.endswith(".sample"))
-            except OSError:
-                names = []
-            moved += quarantine([os.path.join(path, n) for n in names], sandbox)
-        elif os.path.lexists(path):
+            moved += quarantine([os.path.join(path, n) for n in _listing(path) if not n.endswith(".sample")],
+                                sandbox)
+            continue
+        if live is None:
+            live = live_entries()
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in live:
+            moved += quarantine([os.path.join(path, n) for n in _listing(path)], sandbox)
+        else:
             moved += _move_aside(path, sandbox)
     return moved
+
+
+def _listing(path: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(path) if ".fence-quarantine-" not in n)
+    except OSError:
+        return []
 
 
 def _move_aside(path: str, sandbox: str) -> list[tuple[str, str, str]]:

@@ -175,6 +175,12 @@ class Reservation:
             os.close(lock)
 
 
+def live_entries(directory: str | None = None) -> set[tuple[int, int]]:
+    """(device, inode) of every placeholder fence made and has not removed yet: some run may still bind it."""
+    entries = read_cache(os.path.join(directory or runtime_dir(), REGISTRY), list[Made]) or []
+    return {(m.dev, m.ino) for m in entries}
+
+
 def _remove(made: Made) -> bool:
     """Remove one entry if it is still what fence made; True when it is gone (removed or not there)."""
     try:
