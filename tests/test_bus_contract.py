@@ -71,7 +71,7 @@ authorization {{
   ]
 }}
 """)
-    log = open(rdir / "nats.log", "wb")
+    log = open(rdir / "nats.log", "wb")  # noqa: SIM115 -- the server writes it until the fixture ends
     proc = subprocess.Popen([binary, "-c", str(conf)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     ports = rdir / f"nats-server_{proc.pid}.ports"
     deadline = time.monotonic() + 10
@@ -734,7 +734,7 @@ def test_nats_per_user_inbox_and_permissions(nats, capsys):
         assert reply.sources == ["cwd: /p"]
         # a refused request fails at once, not after its timeout
         start = time.perf_counter()
-        with pytest.raises(PermissionDenied, match="no.resolve"):
+        with pytest.raises(PermissionDenied, match=r"no\.resolve"):
             await client.request("no.resolve", ConfigResolveRequest(cwd="/"), ConfigResolveReply, timeout=STEP)
         assert time.perf_counter() - start < 1.0
         # refused subscriptions fail in the call
@@ -792,3 +792,14 @@ def test_importing_the_bus_does_not_import_nats():
                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_strings_that_are_not_utf8_are_sent_escaped():
+    """OS strings Python decoded with surrogateescape (argv, paths) cannot crash an encode: they go as ``\\xNN``."""
+    import os
+
+    from fence.bus import encode
+    from fence.messages import LifecycleEvent
+
+    data = encode(LifecycleEvent(sandbox="ab", phase="started", ts=1.0, argv=["ok", os.fsdecode(b"x\xff")]))
+    assert b'"x\\\\xff"' in data and b'"ok"' in data

@@ -105,6 +105,7 @@ def test_init_writes_a_commented_starter_and_never_overwrites(home, capsys):
     assert path.read_text() == '{"allowPty": true}'
     assert main_config(["init", "--template", "code", "--force"]) == 0
     policy = parse(path.read_text().encode(), "starter")
+    assert policy is not None
     assert policy.extends == "code"
     assert main_config(["init", "--template", "nope", "--force"]) == 1
 
@@ -161,7 +162,9 @@ def test_every_template_follows_the_schema_shape():
     from fence.config import jsonc
 
     for name in templates.names():
-        check(jsonc.decode(open(templates.path_of(name), "rb").read()), schema)
+        path = templates.path_of(name)
+        assert path is not None
+        check(jsonc.decode(Path(path).read_bytes()), schema)
 
 
 def test_schema_and_templates_commands(capsys):

@@ -41,11 +41,13 @@ def test_comments_and_trailing_commas_in_any_file(tmp_path):
     text = text.replace('"a//b.example.com".replace("//", "") ', '"x.example.com", // "y.com"\n')
     for name in ("fence.json", "fence.jsonc"):
         policy = load_text(tmp_path, text, name)
+        assert policy is not None
         assert policy.network.allowed_domains == ["github.com", "x.example.com"]
 
 
 def test_comment_markers_inside_strings_are_kept(tmp_path):
     policy = load_text(tmp_path, '{"filesystem": {"allowWrite": ["/a//b", "/*x*/", "~/.cache/**"]}}')
+    assert policy is not None
     assert policy.filesystem.allow_write == ["/a//b", "/*x*/", "~/.cache/**"]
 
 
@@ -53,6 +55,7 @@ def test_comment_that_mentions_a_bracket_does_not_eat_a_real_comma(tmp_path):
     # regression: a trailing-comma lookahead used to backtrack into "// ... ]"
     text = '{"network": {"allowLocalBinding": true,\n // ports, e.g. [5432, 6379]\n "allowLocalOutbound": true}}'
     policy = load_text(tmp_path, text)
+    assert policy is not None
     assert policy.network.allow_local_binding and policy.network.allow_local_outbound
 
 
@@ -100,7 +103,8 @@ def test_missing_file_means_defaults(tmp_path):
 
 
 def test_utf8_bom_is_accepted(tmp_path):
-    assert load_text(tmp_path, b'\xef\xbb\xbf{"allowPty": true}').allow_pty
+    policy = load_text(tmp_path, b'\xef\xbb\xbf{"allowPty": true}')
+    assert policy is not None and policy.allow_pty
 
 
 def test_directory(tmp_path):
@@ -207,6 +211,7 @@ def test_schema_key_is_allowed(tmp_path):
 
 def test_strict_deny_read_implies_default_deny_read(tmp_path):
     policy = load_text(tmp_path, '{"filesystem": {"strictDenyRead": true}}')
+    assert policy is not None
     assert policy.filesystem.default_deny_read and policy.filesystem.strict_deny_read
 
 

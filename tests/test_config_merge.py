@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,14 +18,14 @@ _ints = st.sampled_from([0, 1, 22, 8080, 65535])
 
 
 def _section(cls, plan):
-    fields = {}
+    fields: dict[str, st.SearchStrategy[Any]] = {}
     for name, _, kind, sub in plan:
         if kind == LIST:
             fields[name] = st.lists(_ints if name.endswith("ports") else _strings, max_size=4)
         elif kind == BOOL:
             fields[name] = st.booleans()
         elif kind == OPTIONAL:
-            fields[name] = st.none() | st.booleans()
+            fields[name] = st.one_of(st.none(), st.booleans())
         elif kind == SCALAR:
             default = getattr(cls(), name)
             fields[name] = _ints if isinstance(default, int) else st.sampled_from(["", "", "deny", "proxy", "x"])
@@ -44,7 +46,7 @@ def lists_of(p: Policy) -> dict:
 
 
 def _all_fields(plan=PLAN, prefix=""):
-    for name, enc, kind, sub in plan:
+    for name, _enc, kind, sub in plan:
         if sub is not None:
             yield from _all_fields(sub[1], f"{prefix}{name}.")
         else:

@@ -112,10 +112,10 @@ def test_settings_relative_to_cwd_and_home(env):
 
 def test_missing_settings_file_is_refused(env):
     """Not the defaults in its place: that would drop every rule the user wrote (issue 10)."""
-    with pytest.raises(SettingsFileMissing, match="^settings file nope.json does not exist$"):
+    with pytest.raises(SettingsFileMissing, match=r"^settings file nope\.json does not exist$"):
         env.resolve(settings="nope.json")
     (env.cwd / "dangling.json").symlink_to(env.cwd / "gone.json")
-    with pytest.raises(SettingsFileMissing, match="^settings file dangling.json does not exist$"):
+    with pytest.raises(SettingsFileMissing, match=r"^settings file dangling\.json does not exist$"):
         env.resolve(settings="dangling.json")
 
 
@@ -151,7 +151,8 @@ def test_extends_template_merges(env):
     assert reply.policy.allow_pty  # OR: the child cannot switch it off
     assert reply.policy.extends == "" and reply.policy.schema == ""
     assert reply.sources == [f"project config: {env.project / 'fence.json'}", "extends template: code"]
-    assert reply.provenance["network.allowedDomains"] == f"template: code + project config: {env.project / 'fence.json'}"
+    assert (reply.provenance["network.allowedDomains"]
+            == f"template: code + project config: {env.project / 'fence.json'}")
     assert reply.provenance["allowPty"] == "template: code"
     assert reply.provenance["command.deny"] == "template: code"
 
@@ -206,7 +207,8 @@ def test_extends_cycle_names_the_chain(env):
 
 def test_extends_depth_limit(env):
     for i in range(MAX_EXTENDS_DEPTH + 1):
-        env.write(env.project / f"c{i}.json", {"extends": f"./c{i + 1}.json", "network": {"allowedDomains": [f"d{i}.com"]}})
+        env.write(env.project / f"c{i}.json",
+                  {"extends": f"./c{i + 1}.json", "network": {"allowedDomains": [f"d{i}.com"]}})
     env.write(env.project / f"c{MAX_EXTENDS_DEPTH + 1}.json", {"allowPty": True})
     # c0 -> ... -> c10: ten hops is the limit
     env.write(env.project / f"c{MAX_EXTENDS_DEPTH}.json", {"allowPty": True})

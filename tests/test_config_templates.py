@@ -24,7 +24,9 @@ def test_all_required_templates_exist():
 @pytest.mark.parametrize("name", templates.names())
 def test_template_loads_validates_and_describes_itself(name):
     path = templates.path_of(name)
-    raw = open(path, encoding="utf-8").read()
+    assert path is not None
+    with open(path, encoding="utf-8") as f:
+        raw = f.read()
     assert raw.startswith("// "), "first line is the one-line description"
     assert 20 < len(templates.description(name)) < 200
     assert raw.count("//") > 2, "templates explain their choices in comments"
@@ -55,7 +57,8 @@ def test_code_template_content():
     assert p.filesystem.deny_write == ["**/.env", "**/.env.*", "**/*.key", "**/*.pem", "**/*.p12", "**/*.pfx"]
     assert p.filesystem.deny_read == [
         "~/.ssh/id_*", "~/.ssh/config", "~/.ssh/*.pem", "~/.gnupg/**", "~/.aws/**", "~/.azure/**",
-        "~/.config/gcloud/**", "~/.config/op/**", "~/.kube/**", "~/.docker/**", "~/.pypirc", "~/.netrc", "~/.git-credentials", "~/.cargo/credentials",
+        "~/.config/gcloud/**", "~/.config/op/**", "~/.kube/**", "~/.docker/**", "~/.pypirc", "~/.netrc",
+        "~/.git-credentials", "~/.cargo/credentials",
         "~/.cargo/credentials.toml"]
     assert p.command.use_defaults is True
     assert p.command.deny == [

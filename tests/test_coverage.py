@@ -37,7 +37,7 @@ def test_unix_sockets_reach_it_unless_run_wsl_is_hidden():
 
 
 def test_under_default_deny_read_only_an_absolute_grant_over_run_wsl_shows_it():
-    hidden = dict(all_sockets=True, default_deny_read=True)
+    hidden = {"all_sockets": True, "default_deny_read": True}
     assert not interop_server_reachable(policy(**hidden))
     assert not interop_server_reachable(policy(**hidden, allow_read=[".", "~/.config", "/usr/share"]))
     for shows in ("/", "/run", "/run/WSL/8_interop", "/r*"):

@@ -50,10 +50,7 @@ def code_files():
 
 
 def skipped(rel: str) -> bool:
-    for entry in SKIP_OUTSIDE_CITATIONS:
-        if rel == entry or rel.startswith(entry.removesuffix(".py") + "/"):
-            return True
-    return False
+    return any(rel == entry or rel.startswith(entry.removesuffix(".py") + "/") for entry in SKIP_OUTSIDE_CITATIONS)
 
 
 def headings(page: Path) -> tuple[set[str], set[str]]:

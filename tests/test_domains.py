@@ -158,10 +158,13 @@ def test_pattern_validation_uses_the_reference_reasons():
                             ("api.*.com", "only *.domain.com wildcard patterns are allowed"),
                             ("*example.com", "only *.domain.com wildcard patterns are allowed"),
                             ("example", "invalid domain format"), ("example.com.", "invalid domain format"),
-                            ("", "invalid domain format"), ("*.", "wildcard pattern too broad (e.g., *.com not allowed)"),
-                            ("bücher", "invalid domain format"), ("*.bücher", "wildcard pattern too broad (e.g., *.com not allowed)")):
+                            ("", "invalid domain format"),
+                            ("*.", "wildcard pattern too broad (e.g., *.com not allowed)"),
+                            ("bücher", "invalid domain format"),
+                            ("*.bücher", "wildcard pattern too broad (e.g., *.com not allowed)")):
         assert pattern_error(pattern) == reason, pattern
-        assert pattern_problem("allowed", pattern).startswith(f'invalid allowed domain "{pattern}": {reason}; ')
+        problem = pattern_problem("allowed", pattern)
+        assert problem is not None and problem.startswith(f'invalid allowed domain "{pattern}": {reason}; ')
     for pattern in ("example.com", "*.example.com", "localhost", "*", "127.0.0.1", "0177.0.0.1", "bücher.example",
                     "*.bücher.example", "xn--bcher-kva.example"):
         assert pattern_error(pattern) is None and pattern_problem("denied", pattern) is None, pattern

@@ -30,7 +30,7 @@ class FakeFS:
     def realpath(self, path: str) -> str:
         parts = path.strip("/").split("/")
         out = ""
-        for i, part in enumerate(parts):
+        for part in parts:
             out = f"{out}/{part}"
             hops = 0
             while out in self.links and hops < 40:
@@ -217,7 +217,7 @@ def test_cached_plan_is_reused_and_invalidated_by_changes(tree):
     cache = str(tree / "cache")
     first = execdeny.plan_for(pol, path, "/", cache_dir=cache)
     assert first.masks == (f"{tree}/b/frob",)
-    (entry,) = os.listdir(cache)
+    (_entry,) = os.listdir(cache)  # exactly one cache file
     assert execdeny.plan_for(pol, path, "/", cache_dir=cache) == first
     # a new program earlier on PATH changes that directory's mtime: planned again
     other = tree / "a" / "frob"

@@ -151,10 +151,12 @@ def test_policy_checks_every_name_an_exec_goes_by(tmp_path):
     me = os.getpid()
     assert check.check(ExecCall(me, "/usr/bin/git", ["git", "status"])) is None
     blocked = check.check(ExecCall(me, "/usr/bin/git", ["git", "-C", "x", "push", "origin"]))
+    assert blocked is not None
     assert blocked.message == 'Runtime exec policy blocked: "git -C x push origin" matches "git push"'
     assert blocked.rule == "git push" and not blocked.default_rule
     # argv[0] says ls, the file is git (exec -a)
     renamed = check.check(ExecCall(me, "/usr/bin/git", ["ls", "push"]))
+    assert renamed is not None
     assert renamed.message == 'Runtime exec policy blocked: "ls push" (/usr/bin/git is git) matches "git push"'
     # a symlink with another name: known through the file's identity
     link = tmp_path / "g"
@@ -169,6 +171,7 @@ def test_allow_rules_and_the_default_list_apply_as_in_preflight():
     me = os.getpid()
     assert check.check(ExecCall(me, "/usr/bin/git", ["git", "push", "--dry-run"])) is None
     default = check.check(ExecCall(me, "/usr/sbin/chroot", ["chroot", "/"]))
+    assert default is not None
     assert default.default_rule and default.message.endswith("(rule from built-in default deny list)")
 
 
@@ -183,7 +186,8 @@ def test_a_denied_exec_of_a_missing_file_is_refused_all_the_same():
 # --------------------------------------------------------------------------- the supervisor thread
 
 def run_supervised(check, *command: str, timeout: float = 30, kind=Supervisor):
-    said, reported = [], []
+    said: list[str] = []
+    reported: list[tuple] = []
     sup = kind(check, report=lambda v, c: reported.append((v, c)), say=said.append).start()
     fd = sup.sandbox_fd()
     proc = subprocess.Popen(helper_argv(*command, fd=fd), pass_fds=(fd,), env=ENV, stdout=subprocess.PIPE,
@@ -196,7 +200,7 @@ def run_supervised(check, *command: str, timeout: float = 30, kind=Supervisor):
 
 def test_supervisor_allows_and_refuses_with_a_message_and_a_report():
     check = ExecPolicy(policy(deny=["git push"], use_defaults=False))
-    code, out, err, said, reported, sup = run_supervised(
+    code, out, _err, said, reported, sup = run_supervised(
         check, "sh", "-c", "git --version >/dev/null && echo STATUS_OK; git push origin main && echo PUSH_UNEXPECTED; "
                            "exit 3")
     assert code == 3 and "STATUS_OK" in out and "PUSH_UNEXPECTED" not in out
@@ -237,14 +241,16 @@ def test_helper_refuses_when_the_socket_is_not_a_socket(tmp_path):
     os.close(r)
     os.close(w)
     assert proc.returncode == 126 and "never" not in proc.stdout
-    assert 'runtime exec policy "argv" unavailable' in proc.stderr
+    assert 'runtime exec policy "argv": the exec listener could not be handed to fence' in proc.stderr
 
 
 def test_supervisor_ends_when_bwrap_never_sends():
     sup = Supervisor(ExecPolicy(Policy()), say=lambda line: None).start()
     sup.spawned()  # nobody else holds the socket: EOF
-    sup._thread.join(5)
-    assert not sup._thread.is_alive() and not sup.listener_received.is_set()
+    thread = sup._thread
+    assert thread is not None
+    thread.join(5)
+    assert not thread.is_alive() and not sup.listener_received.is_set()
     sup.stop()
 
 
@@ -254,7 +260,7 @@ def test_unsupported_kernel_refuses_the_run(monkeypatch):
     from fence.executor.runner import FenceError
 
     monkeypatch.setattr(es, "supported", lambda machine=None: "this kernel has no seccomp user notification")
-    with pytest.raises(FenceError, match='runtimeExecPolicy "argv" cannot be enforced here'):
+    with pytest.raises(FenceError, match='seccomp user notification unavailable here .* To run with less protection: set command.runtimeExecPolicy to "path"'):
         gather(policy(runtime_exec_policy="argv"), ["true"], "/", ENV, "abc", host_facts(), [], "")
 
 

@@ -10,7 +10,6 @@ import json
 import os
 import pwd
 import shutil
-import stat
 import subprocess
 import uuid
 from pathlib import Path
@@ -192,7 +191,8 @@ def test_allow_execute_runs_without_listing(fence):
 def test_existing_shell_rc_in_workspace_is_protected(fence):
     work = _workspace(fence)
     rc = _put(fence, work / ".bashrc", "# original\n")
-    r = sh(fence, work, "echo evil >> .bashrc; echo evil > t && mv t .bashrc; rm .bashrc; ln .bashrc hl && echo evil >> hl")
+    r = sh(fence, work, "echo evil >> .bashrc; echo evil > t && mv t .bashrc; rm .bashrc; "
+                        "ln .bashrc hl && echo evil >> hl")
     assert r.returncode != 0
     assert rc.read_text() == "# original\n"
 
@@ -267,7 +267,8 @@ def test_worktree_and_submodule_git_dirs_are_protected(fence):
            env=fence.env())
     assert not (main / ".git" / "hooks" / "pre-push").exists()
     assert not (modules / "hooks" / "pre-push").exists()
-    assert (top / "wt" / ".git").read_text().startswith("gitdir: ") and "elsewhere" not in (top / "wt" / ".git").read_text()
+    gitfile = (top / "wt" / ".git").read_text()
+    assert gitfile.startswith("gitdir: ") and "elsewhere" not in gitfile
     assert (top / "wt" / "wt-file").read_text() == "ok\n", r.stderr
 
 
@@ -276,7 +277,8 @@ def test_nested_projects_are_protected(fence):
     subprocess.run(["git", "init", "-q", str(work / "pkg" / "inner")], check=True)
     _put(fence, work / "pkg" / "inner" / ".vscode" / "tasks.json", "{}\n")
     _own(fence, work)
-    r = sh(fence, work, "echo evil > pkg/inner/.git/hooks/pre-commit; echo '{\"evil\":1}' > pkg/inner/.vscode/tasks.json")
+    r = sh(fence, work, "echo evil > pkg/inner/.git/hooks/pre-commit; "
+                        "echo '{\"evil\":1}' > pkg/inner/.vscode/tasks.json")
     assert r.returncode != 0
     assert not (work / "pkg" / "inner" / ".git" / "hooks" / "pre-commit").exists()
     assert (work / "pkg" / "inner" / ".vscode" / "tasks.json").read_text() == "{}\n"
@@ -394,7 +396,8 @@ def preload_library(tmp_path_factory):
 
 
 def test_ld_preload_library_is_never_loaded(fence, preload_library):
-    probe = subprocess.run(["/bin/true"], env={"LD_PRELOAD": str(preload_library), "PROBE_ANYWHERE": "1"}, capture_output=True, text=True)
+    probe = subprocess.run(["/bin/true"], env={"LD_PRELOAD": str(preload_library), "PROBE_ANYWHERE": "1"},
+                           capture_output=True, text=True)
     assert "PRELOADED" in probe.stderr  # the probe works on the host
     work = _workspace(fence)
     env = fence.env(LD_PRELOAD=str(preload_library), LD_AUDIT=str(preload_library))
@@ -434,7 +437,7 @@ def test_allow_write_on_another_filesystem(fence, other_filesystem, deny_read):
     target = other_filesystem / f"{fence.name}-{uuid.uuid4().hex[:6]}"
     target.mkdir()
     _own(fence, target)
-    fs = {"allowWrite": [".", str(target)]}
+    fs: dict[str, object] = {"allowWrite": [".", str(target)]}
     if deny_read:
         fs.update(defaultDenyRead=True, allowRead=["."])
     work = _workspace(fence, fs)

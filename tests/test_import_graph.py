@@ -30,7 +30,8 @@ ALLOWED: dict[tuple[str, str], str] = {
 
 
 def module_of(path: Path) -> str:
-    """The import name of a source file (``libs/fence/x.py`` -> ``fence.x``, ``services/proxy/y.py`` -> ``fence.proxy.y``)."""
+    """The import name of a source file (``libs/fence/x.py`` -> ``fence.x``,
+    ``services/proxy/y.py`` -> ``fence.proxy.y``)."""
     rel = path.relative_to(REPO)
     parts = list(rel.with_suffix("").parts)
     parts = parts[1:] if parts[0] == "libs" else ["fence", *parts[1:]]
@@ -121,7 +122,8 @@ def test_every_exception_is_still_needed():
     assert not stale, "allow-list entries no longer needed (delete them):\n" + "\n".join(stale)
 
 
-DECISION_CORE = ("policy", "netintent", "domains", "goquote", "runplan", "mountops", "defaults", "subjects")
+DECISION_CORE = ("policy", "netintent", "domains", "goquote", "globmatch", "runplan", "mountops", "defaults",
+                 "subjects")
 """The core modules that only decide (no I/O, no transport): what every service and the lone run share."""
 
 TRANSPORTS = ("asyncio", "nats", "uvloop", "socket", "subprocess", "fence.bus", "fence.natsbus", "fence.service",

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ class Runner:
         pass_fds: tuple[int, ...] = ()
         spill = None
         if program is not None:
-            spill = tempfile.TemporaryFile()
+            spill = tempfile.TemporaryFile()  # noqa: SIM115 -- its fd is passed to bwrap, closed after the run
             spill.write(program)
             spill.seek(0)
             os.dup2(spill.fileno(), SECCOMP_FD)
@@ -97,7 +98,7 @@ def self_runner() -> Runner:
 
 
 @pytest.fixture(scope="session")
-def unprivileged() -> Runner:
+def unprivileged() -> Iterator[Runner]:
     from conftest import TEST_USER, _ensure_test_user, _interpreter_for_others
 
     if os.geteuid() != 0:
@@ -300,7 +301,7 @@ def test_without_landlock_warn_and_run_or_refuse_in_strict_mode(box, tree):
                         "filesystem enforcement is bubblewrap-only\n")
     (tree / "ro" / "file").write_text("ro original\n")
     r = box.sh(["--strict"] + rules_for(tree), "echo x > ro/file; echo ran", work=tree, program=program)
-    assert r.returncode == 126 and r.stdout == "" and "refusing to run (strict mode)" in r.stderr
+    assert r.returncode == 126 and r.stdout == "" and "Refusing to run (strict mode)" in r.stderr
     assert (tree / "ro" / "file").read_text() == "ro original\n"
 
 
@@ -419,6 +420,7 @@ def test_helper_command_prefers_a_current_pyc(var_tmp):
     shutil.copy(HELPER, source)
     cached = importlib.util.cache_from_source(str(source))
     spec = importlib.util.spec_from_file_location("inithelper_copy", source)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.helper_command() == [sys.executable, "-I", "-S", str(source)]  # no pyc yet

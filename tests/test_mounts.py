@@ -17,7 +17,8 @@ def pairs(args: list[str]) -> list[str]:
 
 def test_phase_order_later_mounts_win():
     view = FsView(write=[("/w", True)], protected=["/w/.bashrc"], pinned=["/w/.git"],
-                  deny_write=[("/w/locked", True), ("/etc/hosts", False)], deny_read=[("/w/secret", True), ("/w/k", False)])
+                  deny_write=[("/w/locked", True), ("/etc/hosts", False)],
+                  deny_read=[("/w/secret", True), ("/w/k", False)])
     lines = pairs(filesystem_args(view, ("/run/fence",)))
     assert lines == ["--ro-bind / /", "--dev /dev", "--proc /proc", "--tmpfs /tmp", "--dir /tmp/fence",
                      "--bind-fd 11 /w", "--bind-fd 12 /w/.git", "--ro-bind /w/.bashrc /w/.bashrc",

@@ -48,6 +48,7 @@ def test_relaxed_is_the_filters_star():
 def test_importing_it_loads_nothing_else():
     import subprocess
 
-    probe = "import sys, __future__, fence; before = set(sys.modules); import fence.netintent; print(sorted(set(sys.modules) - before))"
+    probe = ("import sys, __future__, fence; before = set(sys.modules); import fence.netintent; "
+             "print(sorted(set(sys.modules) - before))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['fence.netintent']"

@@ -5,7 +5,6 @@ import time
 from fence.executor import paths
 from fence.executor.mounts import FsView
 from fence.executor.plan import HostFacts, RunPlan, render
-from fence.policy import Policy
 
 
 def test_tilde_relative_glob_and_doublestar(tmp_path):

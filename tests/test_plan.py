@@ -59,7 +59,7 @@ def test_env_sanitized():
 
 def test_summary_line():
     assert plan().summary == "[fence:linux] Sandbox: bwrap(network,pid,fs), landlock(not needed), userns(no-nesting)"
-    
+
 
 def test_generated_files_are_bound_read_only_after_the_masks():
     host = HostFacts(bwrap="/usr/bin/bwrap", is_root=False, masked_dirs=("/run/user/1/fence",))
@@ -120,7 +120,8 @@ def test_no_pty_plan_is_unchanged():
 
 def test_one_helper_carries_landlock_exec_notify_and_pty():
     host = HostFacts(bwrap="/b", is_root=False, python="/py", landlock_abi=7, helper=("/py", "-I", "-S", "/h.pyc"))
-    p = render(RunPlan(command=["sh"], cwd="/w", host=host, fs=FsView(write=[("/w", True)]), exec_notify=True, pty=True))
+    p = render(RunPlan(command=["sh"], cwd="/w", host=host, fs=FsView(write=[("/w", True)]), exec_notify=True,
+                       pty=True))
     tail = p.argv[p.argv.index("--") + 1:]
     assert tail[:4] == ["/py", "-I", "-S", "/h.pyc"] and tail.count("/py") == 1
     assert tail[-7:] == ["-w", "/w", "--exec-notify", str(EXEC_NOTIFY_FD), "--pty", "--", "sh"]
@@ -132,7 +133,8 @@ def test_allow_pty_is_granted_now():
 
 def test_shared_network_gets_landlock_tcp_connect_rules_and_scope():
     host = HostFacts(bwrap="/b", is_root=False, python="/py", landlock_abi=7, helper=("/py", "-I", "-S", "/h.pyc"))
-    p = render(RunPlan(command=["curl"], cwd="/w", host=host, network=NetPlan(shared=True, connect_only=(40001, 40002))))
+    p = render(RunPlan(command=["curl"], cwd="/w", host=host,
+                       network=NetPlan(shared=True, connect_only=(40001, 40002))))
     tail = p.argv[p.argv.index("--") + 1:]
     for part in (["--restrict-net", "--connect-only"], ["--connect", "40001"], ["--connect", "40002"], ["--scope"]):
         assert any(tail[i:i + len(part)] == part for i in range(len(tail))), part

@@ -99,6 +99,7 @@ def test_heavy_configs_agree(self_runner, name):
     assert plan is not None and plan.command == COMMAND and plan.cwd == str(work)
     if name == "filtered-network-and-fs":  # the decisions are there as structure, not only as argv
         assert plan.network.intent == "filtered" and plan.network.outbound_ports == (5432,)
+        assert reply.rendered is not None
         assert any(isinstance(op, BindFd) and op.dest == str(work) for op in reply.rendered.mounts)
     if name == "relaxed-network":
         assert plan.network.intent == "relaxed" and plan.network.shared and "--unshare-net" not in ran.argv

@@ -373,14 +373,17 @@ def test_matching_details():
 def test_message_shapes():
     policy = deny("git push")
     b = blocked("git push origin main", policy)
+    assert b is not None
     assert b.message == 'command blocked by sandbox command policy: "git push origin main" matches "git push"'
     assert (b.command, b.rule, b.default_rule, b.kind, b.source) == ("git push origin main", "git push", False,
                                                                     "command", "")
     b = blocked("shutdown -h now", Policy())
+    assert b is not None
     assert b.message == ('command blocked by default sandbox command policy: "shutdown -h now" matches "shutdown" '
                          "(rule from built-in default deny list)")
     assert b.default_rule and b.source == "built-in default deny list"
     b = check_command(None, "ls && git push", policy, RuleSources({"command.deny": "template: code"}))
+    assert b is not None
     assert b.message == ('command blocked by sandbox command policy: "git push" matches "git push" '
                          "(rule from template: code)")
     assert go_quote('a "b"\n\\') == '"a \\"b\\"\\n\\\\"'
@@ -425,11 +428,13 @@ def test_defaults_apply_unless_switched_off():
         assert b is not None and b.rule == rule and b.default_rule, rule
     # user rules are reported before default ones
     b = blocked("shutdown now", Policy(command=CommandConfig(deny=["shutdown now"])))
+    assert b is not None
     assert not b.default_rule and b.rule == "shutdown now"
 
 
 def test_first_blocked_command_in_source_order():
     b = blocked("ls; rm -rf x; git push", deny("git push", "rm -rf"))
+    assert b is not None
     assert b.command == "rm -rf x" and b.rule == "rm -rf"
 
 
@@ -452,6 +457,7 @@ def test_unparseable_input_is_blocked_not_raised():
 
 def test_blocked_event():
     b = check_command(None, "git push", deny("git push"), RuleSources({"command.deny": "template: code"}))
+    assert b is not None
     e = b.event("abc123", ts=5.0)
     assert isinstance(e, PreflightBlockedEvent)
     assert (e.sandbox, e.ts, e.command, e.rule, e.source, e.default_rule, e.kind) == (
@@ -503,8 +509,11 @@ def test_rule_sources_from_a_resolved_config(tmp_path):
     reply = _resolved(tmp_path)
     sources = RuleSources.from_reply(reply)
     b = check_command(None, "cd x && make deploy prod", reply.policy, sources)
+    assert b is not None
     assert b.message.endswith(f'matches "make deploy" (rule from project config: {tmp_path / "fence.json"})')
     b = check_command(["git", "push"], None, reply.policy, sources)
+    assert b is not None
     assert b.message.endswith('matches "git push" (rule from template: code)')
     b = check_command(None, "sudo reboot", reply.policy, sources)
+    assert b is not None
     assert b.rule == "sudo" and b.source == "template: code"

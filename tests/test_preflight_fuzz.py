@@ -133,7 +133,7 @@ def test_string_and_argv_agree_on_plain_words(words):
     b1 = check_command(words, None, POLICY, SOURCES)
     b2 = check_command(None, " ".join(words), POLICY, SOURCES)
     assert (b1 is None) == (b2 is None)
-    if b1 is not None:
+    if b1 is not None and b2 is not None:
         assert (b1.rule, b1.command) == (b2.rule, b2.command)
 
 

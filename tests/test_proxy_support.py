@@ -61,8 +61,10 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             body = self._read_chunked()
-        if self.server.requests is not None:
-            self.server.requests.append({"method": self.command, "path": self.path,
+        server = self.server
+        assert isinstance(server, ThreadingServer)
+        if server.requests is not None:
+            server.requests.append({"method": self.command, "path": self.path,
                                          "headers": dict(self.headers.items()), "conn": id(self.connection)})
         if self.path.startswith("/chunked"):
             self.send_response(200)
@@ -108,6 +110,8 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
 class ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    requests: list[dict] | None = None
+    """What the origin was asked, when it records (``start_origin(record=True)``)."""
 
 
 def start_origin(tls_context: ssl.SSLContext | None = None, record: bool = True):
@@ -178,7 +182,7 @@ class UpstreamProxy:
     """
 
     def __init__(self) -> None:
-        self.log: list[tuple[str, str]] = []
+        self.log: list[tuple[str, str, str]] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -297,6 +301,7 @@ class ProxyFactory:
         sandbox = f"{os.getpid():x}{self._n:04x}"
         opened = run_sync(self.bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
             sandbox=sandbox, network=NetworkConfig(**network)), ProxySessionOpened, timeout=10))
+        assert self.service is not None, "start() first"
         return Proxy(self.service, self.bus, opened, self.events.setdefault(sandbox, []))
 
     def close(self, proxy: Proxy) -> ProxySessionClosed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
 import uuid
 
@@ -195,6 +196,29 @@ def test_missing_settings_file_is_refused(fence):
         assert (r.returncode, r.stderr, r.stdout) == (1, "Error: settings file missing.json does not exist\n", "")
 
 
+def test_argv_that_is_not_utf8_runs_and_is_reported(fence):
+    """Such bytes reach the command unchanged; the lifecycle event carries them escaped (it used to crash the run
+    with a traceback after bwrap had started)."""
+    r = subprocess.run(fence.argv("-d", "--", "sh", "-c", 'printf "%s" "$1" | od -An -c', "sh", os.fsdecode(b"x\xff")),
+                       env=fence.env(), cwd=fence.home, user=fence.user, capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert b"x 377" in r.stdout and b"Traceback" not in r.stderr
+    assert b"exited with code 0" in r.stderr
+
+
+def test_descriptors_fence_inherits_do_not_reach_the_sandbox(fence):
+    """Only stdio goes in: an open file of the caller (an agent's socket, say) is not the command's."""
+    marker = os.open("/dev/null", os.O_RDONLY)
+    try:
+        os.set_inheritable(marker, True)
+        r = subprocess.run(fence.argv("--", "sh", "-c", f"test -e /proc/self/fd/{marker} && echo LEAKED || echo ok"),
+                           env=fence.env(), cwd=fence.home, user=fence.user, capture_output=True, text=True,
+                           timeout=30, pass_fds=(marker,))
+    finally:
+        os.close(marker)
+    assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
+
+
 def test_unknown_flag(fence):
     r = fence.run("--no-such-flag", "--", "true")
     assert r.returncode == 1 and r.stderr.startswith("Error: unknown flag: --no-such-flag")
@@ -317,5 +341,6 @@ def test_linux_features_report(fence):
 
 def test_no_new_user_namespaces_inside(fence):
     r = fence.run("-c", "python3 -c 'import os; os.unshare(os.CLONE_NEWUSER)' && echo CREATED; "
-                        "python3 -c 'import os; os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNS)' && echo CREATED; echo end")
+                        "python3 -c 'import os; os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNS)' && echo CREATED; "
+                        "echo end")
     assert "CREATED" not in r.stdout and r.stdout.strip().endswith("end"), r.stderr

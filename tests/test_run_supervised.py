@@ -183,7 +183,9 @@ def test_plan_endpoint_agrees_with_a_supervised_debug_run(supervised):
     assert r.returncode == 0, r.stderr
     printed = next(shlex.split(line.split(": ", 1)[1]) for line in r.stderr.splitlines()
                    if line.startswith("[fence] Sandboxed command: "))
-    sandbox = re.search(r"Sandbox ([0-9a-f]{12}) started", r.stderr).group(1)
+    started = re.search(r"Sandbox ([0-9a-f]{12}) started", r.stderr)
+    assert started is not None, r.stderr
+    sandbox = started.group(1)
     creds = client_creds(root)
 
     async def ask():

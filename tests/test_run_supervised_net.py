@@ -19,6 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -170,7 +171,7 @@ def test_unreachable_proxy_fails_closed_before_the_command(sup, origin):
 
 
 # --- abuse of the hand-off socket -----------------------------------------------------------
-def _exchange(path: Path, data: bytes, fds: list[int] = ()) -> ErrorReply | ProxyHandoffDone | None:
+def _exchange(path: Path, data: bytes, fds: Sequence[int] = ()) -> ErrorReply | ProxyHandoffDone | None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     conn.settimeout(10)
     conn.connect(str(path))
@@ -213,7 +214,8 @@ def test_bad_handoffs_are_refused_and_the_proxy_keeps_serving(sup, origin):
     r, w = os.pipe()
     reply = _exchange(path, _handoff("feedfacecafe"), [r])
     assert isinstance(reply, ErrorReply) and "not a socket" in reply.message
-    os.close(r), os.close(w)
+    os.close(r)
+    os.close(w)
     reply = _exchange(path, _handoff("feedfacecafe", names=("http", "socks", "http")),
                       [lsock.fileno()] * 3)
     assert isinstance(reply, ErrorReply) and "too large" in reply.message
@@ -236,7 +238,8 @@ def test_bad_handoffs_are_refused_and_the_proxy_keeps_serving(sup, origin):
     probe = socket.create_connection(lsock.getsockname(), 2)
     time.sleep(0.2)
     conn, _ = lsock.accept()  # still queued for us: nobody else accepted it
-    conn.close(), probe.close(), lsock.close()
+    for sock in (conn, probe, lsock):
+        sock.close()
 
 
 def test_handoff_from_another_uid_is_refused(sup, unprivileged_runner):
@@ -255,7 +258,7 @@ def test_handoff_from_another_uid_is_refused(sup, unprivileged_runner):
                            capture_output=True, text=True, timeout=15)
     finally:
         os.chmod(path, 0o600)
-        for d, mode in zip(dirs, modes):
+        for d, mode in zip(dirs, modes, strict=True):
             os.chmod(d, mode)
     uid = __import__("pwd").getpwnam(unprivileged_runner.user).pw_uid
     assert f"permission denied: uid {uid} may not hand sockets to this proxy" in r.stdout, r.stderr

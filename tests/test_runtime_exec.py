@@ -68,7 +68,9 @@ def test_path_policy_masks_a_denied_program_for_every_descendant(fence):
     assert r.stdout.splitlines() == ["sandbox ok", "rc=126", "abs=126", "usrmerge=126", "symlink=126", "nested=126",
                                    "python=1"]
     assert "Permission denied" in r.stderr
-    real = os.path.realpath(shutil.which("chroot", path="/usr/sbin:/sbin"))
+    chroot = shutil.which("chroot", path="/usr/sbin:/sbin")
+    assert chroot is not None
+    real = os.path.realpath(chroot)
     assert f"--ro-bind /dev/null {real}" in r.stderr
     assert "[fence:linux] Runtime exec deny: chroot -> " in r.stderr
 

@@ -142,7 +142,7 @@ def run_probe(program: bytes | None, request: dict, *, caps: bool = False, user:
     elif os.geteuid() == 0 and user is None:
         argv += ["--unshare-user", "--cap-drop", "ALL"]
     argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    pass_fds = ()
+    pass_fds: tuple[int, ...] = ()
     with tempfile.TemporaryFile() as f:
         if program is not None:
             f.write(program)
@@ -232,9 +232,9 @@ DISTINGUISHABLE = ["socket_unix", "socket_unix_hibits", "socketpair_unix", "ptra
 
 def test_program_denies_with_eperm_what_the_baseline_allows():
     baseline = run_probe(None, {"named": DISTINGUISHABLE + ["clone3"]}, caps=True)
-    assert baseline == {**{name: "ok" for name in DISTINGUISHABLE}, "clone3": "EINVAL"}
+    assert baseline == {**dict.fromkeys(DISTINGUISHABLE, "ok"), "clone3": "EINVAL"}
     got = run_probe(default_program(), {"named": DISTINGUISHABLE + ["clone3"]}, caps=True)
-    assert got == {**{name: "EPERM" for name in DISTINGUISHABLE}, "clone3": "ENOSYS"}
+    assert got == {**dict.fromkeys(DISTINGUISHABLE, "EPERM"), "clone3": "ENOSYS"}
 
 
 @pytest.mark.skipif(not X86_64, reason="int 0x80 is x86")

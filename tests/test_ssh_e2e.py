@@ -34,7 +34,6 @@ import os
 import pwd
 import shutil
 import socket
-import stat
 import subprocess
 import time
 from pathlib import Path

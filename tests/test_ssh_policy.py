@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,7 +175,7 @@ def test_remote_command_evaluation_order(sshenv):
 
 @needs_ssh
 def test_inherit_deny_and_allow_all(sshenv):
-    base = dict(allowed_hosts=["127.0.0.1"], allow_all_commands=True)
+    base: dict[str, Any] = {"allowed_hosts": ["127.0.0.1"], "allow_all_commands": True}
     relaxed = Policy(command=CommandConfig(deny=["git push"]), ssh=SSHConfig(**base))
     assert check("ssh myalias git push", sshenv, relaxed) is None  # command.deny is local unless inherited
     assert check("ssh myalias reboot", sshenv, relaxed) is None
@@ -305,6 +306,7 @@ def test_git_ssh_transport(sshenv):
     assert b is None
     # pushing runs git-receive-pack remotely (and "git push" is denied locally first)
     b = check_command(None, "git push git@github.com:org/repo", Policy(ssh=POLICY.ssh), SOURCES, env=sshenv)
+    assert b is not None
     assert b.message.startswith("SSH command blocked: command \"git-receive-pack org/repo\" not in")
     b = check("git clone --upload-pack='rm -rf /' git@github.com:o/r", sshenv)
     assert b is not None and "rm -rf /" in b.message
@@ -358,6 +360,7 @@ def test_ssh_g_failure_and_timeout_block(tmp_path, monkeypatch):
 def test_resolve_reads_ssh_g(sshenv):
     t = sshpolicy.targets(Command(split_words("ssh -l alice -p 2200 myalias")))[0]
     res = sshpolicy.resolve(t, sshenv)
+    assert res is not None
     assert (res.hostname, res.get("port"), res.get("user")) == ("127.0.0.1", "2200", "alice")
     assert res.get("proxycommand") == ""
 
@@ -369,7 +372,7 @@ def test_targets_parsing():
         return ts[0]
 
     t = one("ssh -vp 2200 -l bob -i key -o User=x host uptime -a")
-    assert (t.dest, t.remote) == ("host", "uptime -a") and ["-p", "2200"] == t.options[:2]
+    assert (t.dest, t.remote) == ("host", "uptime -a") and t.options[:2] == ["-p", "2200"]
     t = one("ssh ssh://alice@[::1]:2200")
     assert (t.host, t.user, t.port) == ("::1", "alice", "2200")
     t = one("ssh -s host sftp")

@@ -38,7 +38,7 @@ def test_route_puts_the_proxy_command_first_and_keeps_the_host_config(tmp_path):
     [(path, content)] = route.files
     assert path == str(cfg)
     lines = content.decode().splitlines()
-    first = [ln for ln in lines if ln and not ln.startswith("#")][0]
+    first = next(ln for ln in lines if ln and not ln.startswith("#"))
     assert first == "ProxyCommand /py -I -S /s.py %h %p"  # before any Host/Match: applies to every host
     assert content.endswith(original)
 
@@ -193,7 +193,8 @@ def test_socksconnect_without_a_proxy_and_bad_arguments():
 def test_only_filtered_runs_see_the_generated_config(fence):
     import json
 
-    host_config = open(sshproxy.SYSTEM_CONFIG, "rb").read()
+    with open(sshproxy.SYSTEM_CONFIG, "rb") as f:
+        host_config = f.read()
     for network, generated in (({"allowedDomains": ["127.0.0.1"]}, True), ({}, False),
                                ({"allowedDomains": ["*"]}, False)):
         work = fence.workdir()

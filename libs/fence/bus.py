@@ -41,7 +41,8 @@ import sys
 import time
 from collections import deque
 from functools import lru_cache
-from typing import Any, Awaitable, Callable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -156,10 +157,26 @@ _encoder = msgspec.json.Encoder()
 
 
 def encode(msg: Message, limit: int = MAX_PAYLOAD) -> bytes:
-    data = _encoder.encode(msg)
+    try:
+        data = _encoder.encode(msg)
+    except UnicodeEncodeError:  # an OS string that is not UTF-8 (argv, a path the sandbox made)
+        data = _encoder.encode(_wire_text(msgspec.to_builtins(msg)))
     if len(data) > limit:
         raise PayloadTooLarge(f"{type(msg).__name__} is {len(data)} bytes; the limit is {limit}")
     return data
+
+
+def _wire_text(value: Any) -> Any:
+    """``value`` with every string made valid UTF-8: bytes Python kept as surrogates (``os.fsdecode`` of
+    ``x\\xff``) become the text ``\\xff``.  Lossy on purpose and only for such bytes: an event about
+    a command whose argv is not UTF-8 must still be sent, not crash the run after bwrap started."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {_wire_text(k): _wire_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_wire_text(v) for v in value]
+    return value
 
 
 @lru_cache(maxsize=4096)
@@ -174,9 +191,9 @@ def check_subject(subject: str, wildcards: bool = False) -> None:
     for i, tok in enumerate(tokens):
         if not tok:
             raise BadSubject(f"invalid subject {subject!r}: empty token")
-        if tok in ("*", ">") or ("*" in tok or ">" in tok):
-            if not wildcards or tok not in ("*", ">") or (tok == ">" and i != len(tokens) - 1):
-                raise BadSubject(f"invalid subject {subject!r}: misplaced wildcard")
+        if ("*" in tok or ">" in tok) and (not wildcards or tok not in ("*", ">")
+                                             or (tok == ">" and i != len(tokens) - 1)):
+            raise BadSubject(f"invalid subject {subject!r}: misplaced wildcard")
 
 
 @lru_cache(maxsize=4096)
@@ -193,6 +210,13 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 def decoder_for(msg_type: Any) -> msgspec.json.Decoder:
     return msgspec.json.Decoder(msg_type)
+
+
+def _warn(line: str) -> None:
+    """A bus warning on stderr, escaped: an exception's text may quote what a peer sent (``fence.textsafe``)."""
+    from fence.textsafe import printable
+
+    print(printable(line), file=sys.stderr)
 
 
 def _error(code: str, message: str) -> bytes:
@@ -249,7 +273,7 @@ def make_responder(subject: str, request_type: Any, handler: Handler, max_reques
 
 def decode_reply(subject: str, data: bytes, reply_type: type[T]) -> T:
     try:
-        reply = msgspec.json.decode(data, type=reply_type | ErrorReply)  # type: ignore[operator]
+        reply = msgspec.json.decode(data, type=reply_type | ErrorReply)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise BusError(f"{subject}: undecodable reply: {e}") from None
     if isinstance(reply, ErrorReply):
@@ -310,10 +334,10 @@ class TypedBus:
             try:
                 await handler(msg)
             except Exception as e:  # a subscriber bug must not reach the publisher
-                print(f"[fence:bus] subscriber on {subject} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                _warn(f"[fence:bus] subscriber on {subject} failed: {type(e).__name__}: {e}")
 
         sub = await self.subscribe_raw(subject, on_raw, queue=queue)
-        sub.undecodable = stats  # type: ignore[attr-defined]
+        sub.undecodable = stats
         return sub
 
     # transports provide these
@@ -335,7 +359,7 @@ class TypedBus:
 class _Sub:
     """One in-process subscription: a callback on (bytes, reply), with its ordered backlog."""
 
-    def __init__(self, bus: "InProcessBus", pattern: str, queue: str,
+    def __init__(self, bus: InProcessBus, pattern: str, queue: str,
                  deliver: Callable[[bytes, Callable[[bytes], None] | None], Awaitable[None]]):
         self.bus, self.pattern, self.queue, self.deliver = bus, pattern, queue, deliver
         self.pending: deque = deque()
@@ -372,7 +396,7 @@ class _Sub:
         try:
             await self.deliver(data, reply)
         except Exception as e:  # a raw subscriber bug must not stop later deliveries (nor reach the publisher)
-            print(f"[fence:bus] subscriber on {self.pattern} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            _warn(f"[fence:bus] subscriber on {self.pattern} failed: {type(e).__name__}: {e}")
 
 
 class InProcessBus(TypedBus):
@@ -387,7 +411,8 @@ class InProcessBus(TypedBus):
         self.closed = False
 
     def _route(self, subject: str) -> list[_Sub]:
-        chosen, groups = [], {}
+        chosen: list[_Sub] = []
+        groups: dict[str, list[_Sub]] = {}
         for sub in self._subs:
             if sub.active and subject_matches(sub.pattern, subject):
                 if sub.queue:
@@ -437,7 +462,7 @@ class InProcessBus(TypedBus):
         self._waiting.add(future)
         try:
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RequestTimeout(f"request on {subject} timed out after {timeout}s") from None
         finally:
             self._waiting.discard(future)
@@ -459,7 +484,7 @@ class InProcessBus(TypedBus):
                 try:
                     reply(fit_reply(subject, await respond(data), self.max_payload))
                 except Exception as e:  # a raw responder bug: no reply, as over NATS
-                    print(f"[fence:bus] responder on {subject} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                    _warn(f"[fence:bus] responder on {subject} failed: {type(e).__name__}: {e}")
 
             task = loop.create_task(run())  # concurrent: a slow request stalls no other
             self._tasks.add(task)

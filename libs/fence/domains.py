@@ -136,10 +136,7 @@ def canonical_host(raw: str) -> str:
     if ":" in raw:  # a bare IPv6 address (SOCKS5 ATYP 4 formats to this; URLs use brackets)
         return _canonical_v6(raw)
     was_ascii = raw.isascii()
-    if was_ascii:
-        host = raw.lower()
-    else:
-        host = _idna_ascii(raw)
+    host = raw.lower() if was_ascii else _idna_ascii(raw)
     if host.endswith("."):
         host = host[:-1]
     if not host or len(host) > 253:

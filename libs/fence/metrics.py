@@ -9,7 +9,12 @@ events by kind and a few gauges.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 REQUESTS = Counter("fence_requests_total", "Requests handled, by service, endpoint and outcome",
                    ["service", "endpoint", "outcome"])
@@ -25,7 +30,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.port = 0
-        self._server = None
+        self._server: WSGIServer | None = None
 
     def observe(self, service: str, endpoint: str, outcome: str, seconds: float) -> None:
         REQUESTS.labels(service, endpoint, outcome).inc()

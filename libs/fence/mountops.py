@@ -21,7 +21,7 @@ class Op(msgspec.Struct, frozen=True, kw_only=True, tag_field="op"):
     dest: str
 
 
-class Bind(Op, tag="bind"):
+class Bind(Op, tag="bind", frozen=True):
     """``src`` shown at ``dest``: read-only unless ``writable``; ``device`` keeps device nodes usable."""
 
     src: str
@@ -29,38 +29,38 @@ class Bind(Op, tag="bind"):
     device: bool = False
 
 
-class BindFd(Op, tag="bind-fd"):
+class BindFd(Op, tag="bind-fd", frozen=True):
     """A writable bind of a source fence opened and checked (``fd`` is the number bwrap receives):
     a path swapped for a symlink after the check cannot redirect it."""
 
     fd: int
 
 
-class DevFs(Op, tag="dev"):
+class DevFs(Op, tag="dev", frozen=True):
     """bwrap's own minimal /dev (null, zero, full, random, urandom, tty, pts, shm)."""
 
 
-class ProcFs(Op, tag="proc"):
+class ProcFs(Op, tag="proc", frozen=True):
     """A fresh /proc for the sandbox's pid namespace."""
 
 
-class Tmpfs(Op, tag="tmpfs"):
+class Tmpfs(Op, tag="tmpfs", frozen=True):
     """An empty tmpfs; ``readonly`` remounts it read-only (how a denied directory looks empty)."""
 
     readonly: bool = False
 
 
-class Dir(Op, tag="dir"):
+class Dir(Op, tag="dir", frozen=True):
     """A directory created inside (in a tmpfs); ``perms`` an octal mode, "" for bwrap's default."""
 
     perms: str = ""
 
 
-class Symlink(Op, tag="symlink"):
+class Symlink(Op, tag="symlink", frozen=True):
     target: str
 
 
-class DataFile(Op, tag="data"):
+class DataFile(Op, tag="data", frozen=True):
     """A generated read-only file whose content bwrap reads from ``fd`` (nothing is written on the host)."""
 
     fd: int

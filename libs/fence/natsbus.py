@@ -77,7 +77,8 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
 
 from fence.bus import (DRAIN_GRACE, PENDING_LIMIT, BadSubject, BusError, NoResponders, PayloadTooLarge,
                        PermissionDenied, RawHandler, RawResponder, RequestTimeout, TypedBus, check_subject, fit_reply)
@@ -105,7 +106,9 @@ def run(main: Awaitable[T]) -> T:
 
 
 def _log(text: str) -> None:
-    print(f"[fence:bus] {text}", file=sys.stderr, flush=True)
+    from fence.textsafe import printable
+
+    print(f"[fence:bus] {printable(text)}", file=sys.stderr, flush=True)
 
 
 def _bus_error(e: BaseException, subject: str = "") -> BusError:
@@ -138,7 +141,7 @@ def _bus_error(e: BaseException, subject: str = "") -> BusError:
 class NatsSubscription:
     """A subscription on a ``NatsBus``; ``dropped`` counts messages lost to a full pending queue."""
 
-    def __init__(self, bus: "NatsBus", sub: Any, subject: str, queue: str):
+    def __init__(self, bus: NatsBus, sub: Any, subject: str, queue: str):
         self.bus, self._sub, self.subject, self.queue = bus, sub, subject, queue
         self.dropped = 0
         self.active = True
@@ -181,7 +184,7 @@ class NatsBus(TypedBus):
 
     @classmethod
     async def connect(cls, url: str, *, user: str = "", password: str = "", inbox_prefix: str = "_INBOX",
-                      name: str = "fence", max_reconnect_attempts: int = 60) -> "NatsBus":
+                      name: str = "fence", max_reconnect_attempts: int = 60) -> NatsBus:
         """Connect (one attempt, failing fast with ``BusError``) and set up the reply inbox."""
         check_subject(inbox_prefix)
         from nats.aio.client import Client
@@ -192,7 +195,8 @@ class NatsBus(TypedBus):
             await nc.connect(url, user=user or None, password=password or None, name=name,
                              inbox_prefix=inbox_prefix, error_cb=bus._on_error,
                              disconnected_cb=bus._on_disconnected, reconnected_cb=bus._on_reconnected,
-                             closed_cb=bus._on_closed, connect_timeout=CONNECT_TIMEOUT,
+                             # nats-py annotates connect_timeout as int, but only passes it to wait_for
+                             closed_cb=bus._on_closed, connect_timeout=CONNECT_TIMEOUT,  # type: ignore[arg-type]
                              # fail fast on the first connect; reconnection is enabled below
                              allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0)
         except Exception as e:
@@ -253,7 +257,7 @@ class NatsBus(TypedBus):
             return await asyncio.wait_for(future, timeout)
         except BusError:
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RequestTimeout(f"request on {subject} timed out after {timeout}s") from None
         except Exception as e:
             raise _bus_error(e, subject) from None

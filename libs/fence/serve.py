@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return uvloop.run(_serve(component, service_cls, creds))
     except StartError as e:
-        print(f"Error: fence {component} service: {e}", file=sys.stderr)
+        from fence.textsafe import printable
+
+        print(printable(f"Error: fence {component} service: {e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

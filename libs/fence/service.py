@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import datetime, UTC
+from typing import Any
+from collections.abc import Callable
 
 import msgspec
 
@@ -53,6 +54,8 @@ class Service:
         self.id = os.urandom(8).hex()
         self.metrics = metrics
         self.metadata: dict[str, str] = {}
+        self.bus: Bus | None = None
+        """The bus ``start`` serves on; None before."""
         self.started = ""
         self._subs: list = []
         self._endpoints: list[Endpoint] = []
@@ -70,7 +73,7 @@ class Service:
     # lifecycle ----------------------------------------------------------------
     async def start(self, bus: Bus) -> None:
         self.bus = bus
-        self.started = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        self.started = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         self._endpoints = self.endpoints()
         for ep in self._endpoints:
             sub = await bus.serve(ep.subject, ep.request_type, ep.handler, queue=QUEUE,

@@ -61,9 +61,7 @@ class ImportResult:
 def _command_prefix(spec: str) -> str | None:
     """``npm run test:*`` / ``npm run test *`` / ``npm run test`` -> ``npm run test``; None if untranslatable."""
     spec = spec.strip()
-    if spec.endswith(":*"):
-        spec = spec[:-2]
-    elif spec.endswith(" *"):
+    if spec.endswith((":*", " *")):
         spec = spec[:-2]
     elif spec == "*":
         return None

@@ -133,7 +133,9 @@ def _word_near(buf: bytes, offset: int) -> tuple[bytes, int] | None:
             start = at
             while start > 0 and buf[start - 1] in _WORD_CHARS:
                 start -= 1
-            return re.compile(_WORD).match(buf, start).group(), start
+            word = re.compile(_WORD).match(buf, start)
+            assert word is not None  # buf[start] is a word character
+            return word.group(), start
         if at < offset and buf[at] in b" \t\r\n,:[{":
             break
     return None

@@ -147,7 +147,7 @@ def _fields(cls) -> dict[str, tuple[str, object]]:
     defaults = cls.__struct_defaults__
     pad = len(names) - len(defaults)
     return {enc: (name, defaults[i - pad] if i >= pad else None)
-            for i, (name, enc) in enumerate(zip(names, cls.__struct_encode_fields__))}
+            for i, (name, enc) in enumerate(zip(names, cls.__struct_encode_fields__, strict=True))}
 
 
 def _sub_struct(default):
@@ -275,5 +275,6 @@ def _explain_validation(data: bytes, message: str) -> list[Problem]:
     if described:
         text = f"{text}; {described}"
     elif at == "$":
-        text = f"{text}; a fence config is a JSON object, e.g. {{\"network\": {{\"allowedDomains\": [\"example.com\"]}}}}"
+        text = (f"{text}; a fence config is a JSON object, "
+                'e.g. {"network": {"allowedDomains": ["example.com"]}}')
     return [(at, text)]

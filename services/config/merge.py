@@ -2,14 +2,16 @@
 
 The rules (Fence's; the table is in docs/configuration.md#merge-rules):
 
-| kind of field | rule |
-|---|---|
-| list (domains, paths, commands, hosts, ports, mach services) | base then child, duplicates removed keeping the first; when one side is empty the other is kept as is |
-| plain bool (allowPty, allowLocalBinding, defaultDenyRead, ...) | OR: a child can never switch a base ``true`` off |
-| optional bool (forceNewSession, allowLocalOutbound, wslInterop, useDefaults) | the child's value when set (not null) |
-| int (httpProxyPort, socksProxyPort) | the child's value when non-zero |
-| string / enum (upstreamProxy, defaultAction, devices.mode, runtimeExecPolicy, $schema) | the child's value when non-empty |
-| ``extends`` | always "" in the result |
+* list (domains, paths, commands, hosts, ports, mach services): base then child, duplicates
+  removed keeping the first; when one side is empty the other is kept as is
+* plain bool (allowPty, allowLocalBinding, defaultDenyRead, ...): OR, a child can never switch a
+  base ``true`` off
+* optional bool (forceNewSession, allowLocalOutbound, wslInterop, useDefaults): the child's value
+  when set (not null)
+* int (httpProxyPort, socksProxyPort): the child's value when non-zero
+* string / enum (upstreamProxy, defaultAction, devices.mode, runtimeExecPolicy, $schema): the
+  child's value when non-empty
+* ``extends``: always "" in the result
 
 ``defaultDenyRead`` is also switched on when either side has ``strictDenyRead``.
 
@@ -21,7 +23,7 @@ that resolving the type annotations would cost on every run.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from fence.messages import FieldSource
 from fence.policy import FilesystemConfig, Policy
@@ -34,8 +36,8 @@ def _plan(cls) -> list[tuple[str, str, int, object]]:
     names = cls.__struct_fields__
     defaults = cls.__struct_defaults__
     assert len(defaults) == len(names), f"{cls.__name__}: every config field needs a default"
-    out = []
-    for name, enc, default in zip(names, cls.__struct_encode_fields__, defaults):
+    out: list[tuple[str, str, int, object]] = []
+    for name, enc, default in zip(names, cls.__struct_encode_fields__, defaults, strict=True):
         factory = getattr(default, "factory", None)
         if factory is list:
             out.append((name, enc, LIST, None))

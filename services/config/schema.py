@@ -18,8 +18,10 @@ language this is: files pointing their ``$schema`` at it validate here too.
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import sys
+from typing import Any
 
 import msgspec
 
@@ -40,7 +42,7 @@ def field_docs() -> dict[str, dict[str, str]]:
             continue
         docs = out.setdefault(node.name, {})
         body = node.body
-        for stmt, nxt in zip(body, body[1:]):
+        for stmt, nxt in itertools.pairwise(body):
             if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
                     and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
                     and isinstance(nxt.value.value, str)):
@@ -52,10 +54,10 @@ def _describe(defs: dict) -> None:
     docs = field_docs()
     for class_name, definition in defs.items():
         cls = getattr(model, class_name)
-        names = dict(zip(cls.__struct_encode_fields__, cls.__struct_fields__))
+        names = dict(zip(cls.__struct_encode_fields__, cls.__struct_fields__, strict=True))
         properties = {}
         for json_name, prop in definition["properties"].items():
-            described = {}
+            described: dict[str, Any] = {}
             doc = docs.get(class_name, {}).get(names[json_name])
             if doc:
                 described["description"] = doc

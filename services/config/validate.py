@@ -29,10 +29,7 @@ def upstream_proxy_error(url: str) -> str | None:
     if scheme.lower() != "http":
         return f'scheme "{scheme}" is not supported; only http:// upstream proxies are supported'
     host = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
-    if host.startswith("["):
-        host = host.split("]", 1)[0][1:]
-    else:
-        host = host.split(":", 1)[0]
+    host = host.split("]", 1)[0][1:] if host.startswith("[") else host.split(":", 1)[0]
     if not host:
         return "URL has no host"
     return None

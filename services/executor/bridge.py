@@ -163,16 +163,16 @@ def listen_inside(pid: int, addresses: list[tuple[str, int]]) -> list[socket.soc
             parent.close()
             _enter_netns(pid)
             _wait_loopback_up()
-            socks, mask = [], []
+            socks, bound = [], []
             for host, port in addresses:
                 try:
                     socks.append(_listen_settled(host, port))
-                    mask.append("1")
+                    bound.append("1")
                 except OSError as e:
                     if not _optional(host, e):
                         raise
-                    mask.append("0")
-            socket.send_fds(child, [b"ok " + "".join(mask).encode()], [s.fileno() for s in socks])
+                    bound.append("0")
+            socket.send_fds(child, [b"ok " + "".join(bound).encode()], [s.fileno() for s in socks])
         except BaseException as e:  # report, never raise out of a forked child
             _report(child, e)
             code = 1
@@ -220,7 +220,8 @@ class NetnsHelper:
         libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the child only calls prctl
         prctl = libc.prctl
         fence_pid = os.getpid()
-        self._sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock: socket.socket | None = sock  # None once closed
         self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - runs in the forked helper
             code = 0
@@ -240,7 +241,7 @@ class NetnsHelper:
                 code = 1
             os._exit(code)
         child.close()
-        first = self._sock.recv(4096)
+        first = sock.recv(4096)
         if first != b"ready":
             self.close()
             reason = first.decode(errors="replace").removeprefix("error: ") or "helper died"

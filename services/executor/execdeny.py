@@ -35,7 +35,8 @@ hard links (``st_nlink > 1``) or when a warning has to count aliases.
 
 import os
 import stat as stat_mod
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol, TypeGuard
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
@@ -213,7 +214,7 @@ class _Target:
         self.critical: set[str] = set()
 
 
-def _executable_file(st: FileId | None) -> bool:
+def _executable_file(st: FileId | None) -> TypeGuard[FileId]:
     return st is not None and stat_mod.S_ISREG(st.mode) and bool(st.mode & 0o111)
 
 
@@ -300,7 +301,7 @@ def plan_masks(names: Sequence[str], dirs: Sequence[str], fs: FS, accept: Sequen
 def _hard_links(key: tuple[int, int], dirs: Sequence[str], fs: FS) -> list[str]:
     """Every regular entry of a PATH directory that is the file ``key`` (d_ino from the scan, dev confirmed)."""
     out = []
-    dev, ino = key
+    _dev, ino = key
     for d in dirs:
         for entry in fs.entries(d):
             if entry.ino == ino and not entry.is_symlink:
@@ -420,9 +421,9 @@ def _cached(names: list[str], accept: tuple[str, ...], path: str, cwd: str, cach
     if cache_dir is None:
         cache_dir = default_cache_dir()
     file = os.path.join(cache_dir, f"execdeny-{zlib.crc32(key.encode()):08x}.json") if cache_dir else ""
-    entry = read_cache(file, _Cached)
-    if entry is not None and entry.key == key and _still_valid(entry):
-        return entry.result
+    cached = read_cache(file, _Cached)
+    if cached is not None and cached.key == key and _still_valid(cached):
+        return cached.result
     states = [(e, *_dir_state(e)) for e in entries]
     fs = HostFS()
     result = plan_masks(names, path_dirs(path, cwd, fs), fs, accept)

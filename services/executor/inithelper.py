@@ -38,6 +38,9 @@ Options (each PATH/PORT option may repeat; order does not matter)::
                        refuse to run (exit 126) if any of that fails
   --no-landlock        apply no Landlock ruleset (for runs that only need the
                        helper's other duties)
+  --close-fd FD        close FD before any duty: the interpreter fence started
+                       this helper from (``/proc/self/fd/FD``) when the exec
+                       masks cover its path, so the command cannot reach it
   --pty                allowPty runs: start a session (setsid) and make stdin,
                        the PTY fence relays, its controlling terminal
                        (TIOCSCTTY), so the command gets job control and
@@ -94,7 +97,7 @@ class Usage(Exception):
 
 
 # --- calling libc without importing ctypes -----------------------------------------------
-_libc = {}
+_libc: dict[str, object] = {}
 """``syscall`` and ``prctl`` as C functions (and errno access), made on first use: importing
 this module on the host for ``helper_command`` loads nothing."""
 
@@ -114,7 +117,8 @@ def _load_libc():
             _type_ = "l"
 
         class Libc:
-            _handle = _ctypes.dlopen(None)
+            # dlopen(NULL) is the process itself (dlopen(3)); the stub only allows a path
+            _handle = _ctypes.dlopen(None)  # type: ignore[arg-type]
 
         class Func(_ctypes.CFuncPtr):
             _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
@@ -127,8 +131,12 @@ def _load_libc():
             copy = (Char * len(data)).from_buffer_copy(data)
             return copy, _ctypes.addressof(copy)
 
-        return {"long": Long, "syscall": Func(("syscall", Libc)), "prctl": Func(("prctl", Libc)),
-                "sendmsg": Func(("sendmsg", Libc)), "ioctl": Func(("ioctl", Libc)), "buffer": buffer,
+        def function(name):
+            # CFuncPtr takes any object with a _handle, not only the CDLL its stub names
+            return Func((name, Libc))  # type: ignore[arg-type]
+
+        return {"long": Long, "syscall": function("syscall"), "prctl": function("prctl"),
+                "sendmsg": function("sendmsg"), "ioctl": function("ioctl"), "buffer": buffer,
                 **errno_access}
     except (AttributeError, TypeError):  # a CPython that reshaped _ctypes: pay for the public module
         import ctypes
@@ -179,6 +187,7 @@ class Request:
         self.connect_only = False
         self.no_landlock = False
         self.exec_notify = -1  # the unix socket fd for --exec-notify
+        self.close_fds = []
         self.pty = False
         self.command = []
 
@@ -203,6 +212,9 @@ def parse(argv):
             i += 2
         elif opt == "--exec-notify":
             req.exec_notify = _fd(_value(argv, i))
+            i += 2
+        elif opt == "--close-fd":
+            req.close_fds.append(_fd(_value(argv, i)))
             i += 2
         elif opt in ("--restrict-net", "--scope", "--audit", "--strict", "--debug", "--no-landlock", "--pty",
                      "--connect-only"):
@@ -270,7 +282,8 @@ def apply(req, abi):
             _add_path_rule(ruleset, path, rights & fs, req.debug)
         if net:
             for port in sorted(set(req.connect) | set(req.bind)):
-                allowed = ((NET_CONNECT_TCP if port in req.connect else 0) | (NET_BIND_TCP if port in req.bind else 0)) & net
+                allowed = ((NET_CONNECT_TCP if port in req.connect else 0)
+                           | (NET_BIND_TCP if port in req.bind else 0)) & net
                 if not allowed:
                     continue
                 syscall(SYS_ADD_RULE, ruleset, RULE_NET_PORT, _u64(allowed) + _u64(port), 0)
@@ -316,7 +329,7 @@ def clean_environ():
     try:
         fd = posix.open("/proc/self/environ", posix.O_RDONLY | posix.O_CLOEXEC)
     except OSError:
-        items = posix.environ.items()
+        items = [[k, v] for k, v in posix.environ.items()]  # the shape the /proc branch makes
     else:
         try:
             chunks = []
@@ -401,25 +414,44 @@ def main(argv):
     except Usage as e:
         _say(f"[fence:landlock-wrapper] Error: {e}")
         return 2
+    for fd in req.close_fds:  # first: whatever happens next, the command never inherits it
+        try:
+            posix.close(fd)
+        except OSError:
+            pass
     if req.exec_notify >= 0:  # fails closed: without the supervisor no command may run
         try:
             hand_over_exec_notify(req.exec_notify)
-        except OSError as e:
-            _say(f"[fence:linux] Error: runtime exec policy \"argv\" unavailable (seccomp user notification: "
-                 f"{e.strerror}): refusing to run")
+        except NoListener as e:  # the layer is missing here
+            _say(f"[fence:linux] Error: {argv_refusal(e.strerror)}")
+            return 126
+        except OSError as e:  # the layer is there, fence's end of the socket is not
+            _say(f"[fence:linux] Error: runtime exec policy \"argv\": the exec listener could not be handed to "
+                 f"fence ({e.strerror}): refusing to run")
             return 126
     if req.pty:
         take_terminal()
     problems = [] if req.no_landlock else _landlock(req)
     for problem in problems:
+        lost = "filesystem enforcement is bubblewrap-only" if problem.startswith("Landlock") else "not enforced"
         if req.strict:
-            _say(f"[fence:linux] Error: {problem}: refusing to run (strict mode)")
+            _say(f"[fence:linux] Error: {problem}: --strict needs every requested Landlock restriction. Refusing "
+                 f"to run (strict mode). To run with less protection: leave out --strict ({lost})")
             return 126
         if problem.startswith("Landlock"):
-            _say(f"[fence:linux] Warning: {problem}: filesystem enforcement is bubblewrap-only")
+            _say(f"[fence:linux] Warning: {problem}: {lost}")
         else:
-            _say(f"[fence:linux] Warning: Landlock: {problem}: not enforced")
+            _say(f"[fence:linux] Warning: Landlock: {problem}: {lost}")
     exec_command(req.command, clean_environ())
+
+
+def argv_refusal(why):
+    """The argv policy's listener cannot be had here: ``refusal.argv_unavailable``'s wording (this file
+    imports nothing of fence's; a test holds the two equal)."""
+    return (f"seccomp user notification unavailable here ({why}): command.runtimeExecPolicy \"argv\" needs it "
+            "to check every exec. Refusing to run. To run with less protection: set command.runtimeExecPolicy "
+            "to \"path\", the default (while the command runs, only the programs that single-token deny rules "
+            "name are masked)")
 
 
 def _landlock(req):
@@ -427,7 +459,7 @@ def _landlock(req):
     try:
         abi = abi_version()
     except OSError as e:
-        why = {38: "kernel built without Landlock", 95: "Landlock disabled at boot"}.get(e.errno, e.strerror)
+        why = {38: "kernel built without Landlock", 95: "Landlock disabled at boot"}.get(e.errno or 0) or e.strerror
         return [f"Landlock unavailable ({why})"]
     try:
         return apply(req, abi)
@@ -503,9 +535,17 @@ def send_fd(sock, fd):
     del payload, iov, control
 
 
+class NoListener(OSError):
+    """The kernel gave no user-notification listener (too old, a listener already in the filter chain: EBUSY)."""
+
+
 def hand_over_exec_notify(sock):
     """Install the exec filter and send its listener over ``sock``; both fds are closed after."""
-    listener = install_exec_notify()
+    try:
+        listener = install_exec_notify()
+    except OSError as e:
+        posix.close(sock)
+        raise NoListener(e.errno, e.strerror) from None
     try:
         send_fd(sock, listener)
     finally:

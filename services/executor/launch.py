@@ -26,8 +26,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import TYPE_CHECKING, Any
 
 from fence.executor.plan import SandboxPlan
+
+if TYPE_CHECKING:
+    from fence.executor.ptyrelay import PtyRelay
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
@@ -53,9 +57,9 @@ class Sandbox:
         self.pending: list[int] = []
         self.listeners: list = []
         """Listening sockets made inside the sandbox's netns (``plan.listen_inside``), in order."""
-        self.relay = None
+        self.relay: PtyRelay | None = None
         """The PTY relay of a PTY run (``fence.executor.ptyrelay.PtyRelay``), else None."""
-        self._old_handlers: dict[int, object] = {}
+        self._old_handlers: dict[int, signal._HANDLER] = {}
 
     @property
     def signals(self) -> tuple[int, ...]:
@@ -66,7 +70,7 @@ class Sandbox:
             return FORWARDED_SIGNALS + JOB_SIGNALS
         return FORWARDED_SIGNALS
 
-    def start(self, prepare=None) -> "Sandbox":
+    def start(self, prepare=None) -> Sandbox:
         """Spawn bwrap; with bridges planned, create them inside before the command may run.
 
         ``prepare(listeners)``, when given, runs once the listeners exist and
@@ -100,7 +104,17 @@ class Sandbox:
                         os.close(fd)
                 raise LaunchError(f"cannot open a pseudo-terminal: {e.strerror}") from None
         moved: dict[int, int] = {}
+        inherit = dict(self.inherit)
         try:
+            if self.plan.interpreter_fd:
+                try:
+                    inherit[self.plan.interpreter_fd] = _open_interpreter(self.plan.interpreter)
+                except LaunchError:
+                    self._close_relay()
+                    for fd in (read_end, block_write):
+                        if fd >= 0:
+                            os.close(fd)
+                    raise
             if self.relay_signals:  # else the caller routes signals to on_signal (an event loop's handlers)
                 self._install_signal_relay()
             actions = self.relay.spawn_actions() if self.relay else []  # first: later dup2s may reuse its fd
@@ -113,11 +127,11 @@ class Sandbox:
                 actions.append((os.POSIX_SPAWN_DUP2, seccomp_read, SECCOMP_FD))
             for end, fd in data_reads:
                 actions.append((os.POSIX_SPAWN_DUP2, end, fd))
-            moved = _clear_of_targets(self.inherit)
+            moved = _clear_of_targets(inherit)
             actions += [(os.POSIX_SPAWN_DUP2, ours, target) for target, ours in moved.items()]
             # own process group (Ctrl-C reaches fence only), or for a PTY run its own session with no
             # controlling terminal: nothing in the sandbox shares the user's terminal session
-            group = {"setsid": True} if self.relay else {"setpgroup": 0}
+            group: dict[str, Any] = {"setsid": True} if self.relay else {"setpgroup": 0}
             try:
                 self.pid = os.posix_spawn(self.plan.argv[0], self.plan.argv, self.plan.env,
                                           file_actions=actions, **group)
@@ -129,7 +143,9 @@ class Sandbox:
                     os.close(block_write)
                 raise LaunchError(f"cannot start bwrap ({self.plan.argv[0]}): {e.strerror}") from None
         finally:
-            _close_moved(moved, self.inherit)
+            _close_moved(moved, inherit)
+            if self.plan.interpreter_fd in inherit:
+                os.close(inherit[self.plan.interpreter_fd])
             os.close(write_end)
             for fd in (block_read, seccomp_read, *(end for end, _ in data_reads)):
                 if fd >= 0:
@@ -213,7 +229,7 @@ class Sandbox:
 
     def _restore_signals(self) -> None:
         for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+            signal.signal(sig, handler)
         self._old_handlers.clear()
 
     def on_signal(self, signum: int, _frame=None) -> None:
@@ -272,6 +288,24 @@ def exit_code(status: int) -> int:
     """fence's exit code for a wait status: the code, or 128+N for death by signal N."""
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def _open_interpreter(path: str) -> int:
+    """The init helper's interpreter, opened ``O_PATH`` above the fixed fds: bwrap execs it through
+    ``/proc/self/fd`` because the exec masks cover its path (``plan._init_helper_argv``)."""
+    import fcntl
+    import stat
+
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError as e:
+        raise LaunchError(f"cannot open the init helper's interpreter {path}: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise LaunchError(f"the init helper's interpreter {path} is not a regular file")
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    finally:
+        os.close(fd)
 
 
 def _clear_of_targets(inherit: dict[int, int]) -> dict[int, int]:

@@ -103,7 +103,7 @@ def _outermost(paths: list[str]) -> list[str]:
     return out
 
 
-def landlock_options(view: FsView, exec_denied: list[str] = ()) -> list[str]:
+def landlock_options(view: FsView, exec_denied: tuple[str, ...] = ()) -> list[str]:
     """The init helper's options for ``view``: the same tiers, enforced by the kernel a second time.
 
     Landlock only grants, so denyRead/denyWrite/protections stay the mounts'

@@ -69,9 +69,9 @@ def state(bwrap: str, cache_dir: str | None = None) -> NetnsState:
     want = key(bwrap)
     path = cache_path(cache_dir, want["userns"])
     cached = read_cache(path, NetnsState)  # only our own, private answer is trusted
-    if cached is not None and all(getattr(cached, k) == v for k, v in want.items()):
-        if cached.available or 0 <= time.time() - cached.at < NEGATIVE_TTL:
-            return cached
+    if (cached is not None and all(getattr(cached, k) == v for k, v in want.items())
+            and (cached.available or 0 <= time.time() - cached.at < NEGATIVE_TTL)):
+        return cached
     found = probe(want)
     if path:
         write(path, found)

@@ -99,14 +99,15 @@ def shared_network_refusal(net_mode: str, detail: str, env: dict[str, str]) -> s
     such a sandbox off the network.  "" when the run may go on.
     """
     from fence.executor.netns import ALLOW_SHARED_ENV
+    from fence.executor.refusal import missing_layer
 
     if net_mode != NONE or env.get(ALLOW_SHARED_ENV) == "1":
         return ""
-    return ("this environment cannot create a network namespace (bwrap --unshare-net: "
-            f"{detail or 'failed'}), and the policy allows no network: the sandbox would have the host's "
-            f"network. Refusing to run. Set {ALLOW_SHARED_ENV}=1 to run it anyway on the host's network "
-            "(Landlock then blocks direct TCP connections where the kernel has ABI 4, but never UDP), "
-            "or run where network namespaces can be created")
+    return missing_layer("network namespace", f"bwrap --unshare-net: {detail or 'failed'}",
+                         "the policy allows no network, and without a namespace of its own the sandbox would "
+                         "have the host's network", f"set {ALLOW_SHARED_ENV}=1 in fence's environment",
+                         "the host's network; Landlock then blocks direct TCP connections where the kernel has "
+                         "ABI 4, but never UDP", instead="run where network namespaces can be created")
 
 
 def proxy_env(net_mode: str, opened: ProxySessionOpened, shared: bool = False) -> dict[str, str]:
@@ -158,7 +159,9 @@ def attach_on_first_connection(attach, sandbox: str, listeners: list):
         try:
             attach(sandbox, *listeners)
         except Exception as e:  # the sandbox then sees refused connections; say why
-            print(f"[fence] Warning: proxy for sandbox {sandbox} failed to start: {e}", file=sys.stderr)
+            from fence.textsafe import printable
+
+            print(printable(f"[fence] Warning: proxy for sandbox {sandbox} failed to start: {e}"), file=sys.stderr)
 
     threading.Thread(target=watch, name=f"fence-attach-{sandbox}", daemon=True).start()
 

@@ -74,7 +74,7 @@ def expand(patterns: list[str], cwd: str, home: str, contained: bool = False) ->
 
 def _glob(pattern: str, deadline: float, budget: list[int]) -> list[str] | None:
     """Match an absolute glob component by component; None when a bound was hit."""
-    import fnmatch
+    from fence.globmatch import fnmatch_case
 
     parts = pattern.strip("/").split("/")
     current = ["/"]
@@ -85,7 +85,7 @@ def _glob(pattern: str, deadline: float, budget: list[int]) -> list[str] | None:
                 return None
             if part == "**":
                 rest_is_last = i == len(parts) - 1
-                for root, dirs, files in _walk(base, deadline, budget):
+                for root, _dirs, files in _walk(base, deadline, budget):
                     if root is None:
                         return None
                     nxt.append(root)
@@ -102,7 +102,7 @@ def _glob(pattern: str, deadline: float, budget: list[int]) -> list[str] | None:
             except OSError:
                 continue
             budget[0] -= len(names)
-            nxt.extend(os.path.join(base, n) for n in names if fnmatch.fnmatchcase(n, part)
+            nxt.extend(os.path.join(base, n) for n in names if fnmatch_case(n, part)
                        and (not n.startswith(".") or part.startswith(".")))
         current = nxt
     return current

@@ -159,7 +159,9 @@ class Forwarder:
                 peer.settimeout(None)
             except OSError as e:
                 if self.debug:
-                    print(f"[fence:ports] {label}: connect failed: {e}", file=sys.stderr)
+                    from fence.textsafe import printable
+
+                    print(printable(f"[fence:ports] {label}: connect failed: {e}"), file=sys.stderr)
                 return
             with self._lock:
                 if self._closed:

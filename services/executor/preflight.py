@@ -28,7 +28,7 @@ asymmetrically): ``fence.executor.commandrules``.  See docs/command-policy.md.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from fence.defaults import DEFAULT_DENIED_COMMANDS, DEFAULT_DENY_SOURCE
 from fence.executor import shellparse

@@ -17,7 +17,7 @@ the proxy session, bwrap.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import msgspec
 
@@ -74,8 +74,9 @@ def gather(policy: Policy, command: list[str], cwd: str, env: dict[str, str], sa
 
         why = execsupervisor.supported()
         if why:
-            raise FenceError(f'command.runtimeExecPolicy "argv" cannot be enforced here: {why}; refusing to run '
-                             '(use "path", the default, on this machine)')
+            from fence.executor.refusal import argv_unavailable
+
+            raise FenceError(argv_unavailable(why))
         if debug:
             trace.append("[fence:linux] Runtime exec policy argv: every exec is checked by fence "
                          "(seccomp user notification)")
@@ -83,7 +84,8 @@ def gather(policy: Policy, command: list[str], cwd: str, env: dict[str, str], sa
 
 
 def prepare(policy: Policy, command: list[str], cwd: str, env: dict[str, str], sandbox: str, facts: RunFacts,
-            session: ProxySessionOpened, ports: list[tuple[str, int]] = (), terminal: tuple[bool, bool] = (False, False),
+            session: ProxySessionOpened, ports: Sequence[tuple[str, int]] = (),
+            terminal: tuple[bool, bool] = (False, False),
             force_new_session: bool = False, debug: bool = False) -> RunPlan:
     """Every decision for the run, from its facts: pure (reads nothing, changes nothing).
 
@@ -123,7 +125,7 @@ def prepare(policy: Policy, command: list[str], cwd: str, env: dict[str, str], s
                    watch=list(protection.watch), reserve=[ph.path for ph in protection.placeholders])
 
 
-def network_plan(policy: Policy, facts: RunFacts, ports: list[tuple[str, int]] = ()) -> NetPlan:
+def network_plan(policy: Policy, facts: RunFacts, ports: Sequence[tuple[str, int]] = ()) -> NetPlan:
     """Listeners, relayed ports, published ports and the Landlock connect list; FenceError on a clash.
 
     ``connect_only`` holds the listed local ports here; ``prepare`` puts the

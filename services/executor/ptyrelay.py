@@ -56,7 +56,7 @@ import select
 import signal
 import termios
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 JOB_SIGNALS = (signal.SIGTSTP, signal.SIGCONT)
 """Caught only during a PTY run, to restore the user's terminal around fence's own stop."""

@@ -76,7 +76,7 @@ def run_over_nats(url: str, supervisor, req: RunRequest, host: HostFacts, monito
             if started.is_set():  # our own events come back over NATS: show the last ones before leaving
                 try:
                     await asyncio.wait_for(ended.wait(), EVENT_ECHO_WAIT)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             return code
         except BusError as e:

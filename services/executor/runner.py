@@ -8,10 +8,12 @@ modes: driven without an event loop over the in-process bus (a lone run,
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -28,6 +30,11 @@ from fence.executor.preflight import check_command
 from fence.messages import (ConfigResolveReply, ConfigResolveRequest, LifecycleEvent, ProxySessionClose,
                             ProxySessionClosed, ProxySessionOpen, ProxySessionOpened)
 from fence.subjects import CONFIG_RESOLVE, PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN, event
+from fence.textsafe import printable
+
+if TYPE_CHECKING:  # imported when a run needs them
+    from fence.executor.portfwd import Forwarder
+    from fence.executor.runtimeexec import RuntimeExec
 
 
 class RunRequest(msgspec.Struct):
@@ -83,6 +90,7 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         sandbox = run.launch(plan, rendered, relay_signals, attach)  # exec supervisor, pinned fds, bwrap, bridges
         await bus.publish(run.lifecycle, LifecycleEvent(sandbox=req.sandbox, phase="started", ts=time.time(),
                                                         pid=sandbox.init_pid or sandbox.pid, argv=req.command))
+        _collect_from_now_on()
         code = await wait(sandbox)
         await bus.publish(run.lifecycle, LifecycleEvent(sandbox=req.sandbox, phase="exited", ts=time.time(),
                                                         pid=sandbox.init_pid or sandbox.pid, exit_code=code,
@@ -90,6 +98,13 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         return code
     finally:
         await run.close()                                       # placeholders, quarantine, relays, session
+
+
+def _collect_from_now_on() -> None:
+    """The command runs: what start-up made stays (frozen: never scanned again), and the garbage
+    collector, off during start-up (``cli.run_command``), is on for the rest of the sandbox's life."""
+    gc.freeze()
+    gc.enable()
 
 
 async def resolve(bus: Bus, req: RunRequest) -> ConfigResolveReply:
@@ -104,8 +119,7 @@ async def resolve(bus: Bus, req: RunRequest) -> ConfigResolveReply:
             raise FenceError(getattr(e, "message", str(e))) from None
         raise FenceError(f"failed to load config: {getattr(e, 'message', e)}") from None
     if req.debug:
-        for source in resolved.sources:
-            print(f"[fence] Config: {source}", file=sys.stderr)
+        say([f"[fence] Config: {source}" for source in resolved.sources])
     return resolved
 
 
@@ -128,8 +142,10 @@ async def open_session(bus: Bus, req: RunRequest, policy, facts: RunFacts) -> Pr
 
 
 def say(lines: list[str]) -> None:
+    """Lines on stderr, each escaped (``fence.textsafe``): the paths, names and argv in them may be the
+    sandbox's or the agent's, and must not forge a line or move the cursor."""
     for line in lines:
-        print(line, file=sys.stderr)
+        print(printable(line), file=sys.stderr)
 
 
 class _Doing:
@@ -140,8 +156,8 @@ class _Doing:
         self.bus, self.req, self.facts, self.opened = bus, req, facts, opened
         self.sources = RuleSources.from_reply(resolved)
         self.lifecycle = event(req.sandbox, "lifecycle")
-        self.runtime = None
-        self.forwarder = None
+        self.runtime: RuntimeExec | None = None
+        self.forwarder: Forwarder | None = None
         self.finish_attach = None
         self.handed: list = []  # the open hand-off connection to a supervisor's proxy (kept for the sandbox's life)
 
@@ -164,8 +180,8 @@ class _Doing:
         from fence.executor import runtimeexec
 
         req, net = self.req, plan.network
-        self.runtime = runtimeexec.start(plan.policy, req.env, req.cwd, req.sandbox, self.bus, self.facts.masks,
-                                         self.sources)
+        runtime = self.runtime = runtimeexec.start(plan.policy, req.env, req.cwd, req.sandbox, self.bus,
+                                                   self.facts.masks, self.sources)
         host_listeners = []
         if net.outbound_ports or net.published:
             from fence.executor import portfwd
@@ -179,7 +195,7 @@ class _Doing:
         if net.proxy_listen and attach is None:
             prepare_listeners = _hand_over_to(self.opened, len(net.proxy_listen), self.handed)
         try:
-            inherit = {**self.runtime.inherit(), **self.facts.fs.pin(rendered.pinned)}
+            inherit = {**runtime.inherit(), **self.facts.fs.pin(rendered.pinned)}
             sandbox = Sandbox(rendered, relay_signals, inherit=inherit).start(prepare_listeners)
         except BaseException as e:
             for sock in host_listeners:
@@ -188,14 +204,14 @@ class _Doing:
                 raise FenceError(str(e)) from None
             raise
         finally:
-            self.runtime.spawned()
+            runtime.spawned()
             self.facts.fs.close()  # bwrap has its own copies (and closes them once mounted)
         proxy_socks = sandbox.listeners[:len(net.proxy_listen)]
         if proxy_socks and attach is not None:  # connections queue in the backlog until the proxy serves them
             self.finish_attach = network.attach_on_first_connection(attach, req.sandbox, proxy_socks)
         if self.forwarder is not None:  # local ports: relayed by this process, no proxy (works supervised too)
             _forward(self.forwarder, sandbox, network.outbound_listeners(list(net.outbound_ports)),
-                     sandbox.listeners[len(net.proxy_listen):], list(zip(net.published, host_listeners)))
+                     sandbox.listeners[len(net.proxy_listen):], list(zip(net.published, host_listeners, strict=True)))
         return sandbox
 
     async def close(self) -> None:
@@ -214,7 +230,7 @@ class _Doing:
                 await self.bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=self.req.sandbox),
                                        ProxySessionClosed)
         except BusError as e:
-            print(f"[fence] Warning: closing proxy session {self.req.sandbox} failed: {e}", file=sys.stderr)
+            say([f"[fence] Warning: closing proxy session {self.req.sandbox} failed: {e}"])
         for conn in self.handed:  # the proxy also ends the session when this closes (if the request above failed)
             conn.close()
 
@@ -238,7 +254,7 @@ def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_
     """Start the local-port relays; a -p helper that cannot enter the sandbox is a warning."""
     from fence.executor.bridge import BridgeError
 
-    for (host, port), sock in zip(inside, inside_socks):
+    for (host, port), sock in zip(inside, inside_socks, strict=True):
         if sock is not None:  # None: the sandbox's netns has no IPv6 ([::1] skipped)
             forwarder.outbound(sock, (host, port))
     for (_addr, port), sock in published:
@@ -246,7 +262,7 @@ def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_
             forwarder.inbound(sock, sandbox.init_pid, port)
         except BridgeError as e:  # the command already ended, most likely
             sock.close()
-            print(f"[fence] Warning: --port {port} is not forwarded: {e}", file=sys.stderr)
+            say([f"[fence] Warning: --port {port} is not forwarded: {e}"])
 
 
 
@@ -284,17 +300,16 @@ async def _quarantine(bus: Bus, protection, sandbox_id: str) -> None:
 
     found = quarantine(protection.watch, sandbox_id) + restore_links(protection.links, sandbox_id)
     for path, target, error in found:
-        if error:
-            print(f"[fence] Warning: the sandbox created protected path {path}, and it could not be moved "
-                  f"aside ({error}): remove it before using this directory", file=sys.stderr)
+        if error:  # the path's name may be the sandbox's choice (a file in a new .git/hooks): say() escapes it
+            say([f"[fence] Warning: the sandbox created protected path {path}, and it could not be moved "
+                 f"aside ({error}): remove it before using this directory"])
         else:
-            print(f"[fence] Warning: the sandbox created protected path {path}: moved to {target}",
-                  file=sys.stderr)
+            say([f"[fence] Warning: the sandbox created protected path {path}: moved to {target}"])
         try:
             await bus.publish(event(sandbox_id, "fs"), ProtectedPathEvent(
                 sandbox=sandbox_id, ts=time.time(), path=path, moved_to=target, error=error))
         except BusError as e:
-            print(f"[fence] Warning: cannot publish the quarantine event: {e}", file=sys.stderr)
+            say([f"[fence] Warning: cannot publish the quarantine event: {e}"])
 
 def _isatty(fd: int) -> bool:
     try:
@@ -308,9 +323,8 @@ def debug_plan(plan: RunPlan, rendered: SandboxPlan) -> None:
     import shlex
 
     say(plan.trace)
-    print(f"[fence] Command: {shlex.join(rendered.command)}", file=sys.stderr)
+    say([f"[fence] Command: {shlex.join(rendered.command)}"])  # shlex quotes, but leaves LF and ESC inside
     if rendered.stripped_env:
-        print(f"[fence] Stripped dangerous env vars: [{' '.join(rendered.stripped_env)}]", file=sys.stderr)
-    print(f"[fence] Sandboxed command: {shlex.join(rendered.argv)}", file=sys.stderr)
-    print(rendered.summary, file=sys.stderr)
+        say([f"[fence] Stripped dangerous env vars: [{' '.join(rendered.stripped_env)}]"])
+    say([f"[fence] Sandboxed command: {shlex.join(rendered.argv)}", rendered.summary])
     say(plan.notes)

@@ -50,6 +50,6 @@ class ExecutorService(Service):
 
 def _runtime_dirs(env: dict[str, str]) -> tuple[str, ...]:
     """fence's runtime dir of the requester (what ``fence run`` masks), from its environment."""
-    from fence.runtime import runtime_dir
+    from fence.runtime import masked_path, runtime_dir
 
-    return (runtime_dir(env),)
+    return (masked_path(runtime_dir(env)),)

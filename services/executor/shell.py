@@ -11,6 +11,7 @@ fence never falls back silently.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 MODES = ("bash", "user")
 
@@ -19,7 +20,7 @@ class ShellError(Exception):
     pass
 
 
-def select_shell(mode: str, env: dict[str, str], which, shells_file: str = "/etc/shells") -> str:
+def select_shell(mode: str, env: Mapping[str, str], which, shells_file: str = "/etc/shells") -> str:
     """The shell executable for ``mode``; ``which(name, PATH)`` finds bash."""
     if mode not in MODES:
         raise ShellError(f"invalid --shell {mode!r} (expected one of: {', '.join(MODES)})")

@@ -92,10 +92,7 @@ def git_ssh_command(proxy_cmd: str) -> str:
 
 
 def _masked(path: str, masks) -> bool:
-    for mask, is_dir in masks:
-        if path == mask or (is_dir and path.startswith(mask.rstrip("/") + "/")):
-            return True
-    return False
+    return any(path == mask or (is_dir and path.startswith(mask.rstrip("/") + "/")) for mask, is_dir in masks)
 
 
 def route(env: dict[str, str], masks=(), python: str | None = None, script: str | None = None,

@@ -44,13 +44,15 @@ _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 MAX_LINE = 8192
 
-_date_cache = [0, ""]
+_date_cache = (0, "")
+"""(second, its Date header value): one tuple, replaced whole."""
 
 
 def _date() -> str:
+    global _date_cache
     now = int(time.time())
     if _date_cache[0] != now:
-        _date_cache[0], _date_cache[1] = now, formatdate(now, usegmt=True)
+        _date_cache = (now, formatdate(now, usegmt=True))
     return _date_cache[1]
 
 
@@ -432,6 +434,7 @@ class _Exchange:
                         continue
                     raise _UpstreamFailed("upstream closed the connection without a response")
                 break
+            assert upc is not None and resp_head is not None  # the loop breaks only with both
             return await self._relay_response(req, upc, resp_head, client_close, key, host, port, target,
                                               decision, started, reusable)
         except (_UpstreamFailed, ProtocolError, TimeoutError) as e:
@@ -459,9 +462,10 @@ class _Exchange:
                 break
             await conn.sendall(resp_head)  # interim (100 Continue, 103 Early Hints): pass on, read the final
             async with asyncio.timeout(session.response_timeout):
-                resp_head = await upc.read_until(b"\r\n\r\n", session.max_head)
-            if resp_head is None:
+                final = await upc.read_until(b"\r\n\r\n", session.max_head)
+            if final is None:
                 raise _UpstreamFailed("upstream closed the connection without a response")
+            resp_head = final
         if status == 407 and key == ("upstream",):
             upc.close()
             return await self._upstream_refused(req.method, host, port, target, decision, status, started)

@@ -21,7 +21,7 @@ class ProxyStats:
     """What a session reports; label children are bound once."""
 
     def __init__(self) -> None:
-        self._requests: dict[tuple[str, str], object] = {}
+        self._requests: dict[tuple[str, str], Counter] = {}
         self._up = BYTES.labels("up")
         self._down = BYTES.labels("down")
 

@@ -55,7 +55,7 @@ class _Direction:
     __slots__ = ("relay", "src", "dst", "sfd", "dfd", "pr", "pw", "pipe_size", "in_pipe", "done", "moved",
                  "splicing", "pending", "eof")
 
-    def __init__(self, relay: "Relay", src: socket.socket, dst: socket.socket):
+    def __init__(self, relay: Relay, src: socket.socket, dst: socket.socket):
         self.relay, self.src, self.dst = relay, src, dst
         self.sfd, self.dfd = src.fileno(), dst.fileno()
         self.pr = self.pw = -1
@@ -110,6 +110,7 @@ class _Direction:
         else:
             try:
                 while self.in_pipe:
+                    assert SPLICE is not None  # bytes sit in a pipe only in splice mode, entered only with os.splice
                     m = SPLICE(self.pr, self.dfd, self.in_pipe, flags=_FLAGS)
                     self.in_pipe -= m
                     self.moved += m
@@ -127,6 +128,8 @@ class _Direction:
     # --- splice mode ------------------------------------------------------------------
     def _splice_readable(self) -> None:
         relay = self.relay
+        splice = SPLICE
+        assert splice is not None  # splice mode is entered only with os.splice
         if self.pr < 0:
             try:
                 self.pr, self.pw = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -137,7 +140,7 @@ class _Direction:
         try:
             while budget > 0:
                 try:
-                    n = SPLICE(sfd, pw, self.pipe_size, flags=_FLAGS)
+                    n = splice(sfd, pw, self.pipe_size, flags=_FLAGS)
                 except BlockingIOError:
                     break
                 if n == 0:
@@ -146,7 +149,7 @@ class _Direction:
                 if n == self.pipe_size and self.pipe_size < BULK_PIPE_SIZE:
                     self._grow()
                 try:
-                    m = SPLICE(pr, dfd, n, flags=_FLAGS)
+                    m = splice(pr, dfd, n, flags=_FLAGS)
                 except BlockingIOError:
                     return self._wait_writable()
                 self.in_pipe -= m
@@ -232,7 +235,7 @@ class Relay:
         self._timer = None
         self.half_open_timeout = half_open_timeout
 
-    def start(self) -> "Relay":
+    def start(self) -> Relay:
         self.loop.add_reader(self.ab.sfd, self.ab.on_readable)
         self.loop.add_reader(self.ba.sfd, self.ba.on_readable)
         return self

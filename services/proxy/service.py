@@ -44,12 +44,22 @@ from __future__ import annotations
 import os
 import sys
 from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from fence.bus import ServiceError
 from fence.messages import ProxySessionClose, ProxySessionClosed, ProxySessionOpen, ProxySessionOpened
 from fence.netintent import NONE, RELAXED, intent
 from fence.service import Endpoint, Service
 from fence.subjects import PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN, event
+from fence.textsafe import printable
+
+if TYPE_CHECKING:  # the lone run imports this module: no asyncio or threading until a proxy is needed
+    import asyncio
+    import threading
+
+    from fence.proxy.handoff import HandoffServer
+    from fence.proxy.prom import ProxyStats
+    from fence.proxy.session import Session
 
 EVENT_BACKLOG = 10000
 LOOPBACK = "127.0.0.1"
@@ -80,15 +90,15 @@ class ProxyService(Service):
         self.resolver = resolver
         self.loopback = loopback
         self.session_options = dict(session_options or {})
-        self.loop = None
-        self._thread = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._events: deque = deque()
         self._dropped = 0
         self._publishing = False
-        self._stats = None
+        self._proxy_stats: ProxyStats | None = None  # not _stats: that name is Service's $SRV.STATS handler
         self.bus = None
         self.handoff = handoff
-        self._handoff_server = None
+        self._handoff_server: HandoffServer | None = None
         self._tokens: dict[str, str] = {}
         """Sessions that may still receive a hand-off, and the token it must carry."""
 
@@ -116,7 +126,7 @@ class ProxyService(Service):
         try:
             import uvloop
 
-            loop = uvloop.new_event_loop()
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         except ImportError:  # pragma: no cover - uvloop is a dependency
             loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -158,7 +168,7 @@ class ProxyService(Service):
             listen = may_allow and req.loopback
         else:
             listen = may_allow and (self.loopback == "always" or (self.loopback == "relaxed" and relaxed))
-        handoff = {}
+        handoff: dict[str, Any] = {}
         if self.handoff:
             handoff = {"handoff": self.handoff, "token": os.urandom(16).hex()}
         if not listen:
@@ -254,7 +264,7 @@ class ProxyService(Service):
             raise HandoffRefused(f"wrong hand-off token for proxy session {req.sandbox}")
         del self._tokens[req.sandbox]
         await self.attach_async(req.sandbox, listeners.get("http"), listeners.get("socks"))
-        session = self.sessions[req.sandbox]
+        session: Session = self.sessions[req.sandbox]  # attach_async made it a served Session
 
         async def on_end() -> None:
             if self.sessions.get(req.sandbox) is session:  # still the handed-over one: the run is gone
@@ -273,17 +283,20 @@ class ProxyService(Service):
             self._dropped += 1
         self._events.append(ev)
         if not self._publishing:
+            assert self.loop is not None  # events come from sessions, which run on the loop
             self._publishing = True
             self.loop.create_task(self._publish())
 
     async def _publish(self) -> None:
         try:
+            bus = self.bus
+            assert bus is not None  # _emit queues events only with a bus
             while self._events:
                 ev = self._events.popleft()
                 try:
-                    await self.bus.publish(event(ev.sandbox, "net"), ev)
+                    await bus.publish(event(ev.sandbox, "net"), ev)
                 except Exception as e:  # the bus going away must not take the proxy with it
-                    print(f"[fence:proxy] Warning: cannot publish a net event: {type(e).__name__}: {e}",
+                    print(printable(f"[fence:proxy] Warning: cannot publish a net event: {type(e).__name__}: {e}"),
                           file=sys.stderr)
                     self._events.clear()
         finally:
@@ -292,11 +305,11 @@ class ProxyService(Service):
     def _metrics_stats(self):
         if self.metrics is None:
             return None
-        if self._stats is None:
+        if self._proxy_stats is None:
             from fence.proxy.prom import ProxyStats
 
-            self._stats = ProxyStats()
-        return self._stats
+            self._proxy_stats = ProxyStats()
+        return self._proxy_stats
 
     def _gauge(self) -> None:
         if self.metrics is not None:

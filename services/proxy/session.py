@@ -31,13 +31,15 @@ import errno
 import socket
 import sys
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 from fence.domains import ALLOW, DENY, DomainFilter, HostError, canonical_host, display_host, is_ip
 from fence.messages import NetDecisionEvent
 from fence.netintent import forwards_upstream
 from fence.proxy.conn import DeadlineExceeded, connect
 from fence.proxy.relay import COPY_CHUNK, HALF_OPEN_TIMEOUT, Relay
+from fence.textsafe import printable
 
 Resolver = Callable[[str, int], "Awaitable[list[tuple[int, tuple]]] | list[tuple[int, tuple]]"]
 """(canonical name, port) -> [(family, sockaddr), ...]; may be sync or async; raises OSError on failure."""
@@ -109,8 +111,8 @@ class Session:
             try:
                 self.upstream = Upstream(network.upstream_proxy)
             except (HostError, IndexError, ValueError) as e:  # validated earlier; fail closed if not
-                print(f"[fence:proxy] Warning: ignoring network.upstreamProxy {network.upstream_proxy!r}: {e}; "
-                      f"traffic matching no rule is denied", file=sys.stderr)
+                print(printable(f"[fence:proxy] Warning: ignoring network.upstreamProxy {network.upstream_proxy!r}: "
+                                f"{e}; traffic matching no rule is denied"), file=sys.stderr)
         if network is None:
             self.filter = DomainFilter(None)
         else:  # grey traffic goes upstream only when there is an upstream to go to
@@ -265,8 +267,8 @@ class Session:
         deadline = self.loop.time() + self.dial_timeout
         try:
             if is_ip(host):
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                addrs = [(family, (host, port))]
+                ip_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                addrs: list[tuple[int, tuple]] = [(ip_family, (host, port))]
             else:
                 try:
                     async with asyncio.timeout_at(deadline):

@@ -28,6 +28,7 @@ import secrets
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -39,6 +40,10 @@ from fence.supervisor.files import clear_cache, data_dir, unlink
 from fence.supervisor.natsconf import NATS, NatsPorts, nats_config, nats_server_binary
 from fence.supervisor.output import StartFailed, error, say
 from fence.supervisor.permissions import USERS, inbox_prefix
+from fence.textsafe import printable
+
+if TYPE_CHECKING:
+    from fence.natsbus import NatsBus
 
 START_TIMEOUT = 10.0
 """Seconds for nats-server plus every service to answer ``$SRV.PING`` at ``fence up``."""
@@ -90,7 +95,7 @@ class Supervisor:
         self.started_at = time.time()
         self.nats = Child(NATS)
         self.services = {name: Child(name, micro) for name, (_, _, micro) in COMPONENTS.items()}
-        self.bus = None
+        self.bus: NatsBus | None = None
         self.stop_event: asyncio.Event | None = None
         self.exit_code = 0
         self.fatal = ""
@@ -162,6 +167,7 @@ class Supervisor:
         ports = os.path.join(self.rdir, f"{NATS}_{proc.pid}.ports")
         self.ports_files.add(ports)
         deadline = time.monotonic() + NATS_READY_TIMEOUT
+        urls: list[str] = []
         while True:
             try:
                 with open(ports, "rb") as f:
@@ -196,7 +202,7 @@ class Supervisor:
             lines.append(line)
             del lines[:-20]
             if ("[ERR]" in line or "[FTL]" in line or "[WRN]" in line) and "Plaintext passwords" not in line:
-                print(f"[fence:{NATS}] {line}", file=sys.stderr, flush=True)
+                print(f"[fence:{NATS}] {printable(line)}", file=sys.stderr, flush=True)
 
     async def connect_bus(self) -> None:
         from fence.natsbus import NatsBus
@@ -342,7 +348,7 @@ class Supervisor:
             checked = [c for c in self.services.values() if not c.starting and c.alive()]
             results = await asyncio.gather(*(self.ping(c, 1.0) for c in checked))
             changed = False
-            for child, reply in zip(checked, results):
+            for child, reply in zip(checked, results, strict=True):
                 if child.starting or not child.alive():
                     continue
                 changed |= child.mark_healthy(reply is not None)
@@ -352,6 +358,7 @@ class Supervisor:
                         say(f"{child.name} service (pid {child.info.pid}) has not answered $SRV.PING for "
                              f"{child.failed_checks} checks; killing it")
                         child.starting = True
+                        assert child.proc is not None  # alive() above
                         child.proc.kill()
             if changed:
                 self.write_info()
@@ -362,26 +369,26 @@ class Supervisor:
         try:
             await asyncio.wait_for(self.stop_event.wait(), seconds)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     # stopping -----------------------------------------------------------------------------
     @staticmethod
     async def _terminate(children: list[Child], grace: float) -> None:
-        live = [c for c in children if c.alive()]
-        for c in live:
+        live = [(c, c.proc) for c in children if c.proc is not None and c.alive()]
+        for _, proc in live:
             try:
-                c.proc.terminate()
+                proc.terminate()
             except ProcessLookupError:
                 pass
         if not live:
             return
-        _, pending = await asyncio.wait([asyncio.ensure_future(c.proc.wait()) for c in live], timeout=grace)
-        for c in live:
+        _, pending = await asyncio.wait([asyncio.ensure_future(proc.wait()) for _, proc in live], timeout=grace)
+        for c, proc in live:
             if c.alive():
                 say(f"{c.name} (pid {c.info.pid}) did not stop within {grace:.1f}s; killing it")
                 try:
-                    c.proc.kill()
+                    proc.kill()
                 except ProcessLookupError:
                     pass
         if pending:
@@ -450,7 +457,7 @@ class Supervisor:
             unlink(os.path.join(self.rdir, runtime.INFO_FILE))
             if not await bounded(self.stop_all(), STOP_BUDGET - 0.3):
                 for c in (*self.services.values(), self.nats):
-                    if c.alive():
+                    if c.proc is not None and c.alive():
                         c.proc.kill()
             self.cleanup()
             if self.fatal:

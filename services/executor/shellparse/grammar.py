@@ -489,7 +489,7 @@ class Parser(Lexer):
         """``export``/``declare``/``local``/``readonly``/``typeset`` NAME=value, ``read NAME``, ``unset``."""
         name = argv[0]
         if name in ("export", "declare", "local", "readonly", "typeset"):
-            for word, d in zip(argv[1:], dyn[1:]):
+            for word, d in zip(argv[1:], dyn[1:], strict=True):
                 lhs, eq, value = word.partition("=")
                 if eq and NAME.fullmatch(lhs):
                     if d:

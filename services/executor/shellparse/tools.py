@@ -56,7 +56,7 @@ def string_runner(p, argv: list[str], dyn: list[bool], short_arg: str) -> None:
                     p.nested_command(argv[k:], dyn[k:], {}, False)
             break
         if w in ("--command", "--session-command") or w.startswith(("--command=", "--session-command=")):
-            opt, eq, value = w.partition("=")
+            _opt, eq, value = w.partition("=")
             k = i
             if not eq:
                 k = i + 1
@@ -66,9 +66,9 @@ def string_runner(p, argv: list[str], dyn: list[bool], short_arg: str) -> None:
                 p.script(value)
         elif w.startswith("-") and not w.startswith("--") and len(w) > 1:
             options, i = option_cluster(argv, i, short_arg)
-            for ch, value, k in options:
-                if ch == "c" and value is not None and k < n and not dyn[k]:
-                    p.script(value)
+            for ch, arg, k in options:
+                if ch == "c" and arg is not None and k < n and not dyn[k]:
+                    p.script(arg)
             continue
         i += 1
 

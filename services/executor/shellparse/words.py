@@ -27,7 +27,7 @@ class LazyRe:
 
     def __init__(self, pattern: str):
         self.pattern = pattern
-        self.rx = None
+        self.rx: re.Pattern[str] | None = None
 
     def __getattr__(self, name: str):
         if self.rx is None:
@@ -243,10 +243,7 @@ class Lexer:
             elif c == "=":
                 if assign is None and not quoted and not segs and not dynamic:
                     lhs = "".join(buf)
-                    if _ASSIGN_LHS.match(lhs):
-                        assign = lhs.split("[", 1)[0].rstrip("+")
-                    else:
-                        assign = ""
+                    assign = lhs.split("[", 1)[0].rstrip("+") if _ASSIGN_LHS.match(lhs) else ""
                 buf.append("=")
                 i += 1
             else:  # * ? [  (glob characters: kept literally)
@@ -353,7 +350,7 @@ class Lexer:
 
     def _ansi_c(self, i: int, buf: list[str]) -> int:
         s, n = self.s, self.n
-        out = []
+        out: list[str] = []
         while i < n:
             c = s[i]
             if c == "'":

@@ -123,8 +123,8 @@ def _builtin_script(p, name: str, argv: list[str], dyn: list[bool], stdin: str |
             p.script(argv[1], share=True)
         return
     if name == "alias":
-        for w, d in zip(argv[1:], dyn[1:]):
-            lhs, eq, value = w.partition("=")
+        for w, d in zip(argv[1:], dyn[1:], strict=True):
+            _lhs, eq, value = w.partition("=")
             if eq and not d:
                 p.script(value, share=True)
 
@@ -349,9 +349,9 @@ def expand_command(p, argv: list[str], dyn: list[bool], env: dict[str, str], std
     more: dict[str, str] = {}
     if spec.assigns:
         while i < n and not dyn[i] and "=" in argv[i] and NAME.fullmatch(argv[i].partition("=")[0]):
-            k, _, v = argv[i].partition("=")
-            more[k] = v
-            if k in COMMAND_VARIABLES:
+            var, _, v = argv[i].partition("=")
+            more[var] = v
+            if var in COMMAND_VARIABLES:
                 p.script(v)
             i += 1
     if name == "busybox" and i < n and argv[i].startswith("--"):
