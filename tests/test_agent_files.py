@@ -80,13 +80,19 @@ def test_existing_agent_files_cannot_be_changed_replaced_or_renamed(home):
 
 
 def test_a_renamed_parent_leaves_no_writable_agent_file(home):
-    """``mv .claude .c2; mkdir .claude`` is refused (pinned) where ``.claude`` exists, quarantined where it is made."""
+    """``mv .claude .c2; mkdir .claude``: refused (pinned) where ``.claude`` holds a protected name, and what
+    is made in the new one is quarantined (the names are watched by path)."""
     (home.project / ".claude").mkdir()
+    (home.project / ".github" / "workflows").mkdir(parents=True)
     home.own(home.project)
-    r = home.fence_sh("mv .claude .c2; mkdir -p .claude; echo evil > .claude/settings.json; echo done", "-t", "code")
+    r = home.fence_sh("mv .claude .c2; mkdir -p .claude; echo evil > .claude/settings.json; "
+                      "mv .github .g2; mkdir -p .github/hooks; echo evil > .github/hooks/h.json; echo done",
+                      "-t", "code")
     assert "done" in r.stdout, r.stderr
-    assert "Device or resource busy" in r.stderr and not (home.project / ".c2").exists()
     assert not planted(home.project, ".claude/settings.json")
+    assert list((home.project / ".claude").glob("settings.json.fence-quarantine-*")), r.stderr
+    assert "Device or resource busy" in r.stderr and not (home.project / ".g2").exists()  # .github holds hooks/
+    assert not planted(home.project, ".github/hooks/h.json")
 
 
 def test_agent_files_in_the_home_directory_are_reserved(home):

@@ -167,15 +167,16 @@ def test_the_working_directory_reserves_empty_directories_and_watches_files(tmp_
     work, home = tmp_path / "w", tmp_path / "home"
     (work / ".claude").mkdir(parents=True)
     home.mkdir()
+    (work / ".github").mkdir()
     p = protected_paths([str(work)], str(work), str(home), str(tmp_path / "cfg"))
     reserved = {ph.path: ph.content for ph in p.placeholders}
-    for rel in (".cursor", ".codex", ".gemini", ".vscode", ".idea", ".devcontainer", ".opencode", ".claude/commands",
-                ".claude/hooks"):
+    for rel in (".cursor", ".codex", ".gemini", ".vscode", ".idea", ".devcontainer", ".opencode", ".github/hooks"):
         assert reserved.get(str(work / rel)) == DIR and str(work / rel) in p.readonly, rel
     for rel in (".mcp.json", ".envrc", ".devcontainer.json", "opencode.json", ".claude/settings.json",
-                ".claude/settings.local.json", ".github/hooks"):  # a file placeholder is what git add -A commits
+                ".claude/settings.local.json",  # a file placeholder is what git add -A commits
+                ".claude/commands", ".claude/hooks"):  # entries that run only when invoked or named
         assert str(work / rel) in p.watch and str(work / rel) not in reserved, rel
-    assert str(work / ".claude") in p.pinned  # holds reserved directories: cannot be renamed away
+    assert str(work / ".github") in p.pinned  # holds a reserved directory: cannot be renamed away
 
 
 def test_nested_repositories_watch_and_the_home_rows_stay_in_the_home_directory(tmp_path):
@@ -218,7 +219,7 @@ def test_a_symlinked_parent_of_a_protected_name_is_kept_as_the_link_it_is(tmp_pa
     (work / ".claude").symlink_to("shared/claude")
     p = protected_paths([str(work)], str(work), str(tmp_path / "home"), str(tmp_path / "cfg"))
     assert (str(work / ".claude"), "shared/claude") in p.links
-    assert str(work / "shared" / "claude" / "commands") in {ph.path for ph in p.placeholders}
+    assert str(work / "shared" / "claude" / "commands") in p.watch
 
 
 def test_quarantine_moves_a_link_made_in_place_of_a_watched_parent_not_what_it_leads_to(tmp_path):

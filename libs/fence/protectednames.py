@@ -31,7 +31,14 @@ BOTH = "both"
 """Looked for in project directories and in the home directory."""
 
 DIR = b"/"
-"""Placeholder: an empty directory (any other placeholder is a file's content; ``None``: watched instead)."""
+"""Placeholder: an empty directory (any other placeholder is a file's content; ``None``: watched instead).
+
+Each reserved name costs every run that can write there a directory or file made, a bind mount
+and a removal (about 0.4 ms together), so a row has a placeholder where a tool reads the name by
+itself, live (settings, MCP and hook configs, a project's editor directory); a directory whose
+entries run only when the user invokes them or a protected settings file names them (Claude
+Code's commands, agents, skills, hooks, plugins; Codex rules; Gemini commands and extensions)
+is watched instead."""
 EMPTY = b""
 JSON = b"{}\n"
 
@@ -88,11 +95,11 @@ PROTECTED_NAMES: tuple[Name, ...] = (
          "Claude Code runs its hooks, apiKeyHelper and statusLine commands"),
     Name(".claude/settings.local.json", BOTH, JSON, "claude",
          "the same for one machine, and the commands a user let run without asking"),
-    Name(".claude/commands", BOTH, DIR, "claude", "slash commands: prompts whose !-lines Claude Code runs"),
-    Name(".claude/agents", BOTH, DIR, "claude", "subagents: prompts with the tools and hooks they run with"),
-    Name(".claude/skills", BOTH, DIR, "claude", "skills: instructions and the scripts Claude Code runs for them"),
-    Name(".claude/hooks", BOTH, DIR, "claude", "where the hook scripts settings.json runs are kept by convention"),
-    Name(".claude/plugins", HOME, DIR, "claude",
+    Name(".claude/commands", BOTH, None, "claude", "slash commands: prompts whose !-lines Claude Code runs"),
+    Name(".claude/agents", BOTH, None, "claude", "subagents: prompts with the tools and hooks they run with"),
+    Name(".claude/skills", BOTH, None, "claude", "skills: instructions and the scripts Claude Code runs for them"),
+    Name(".claude/hooks", BOTH, None, "claude", "where the hook scripts settings.json runs are kept by convention"),
+    Name(".claude/plugins", HOME, None, "claude",
          "installed plugins: their hooks, MCP servers and commands run in every session"),
     Name(".claude.json", HOME, None, "claude", "Claude Code starts the mcpServers listed in it"),
     # Codex
@@ -100,7 +107,7 @@ PROTECTED_NAMES: tuple[Name, ...] = (
          "a trusted project's config.toml (MCP servers, notify) and rules/ (commands run without asking)"),
     Name(".codex/config.toml", HOME, EMPTY, "codex",
          "Codex starts its mcp_servers and runs the notify program it names"),
-    Name(".codex/rules", HOME, DIR, "codex", "execution policy: the commands Codex runs without asking"),
+    Name(".codex/rules", HOME, None, "codex", "execution policy: the commands Codex runs without asking"),
     # Cursor
     Name(".cursor", PROJECT, DIR, "cursor",
          "project rules, MCP servers (mcp.json), hooks (hooks.json), the background agent's environment.json"),
@@ -114,8 +121,8 @@ PROTECTED_NAMES: tuple[Name, ...] = (
          "workspace settings.json (MCP servers, hooks, tool discovery), commands, extensions"),
     Name(".gemini/settings.json", HOME, JSON, "gemini",
          "Gemini CLI starts its mcpServers and runs its hooks and toolDiscoveryCommand"),
-    Name(".gemini/commands", HOME, DIR, "gemini", "custom commands whose !{...} parts run in the shell"),
-    Name(".gemini/extensions", HOME, DIR, "gemini", "installed extensions: their MCP servers and commands"),
+    Name(".gemini/commands", HOME, None, "gemini", "custom commands whose !{...} parts run in the shell"),
+    Name(".gemini/extensions", HOME, None, "gemini", "installed extensions: their MCP servers and commands"),
     # GitHub Copilot
     Name(".github/hooks", PROJECT, DIR, "copilot", "Copilot's coding agent and CLI run the hook commands defined here"),
     Name(".copilot/mcp-config.json", HOME, JSON, "copilot", "Copilot CLI starts the MCP servers listed in it"),
