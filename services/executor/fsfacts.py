@@ -16,7 +16,7 @@ import msgspec
 
 from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env, under
 from fence.executor.paths import absolute, expand
-from fence.executor.protect import Protection, protected_paths
+from fence.executor.protect import Protection, agent_config_notes, protected_paths
 from fence.executor.reserve import PathSwapped
 from fence.messages import SourceRef
 from fence.policy import Policy
@@ -161,7 +161,8 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
 
     opened = [os.path.realpath(absolute(p, cwd, home)) for p in fs.allow_write_protected]
     protection = protected_paths([p for p, _ in write], os.path.realpath(cwd), home, config_dir,
-                                 [s.path for s in config_chain if s.kind == "file"], fs.allow_git_config, env, opened)
+                                 [s.path for s in config_chain if s.kind == "file"], fs.allow_git_config, env, opened,
+                                 fs.allow_agent_config)
     if protection.truncated:
         notes.append("mandatory protection: the nested-project walk hit its bound; deeper projects are not scanned")
     missing = [ph.path for ph in protection.placeholders if not os.path.lexists(ph.path)]
@@ -170,6 +171,8 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
                      f"read-only and removed afterwards): {', '.join(missing)}")
     for path in protection.opened:
         notes.append(f"mandatory protection: {path} is writable (filesystem.allowWriteProtected)")
+    if fs.allow_agent_config:
+        notes += agent_config_notes(fs.allow_agent_config)
     tmp_size, shm_size = _tmpfs_sizes(policy, devices)
     view = FsView(read=read, execute=execute, write=write, deny_read=deny_read,
                   deny_write=deny_write, protected=list(protection.readonly),
