@@ -14,8 +14,16 @@ import os
 import sys
 from typing import NoReturn
 
-from fence.config import discover, templates
+import msgspec
+
+from fence.config import discover, jsonc, templates
+from fence.config.completion import SHELLS, script
 from fence.config.errors import ConfigError, SettingsFileMissing
+from fence.config.importer import translate_claude
+from fence.config.load import parse
+from fence.config.merge import set_fields
+from fence.config.resolve import resolve
+from fence.config.schema import SCHEMA_ID, render
 from fence.messages import ConfigResolveRequest
 
 
@@ -76,8 +84,6 @@ def _prune(value):
 
 
 def policy_json(policy) -> str:
-    import msgspec
-
     return json.dumps(_prune(msgspec.to_builtins(policy)), indent=2) + "\n"
 
 
@@ -109,9 +115,6 @@ def main_config(argv: list[str]) -> int:
 
 
 def _config_show(args) -> int:
-    from fence.config.merge import set_fields
-    from fence.config.resolve import resolve
-
     reply = resolve(_request(args.settings, args.template))
     err = sys.stderr
     print("Active config chain:", file=err)
@@ -170,8 +173,6 @@ STARTER = """\
 
 
 def starter(template: str = "") -> str:
-    from fence.config.schema import SCHEMA_ID
-
     if template:
         extends = (f'  // Start from the built-in "{template}" template: lists below are added to its lists.\n'
                    f'  "extends": "{template}",\n')
@@ -191,7 +192,6 @@ def _config_init(args) -> int:
     if os.path.lexists(path) and not args.force:
         return _error(f"{path} already exists; use --force to overwrite it")
     text = starter(template)
-    from fence.config.load import parse
 
     parse(text.encode(), "the starter config")  # never write a config fence would reject
     _write(path, text)
@@ -208,8 +208,6 @@ def _write(path: str, text: str) -> None:
 
 
 def _config_schema(args) -> int:
-    from fence.config.schema import render
-
     sys.stdout.write(render())
     return 0
 
@@ -241,10 +239,6 @@ def main_import(argv: list[str]) -> int:
 
 
 def _import(args) -> int:
-    from fence.config import jsonc
-    from fence.config.importer import translate_claude
-    from fence.config.load import parse
-
     if not args.claude:
         return _error("say what to import: --claude (the only importer so far)")
     extends = "" if args.no_extend else args.extend
@@ -292,8 +286,6 @@ def _import(args) -> int:
 # --- fence completion ----------------------------------------------------------------------
 
 def main_completion(argv: list[str]) -> int:
-    from fence.config.completion import SHELLS, script
-
     parser = _Parser(prog="fence completion", description="Print a shell completion script.")
     parser.add_argument("shell", choices=SHELLS)
     return _run(parser, argv, lambda args: sys.stdout.write(script(args.shell)) and 0)
