@@ -426,7 +426,7 @@ class InProcessBus(TypedBus):
             if not replies:
                 raise RequestTimeout(f"request on {subject} got no reply")
             return replies[0]
-        import asyncio
+        import asyncio  # lazy: only when an event loop drives this bus, never in a lone run (~35 ms)
 
         future = loop.create_future()
 
@@ -488,7 +488,7 @@ class InProcessBus(TypedBus):
         for sub in list(self._subs):
             await sub.unsubscribe()
         if self._tasks:
-            import asyncio
+            import asyncio  # lazy: only when an event loop drives this bus, never in a lone run (~35 ms)
 
             await asyncio.wait(list(self._tasks), timeout=DRAIN_GRACE)
         for task in list(self._tasks):

@@ -133,7 +133,7 @@ def parse_port(value: str) -> tuple[str, int]:
     The address must be an IP literal (no name is resolved); anything else is
     ``UsageError("invalid port: VALUE")``, in Fence's words (docs/compatibility.md#messages).
     """
-    import socket
+    import socket  # lazy: only -p needs socket (~3 ms)
 
     addr, sep, port = value.rpartition(":")
     if not sep:
@@ -166,11 +166,11 @@ def error(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in SUPERVISOR_COMMANDS:
-        from fence import supervisor
+        from fence import supervisor  # lazy: only up/status/down load the supervisor (asyncio and all, ~60 ms)
 
         return getattr(supervisor, f"main_{args[0]}")(args[1:])
     if args and args[0] in CONFIG_COMMANDS:
-        from fence.config import commands
+        from fence.config import commands  # lazy: only config/import/completion need argparse and the commands (~4 ms)
 
         return getattr(commands, f"main_{args[0]}")(args[1:])
     if args and args[0] == "run":
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         print_version()
         return 0
     if opts.linux_features:
-        from fence.executor.features import detect, report
+        from fence.executor.features import detect, report  # lazy: only --linux-features needs the report (~0.6 ms)
 
         sys.stdout.write(report(detect(probe=True)))
         return 0
@@ -218,11 +218,11 @@ def run_command(opts: RunOptions) -> int:
     # during it frees nothing and costs ~10 ms of every run.  The runner collects normally again
     # once the command runs (runner.run: gc.freeze + gc.enable), for the sandbox's whole life.
     gc.disable()
-    from fence.executor.host import HostError, host_facts, which
-    from fence.executor.runner import FenceError, RunRequest, new_sandbox_id
+    from fence.executor.host import HostError, host_facts, which  # lazy: no executor for --help/--version (~25 ms)
+    from fence.executor.runner import FenceError, RunRequest, new_sandbox_id  # lazy: no executor for --help/--version
 
     if opts.command_string:
-        from fence.executor.shell import ShellError, select_shell
+        from fence.executor.shell import ShellError, select_shell  # lazy: only -c picks a shell (~0.1 ms)
 
         try:
             shell = select_shell(opts.shell, os.environ, which)
@@ -249,7 +249,7 @@ def run_command(opts: RunOptions) -> int:
     try:
         bus_url, supervisor = _find_bus(opts)
         if bus_url:
-            from fence.executor.remote import run_over_nats
+            from fence.executor.remote import run_over_nats  # lazy: only a supervised run (asyncio, uvloop: ~30 ms)
 
             return run_over_nats(bus_url, supervisor, req, host, monitor=opts.monitor)
         return _run_lone(req, host, monitor=opts.monitor)
@@ -259,17 +259,17 @@ def run_command(opts: RunOptions) -> int:
 
 def _run_lone(req, host, monitor: bool) -> int:
     """Every service in this process over the in-process bus, no event loop."""
-    from fence.bus import InProcessBus, run_sync
-    from fence.config.service import ConfigService
-    from fence.executor.runner import run
-    from fence.proxy.service import ProxyService
+    from fence.bus import InProcessBus, run_sync  # lazy: loaded by the runner by now; kept off --help/--version
+    from fence.config.service import ConfigService  # lazy: only a lone run hosts the config service
+    from fence.executor.runner import run  # lazy: loaded by run_command; kept off --help/--version
+    from fence.proxy.service import ProxyService  # lazy: only a lone run hosts the proxy service
 
     bus = InProcessBus()
     # host-loopback listeners only in relaxed mode; otherwise the sandbox's own (bridges) are attached
     proxy = ProxyService(loopback="relaxed")
     services = [ConfigService(), proxy]
     if req.debug or monitor:  # a lone run's monitor only prints; without -d/-m nobody reads its events
-        from fence.monitor.service import MonitorService
+        from fence.monitor.service import MonitorService  # lazy: only -d/-m print events (~0.3 ms)
 
         services.append(MonitorService(console=sys.stderr, debug=req.debug, monitor=monitor))
     for service in services:
@@ -283,7 +283,7 @@ def _private_dirs() -> tuple[str, ...]:
     Created if missing so it can always be masked: a supervisor started while
     this sandbox runs must not write credentials into a directory it can read.
     """
-    from fence.runtime import runtime_dir
+    from fence.runtime import runtime_dir  # lazy: loaded by the executor by now; kept off --help/--version (~18 ms)
 
     path = runtime_dir()
     try:
@@ -297,7 +297,7 @@ def _find_bus(opts: RunOptions):
     """The supervisor's bus URL (``--bus`` or its runtime file), or "" for a lone run."""
     if opts.bus_url:
         return opts.bus_url, None
-    from fence.runtime import find_supervisor
+    from fence.runtime import find_supervisor  # lazy: loaded by the executor by now; kept off --help/--version (~18 ms)
 
     info = find_supervisor()
     return (info.nats_url, info) if info is not None else ("", None)
