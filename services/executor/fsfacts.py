@@ -9,6 +9,7 @@ the run (``FsError``).
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Sequence
 
@@ -77,8 +78,6 @@ def pin(paths: list[str]) -> dict[str, int]:
     (a second sandbox on the same project) could swap a directory for a
     symlink to somewhere it must not reach.  The fd pins what was checked.
     """
-    import fcntl
-
     fds: dict[str, int] = {}
     path = ""  # the one being opened, for the error
     try:

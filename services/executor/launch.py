@@ -23,12 +23,13 @@ imports on every run and we need none of it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from fence.executor.plan import SandboxPlan
+from fence.executor.plan import SECCOMP_FD, SandboxPlan
 
 if TYPE_CHECKING:
     from fence.executor.ptyrelay import PtyRelay
@@ -65,7 +66,7 @@ class Sandbox:
     def signals(self) -> tuple[int, ...]:
         """Every signal this sandbox wants routed to ``on_signal`` (a PTY run adds TSTP and CONT)."""
         if self.plan.pty:
-            from fence.executor.ptyrelay import JOB_SIGNALS
+            from fence.executor.ptyrelay import JOB_SIGNALS  # lazy: only PTY runs need the relay (termios, ~1.2 ms)
 
             return FORWARDED_SIGNALS + JOB_SIGNALS
         return FORWARDED_SIGNALS
@@ -94,7 +95,7 @@ class Sandbox:
         if self.plan.block_fd:
             block_read, block_write = _pipe()
         if self.plan.pty:
-            from fence.executor.ptyrelay import PtyRelay
+            from fence.executor.ptyrelay import PtyRelay  # lazy: only PTY runs need the relay (termios, ~1.2 ms)
 
             try:
                 self.relay = PtyRelay(self.deliver)
@@ -112,8 +113,6 @@ class Sandbox:
             if block_read >= 0:
                 actions.append((os.POSIX_SPAWN_DUP2, block_read, self.plan.block_fd))
             if seccomp_read >= 0:
-                from fence.executor.plan import SECCOMP_FD
-
                 actions.append((os.POSIX_SPAWN_DUP2, seccomp_read, SECCOMP_FD))
             for end, fd in data_reads:
                 actions.append((os.POSIX_SPAWN_DUP2, end, fd))
@@ -149,6 +148,7 @@ class Sandbox:
                 if self.plan.listen_inside:
                     if not self.init_pid:
                         raise LaunchError("bwrap failed before the sandbox existed")
+                    # lazy: only runs with network (or local ports) make bridges (socket, ~4 ms)
                     from fence.executor.bridge import listen_inside
 
                     try:
@@ -286,8 +286,6 @@ def _clear_of_targets(inherit: dict[int, int]) -> dict[int, int]:
     would be overwritten before it is copied.  Moved copies are close-on-exec
     and closed by ``_close_moved`` once bwrap has its own.
     """
-    import fcntl
-
     if not inherit:
         return {}
     targets = set(inherit)
@@ -307,8 +305,6 @@ def _pipe() -> tuple[int, int]:
 
     posix_spawn's dup2 into fd 3/4 must never clobber another end we still need.
     """
-    import fcntl
-
     ends = []
     for fd in os.pipe():
         ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10))

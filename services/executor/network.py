@@ -25,6 +25,9 @@ sandbox is on the host's loopback already, so neither is needed.
 
 from __future__ import annotations
 
+import os
+import sys
+
 from fence.messages import ProxySessionOpened
 from fence.netintent import FILTERED, NONE, intent
 from fence.policy import NetworkConfig
@@ -98,7 +101,7 @@ def shared_network_refusal(net_mode: str, detail: str, env: dict[str, str]) -> s
     (``FENCE_ALLOW_SHARED_NETWORK=1``), because nothing but the netns keeps
     such a sandbox off the network.  "" when the run may go on.
     """
-    from fence.executor.netns import ALLOW_SHARED_ENV
+    from fence.executor.netns import ALLOW_SHARED_ENV  # lazy: prepare has loaded netns by now; refused runs do not
 
     if net_mode != NONE or env.get(ALLOW_SHARED_ENV) == "1":
         return ""
@@ -135,10 +138,8 @@ def attach_on_first_connection(attach, sandbox: str, listeners: list):
     ``finish()`` (after the sandbox ended) stops the watcher and closes the
     listeners unless the proxy session already owns them.
     """
-    import os
-    import select
-    import sys
-    import threading
+    import select  # lazy: only runs with proxies watch for a first connection (select, ~0.2 ms)
+    import threading  # lazy: only runs with proxies start the watcher thread (threading ~0.7 ms)
 
     wake_r, wake_w = os.pipe()
     lock = threading.Lock()

@@ -13,6 +13,7 @@ without walking at all (the whole directory is masked).
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import time
 
@@ -74,8 +75,6 @@ def expand(patterns: list[str], cwd: str, home: str, contained: bool = False) ->
 
 def _glob(pattern: str, deadline: float, budget: list[int]) -> list[str] | None:
     """Match an absolute glob component by component; None when a bound was hit."""
-    import fnmatch
-
     parts = pattern.strip("/").split("/")
     current = ["/"]
     for i, part in enumerate(parts):

@@ -35,6 +35,9 @@ import errno
 import os
 import zlib
 
+from fence.runtime import cache_dir as default_cache_dir
+from fence.runtime import read_cache, write_cache
+
 FORMAT = 1
 """Bump when the way rules compile changes (the rules themselves are hashed)."""
 MAX_PROGRAM = 65535
@@ -133,8 +136,6 @@ def build_program(policy, *, arch_native_only: bool = True, deny_socketpair: boo
     fence's runtime directory; ``""`` turns caching off).  A hit costs one
     file read and never imports pyseccomp.
     """
-    from fence.runtime import cache_dir as default_cache_dir, read_cache, write_cache
-
     ruleset = rules(deny_unix=not unix_sockets_allowed(policy), deny_socketpair=deny_socketpair)
     if cache_dir is None:
         cache_dir = default_cache_dir()
@@ -160,6 +161,7 @@ def cache_name(ruleset: tuple[Rule, ...], arch_native_only: bool) -> str:
 
 def compile_rules(ruleset: tuple[Rule, ...], *, arch_native_only: bool = True) -> bytes:
     """Compile ``ruleset`` with libseccomp (default ALLOW) and return the exported BPF."""
+    # lazy: only compiling a program needs pyseccomp (~10 ms); a cached one does not (test_seccomp.py)
     import pyseccomp as sc
 
     native = sc.SyscallFilter(sc.ALLOW)
