@@ -792,3 +792,14 @@ def test_importing_the_bus_does_not_import_nats():
                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_strings_that_are_not_utf8_are_sent_escaped():
+    """OS strings Python decoded with surrogateescape (argv, paths) cannot crash an encode: they go as ``\\xNN``."""
+    import os
+
+    from fence.bus import encode
+    from fence.messages import LifecycleEvent
+
+    data = encode(LifecycleEvent(sandbox="ab", phase="started", ts=1.0, argv=["ok", os.fsdecode(b"x\xff")]))
+    assert b'"x\\\\xff"' in data and b'"ok"' in data

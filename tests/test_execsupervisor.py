@@ -241,7 +241,7 @@ def test_helper_refuses_when_the_socket_is_not_a_socket(tmp_path):
     os.close(r)
     os.close(w)
     assert proc.returncode == 126 and "never" not in proc.stdout
-    assert 'runtime exec policy "argv" unavailable' in proc.stderr
+    assert 'runtime exec policy "argv": the exec listener could not be handed to fence' in proc.stderr
 
 
 def test_supervisor_ends_when_bwrap_never_sends():
@@ -260,7 +260,7 @@ def test_unsupported_kernel_refuses_the_run(monkeypatch):
     from fence.executor.runner import FenceError
 
     monkeypatch.setattr(es, "supported", lambda machine=None: "this kernel has no seccomp user notification")
-    with pytest.raises(FenceError, match='runtimeExecPolicy "argv" cannot be enforced here'):
+    with pytest.raises(FenceError, match='seccomp user notification unavailable here .* To run with less protection: set command.runtimeExecPolicy to "path"'):
         gather(policy(runtime_exec_policy="argv"), ["true"], "/", ENV, "abc", host_facts(), [], "")
 
 

@@ -301,7 +301,7 @@ def test_without_landlock_warn_and_run_or_refuse_in_strict_mode(box, tree):
                         "filesystem enforcement is bubblewrap-only\n")
     (tree / "ro" / "file").write_text("ro original\n")
     r = box.sh(["--strict"] + rules_for(tree), "echo x > ro/file; echo ran", work=tree, program=program)
-    assert r.returncode == 126 and r.stdout == "" and "refusing to run (strict mode)" in r.stderr
+    assert r.returncode == 126 and r.stdout == "" and "Refusing to run (strict mode)" in r.stderr
     assert (tree / "ro" / "file").read_text() == "ro original\n"
 
 

@@ -99,8 +99,10 @@ def test_no_network_policy_is_refused_unless_opted_in(fence, origin):
     work = workdir(fence, {})
     r = run_without_netns(fence, work, "-c", "echo COMMAND-RAN")
     assert r.returncode == 1 and "COMMAND-RAN" not in r.stdout
-    assert r.stderr.startswith("Error: this environment cannot create a network namespace (bwrap --unshare-net: ")
+    assert r.stderr.startswith("Error: network namespace unavailable here (bwrap --unshare-net: ")
     assert "the policy allows no network" in r.stderr and "FENCE_ALLOW_SHARED_NETWORK=1" in r.stderr
+    assert ". Refusing to run. To run with less protection: set FENCE_ALLOW_SHARED_NETWORK=1 in fence's " \
+           "environment (the host's network;" in r.stderr  # the wording of every missing-layer refusal
     r = run_without_netns(fence, work, "-c", "echo COMMAND-RAN; echo ${HTTP_PROXY:-no-proxy}",
                           FENCE_ALLOW_SHARED_NETWORK="1")
     assert (r.returncode, r.stdout) == (0, "COMMAND-RAN\nno-proxy\n"), r.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
 import uuid
 
@@ -193,6 +194,16 @@ def test_missing_settings_file_is_refused(fence):
     for args in (["-s", "missing.json", "--", "true"], ["config", "show", "-s", "missing.json"]):
         r = fence.run(*args)
         assert (r.returncode, r.stderr, r.stdout) == (1, "Error: settings file missing.json does not exist\n", "")
+
+
+def test_argv_that_is_not_utf8_runs_and_is_reported(fence):
+    """Such bytes reach the command unchanged; the lifecycle event carries them escaped (it used to crash the run
+    with a traceback after bwrap had started)."""
+    r = subprocess.run(fence.argv("-d", "--", "sh", "-c", 'printf "%s" "$1" | od -An -c', "sh", os.fsdecode(b"x\xff")),
+                       env=fence.env(), cwd=fence.home, user=fence.user, capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert b"x 377" in r.stdout and b"Traceback" not in r.stderr
+    assert b"exited with code 0" in r.stderr
 
 
 def test_unknown_flag(fence):

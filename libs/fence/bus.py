@@ -47,6 +47,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from fence.messages import PROTOCOL_VERSION, ErrorReply, Message
+from fence.textsafe import printable
 
 T = TypeVar("T")
 
@@ -157,10 +158,26 @@ _encoder = msgspec.json.Encoder()
 
 
 def encode(msg: Message, limit: int = MAX_PAYLOAD) -> bytes:
-    data = _encoder.encode(msg)
+    try:
+        data = _encoder.encode(msg)
+    except UnicodeEncodeError:  # an OS string that is not UTF-8 (argv, a path the sandbox made)
+        data = _encoder.encode(_wire_text(msgspec.to_builtins(msg)))
     if len(data) > limit:
         raise PayloadTooLarge(f"{type(msg).__name__} is {len(data)} bytes; the limit is {limit}")
     return data
+
+
+def _wire_text(value: Any) -> Any:
+    """``value`` with every string made valid UTF-8: bytes Python kept as surrogates (``os.fsdecode`` of
+    ``x\\xff``) become the text ``\\xff``.  Lossy on purpose and only for such bytes: an event about
+    a command whose argv is not UTF-8 must still be sent, not crash the run after bwrap started."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {_wire_text(k): _wire_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_wire_text(v) for v in value]
+    return value
 
 
 @lru_cache(maxsize=4096)
@@ -194,6 +211,11 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 def decoder_for(msg_type: Any) -> msgspec.json.Decoder:
     return msgspec.json.Decoder(msg_type)
+
+
+def _warn(line: str) -> None:
+    """A bus warning on stderr, escaped: an exception's text may quote what a peer sent (``fence.textsafe``)."""
+    print(printable(line), file=sys.stderr)
 
 
 def _error(code: str, message: str) -> bytes:
@@ -311,7 +333,7 @@ class TypedBus:
             try:
                 await handler(msg)
             except Exception as e:  # a subscriber bug must not reach the publisher
-                print(f"[fence:bus] subscriber on {subject} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                _warn(f"[fence:bus] subscriber on {subject} failed: {type(e).__name__}: {e}")
 
         sub = await self.subscribe_raw(subject, on_raw, queue=queue)
         sub.undecodable = stats
@@ -373,7 +395,7 @@ class _Sub:
         try:
             await self.deliver(data, reply)
         except Exception as e:  # a raw subscriber bug must not stop later deliveries (nor reach the publisher)
-            print(f"[fence:bus] subscriber on {self.pattern} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            _warn(f"[fence:bus] subscriber on {self.pattern} failed: {type(e).__name__}: {e}")
 
 
 class InProcessBus(TypedBus):
@@ -461,7 +483,7 @@ class InProcessBus(TypedBus):
                 try:
                     reply(fit_reply(subject, await respond(data), self.max_payload))
                 except Exception as e:  # a raw responder bug: no reply, as over NATS
-                    print(f"[fence:bus] responder on {subject} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                    _warn(f"[fence:bus] responder on {subject} failed: {type(e).__name__}: {e}")
 
             task = loop.create_task(run())  # concurrent: a slow request stalls no other
             self._tasks.add(task)

@@ -159,7 +159,10 @@ def print_version() -> None:
 
 
 def error(message: str) -> int:
-    print(f"Error: {message}", file=sys.stderr)
+    """``Error: MESSAGE`` on stderr, exit 1; escaped (``fence.textsafe``): messages quote commands and paths."""
+    from fence.textsafe import printable_message  # lazy: only errors need it; --help/--version skip it (~0.1 ms)
+
+    print(f"Error: {printable_message(message)}", file=sys.stderr)
     return 1
 
 
@@ -236,7 +239,7 @@ def run_command(opts: RunOptions) -> int:
 
     env = launch_environ()
     if not which(command[0], env.get("PATH", "")):
-        print(f"Error: command not found: {command[0]}", file=sys.stderr)
+        error(f"command not found: {command[0]}")
         return 127
     try:
         host = host_facts(masked_dirs=_private_dirs())
@@ -278,19 +281,20 @@ def _run_lone(req, host, monitor: bool) -> int:
 
 
 def _private_dirs() -> tuple[str, ...]:
-    """Directories a sandbox must never see: fence's runtime dir (bus credentials).
+    """Directories a sandbox must never see: fence's runtime dir (bus credentials, caches).
 
     Created if missing so it can always be masked: a supervisor started while
     this sandbox runs must not write credentials into a directory it can read.
+    Something planted there (a symlink, a file, another user's directory) stops
+    the run with a message naming it (``HostError``): fence never follows it.
     """
-    from fence.runtime import runtime_dir  # lazy: loaded by the executor by now; kept off --help/--version (~18 ms)
+    from fence.executor.host import HostError  # lazy: loaded by run_command; kept off --help/--version
+    from fence.runtime import UnsafeDir, private_runtime_dirs  # lazy: loaded by now; kept off --help/--version (~18 ms)
 
-    path = runtime_dir()
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    except OSError:
-        return ()
-    return (path,)
+        return private_runtime_dirs()
+    except UnsafeDir as e:
+        raise HostError(f"fence's runtime directory: {e}") from None
 
 
 def _find_bus(opts: RunOptions):

@@ -21,6 +21,10 @@ Formats (Fence's, except that durations are always whole milliseconds)::
     [fence:exec] 12:00:04 ✗ exec "git push origin main" (pid 4242) matches "git push"
     [fence] Sandbox 0123456789ab started (pid 4242)
 
+Every line goes through ``fence.textsafe.printable`` as a whole: hosts, URLs,
+paths, argv and error details in events come from the sandbox, and none of
+them may forge a line or move the cursor (docs/compatibility.md#escaped-text).
+
 Pure string work over ``fence.messages`` events.
 """
 
@@ -30,6 +34,7 @@ import time
 
 from fence.goquote import go_quote
 from fence.messages import Event, ExecBlockedEvent, LifecycleEvent, NetDecisionEvent, ProtectedPathEvent
+from fence.textsafe import printable
 
 ICONS = {"allowed": "✓", "blocked": "✗", "error": "!"}
 
@@ -48,6 +53,10 @@ def console_lines(event: Event, debug: bool, monitor: bool = False) -> list[str]
 
 def console_line(event: Event, debug: bool) -> str:
     """The stderr line for a lifecycle event, or "" when the verbosity hides it."""
+    return printable(_lifecycle_text(event, debug))
+
+
+def _lifecycle_text(event: Event, debug: bool) -> str:
     if isinstance(event, LifecycleEvent) and debug:
         if event.phase == "started":
             return f"[fence] Sandbox {event.sandbox} started (pid {event.pid})"
@@ -63,7 +72,7 @@ def exec_line(event: ExecBlockedEvent) -> str:
     clock = time.strftime("%H:%M:%S", time.localtime(event.ts))
     shown = " ".join(event.argv) or event.path
     why = f"matches {go_quote(event.rule)}" if event.rule else f"unchecked: {event.reason}"
-    return f"[fence:exec] {clock} ✗ exec {go_quote(shown[:200])} (pid {event.pid}) {why}"
+    return printable(f"[fence:exec] {clock} ✗ exec {go_quote(shown[:200])} (pid {event.pid}) {why}")
 
 
 # --- proxy decisions ----------------------------------------------------------------------
@@ -87,6 +96,10 @@ def _hostport(event: NetDecisionEvent) -> str:
 
 def filter_line(event: NetDecisionEvent) -> str:
     """The ``[fence:filter]`` line for an event ("" when the request never reached the filter)."""
+    return printable(_filter_text(event))
+
+
+def _filter_text(event: NetDecisionEvent) -> str:
     where = _hostport(event)
     reason = event.reason
     if reason == "allowed":
@@ -117,15 +130,15 @@ def request_line(event: NetDecisionEvent) -> str:
         line = f"[fence:socks] {clock} {icon} {event.method} {_hostport(event)} {word}"
         if event.outcome == "error" and event.detail:
             line += f" ({event.detail})"
-        return line
+        return printable(line)
     url = event.url or "-"
     if len(url) > 60:
         url = url[:57] + "..."
     host = event.host or "-"
     if ":" in host:
         host = f"[{host}]"
-    return (f"[fence:http] {clock} {icon} {event.method or '-':<7} {event.status} {host} {url} "
-            f"({round(event.duration_ms)}ms)")
+    return printable(f"[fence:http] {clock} {icon} {event.method or '-':<7} {event.status} {host} {url} "
+                     f"({round(event.duration_ms)}ms)")
 
 
 def listening_lines(http_port: int, socks_port: int) -> list[str]:

@@ -84,6 +84,7 @@ import uvloop
 
 from fence.bus import (DRAIN_GRACE, PENDING_LIMIT, BadSubject, BusError, NoResponders, PayloadTooLarge,
                        PermissionDenied, RawHandler, RawResponder, RequestTimeout, TypedBus, check_subject, fit_reply)
+from fence.textsafe import printable
 
 T = TypeVar("T")
 
@@ -106,7 +107,7 @@ def run(main: Awaitable[T]) -> T:
 
 
 def _log(text: str) -> None:
-    print(f"[fence:bus] {text}", file=sys.stderr, flush=True)
+    print(f"[fence:bus] {printable(text)}", file=sys.stderr, flush=True)
 
 
 def _bus_error(e: BaseException, subject: str = "") -> BusError:

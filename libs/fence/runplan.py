@@ -161,6 +161,11 @@ class SandboxPlan(msgspec.Struct):
     """fd bwrap receives -> the writable source the launcher must open, check and move onto it."""
     exec_notify_fd: int = 0
     """Non-zero: the exec supervisor's socket, which bwrap must inherit under this number."""
+    interpreter_fd: int = 0
+    """Non-zero: the exec masks cover the init helper's interpreter, so bwrap starts it as
+    ``/proc/self/fd/<this>``; the launcher opens ``interpreter`` and moves it onto this number."""
+    interpreter: str = ""
+    """The host path of that interpreter (its real path)."""
 
     @property
     def summary(self) -> str:

@@ -21,6 +21,7 @@ sees half a file.  The supervisor removes all of them when it stops.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Mapping
@@ -103,12 +104,104 @@ def creds_path(user: str) -> str:
     return os.path.join(runtime_dir(), CREDS_DIR, f"{user}.json")
 
 
+class UnsafeDir(OSError):
+    """A directory fence keeps private (runtime, cache, credentials) is not one: a link, not a directory,
+    or another user's.  fence never follows or uses it; the message names the path and what to do."""
+
+
 def ensure_private_dir(path: str) -> str:
-    """Create ``path`` (and parents) with mode 0700, and tighten it if it already existed."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    if os.stat(path).st_mode & 0o077:
-        os.chmod(path, 0o700)
+    """Create ``path`` (and parents) with mode 0700, and tighten it if it already existed.
+
+    ``path`` itself is never followed: a symlink there (planted to steer fence's
+    credentials or caches somewhere else, or to make bwrap's tmpfs over the
+    runtime dir fail), something that is not a directory, or a directory of
+    another user raises ``UnsafeDir`` naming it.  The parents are the user's
+    layout (a dotfiles symlink for ``~/.local`` is theirs) and are followed.
+    Other failures (a read-only home) raise the ``OSError`` they are.
+    """
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    try:  # O_PATH: another user's directory is told apart even when it cannot be read
+        fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise _unsafe(path, e) from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise UnsafeDir(f"{path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}): fence keeps "
+                            "its private files only in a directory of yours; remove it and fence makes it again")
+        if st.st_mode & 0o077:
+            os.chmod(f"/proc/self/fd/{fd}", 0o700)  # the directory checked, not whatever the name is by now
+    finally:
+        os.close(fd)
     return path
+
+
+def _unsafe(path: str, error: OSError) -> OSError:
+    """Why ``path`` could not be opened as a directory without following a link: ``UnsafeDir`` for a
+    planted entry, else ``error`` itself."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return error
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return UnsafeDir(f"{path} is a symlink (to {target}): fence never follows a link in place of its private "
+                         "directory; remove it and fence makes the directory again")
+    if not stat.S_ISDIR(st.st_mode):
+        return UnsafeDir(f"{path} is not a directory ({_kind(st.st_mode)}): fence keeps its private files there; "
+                         "remove it and fence makes the directory again")
+    return error
+
+
+def _kind(mode: int) -> str:
+    return ("a regular file" if stat.S_ISREG(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a directory")
+
+
+def masked_path(path: str) -> str:
+    """``path`` with its parents canonical: how bwrap must be told to hide it.
+
+    bwrap resolves a ``--tmpfs`` destination inside the new root, where an
+    absolute symlink among the parents (``~/.local -> /data/dotfiles/local``)
+    leads nowhere and fails the run with a raw mount error; the canonical
+    parents lead where the host's path does.  The last component is fence's
+    own directory, checked by ``ensure_private_dir`` never to be a link.
+    """
+    parent, name = os.path.split(path)
+    return os.path.join(os.path.realpath(parent), name) if parent else path
+
+
+def private_runtime_dirs() -> tuple[str, ...]:
+    """The runtime dir (with its ``cache/``) made or checked private, as bwrap must mask it; () when it
+    cannot be made at all (a read-only home: nothing of fence's can be there either).
+
+    ``UnsafeDir`` when something was planted at either: the run must stop rather
+    than follow it or leave it visible.
+    """
+    path = runtime_dir()
+    try:
+        ensure_private_dir(path)
+    except UnsafeDir:
+        raise
+    except OSError:
+        return ()
+    try:
+        ensure_private_dir(os.path.join(path, CACHE_DIR))
+    except UnsafeDir:
+        raise
+    except OSError:
+        pass
+    return (masked_path(path),)
 
 
 def cache_dir() -> str:
@@ -140,24 +233,50 @@ def read_cache(path: str, type: type[T], max_size: int = 1 << 20) -> T | None:
 
 
 def _read_private(path: str, max_size: int) -> bytes | None:
-    """The bytes of a regular file of ours, opened without following a link or blocking (a planted FIFO)."""
+    """The bytes of a regular file of ours in a directory of ours, opened without following a link (the
+    file or its directory: a planted ``cache -> elsewhere``) or blocking (a planted FIFO)."""
+    data, _ = _read_checked(path, max_size)
+    return data
+
+
+def _read_checked(path: str, max_size: int) -> tuple[bytes | None, str]:
+    """``_read_private`` with the reason when there is nothing to trust (for errors that must name it)."""
     if not path:
-        return None
+        return None, "no path"
+    directory, name = os.path.split(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
+        dir_fd = os.open(directory or ".", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        return None, f"its directory {directory}: {_why(e)}"
+    try:
+        st = os.fstat(dir_fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return None, f"its directory {directory} is not private to you"
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError as e:
+        return None, _why(e)
+    finally:
+        os.close(dir_fd)
     try:
         st = os.fstat(fd)
-        if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022
-                or st.st_size > max_size):
-            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"not a regular file ({_kind(st.st_mode)})"
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return None, "not private to you (another owner, or writable by others)"
+        if st.st_size > max_size:
+            return None, f"bigger than {max_size} bytes"
         data = os.read(fd, st.st_size)
-    except OSError:
-        return None
+    except OSError as e:
+        return None, _why(e)
     finally:
         os.close(fd)
-    return data if len(data) == st.st_size else None
+    return (data, "") if len(data) == st.st_size else (None, "changed while read")
+
+
+def _why(error: OSError) -> str:
+    if error.errno in (errno.ELOOP, errno.ENOTDIR):
+        return "a symlink (fence never follows one there)" if error.errno == errno.ELOOP else "not a directory"
+    return error.strerror or str(error)
 
 
 def write_cache(path: str, value: object) -> None:
@@ -228,11 +347,17 @@ def _looks_like_fence(pid: int) -> bool:
 
 
 def read_info(path: str | None = None) -> SupervisorInfo | None:
-    """The runtime file as written, whether or not its supervisor still lives."""
+    """The runtime file as written, whether or not its supervisor still lives.
+
+    Only a private regular file of ours is read (never through a link): a
+    planted ``supervisor.json`` would send every run to a bus of its choosing.
+    """
+    data = _read_private(path or info_path(), 1 << 20)
+    if data is None:
+        return None
     try:
-        with open(path or info_path(), "rb") as f:
-            return msgspec.json.decode(f.read(), type=SupervisorInfo)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return msgspec.json.decode(data, type=SupervisorInfo)
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return None
 
 
@@ -245,10 +370,17 @@ def find_supervisor() -> SupervisorInfo | None:
 
 
 def read_credentials(path: str) -> Credentials:
-    """Credentials from a 0600 JSON file; raises ``OSError``/``ValueError`` with the path in it."""
+    """Credentials from a 0600 JSON file; raises ``OSError``/``ValueError`` with the path in it.
+
+    Never through a link, and only a private file of ours in a private directory.
+    """
+    if not os.path.lexists(path):
+        raise FileNotFoundError(2, "No such file or directory", path)
+    data, why = _read_checked(path, 1 << 16)
+    if data is None:
+        raise ValueError(f"{path}: not used as bus credentials: {why}")
     try:
-        with open(path, "rb") as f:
-            return msgspec.json.decode(f.read(), type=Credentials)
+        return msgspec.json.decode(data, type=Credentials)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise ValueError(f"{path}: {e}") from None
 

@@ -29,6 +29,7 @@ import uvloop
 from fence.bus import BusError
 from fence.natsbus import NatsBus
 from fence.runtime import read_credentials
+from fence.textsafe import printable
 
 COMPONENTS: dict[str, tuple[str, str, str]] = {
     # component: (module, class, NATS micro service name)
@@ -146,10 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service_cls = load_service_class(component)
         creds = _credentials()
-
         return uvloop.run(_serve(component, service_cls, creds))
     except StartError as e:
-        print(f"Error: fence {component} service: {e}", file=sys.stderr)
+        print(printable(f"Error: fence {component} service: {e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

@@ -4,6 +4,8 @@ Each ``main_*`` takes the arguments after its subcommand and returns the exit
 code; ``fence.cli`` dispatches to them.  These are not on the run path, so
 argparse is fine here.  Errors print ``Error: ...`` on stderr and exit 1
 (config problems as ``Error: failed to load config: ...``, like ``fence run``).
+Paths and rules printed on stderr are escaped (``fence.textsafe``): a
+directory name or a rule may hold a newline or an escape sequence.
 """
 
 from __future__ import annotations
@@ -25,11 +27,16 @@ from fence.config.merge import set_fields
 from fence.config.resolve import resolve
 from fence.config.schema import SCHEMA_ID, render
 from fence.messages import ConfigResolveRequest
+from fence.textsafe import printable, printable_message
 
 
 def _error(message: str) -> int:
-    print(f"Error: {message}", file=sys.stderr)
+    print(f"Error: {printable_message(message)}", file=sys.stderr)
     return 1
+
+
+def _say(line: str) -> None:
+    print(printable(line), file=sys.stderr)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +44,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        print(f"Error: {message}", file=sys.stderr)
+        print(f"Error: {printable_message(message)}", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -116,18 +123,17 @@ def main_config(argv: list[str]) -> int:
 
 def _config_show(args) -> int:
     reply = resolve(_request(args.settings, args.template))
-    err = sys.stderr
-    print("Active config chain:", file=err)
+    _say("Active config chain:")
     for i, source in enumerate(reply.sources):
-        print(f"  {'  ' * i}{'-> ' if i else ''}{source}", file=err)
+        _say(f"  {'  ' * i}{'-> ' if i else ''}{source}")
     if args.explain:
-        print("Field sources:", file=err)
+        _say("Field sources:")
         paths = [p for p, _ in set_fields(reply.policy)]
         if not paths:
-            print("  (nothing set: built-in defaults)", file=err)
+            _say("  (nothing set: built-in defaults)")
         width = max((len(p) for p in paths), default=0)
         for path in paths:
-            print(f"  {path:<{width}}  {reply.provenance.get(path, 'built-in defaults')}", file=err)
+            _say(f"  {path:<{width}}  {reply.provenance.get(path, 'built-in defaults')}")
     sys.stdout.write(policy_json(reply.policy))
     return 0
 
@@ -195,7 +201,7 @@ def _config_init(args) -> int:
 
     parse(text.encode(), "the starter config")  # never write a config fence would reject
     _write(path, text)
-    print(f"Wrote {path}", file=sys.stderr)
+    _say(f"Wrote {path}")
     return 0
 
 
@@ -266,12 +272,12 @@ def _import(args) -> int:
     text = json.dumps(config, indent=2) + "\n"
     parse(text.encode(), "the imported config")  # the translation must give a config fence accepts
     rules = sum(len(v) for section in result.sections.values() for v in section.values())
-    print(f"Imported {rules} rule{'s' if rules != 1 else ''} from {path}"
-          + (f" on top of template {extends!r}" if extends else ""), file=sys.stderr)
+    _say(f"Imported {rules} rule{'s' if rules != 1 else ''} from {path}"
+         + (f" on top of template {extends!r}" if extends else ""))
     if result.skipped:
-        print(f"Not translated ({len(result.skipped)}):", file=sys.stderr)
+        _say(f"Not translated ({len(result.skipped)}):")
         for line in result.skipped:
-            print(f"  {line}", file=sys.stderr)
+            _say(f"  {line}")
     target = _user_config_path() if args.save else args.output
     if not target:
         sys.stdout.write(text)
@@ -279,7 +285,7 @@ def _import(args) -> int:
     if os.path.lexists(target) and not args.force:
         return _error(f"{target} already exists; use --force to overwrite it")
     _write(target, text)
-    print(f"Wrote {target}", file=sys.stderr)
+    _say(f"Wrote {target}")
     return 0
 
 

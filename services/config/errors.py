@@ -7,6 +7,7 @@ without import cycles; ``fence.config.resolve`` re-exports it.
 from __future__ import annotations
 
 from fence.bus import ServiceError
+from fence.textsafe import printable
 
 
 class ConfigError(ServiceError):
@@ -34,9 +35,14 @@ Problem = tuple[str, str]
 
 
 def invalid(label: str, problems: list[Problem]) -> ConfigError:
-    """One error for every problem found in one source (a file or a template)."""
+    """One error for every problem found in one source (a file or a template).
+
+    Several problems are one indented line each; what goes into a line (the
+    file's path, a JSON path built from the file's keys, a message quoting a
+    value) is escaped, so the line breaks are only these (``fence.textsafe.printable_message``).
+    """
     if len(problems) == 1:
         path, message = problems[0]
         return ConfigError(f"invalid configuration in {label}: {path}: {message}")
-    lines = "".join(f"\n  {path}: {message}" for path, message in problems)
-    return ConfigError(f"invalid configuration in {label} ({len(problems)} problems):{lines}")
+    lines = "".join(f"\n  {printable(path)}: {printable(message)}" for path, message in problems)
+    return ConfigError(f"invalid configuration in {printable(label)} ({len(problems)} problems):{lines}")

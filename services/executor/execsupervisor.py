@@ -69,6 +69,7 @@ from fence.executor.preflight import command_rule_hit
 from fence.executor.shellparse import Command, basename
 from fence.goquote import go_quote
 from fence.messages import ExecBlockedEvent
+from fence.textsafe import printable
 
 NOTIF_RECV = 0xC0502100
 """SECCOMP_IOCTL_NOTIF_RECV: _IOWR('!', 0, struct seccomp_notif) (80 bytes)."""
@@ -301,7 +302,8 @@ class ExecPolicy:
             rule, default = hit
             source = DEFAULT_DENY_SOURCE if default else self.sources.rule_label("command.deny", rule)
             shown = " ".join(call.argv) if call.argv else call.path
-            via = "" if call.argv and basename(call.argv[0]) == name else f" ({call.path or call.program()} is {name})"
+            via = ("" if call.argv and basename(call.argv[0]) == name
+                   else f" ({printable(call.path or call.program())} is {printable(name)})")
             message = (f"Runtime exec policy blocked: {go_quote(shown[:500])}{via} matches {go_quote(rule)}"
                        + (f" (rule from {source})" if source else ""))
             # Always EPERM, even where the file does not exist: the existence check would be resolved
@@ -508,8 +510,9 @@ def _respond(listener: int, nid: int, error: int, flags: int) -> None:
 
 
 def _stderr(line: str) -> None:
+    """One line on fence's stderr, escaped (``fence.textsafe``: the argv and paths in it are the sandbox's)."""
     try:
-        os.write(2, (line + "\n").encode("utf-8", "replace"))
+        os.write(2, (printable(line) + "\n").encode("utf-8", "replace"))
     except OSError:
         pass
 

@@ -132,11 +132,14 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
     execute: list[tuple[str, bool]] = []
     symlinks: list[tuple[str, str]] = []
     if default_deny_read:
-        system = [] if fs.strict_deny_read else [(p, True) for p in SYSTEM_READ_PATHS if os.path.isdir(p)]
+        # by their real paths, the usrmerge links (/bin -> usr/bin) recreated: a second bind of /usr/bin at
+        # /bin would not carry the exec masks laid over /usr/bin/NAME (/bin/NAME would still run)
+        system_paths = [] if fs.strict_deny_read else [p for p in SYSTEM_READ_PATHS if os.path.isdir(p)]
+        system = list(dict.fromkeys((os.path.realpath(p), True) for p in system_paths))
         helper = [(os.path.realpath(p), os.path.isdir(p)) for p in helper_paths if os.path.exists(p)]
         read = system + helper + grant("allowRead", fs.allow_read)
         execute = grant("allowExecute", fs.allow_execute)
-        symlinks = _named_symlinks(fs.allow_read + fs.allow_execute + fs.allow_write, cwd, home)
+        symlinks = _named_symlinks(system_paths + fs.allow_read + fs.allow_execute + fs.allow_write, cwd, home)
         visible = [p for p, _ in read + execute + write]
         real_cwd = os.path.realpath(cwd)
         if not any(real_cwd == p or p == "/" or real_cwd.startswith(p + "/") for p in visible):

@@ -38,6 +38,9 @@ Options (each PATH/PORT option may repeat; order does not matter)::
                        refuse to run (exit 126) if any of that fails
   --no-landlock        apply no Landlock ruleset (for runs that only need the
                        helper's other duties)
+  --close-fd FD        close FD before any duty: the interpreter fence started
+                       this helper from (``/proc/self/fd/FD``) when the exec
+                       masks cover its path, so the command cannot reach it
   --pty                allowPty runs: start a session (setsid) and make stdin,
                        the PTY fence relays, its controlling terminal
                        (TIOCSCTTY), so the command gets job control and
@@ -185,6 +188,7 @@ class Request:
         self.connect_only = False
         self.no_landlock = False
         self.exec_notify = -1  # the unix socket fd for --exec-notify
+        self.close_fds = []
         self.pty = False
         self.command = []
 
@@ -209,6 +213,9 @@ def parse(argv):
             i += 2
         elif opt == "--exec-notify":
             req.exec_notify = _fd(_value(argv, i))
+            i += 2
+        elif opt == "--close-fd":
+            req.close_fds.append(_fd(_value(argv, i)))
             i += 2
         elif opt in ("--restrict-net", "--scope", "--audit", "--strict", "--debug", "--no-landlock", "--pty",
                      "--connect-only"):
@@ -408,25 +415,44 @@ def main(argv):
     except Usage as e:
         _say(f"[fence:landlock-wrapper] Error: {e}")
         return 2
+    for fd in req.close_fds:  # first: whatever happens next, the command never inherits it
+        try:
+            posix.close(fd)
+        except OSError:
+            pass
     if req.exec_notify >= 0:  # fails closed: without the supervisor no command may run
         try:
             hand_over_exec_notify(req.exec_notify)
-        except OSError as e:
-            _say(f"[fence:linux] Error: runtime exec policy \"argv\" unavailable (seccomp user notification: "
-                 f"{e.strerror}): refusing to run")
+        except NoListener as e:  # the layer is missing here
+            _say(f"[fence:linux] Error: {argv_refusal(e.strerror)}")
+            return 126
+        except OSError as e:  # the layer is there, fence's end of the socket is not
+            _say(f"[fence:linux] Error: runtime exec policy \"argv\": the exec listener could not be handed to "
+                 f"fence ({e.strerror}): refusing to run")
             return 126
     if req.pty:
         take_terminal()
     problems = [] if req.no_landlock else _landlock(req)
     for problem in problems:
+        lost = "filesystem enforcement is bubblewrap-only" if problem.startswith("Landlock") else "not enforced"
         if req.strict:
-            _say(f"[fence:linux] Error: {problem}: refusing to run (strict mode)")
+            _say(f"[fence:linux] Error: {problem}: --strict needs every requested Landlock restriction. Refusing "
+                 f"to run (strict mode). To run with less protection: leave out --strict ({lost})")
             return 126
         if problem.startswith("Landlock"):
-            _say(f"[fence:linux] Warning: {problem}: filesystem enforcement is bubblewrap-only")
+            _say(f"[fence:linux] Warning: {problem}: {lost}")
         else:
-            _say(f"[fence:linux] Warning: Landlock: {problem}: not enforced")
+            _say(f"[fence:linux] Warning: Landlock: {problem}: {lost}")
     exec_command(req.command, clean_environ())
+
+
+def argv_refusal(why):
+    """The argv policy's listener cannot be had here: ``refusal.argv_unavailable``'s wording (this file
+    imports nothing of fence's; a test holds the two equal)."""
+    return (f"seccomp user notification unavailable here ({why}): command.runtimeExecPolicy \"argv\" needs it "
+            "to check every exec. Refusing to run. To run with less protection: set command.runtimeExecPolicy "
+            "to \"path\", the default (while the command runs, only the programs that single-token deny rules "
+            "name are masked)")
 
 
 def _landlock(req):
@@ -510,9 +536,17 @@ def send_fd(sock, fd):
     del payload, iov, control
 
 
+class NoListener(OSError):
+    """The kernel gave no user-notification listener (too old, a listener already in the filter chain: EBUSY)."""
+
+
 def hand_over_exec_notify(sock):
     """Install the exec filter and send its listener over ``sock``; both fds are closed after."""
-    listener = install_exec_notify()
+    try:
+        listener = install_exec_notify()
+    except OSError as e:
+        posix.close(sock)
+        raise NoListener(e.errno, e.strerror) from None
     try:
         send_fd(sock, listener)
     finally:

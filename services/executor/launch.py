@@ -26,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import stat
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -105,7 +106,17 @@ class Sandbox:
                         os.close(fd)
                 raise LaunchError(f"cannot open a pseudo-terminal: {e.strerror}") from None
         moved: dict[int, int] = {}
+        inherit = dict(self.inherit)
         try:
+            if self.plan.interpreter_fd:
+                try:
+                    inherit[self.plan.interpreter_fd] = _open_interpreter(self.plan.interpreter)
+                except LaunchError:
+                    self._close_relay()
+                    for fd in (read_end, block_write):
+                        if fd >= 0:
+                            os.close(fd)
+                    raise
             if self.relay_signals:  # else the caller routes signals to on_signal (an event loop's handlers)
                 self._install_signal_relay()
             actions = self.relay.spawn_actions() if self.relay else []  # first: later dup2s may reuse its fd
@@ -116,7 +127,7 @@ class Sandbox:
                 actions.append((os.POSIX_SPAWN_DUP2, seccomp_read, SECCOMP_FD))
             for end, fd in data_reads:
                 actions.append((os.POSIX_SPAWN_DUP2, end, fd))
-            moved = _clear_of_targets(self.inherit)
+            moved = _clear_of_targets(inherit)
             actions += [(os.POSIX_SPAWN_DUP2, ours, target) for target, ours in moved.items()]
             # own process group (Ctrl-C reaches fence only), or for a PTY run its own session with no
             # controlling terminal: nothing in the sandbox shares the user's terminal session
@@ -132,7 +143,9 @@ class Sandbox:
                     os.close(block_write)
                 raise LaunchError(f"cannot start bwrap ({self.plan.argv[0]}): {e.strerror}") from None
         finally:
-            _close_moved(moved, self.inherit)
+            _close_moved(moved, inherit)
+            if self.plan.interpreter_fd in inherit:
+                os.close(inherit[self.plan.interpreter_fd])
             os.close(write_end)
             for fd in (block_read, seccomp_read, *(end for end, _ in data_reads)):
                 if fd >= 0:
@@ -276,6 +289,21 @@ def exit_code(status: int) -> int:
     """fence's exit code for a wait status: the code, or 128+N for death by signal N."""
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def _open_interpreter(path: str) -> int:
+    """The init helper's interpreter, opened ``O_PATH`` above the fixed fds: bwrap execs it through
+    ``/proc/self/fd`` because the exec masks cover its path (``plan._init_helper_argv``)."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError as e:
+        raise LaunchError(f"cannot open the init helper's interpreter {path}: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise LaunchError(f"the init helper's interpreter {path} is not a regular file")
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    finally:
+        os.close(fd)
 
 
 def _clear_of_targets(inherit: dict[int, int]) -> dict[int, int]:

@@ -31,6 +31,7 @@ import sys
 from fence.messages import ProxySessionOpened
 from fence.netintent import FILTERED, NONE, intent
 from fence.policy import NetworkConfig
+from fence.textsafe import printable
 
 HTTP_PORT_INSIDE = 3128
 SOCKS_PORT_INSIDE = 1080
@@ -102,14 +103,15 @@ def shared_network_refusal(net_mode: str, detail: str, env: dict[str, str]) -> s
     such a sandbox off the network.  "" when the run may go on.
     """
     from fence.executor.netns import ALLOW_SHARED_ENV  # lazy: prepare has loaded netns by now; refused runs do not
+    from fence.executor.refusal import missing_layer  # lazy: only a refusal needs the wording (~0.1 ms)
 
     if net_mode != NONE or env.get(ALLOW_SHARED_ENV) == "1":
         return ""
-    return ("this environment cannot create a network namespace (bwrap --unshare-net: "
-            f"{detail or 'failed'}), and the policy allows no network: the sandbox would have the host's "
-            f"network. Refusing to run. Set {ALLOW_SHARED_ENV}=1 to run it anyway on the host's network "
-            "(Landlock then blocks direct TCP connections where the kernel has ABI 4, but never UDP), "
-            "or run where network namespaces can be created")
+    return missing_layer("network namespace", f"bwrap --unshare-net: {detail or 'failed'}",
+                         "the policy allows no network, and without a namespace of its own the sandbox would "
+                         "have the host's network", f"set {ALLOW_SHARED_ENV}=1 in fence's environment",
+                         "the host's network; Landlock then blocks direct TCP connections where the kernel has "
+                         "ABI 4, but never UDP", instead="run where network namespaces can be created")
 
 
 def proxy_env(net_mode: str, opened: ProxySessionOpened, shared: bool = False) -> dict[str, str]:
@@ -159,7 +161,7 @@ def attach_on_first_connection(attach, sandbox: str, listeners: list):
         try:
             attach(sandbox, *listeners)
         except Exception as e:  # the sandbox then sees refused connections; say why
-            print(f"[fence] Warning: proxy for sandbox {sandbox} failed to start: {e}", file=sys.stderr)
+            print(printable(f"[fence] Warning: proxy for sandbox {sandbox} failed to start: {e}"), file=sys.stderr)
 
     threading.Thread(target=watch, name=f"fence-attach-{sandbox}", daemon=True).start()
 

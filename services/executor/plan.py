@@ -132,7 +132,9 @@ def render(plan: RunPlan) -> SandboxPlan:
     if plan.seccomp_program:
         args += ["--seccomp", str(SECCOMP_FD)]
     args.append("--")
-    args += _init_helper_argv(plan)
+    pinned = {PINNED_FD_BASE + i: p for i, p in enumerate(pinned_sources(view))}
+    helper, interpreter_fd = _init_helper_argv(plan, exec_denied, PINNED_FD_BASE + len(pinned))
+    args += helper
     args += command
 
     clean, stripped = sanitize_env(plan.env)
@@ -143,7 +145,8 @@ def render(plan: RunPlan) -> SandboxPlan:
                        mounts=mounts, block_fd=BLOCK_FD if listen_inside else 0, listen_inside=listen_inside,
                        seccomp_program=plan.seccomp_program, data_files=data_files, pty=plan.pty,
                        exec_denied=exec_denied, exec_notify_fd=EXEC_NOTIFY_FD if plan.exec_notify else 0,
-                       pinned={PINNED_FD_BASE + i: p for i, p in enumerate(pinned_sources(view))})
+                       pinned=pinned, interpreter_fd=interpreter_fd,
+                       interpreter=_interpreter(plan) if interpreter_fd else "")
 
 
 def uses_landlock(plan: RunPlan) -> bool:
@@ -152,9 +155,18 @@ def uses_landlock(plan: RunPlan) -> bool:
     return wanted and plan.host.landlock_abi > 0 and bool(plan.host.helper)
 
 
-def _init_helper_argv(plan: RunPlan) -> list[str]:
+def _init_helper_argv(plan: RunPlan, exec_denied: list[str], free_fd: int) -> tuple[list[str], int]:
     """One init helper, one interpreter start, for every duty inside: Landlock, the argv policy's
-    listener, taking the PTY as controlling terminal; nothing when it has no duty."""
+    listener, taking the PTY as controlling terminal; nothing when it has no duty.
+
+    Returns the helper's argv and the fd it starts from (0: its interpreter's path).  When the
+    runtime exec masks cover the interpreter (``command.deny: ["python3"]``), bwrap could not
+    exec it by its path, and unmasking it would hand it to the command.  So the launcher opens
+    the interpreter on the host and bwrap inherits it as ``free_fd``; bwrap execs
+    ``/proc/self/fd/<free_fd>``, a path that reaches the file without its masked name, and the
+    helper closes that fd (``--close-fd``) before anything else, so nothing the command can do
+    reaches it again (docs/command-policy.md, "`path`: masking the programs").
+    """
     host, net = plan.host, plan.network
     landlock = uses_landlock(plan)
     duties = landlock_options(plan.fs) if landlock else ["--no-landlock"]
@@ -169,9 +181,24 @@ def _init_helper_argv(plan: RunPlan) -> list[str]:
     if plan.pty:
         duties.append("--pty")
     if not (landlock or plan.exec_notify or plan.pty):
-        return []
+        return [], 0
+    python, *start = _interpreter_argv(plan)
+    fd = 0
+    if python in exec_denied:
+        fd = free_fd
+        python = f"/proc/self/fd/{fd}"
+        duties = ["--close-fd", str(fd), *duties]
     debug = ["--debug"] if plan.debug and landlock else []
-    return [*(host.helper or _init_helper(host.python)), *duties, *debug, "--"]
+    return [python, *start, *duties, *debug, "--"], fd
+
+
+def _interpreter_argv(plan: RunPlan) -> list[str]:
+    """``[python, -I, -S, helper]`` as the host starts it (the interpreter by its real path)."""
+    return list(plan.host.helper or _init_helper(plan.host.python))
+
+
+def _interpreter(plan: RunPlan) -> str:
+    return _interpreter_argv(plan)[0]
 
 
 def layers(plan: RunPlan, exec_denied: list[str]) -> list[str]:

@@ -73,8 +73,9 @@ def gather(policy: Policy, command: list[str], cwd: str, env: dict[str, str], sa
 
         why = execsupervisor.supported()
         if why:
-            raise FenceError(f'command.runtimeExecPolicy "argv" cannot be enforced here: {why}; refusing to run '
-                             '(use "path", the default, on this machine)')
+            from fence.executor.refusal import argv_unavailable  # lazy: only a refusal needs the wording (~0.1 ms)
+
+            raise FenceError(argv_unavailable(why))
         if debug:
             trace.append("[fence:linux] Runtime exec policy argv: every exec is checked by fence "
                          "(seccomp user notification)")

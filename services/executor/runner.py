@@ -31,6 +31,7 @@ from fence.executor.preflight import check_command
 from fence.messages import (ConfigResolveReply, ConfigResolveRequest, LifecycleEvent, ProtectedPathEvent,
                             ProxySessionClose, ProxySessionClosed, ProxySessionOpen, ProxySessionOpened)
 from fence.subjects import CONFIG_RESOLVE, PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN, event
+from fence.textsafe import printable
 
 if TYPE_CHECKING:  # imported when a run needs them
     from fence.executor.portfwd import Forwarder
@@ -119,8 +120,7 @@ async def resolve(bus: Bus, req: RunRequest) -> ConfigResolveReply:
             raise FenceError(getattr(e, "message", str(e))) from None
         raise FenceError(f"failed to load config: {getattr(e, 'message', e)}") from None
     if req.debug:
-        for source in resolved.sources:
-            print(f"[fence] Config: {source}", file=sys.stderr)
+        say([f"[fence] Config: {source}" for source in resolved.sources])
     return resolved
 
 
@@ -143,8 +143,10 @@ async def open_session(bus: Bus, req: RunRequest, policy, facts: RunFacts) -> Pr
 
 
 def say(lines: list[str]) -> None:
+    """Lines on stderr, each escaped (``fence.textsafe``): the paths, names and argv in them may be the
+    sandbox's or the agent's, and must not forge a line or move the cursor."""
     for line in lines:
-        print(line, file=sys.stderr)
+        print(printable(line), file=sys.stderr)
 
 
 class _Doing:
@@ -229,7 +231,7 @@ class _Doing:
                 await self.bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=self.req.sandbox),
                                        ProxySessionClosed)
         except BusError as e:
-            print(f"[fence] Warning: closing proxy session {self.req.sandbox} failed: {e}", file=sys.stderr)
+            say([f"[fence] Warning: closing proxy session {self.req.sandbox} failed: {e}"])
         for conn in self.handed:  # the proxy also ends the session when this closes (if the request above failed)
             conn.close()
 
@@ -263,7 +265,7 @@ def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_
             forwarder.inbound(sock, sandbox.init_pid, port)
         except BridgeError as e:  # the command already ended, most likely
             sock.close()
-            print(f"[fence] Warning: --port {port} is not forwarded: {e}", file=sys.stderr)
+            say([f"[fence] Warning: --port {port} is not forwarded: {e}"])
 
 
 
@@ -298,17 +300,16 @@ async def _quarantine(bus: Bus, protection, sandbox_id: str) -> None:
     fence.executor.protect), said on stderr and published as ``ProtectedPathEvent`` on ``.fs``."""
     found = quarantine(protection.watch, sandbox_id) + restore_links(protection.links, sandbox_id)
     for path, target, error in found:
-        if error:
-            print(f"[fence] Warning: the sandbox created protected path {path}, and it could not be moved "
-                  f"aside ({error}): remove it before using this directory", file=sys.stderr)
+        if error:  # the path's name may be the sandbox's choice (a file in a new .git/hooks): say() escapes it
+            say([f"[fence] Warning: the sandbox created protected path {path}, and it could not be moved "
+                 f"aside ({error}): remove it before using this directory"])
         else:
-            print(f"[fence] Warning: the sandbox created protected path {path}: moved to {target}",
-                  file=sys.stderr)
+            say([f"[fence] Warning: the sandbox created protected path {path}: moved to {target}"])
         try:
             await bus.publish(event(sandbox_id, "fs"), ProtectedPathEvent(
                 sandbox=sandbox_id, ts=time.time(), path=path, moved_to=target, error=error))
         except BusError as e:
-            print(f"[fence] Warning: cannot publish the quarantine event: {e}", file=sys.stderr)
+            say([f"[fence] Warning: cannot publish the quarantine event: {e}"])
 
 def _isatty(fd: int) -> bool:
     try:
@@ -322,9 +323,8 @@ def debug_plan(plan: RunPlan, rendered: SandboxPlan) -> None:
     import shlex  # lazy: only -d prints the argv (shlex, ~0.3 ms)
 
     say(plan.trace)
-    print(f"[fence] Command: {shlex.join(rendered.command)}", file=sys.stderr)
+    say([f"[fence] Command: {shlex.join(rendered.command)}"])  # shlex quotes, but leaves LF and ESC inside
     if rendered.stripped_env:
-        print(f"[fence] Stripped dangerous env vars: [{' '.join(rendered.stripped_env)}]", file=sys.stderr)
-    print(f"[fence] Sandboxed command: {shlex.join(rendered.argv)}", file=sys.stderr)
-    print(rendered.summary, file=sys.stderr)
+        say([f"[fence] Stripped dangerous env vars: [{' '.join(rendered.stripped_env)}]"])
+    say([f"[fence] Sandboxed command: {shlex.join(rendered.argv)}", rendered.summary])
     say(plan.notes)

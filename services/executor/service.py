@@ -18,7 +18,7 @@ from fence.executor.host import HostError, host_facts
 from fence.executor.plan import render
 from fence.executor.prepare import gather, prepare
 from fence.messages import ExecPlanReply, ExecPlanRequest, ProxySessionOpened
-from fence.runtime import runtime_dir
+from fence.runtime import masked_path, runtime_dir
 from fence.service import Endpoint, Service
 from fence.subjects import EXEC_PLAN
 
@@ -51,4 +51,4 @@ class ExecutorService(Service):
 
 def _runtime_dirs(env: dict[str, str]) -> tuple[str, ...]:
     """fence's runtime dir of the requester (what ``fence run`` masks), from its environment."""
-    return (runtime_dir(env),)
+    return (masked_path(runtime_dir(env)),)

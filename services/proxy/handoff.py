@@ -44,6 +44,7 @@ import msgspec
 from fence.handoffwire import (LISTENER_NAMES, MAX_FDS, MAX_MESSAGE, SOCK_TYPE, TIMEOUT, decode_handoff,
                                encode_answer, peer_uid, trusted_uids)
 from fence.messages import ErrorReply, ProxyHandoff, ProxyHandoffDone
+from fence.textsafe import printable
 
 MAX_CLIENTS = 64
 
@@ -206,7 +207,7 @@ class HandoffServer:
             return
         except Exception as e:  # a bug in accept must not take the proxy down
             _close_all(named.values())
-            print(f"[fence:proxy] Warning: hand-off for {req.sandbox} failed: {type(e).__name__}: {e}",
+            print(printable(f"[fence:proxy] Warning: hand-off for {req.sandbox} failed: {type(e).__name__}: {e}"),
                   file=sys.stderr)
             self._refuse(client, HandoffRefused(f"hand-off failed: {type(e).__name__}: {e}", "internal"))
             return
@@ -312,7 +313,7 @@ async def _quietly(coro) -> None:
     try:
         await coro
     except Exception as e:
-        print(f"[fence:proxy] Warning: closing a handed-over session failed: {type(e).__name__}: {e}",
+        print(printable(f"[fence:proxy] Warning: closing a handed-over session failed: {type(e).__name__}: {e}"),
               file=sys.stderr)
 
 

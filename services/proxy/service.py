@@ -51,6 +51,7 @@ from fence.messages import ProxySessionClose, ProxySessionClosed, ProxySessionOp
 from fence.netintent import NONE, RELAXED, intent
 from fence.service import Endpoint, Service
 from fence.subjects import PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN, event
+from fence.textsafe import printable
 
 if TYPE_CHECKING:  # the lone run imports this module: no asyncio or threading until a proxy is needed
     import asyncio
@@ -297,7 +298,7 @@ class ProxyService(Service):
                 try:
                     await bus.publish(event(ev.sandbox, "net"), ev)
                 except Exception as e:  # the bus going away must not take the proxy with it
-                    print(f"[fence:proxy] Warning: cannot publish a net event: {type(e).__name__}: {e}",
+                    print(printable(f"[fence:proxy] Warning: cannot publish a net event: {type(e).__name__}: {e}"),
                           file=sys.stderr)
                     self._events.clear()
         finally:

@@ -42,6 +42,7 @@ from fence.messages import NetDecisionEvent
 from fence.netintent import forwards_upstream
 from fence.proxy.conn import DeadlineExceeded, connect
 from fence.proxy.relay import COPY_CHUNK, HALF_OPEN_TIMEOUT, Relay
+from fence.textsafe import printable
 
 Resolver = Callable[[str, int], "Awaitable[list[tuple[int, tuple]]] | list[tuple[int, tuple]]"]
 """(canonical name, port) -> [(family, sockaddr), ...]; may be sync or async; raises OSError on failure."""
@@ -108,8 +109,8 @@ class Session:
             try:
                 self.upstream = Upstream(network.upstream_proxy)
             except (HostError, IndexError, ValueError) as e:  # validated earlier; fail closed if not
-                print(f"[fence:proxy] Warning: ignoring network.upstreamProxy {network.upstream_proxy!r}: {e}; "
-                      f"traffic matching no rule is denied", file=sys.stderr)
+                print(printable(f"[fence:proxy] Warning: ignoring network.upstreamProxy {network.upstream_proxy!r}: "
+                                f"{e}; traffic matching no rule is denied"), file=sys.stderr)
         if network is None:
             self.filter = DomainFilter(None)
         else:  # grey traffic goes upstream only when there is an upstream to go to

@@ -29,6 +29,7 @@ from fence.supervisor.files import Lock, clean_stale, lock_holder, log_path, log
 from fence.supervisor.natsconf import NATS
 from fence.supervisor.output import error
 from fence.supervisor.supervise import Supervisor
+from fence.textsafe import printable
 
 DETACH_TIMEOUT = 30.0
 
@@ -106,8 +107,8 @@ def _detach() -> int:
         if info is not None and info.pid == child.pid and info.components \
                 and all(c.healthy for c in info.components):
             services = [c.name for c in info.components if c.name != NATS]
-            print(f"fence supervisor running (pid {info.pid}) on {info.nats_url}: {', '.join(services)} healthy "
-                  f"in {time.monotonic() - t0:.2f}s; log {log}", flush=True)
+            print(printable(f"fence supervisor running (pid {info.pid}) on {info.nats_url}: {', '.join(services)} "
+                            f"healthy in {time.monotonic() - t0:.2f}s; log {log}"), flush=True)
             return 0
         time.sleep(0.05)
     child.terminate()
@@ -154,12 +155,12 @@ def main_status(argv: list[str]) -> int:
         try:
             live = asyncio.run(_live_pings(info, 1.0))
         except Exception as e:
-            print(f"warning: cannot ping the services over {info.nats_url}: {type(e).__name__}: {e}",
+            print(printable(f"warning: cannot ping the services over {info.nats_url}: {type(e).__name__}: {e}"),
                   file=sys.stderr)
     now = time.time()
     out = [f"fence supervisor pid {info.pid}, up {runtime.uptime(info.started_at, now)}, bus {info.nats_url}"]
     if info.log:
-        out.append(f"log {info.log}")
+        out.append(printable(f"log {info.log}"))
     rows = [("COMPONENT", "PID", "UPTIME", "RESTARTS", "HEALTHY", "METRICS")]
     for c in info.components:
         healthy = c.healthy if live is None or c.name not in live else (c.healthy and live[c.name])

@@ -2,11 +2,14 @@
 
 One place, so the foreground ``fence up``, its detached log and the
 ``--detach`` parent (which looks for ``Error: `` lines in that log) agree.
+Both are escaped (``fence.textsafe``): messages carry paths and error text.
 """
 
 from __future__ import annotations
 
 import sys
+
+from fence.textsafe import printable, printable_message
 
 
 class StartFailed(Exception):
@@ -14,9 +17,9 @@ class StartFailed(Exception):
 
 
 def say(message: str) -> None:
-    print(f"[fence] {message}", file=sys.stderr, flush=True)
+    print(f"[fence] {printable(message)}", file=sys.stderr, flush=True)
 
 
 def error(message: str) -> int:
-    print(f"Error: {message}", file=sys.stderr, flush=True)
+    print(f"Error: {printable_message(message)}", file=sys.stderr, flush=True)
     return 1

@@ -41,6 +41,7 @@ from fence.supervisor.files import clear_cache, data_dir, unlink
 from fence.supervisor.natsconf import NATS, NatsPorts, nats_config, nats_server_binary
 from fence.supervisor.output import StartFailed, error, say
 from fence.supervisor.permissions import USERS, inbox_prefix
+from fence.textsafe import printable
 
 if TYPE_CHECKING:
     from fence.natsbus import NatsBus
@@ -202,7 +203,7 @@ class Supervisor:
             lines.append(line)
             del lines[:-20]
             if ("[ERR]" in line or "[FTL]" in line or "[WRN]" in line) and "Plaintext passwords" not in line:
-                print(f"[fence:{NATS}] {line}", file=sys.stderr, flush=True)
+                print(f"[fence:{NATS}] {printable(line)}", file=sys.stderr, flush=True)
 
     async def connect_bus(self) -> None:
         try:
