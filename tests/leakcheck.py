@@ -164,4 +164,16 @@ def pytest_terminal_summary(terminalreporter) -> None:
     terminalreporter.section("left behind by this session (now removed)", sep="=", red=True, bold=True)
     for line in _session.report:
         terminalreporter.line(line, red=True)
-    terminalreporter.stats.setdefault("left behind", []).extend(_session.report)
+    # counted in the summary line ("N passed, M left behind"); objects, not strings: other plugins read
+    # every entry of ``stats`` as a report (hypothesis's reads ``__dict__``)
+    terminalreporter.stats.setdefault("left behind", []).extend(_Leftover(line) for line in _session.report)
+
+
+class _Leftover:
+    """One line of the leak report, as an entry of the terminal reporter's stats."""
+
+    def __init__(self, line: str) -> None:
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.line

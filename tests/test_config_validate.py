@@ -102,6 +102,15 @@ CASES = [
      'devices.allow path "/dev/../etc/shadow" must be under /dev/ (e.g. "/dev/kvm")'),
     ({"devices": {"allow": ["dev/kvm"]}}, "$.devices.allow[0]",
      'devices.allow path "dev/kvm" must be under /dev/ (e.g. "/dev/kvm")'),
+    ({"filesystem": {"tmpSize": "lots"}}, "$.filesystem.tmpSize",
+     'invalid filesystem.tmpSize: "lots" is not a size: expected a number of bytes, "<number>K|M|G|T" (e.g. "512M") '
+     'or "<percent>%" of RAM (e.g. "25%")'),
+    ({"filesystem": {"shmSize": "150%"}}, "$.filesystem.shmSize",
+     'invalid filesystem.shmSize: "150%" is not a percentage of RAM between 0 and 100 (e.g. "25%")'),
+    ({"filesystem": {"tmpSize": "0M"}}, "$.filesystem.tmpSize",
+     'invalid filesystem.tmpSize: "0M" is zero: a tmpfs needs room (leave the field out for the default)'),
+    ({"filesystem": {"tmpSize": -1}}, "$.filesystem.tmpSize",
+     "invalid filesystem.tmpSize: a size cannot be negative (got -1)"),
     ({"command": {"deny": [""]}}, "$.command.deny[0]", "command.deny contains empty command; remove the empty entry"),
     ({"command": {"allow": ["  "]}}, "$.command.allow[0]",
      "command.allow contains empty command; remove the empty entry"),
@@ -205,10 +214,22 @@ def test_valid_values_pass():
                     "httpProxyPort": 0, "socksProxyPort": 65535, "upstreamProxy": "http://p:1",
                     "defaultAction": "proxy"},
         "devices": {"mode": "minimal", "allow": ["/dev/kvm", "/dev/dri/card0"]},
+        "filesystem": {"tmpSize": "512M", "shmSize": 1048576},
         "command": {"runtimeExecPolicy": "argv", "deny": ["git push"]},
         "ssh": {"allowedHosts": ["*.example.com", "fe80::1", "10.0.0.*"]},
         "macos": {"mach": {"lookup": ["*", "com.apple.*", "com.apple.x"]}},
     }).encode(), FILE)
+
+
+@pytest.mark.parametrize("value, expected", [("512M", 512 << 20), ("2g", 2 << 30), ("1048576", 1048576),
+                                             (4096, 4096), ("25%", 1 << 28), ("0.5%", 5368709), ("", 1 << 28),
+                                             (0, 1 << 28)])
+def test_sizes_in_bytes(value, expected):
+    """What the executor hands bwrap's --size: binary units, a share of RAM, and the default (25%)."""
+    from fence.sizes import size_problem, to_bytes
+
+    assert size_problem(value) is None
+    assert to_bytes(value, memory=1 << 30) == expected
 
 
 def test_all_problems_are_reported_together():

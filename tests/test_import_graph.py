@@ -123,7 +123,8 @@ def test_every_exception_is_still_needed():
     assert not stale, "allow-list entries no longer needed (delete them):\n" + "\n".join(stale)
 
 
-DECISION_CORE = ("policy", "netintent", "domains", "goquote", "runplan", "mountops", "defaults", "subjects")
+DECISION_CORE = ("policy", "netintent", "domains", "goquote", "globmatch", "runplan", "mountops", "defaults",
+                 "subjects")
 """The core modules that only decide (no I/O, no transport): what every service and the lone run share."""
 
 TRANSPORTS = ("asyncio", "nats", "uvloop", "socket", "subprocess", "fence.bus", "fence.natsbus", "fence.service",

@@ -20,7 +20,8 @@ def test_phase_order_later_mounts_win():
                   deny_write=[("/w/locked", True), ("/etc/hosts", False)],
                   deny_read=[("/w/secret", True), ("/w/k", False)])
     lines = pairs(filesystem_args(view, ("/run/fence",)))
-    assert lines == ["--ro-bind / /", "--dev /dev", "--proc /proc", "--tmpfs /tmp", "--dir /tmp/fence",
+    assert lines == ["--ro-bind / /", "--dev /dev", "--proc /proc", "--remount-ro /proc", "--tmpfs /tmp",
+                     "--dir /tmp/fence",
                      "--bind-fd 11 /w", "--bind-fd 12 /w/.git", "--ro-bind /w/.bashrc /w/.bashrc",
                      "--ro-bind /w/locked /w/locked",  # /etc/hosts: already read-only, no mount
                      "--tmpfs /w/secret", "--remount-ro /w/secret", "--ro-bind /dev/null /w/k", "--tmpfs /run/fence"]
@@ -35,6 +36,29 @@ def test_mounts_are_typed_ops_in_the_same_order():
     assert [op for op in ops if isinstance(op, BindFd)] == [BindFd(dest="/w", fd=PINNED_FD_BASE),
                                                            BindFd(dest="/w/.git", fd=PINNED_FD_BASE + 1)]
     assert Bind(src="/w/.bashrc", dest="/w/.bashrc") in ops and Bind(src="/dev/null", dest="/w/k") in ops
+
+
+def test_sizes_hidden_runtime_dir_and_grants_in_path_order():
+    """/dev/shm and /tmp sized; /run/user/0 hidden after a write grant above it, its grants bound back over it,
+    fence's mask inside it, and the hidden tmpfs made read-only last."""
+    view = FsView(write=[("/run", True), ("/run/user/0/w", True)], hidden=["/run/user/0"],
+                  hidden_grants=["/run/user/0/bus"], tmp_size=8 << 20, shm_size=4 << 20)
+    lines = pairs(filesystem_args(view, ("/run/user/0/fence",)))
+    assert lines == ["--ro-bind / /", "--dev /dev", "--size 4194304", "--tmpfs /dev/shm", "--proc /proc",
+                     "--remount-ro /proc", "--size 8388608", "--tmpfs /tmp", "--dir /tmp/fence",
+                     f"--bind-fd {PINNED_FD_BASE} /run", "--tmpfs /run/user/0",
+                     "--ro-bind /run/user/0/bus /run/user/0/bus", f"--bind-fd {PINNED_FD_BASE + 1} /run/user/0/w",
+                     "--tmpfs /run/user/0/fence", "--remount-ro /run/user/0"]
+    assert pairs(filesystem_args(FsView(devices="host", shm_size=4 << 20)))[1] == "--dev-bind /dev /dev"
+    assert not any("/dev/shm" in line for line in pairs(filesystem_args(FsView(devices="host", shm_size=4 << 20))))
+
+
+def test_hidden_runtime_dir_is_repaired_unless_written_inside():
+    view = FsView(write=[("/", True)], hidden=["/run/user/5"])
+    changes, dirs = repair_runtime_env({"XDG_RUNTIME_DIR": "/run/user/5"}, view, "abc")
+    assert changes == {"XDG_RUNTIME_DIR": "/tmp/fence-runtime-abc"} and dirs == [("/tmp/fence-runtime-abc", "0700")]
+    view = FsView(write=[("/run/user/5/app", True)], hidden=["/run/user/5"])
+    assert writable_inside(view, "/run/user/5/app/x") and not writable_inside(view, "/run/user/5")
 
 
 def test_root_writable_and_host_devices():

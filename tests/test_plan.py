@@ -38,9 +38,20 @@ def test_nested_user_namespaces_disabled_for_everyone():
 def test_filesystem_view_order():
     argv = plan(masked=["/run/user/1/fence"]).argv
     view = argv[argv.index("--ro-bind"):argv.index("--chdir")]
-    assert view == ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+    assert view == ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--remount-ro", "/proc",
+                    "--tmpfs", "/tmp",
                     "--dir", "/tmp/fence", "--tmpfs", "/run/user/1/fence"]
     assert argv[argv.index("--chdir") + 1] == "/work"
+
+
+def test_hidden_directories_are_sealed_after_every_other_mount():
+    """Exec masks inside a hidden directory's grants need their mount points first: the remount comes last."""
+    host = HostFacts(bwrap="/usr/bin/bwrap", is_root=False)
+    view = FsView(hidden=["/run/user/1"], hidden_grants=["/run/user/1/bin"])
+    argv = render(RunPlan(command=["true"], cwd="/work", host=host, fs=view,
+                          exec_masks=["/run/user/1/bin/tool"])).argv
+    mounts = argv[:argv.index("--chdir")]
+    assert mounts[-4:] == ["/dev/null", "/run/user/1/bin/tool", "--remount-ro", "/run/user/1"]
 
 
 def test_argv_with_metacharacters_is_not_reinterpreted():

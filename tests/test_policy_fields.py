@@ -48,6 +48,8 @@ DECIDED: dict[str, tuple[str, ...]] = {
     "filesystem.allowGitConfig": ("protect.protected_paths", "mounts.filesystem_mounts"),
     "filesystem.allowWriteProtected": ("fsfacts.gather", "mounts.filesystem_mounts"),
     "filesystem.wslInterop": ("coverage.refused", "runner.admit", "seccomp.build_program"),
+    "filesystem.tmpSize": ("fsfacts.gather", "mounts.filesystem_mounts"),
+    "filesystem.shmSize": ("fsfacts.gather", "mounts.filesystem_mounts"),
     "devices.mode": ("fsfacts.gather", "mounts.filesystem_mounts"),
     "devices.allow": ("fsfacts.gather", "mounts.filesystem_mounts"),
     "command.deny": ("preflight.command_rule_hit", "preflight.check_command", "execdeny.plan_for",

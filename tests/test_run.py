@@ -206,6 +206,19 @@ def test_argv_that_is_not_utf8_runs_and_is_reported(fence):
     assert b"exited with code 0" in r.stderr
 
 
+def test_descriptors_fence_inherits_do_not_reach_the_sandbox(fence):
+    """Only stdio goes in: an open file of the caller (an agent's socket, say) is not the command's."""
+    marker = os.open("/dev/null", os.O_RDONLY)
+    try:
+        os.set_inheritable(marker, True)
+        r = subprocess.run(fence.argv("--", "sh", "-c", f"test -e /proc/self/fd/{marker} && echo LEAKED || echo ok"),
+                           env=fence.env(), cwd=fence.home, user=fence.user, capture_output=True, text=True,
+                           timeout=30, pass_fds=(marker,))
+    finally:
+        os.close(marker)
+    assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
+
+
 def test_unknown_flag(fence):
     r = fence.run("--no-such-flag", "--", "true")
     assert r.returncode == 1 and r.stderr.startswith("Error: unknown flag: --no-such-flag")

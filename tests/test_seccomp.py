@@ -21,9 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
+from conftest import session_dir
 from fence.executor import seccomp
 from fence.executor.host import find_bwrap
 from fence.policy import NetworkConfig, Policy
@@ -80,11 +82,11 @@ def fork():
     os.waitpid(pid, 0)
 
 def tty_ioctl(request, hibits=0):
-    """An ioctl on our controlling terminal (a fresh pty), as TIOCSTI needs."""
-    import fcntl, termios
+    """An ioctl on our controlling terminal (a fresh pty), as TIOCSTI needs.  The pty becomes it by
+    being opened by a session leader (TIOCSCTTY itself is one of the denied requests)."""
     os.setsid()
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    os.close(os.open(os.ttyname(slave), os.O_RDWR))
     raw(16, slave, hibits | request, ctypes.create_string_buffer(b"x", 256))
 
 def int80_getpid():
@@ -197,8 +199,8 @@ def test_unix_sockets_follow_the_policy():
     assert not seccomp.unix_sockets_allowed(Policy())
     assert seccomp.unix_sockets_allowed(Policy(network=NetworkConfig(allow_all_unix_sockets=True)))
     assert seccomp.unix_sockets_allowed(Policy(network=NetworkConfig(allow_unix_sockets=["/run/x.sock"])))
-    names = {r[0] for r in seccomp.rules(deny_unix=False)}
-    assert "socket" not in names and "socketpair" not in names
+    socket_rules = [r for r in seccomp.rules(deny_unix=False) if r[0] in ("socket", "socketpair")]
+    assert socket_rules == [seccomp.Rule("socket", seccomp.EPERM, (0, seccomp.LOW32, seccomp.AF_VSOCK))]
 
 
 # every rule matches its call ----------------------------------------------------------------
@@ -369,3 +371,114 @@ def test_build_program_cost_is_small_when_cached(tmp_path):
     for _ in range(100):
         seccomp.build_program(Policy(), cache_dir=str(tmp_path))
     assert (time.perf_counter() - t) / 100 < 0.002
+
+
+# fence's own sandboxes: each call or write, outside and inside ------------------------------
+# ``syscallprobe.c`` makes them; the ``fence`` fixture runs every case as root and as an
+# unprivileged user, inside ``fence`` and outside it (the same user, the same probe).
+
+PROBE_SOURCE = Path(__file__).with_name("syscallprobe.c")
+
+KERNEL_INTERFACES = ["uselib", "quotactl", "quotactl_fd", "mbind", "set_mempolicy", "set_mempolicy_home_node",
+                     "migrate_pages", "move_pages", "vsock", "pidfd_getfd", "process_vm_writev"]
+KERNEL_INTERFACES += ["modify_ldt"] if X86_64 else []
+ANSWERED_OUTSIDE = {"uselib", "set_mempolicy_home_node", "vsock"}
+"""Outside, the kernel may refuse these for its own reasons (no uselib, no bind policy to give a home node,
+no vsock transport): what counts is that the kernel answers, not the filter."""
+
+
+@pytest.fixture(scope="session")
+def syscall_probe():
+    gcc = shutil.which("gcc")
+    if not gcc:
+        pytest.skip("needs gcc")
+    where = session_dir("fence-syscallprobe-")
+    os.chmod(where, 0o755)  # the unprivileged user runs it too
+    exe = where / "syscallprobe"
+    subprocess.run([gcc, "-O1", "-Wall", "-o", str(exe), str(PROBE_SOURCE)], check=True, capture_output=True)
+    os.chmod(exe, 0o755)
+    yield str(exe)
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def outside(fence, probe: str, checks: list[str]) -> dict:
+    r = subprocess.run([probe, *checks], user=fence.user, env=fence.env(), cwd=fence.home, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def inside(fence, probe: str, checks: list[str], config: dict | None = None) -> dict:
+    work = fence.workdir()
+    (work / "fence.json").write_text(json.dumps(config or {}))
+    fence.own(work)
+    r = fence.run("-s", str(work / "fence.json"), "--", probe, *checks, cwd=str(work))
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+LANDLOCKED = {"filesystem": {"allowWrite": ["."]}}
+"""A writable project: the init helper runs first and applies Landlock (the other way a sandbox starts)."""
+
+
+@pytest.mark.parametrize("config", [None, LANDLOCKED], ids=["plain", "landlocked"])
+def test_kernel_interfaces_fail_inside_and_work_outside(fence, syscall_probe, config):
+    out = outside(fence, syscall_probe, KERNEL_INTERFACES)
+    assert {name: value for name, value in out.items() if name not in ANSWERED_OUTSIDE} == {
+        name: "ok" for name in KERNEL_INTERFACES if name not in ANSWERED_OUTSIDE}
+    assert all(out[name] != "EPERM" for name in ANSWERED_OUTSIDE), out
+    assert inside(fence, syscall_probe, KERNEL_INTERFACES, config) == dict.fromkeys(KERNEL_INTERFACES, "EPERM")
+
+
+PROC_WRITES = ["proc_mem_write", "proc_self_mem_write", "proc_sys_write", "proc_sys_mount"]
+
+
+@pytest.mark.parametrize("config", [None, LANDLOCKED], ids=["plain", "landlocked"])
+def test_writes_through_proc_fail_inside(fence, syscall_probe, config):
+    """/proc is read-only inside: another process's memory (a child's, here: same user, nothing else stops
+    it), the process's own, and /proc/sys (which root could write outside)."""
+    root = fence.user is None and os.geteuid() == 0
+    assert outside(fence, syscall_probe, PROC_WRITES) == {
+        "proc_mem_write": "ok", "proc_self_mem_write": "ok", "proc_sys_mount": "ok",
+        "proc_sys_write": "ok" if root else "EACCES"}
+    assert inside(fence, syscall_probe, PROC_WRITES, config) == {
+        "proc_mem_write": "EROFS", "proc_self_mem_write": "EROFS", "proc_sys_mount": "EROFS",
+        "proc_sys_write": "EROFS" if root else "EACCES"}  # the file's own permission is checked first
+
+
+TTY_CONTROL = ["tiocsctty", "tiocsctty_steal", "tiocsetd", "tioccons_badfd", "tiocsctty_badfd", "tiocsetd_badfd",
+               "tcgets"]
+
+
+def test_tty_control_ioctls_fail_inside(fence, syscall_probe):
+    """TIOCSETD and TIOCCONS fail inside on any fd (on a closed one EPERM, not EBADF: the filter answers
+    first); TIOCSCTTY in its steal form too, while taking a terminal the command opened itself still works
+    (forkpty: tmux, pexpect)."""
+    assert outside(fence, syscall_probe, TTY_CONTROL) == {
+        "tiocsctty": "ok", "tiocsctty_steal": "ok", "tiocsetd": "ok", "tioccons_badfd": "EBADF",
+        "tiocsctty_badfd": "EBADF", "tiocsetd_badfd": "EBADF", "tcgets": "ok"}
+    assert inside(fence, syscall_probe, TTY_CONTROL) == {
+        "tiocsctty": "ok", "tiocsctty_steal": "EPERM", "tiocsetd": "EPERM", "tioccons_badfd": "EPERM",
+        "tiocsctty_badfd": "EBADF", "tiocsetd_badfd": "EPERM", "tcgets": "ok"}
+
+
+def test_a_terminal_program_gives_its_child_a_terminal(fence):
+    """forkpty inside works (Python's pty.fork: what pexpect, script and tmux do)."""
+    r = fence.run("--", "python3", "-c", "import os, pty\npid, fd = pty.fork()\nif pid == 0:\n    os.execvp('tty', ['tty'])\n"
+                  "print(os.read(fd, 100).decode().strip().startswith('/dev/pts/'))\nos.waitpid(pid, 0)")
+    assert (r.returncode, r.stdout) == (0, "True\n"), r.stderr
+
+
+def test_a_pty_run_keeps_its_terminal_without_tiocsctty(fence, syscall_probe):
+    """allowPty: the init helper makes the PTY the command's controlling terminal, and TIOCSCTTY is still
+    refused to the command."""
+    work = fence.workdir()
+    (work / "fence.json").write_text('{"allowPty": true}')
+    fence.own(work)
+    with fence.terminal("-s", str(work / "fence.json"), "--", syscall_probe, "controlling_terminal",
+                        "tiocsctty_stdin", cwd=str(work)) as term:
+        term.expect("}")
+        assert term.wait() == 0, term.text
+    assert json.loads(term.text[term.text.index("{"):term.text.index("}") + 1]) == {
+        "controlling_terminal": "ok", "tiocsctty_stdin": "EPERM"}
+    assert "Warning" not in term.text, term.text

@@ -23,7 +23,7 @@ import msgspec
 import pytest
 
 from fence import messages, subjects
-from fence.subjects import CLIENT, EVENTS, IDENTITIES, MONITOR, PROXY, REQUESTS, SERVICES, SUPERVISOR
+from fence.subjects import CLIENT, EVENTS, EXECUTOR, IDENTITIES, MONITOR, PROXY, REQUESTS, SERVICES, SUPERVISOR
 
 REPO = Path(__file__).resolve().parent.parent
 SANDBOX = "0123abcd4567ef89"
@@ -153,9 +153,19 @@ def test_forbidden_cases_stay_forbidden():
     # the monitor can never start or plan a sandbox, nor forge events
     assert not pub(MONITOR, subjects.EXEC_PLAN) and not PERMISSIONS[MONITOR].publish
     assert not any(pub(MONITOR, f"fence.events.{SANDBOX}.{e.kind}") for e in EVENTS)
-    # services publish nothing but their own events (their replies go through allow_responses)
+    # services publish nothing but their own events (their replies go through allow_responses); the
+    # executor runs detached sandboxes, so it also resolves policies, opens their proxy sessions and
+    # publishes their events (never .net)
+    executor_asks = {subjects.CONFIG_RESOLVE, subjects.PROXY_SESSION_OPEN, subjects.PROXY_SESSION_CLOSE}
     for user in SERVICES:
-        assert all(pub(user, s) == (user == PROXY and s == net) for s in TABLE_SUBJECTS), user
+        expected = {net} if user == PROXY else \
+            executor_asks | {f"fence.events.{SANDBOX}.{e.kind}" for e in EVENTS if e.kind != "net"} \
+            if user == EXECUTOR else set()
+        assert {s for s in TABLE_SUBJECTS if pub(user, s)} == expected, user
+    # only the executor answers the detached-sandbox API, and only clients ask it
+    for subject in subjects.EXEC_FLEET:
+        assert [u for u in IDENTITIES if pub(u, subject)] == [CLIENT]
+        assert [u for u in IDENTITIES if sub(u, subject)] == [EXECUTOR]
     # the supervisor only checks health
     assert PERMISSIONS[SUPERVISOR].publish == (subjects.DISCOVERY,)
     # nobody reads another user's inbox

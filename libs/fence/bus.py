@@ -95,9 +95,11 @@ class ServiceError(Exception):
 
     code = "failed"
 
-    def __init__(self, message: str, code: str = ""):
+    def __init__(self, message: str, code: str = "", field: str = ""):
         super().__init__(message)
         self.message = message
+        self.field = field
+        """The request field that was wrong ("" when none is): sent in ``ErrorReply.field``."""
         if code:
             self.code = code
 
@@ -105,11 +107,12 @@ class ServiceError(Exception):
 class RemoteError(BusError):
     """The responder answered with an ``ErrorReply``."""
 
-    def __init__(self, code: str, message: str, subject: str = ""):
+    def __init__(self, code: str, message: str, subject: str = "", field: str = ""):
         super().__init__(f"{subject}: {code}: {message}" if subject else f"{code}: {message}")
         self.code = code
         self.message = message
         self.subject = subject
+        self.field = field
 
 
 # --- the interface --------------------------------------------------------------
@@ -218,8 +221,8 @@ def _warn(line: str) -> None:
     print(printable(line), file=sys.stderr)
 
 
-def _error(code: str, message: str) -> bytes:
-    return _encoder.encode(ErrorReply(code=code, message=message))
+def _error(code: str, message: str, field: str = "") -> bytes:
+    return _encoder.encode(ErrorReply(code=code, message=message, field=field))
 
 
 def fit_reply(subject: str, data: bytes, limit: int) -> bytes:
@@ -259,7 +262,7 @@ def make_responder(subject: str, request_type: Any, handler: Handler, max_reques
                 return encode(reply)
             except (RemoteError, ServiceError) as e:  # a typed verdict: pass it on verbatim
                 outcome = e.code
-                return _error(e.code, e.message)
+                return _error(e.code, e.message, getattr(e, "field", ""))
             except Exception as e:  # a handler bug must never kill the service
                 outcome = "internal"
                 return _error("internal", f"{subject}: {type(e).__name__}: {e}")
@@ -276,7 +279,7 @@ def decode_reply(subject: str, data: bytes, reply_type: type[T]) -> T:
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise BusError(f"{subject}: undecodable reply: {e}") from None
     if isinstance(reply, ErrorReply):
-        raise RemoteError(reply.code, reply.message, subject)
+        raise RemoteError(reply.code, reply.message, subject, reply.field)
     return reply
 
 

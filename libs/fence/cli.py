@@ -2,7 +2,8 @@
 
 Root form (Fence's, docs/compatibility.md#cli-flags): ``fence [flags] -- CMD...`` or ``fence -c "STRING"``;
 ``fence run [flags] -- CMD...`` is the same.  Subcommands: ``up``, ``status``,
-``down`` (the supervisor).
+``down`` (the supervisor); ``ps``, ``logs``, ``attach``, ``kill``, ``wait`` and
+``fence run --detach`` (detached sandboxes, ``fence.fleetcli``; docs/fleet.md).
 
 The root form is the hot path of every agent tool call, so its flags are
 parsed by hand (argparse costs milliseconds we would pay on every run) and
@@ -29,6 +30,10 @@ Usage:
   fence up [--detach]       start the supervisor (NATS bus + services)
   fence status              show the supervisor's components
   fence down                stop the supervisor
+  fence run --detach [-i] [--tty] [--label K=V] [--tail BYTES] [flags] -- COMMAND [ARGS...]
+                            start a sandbox in the supervisor's executor; print its id
+  fence ps [--json] | logs [-f] ID | attach ID | kill [-s SIG] ID | wait ID
+                            detached sandboxes (docs/fleet.md)
   fence config show|init|schema|templates
   fence import --claude     translate Claude Code permissions into a fence config
   fence completion bash|zsh|fish
@@ -51,6 +56,7 @@ Flags:
 
 SUPERVISOR_COMMANDS = ("up", "status", "down")
 CONFIG_COMMANDS = ("config", "import", "completion")
+FLEET_COMMANDS = ("ps", "logs", "attach", "kill", "wait")
 
 
 class UsageError(Exception):
@@ -74,13 +80,20 @@ class RunOptions:
         self.linux_features = False
         self.help = False
         self.ports: list[tuple[str, int]] = []
+        self.detach = False
+        self.interactive = False
+        self.tty = False
+        self.labels: dict[str, str] = {}
+        self.tail = 0
 
 
 _VALUE_FLAGS = {"-c": "command_string", "-s": "settings", "--settings": "settings", "-t": "template",
-                "--template": "template", "--bus": "bus_url", "--shell": "shell", "-p": "ports", "--port": "ports"}
+                "--template": "template", "--bus": "bus_url", "--shell": "shell", "-p": "ports", "--port": "ports",
+                "--label": "labels", "--tail": "tail"}
 _BOOL_FLAGS = {"-d": "debug", "--debug": "debug", "-m": "monitor", "--monitor": "monitor",
                "--force-new-session": "force_new_session", "-v": "version", "--version": "version",
-               "--linux-features": "linux_features",
+               "--linux-features": "linux_features", "--detach": "detach", "-i": "interactive",
+               "--interactive": "interactive", "--tty": "tty",
                "-h": "help", "--help": "help"}
 
 
@@ -123,6 +136,15 @@ def parse_run_args(args: list[str]) -> RunOptions:
 def _set_value(opts: RunOptions, field: str, value: str) -> None:
     if field == "ports":
         opts.ports.append(parse_port(value))
+    elif field == "labels":
+        key, eq, label = value.partition("=")
+        if not key or not eq:
+            raise UsageError(f"invalid label (want KEY=VALUE): {value}")
+        opts.labels[key] = label
+    elif field == "tail":
+        if not (value.isascii() and value.isdigit()):
+            raise UsageError(f"invalid --tail (want a number of bytes): {value}")
+        opts.tail = int(value)
     else:
         setattr(opts, field, value)
 
@@ -176,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         from fence.config import commands  # lazy: only config/import/completion need argparse and the commands (~4 ms)
 
         return getattr(commands, f"main_{args[0]}")(args[1:])
+    if args and args[0] in FLEET_COMMANDS:
+        from fence import fleetcli  # lazy: only ps/logs/attach/kill/wait talk to the fleet (asyncio, uvloop: ~40 ms)
+
+        return fleetcli.main(args[0], args[1:])
     if args and args[0] == "run":
         args = args[1:]
     try:
@@ -188,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     if opts.version:
         print_version()
         return 0
+    if not opts.detach and (opts.interactive or opts.tty or opts.labels or opts.tail):
+        return error("-i/--interactive, --tty, --label and --tail are for fence run --detach")
     if opts.linux_features:
         from fence.executor.features import detect, report  # lazy: only --linux-features needs the report (~0.6 ms)
 
@@ -216,11 +244,31 @@ def launch_environ() -> dict[str, str]:
     return env
 
 
+def _keep_inherited_fds_out() -> None:
+    """Descriptors fence was started with, beyond stdin/stdout/stderr, never reach the sandbox.
+
+    bwrap hands every inherited descriptor on to the command, so an agent's
+    open sockets, pipes or files would be the sandboxed command's to use.
+    Go's exec (the Go tool Fence) and Node's spawn (srt) pass only stdio too.
+    """
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:  # the listing's own descriptor, already closed
+                pass
+
+
 def run_command(opts: RunOptions) -> int:
     # Start-up allocates only long-lived objects (modules, classes, the plan): a garbage collection
     # during it frees nothing and costs ~10 ms of every run.  The runner collects normally again
     # once the command runs (runner.run: gc.freeze + gc.enable), for the sandbox's whole life.
     gc.disable()
+    _keep_inherited_fds_out()
     from fence.executor.host import HostError, host_facts, which  # lazy: no executor for --help/--version (~25 ms)
     from fence.executor.runner import FenceError, RunRequest, new_sandbox_id  # lazy: no executor for --help/--version
 
@@ -241,6 +289,8 @@ def run_command(opts: RunOptions) -> int:
     if not which(command[0], env.get("PATH", "")):
         error(f"command not found: {command[0]}")
         return 127
+    if opts.detach:
+        return _start_detached(opts, command, env)
     try:
         host = host_facts(masked_dirs=_private_dirs())
     except HostError as e:
@@ -258,6 +308,23 @@ def run_command(opts: RunOptions) -> int:
         return _run_lone(req, host, monitor=opts.monitor)
     except FenceError as e:
         return error(str(e))
+
+
+def _start_detached(opts: RunOptions, command: list[str], env: dict[str, str]) -> int:
+    """``fence run --detach``: the supervisor's executor starts and keeps the sandbox; print its id."""
+    from fence import fleetcli  # lazy: only --detach talks to the fleet (asyncio, uvloop: ~40 ms)
+    from fence.messages import ExecStartRequest  # lazy: loaded by the executor by now; kept off --help/--version
+
+    if opts.ports or opts.debug or opts.monitor or opts.force_new_session:
+        return error("-p/--port, -d, -m and --force-new-session are not available with --detach yet")
+    try:
+        url = fleetcli.bus_url(opts.bus_url)
+    except fleetcli.CliError as e:
+        return error(f"fence run --detach: {e}")
+    return fleetcli.start_detached(url, ExecStartRequest(
+        argv=command, cwd=os.getcwd(), env=env, template=opts.template, settings=opts.settings,
+        command_string=opts.command_string or "", stdin=opts.interactive, tty=opts.tty, labels=opts.labels,
+        tail_bytes=opts.tail))
 
 
 def _run_lone(req, host, monitor: bool) -> int:

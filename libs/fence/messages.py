@@ -14,6 +14,8 @@ is said.  Keep this module free of logic: it is imported on every run.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from fence.policy import NetworkConfig, Policy
@@ -41,6 +43,8 @@ class ErrorReply(Message):
 
     code: str
     message: str
+    field: str = ""
+    """The request field that was wrong (``argv``, ``cwd``, ``env``, ``template``...), "" when none is."""
 
 
 # --- config service ----------------------------------------------------------
@@ -218,6 +222,163 @@ class ExecPlanReply(Message):
     stripped_env: list[str] = []
     plan: RunPlan | None = None
     rendered: SandboxPlan | None = None
+
+
+# --- executor service: detached sandboxes (docs/fleet.md) -------------------------
+# Every request names the sandbox by id and carries ``tenant`` ("" until tenants exist):
+# a sandbox of another tenant is answered exactly like an unknown id (no oracle).
+
+class ExecStartRequest(Message):
+    """Start a detached sandbox: the executor service owns it, its client may leave and come back.
+
+    The policy comes from ``template``, ``settings`` (a config file, absolute
+    or relative to ``cwd``) or ``config`` (a config object, as a file would hold
+    it; its ``extends`` names a template or an absolute path), else from
+    discovery in ``cwd`` as for ``fence run``.
+    ``env``: variables added over the executor's own environment (a client's
+    whole environment for ``fence run --detach``).  ``stdin``: give the command
+    a pipe fed by ``fence.exec.stdin`` (else ``/dev/null``).  ``tty``: a PTY as its
+    stdin, stdout and stderr instead (its output is one stream, ``stdout``; with
+    ``allowPty`` the command owns it as its controlling terminal).  ``tail_bytes``:
+    how much output the sandbox retains for late readers (0: the default).
+    """
+
+    argv: list[str]
+    cwd: str
+    env: dict[str, str] = {}
+    template: str = ""
+    settings: str = ""
+    config: dict[str, Any] | None = None
+    command_string: str = ""
+    """``fence run --detach -c``: what preflight parses (argv is then ``[shell, -c, it]``)."""
+    stdin: bool = False
+    tty: bool = False
+    labels: dict[str, str] = {}
+    tail_bytes: int = 0
+    tenant: str = ""
+
+
+class ExecStartReply(Message):
+    """The sandbox runs: its id, the host pid of its init, and the warnings of its start."""
+
+    sandbox: str
+    pid: int
+    warnings: list[str] = []
+
+
+class ExecSandboxRequest(Message):
+    """Names one sandbox: ``fence.exec.info`` and ``fence.exec.kill`` (SIGKILL to the whole sandbox)."""
+
+    sandbox: str
+    tenant: str = ""
+
+
+class ExecStdinRequest(Message):
+    """Bytes for the command's stdin (in order), and/or its end (``eof``)."""
+
+    sandbox: str
+    data: bytes = b""
+    eof: bool = False
+    tenant: str = ""
+
+
+class ExecSignalRequest(Message):
+    """A signal (number or name: ``15``, ``TERM``, ``SIGTERM``) for the command's process group."""
+
+    sandbox: str
+    signal: str
+    tenant: str = ""
+
+
+class ExecWaitRequest(Message):
+    """Wait up to ``timeout`` seconds (at most ``fence.executor.fleet.MAX_WAIT``) for the sandbox to end."""
+
+    sandbox: str
+    timeout: float = 0.0
+    tenant: str = ""
+
+
+class ExecListRequest(Message):
+    """Every sandbox the executor holds (running, and the most recent ended ones)."""
+
+    tenant: str = ""
+    labels: dict[str, str] = {}
+    """Only sandboxes carrying all these labels."""
+
+
+class ExecOutputRequest(Message):
+    """The sandbox's output after chunk ``after`` (0: from the start of what is retained).
+
+    With ``wait`` > 0 the reply waits up to that many seconds for new output
+    (or the end) when there is none yet: a client follows a sandbox by asking
+    again from the last ``seq`` it got.
+    """
+
+    sandbox: str
+    after: int = 0
+    wait: float = 0.0
+    max_bytes: int = 0
+    tenant: str = ""
+
+
+class OutputChunk(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One piece of output.  ``seq`` numbers a sandbox's chunks 1, 2, ... across stdout and stderr.
+
+    ``stream`` is ``stdout``, ``stderr`` or ``dropped``: a marker standing for
+    ``count`` chunks (up to and including ``seq``) that were no longer retained
+    when this reader asked (it read too slowly, or attached late).
+    """
+
+    seq: int
+    stream: str
+    data: bytes = b""
+    count: int = 0
+
+
+class SandboxInfo(Message):
+    """One detached sandbox as ``fence ps`` shows it.  ``state``: ``running`` or ``exited``."""
+
+    sandbox: str
+    argv: list[str]
+    cwd: str
+    state: str
+    started: float
+    pid: int = 0
+    tenant: str = ""
+    labels: dict[str, str] = {}
+    ended: float = 0.0
+    exit_code: int | None = None
+    signal: int | None = None
+    output_chunks: int = 0
+    output_bytes: int = 0
+    stdin: bool = False
+    tty: bool = False
+
+
+class ExecOutputReply(Message):
+    """Chunks after the asked ``seq``, in order (a ``dropped`` marker first when some were lost);
+    ``ended``: nothing more will come (``info`` has the exit)."""
+
+    sandbox: str
+    chunks: list[OutputChunk] = []
+    ended: bool = False
+    info: SandboxInfo | None = None
+
+
+class ExecWaitReply(Message):
+    """The sandbox after the wait: ``info.state`` is ``running`` when the timeout came first."""
+
+    info: SandboxInfo
+
+
+class ExecListReply(Message):
+    sandboxes: list[SandboxInfo] = []
+
+
+class ExecAck(Message):
+    """Done (stdin written or queued, signal sent, kill sent)."""
+
+    sandbox: str
 
 
 # --- monitor service -----------------------------------------------------------

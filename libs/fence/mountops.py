@@ -41,13 +41,23 @@ class DevFs(Op, tag="dev", frozen=True):
 
 
 class ProcFs(Op, tag="proc", frozen=True):
-    """A fresh /proc for the sandbox's pid namespace."""
+    """A fresh /proc for the sandbox's pid namespace; ``readonly`` remounts it read-only (no write through
+    /proc reaches another process's memory, /proc/<pid>/mem, or the kernel's settings, /proc/sys)."""
+
+    readonly: bool = False
 
 
 class Tmpfs(Op, tag="tmpfs", frozen=True):
-    """An empty tmpfs; ``readonly`` remounts it read-only (how a denied directory looks empty)."""
+    """An empty tmpfs; ``readonly`` remounts it read-only (how a denied directory looks empty); ``size``: the
+    most it may hold, in bytes (0: the kernel's default, half of RAM)."""
 
     readonly: bool = False
+    size: int = 0
+
+
+class RemountRo(Op, tag="remount-ro", frozen=True):
+    """``dest``'s mount made read-only, not its submounts: for a tmpfs that must stay writable until the
+    mount points of what is bound inside it have been made (a hidden directory's granted paths)."""
 
 
 class Dir(Op, tag="dir", frozen=True):
@@ -67,7 +77,7 @@ class DataFile(Op, tag="data", frozen=True):
     perms: str = "0644"
 
 
-Mount = Bind | BindFd | DevFs | ProcFs | Tmpfs | Dir | Symlink | DataFile
+Mount = Bind | BindFd | DevFs | ProcFs | Tmpfs | RemountRo | Dir | Symlink | DataFile
 
 
 def render(op: Mount) -> list[str]:
@@ -80,9 +90,12 @@ def render(op: Mount) -> list[str]:
     if isinstance(op, DevFs):
         return ["--dev", op.dest]
     if isinstance(op, ProcFs):
-        return ["--proc", op.dest]
+        return ["--proc", op.dest, *(["--remount-ro", op.dest] if op.readonly else [])]
     if isinstance(op, Tmpfs):
-        return ["--tmpfs", op.dest, *(["--remount-ro", op.dest] if op.readonly else [])]
+        size = ["--size", str(op.size)] if op.size else []
+        return [*size, "--tmpfs", op.dest, *(["--remount-ro", op.dest] if op.readonly else [])]
+    if isinstance(op, RemountRo):
+        return ["--remount-ro", op.dest]
     if isinstance(op, Dir):
         return [*(["--perms", op.perms] if op.perms else []), "--dir", op.dest]
     if isinstance(op, Symlink):

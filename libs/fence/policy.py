@@ -18,7 +18,8 @@ enforces them itself with better messages (``fence.config.validate``).
 Conventions the merge rules (``fence.config.merge``) rely on: lists are
 ``list[...]``, plain switches are ``bool`` (merged with OR), optional
 switches are ``bool | None`` (None = unset), numbers are ``int`` (0 =
-unset) and strings ``str`` ("" = unset).  Every field has a default.
+unset) and strings ``str`` ("" = unset); a size (``tmpSize``) is
+``str | int`` ("" = unset).  Every field has a default.
 """
 
 import msgspec
@@ -85,6 +86,12 @@ class FilesystemConfig(_Part):
     wsl_interop: bool | None = None
     """WSL: let the sandbox start Windows programs (/init). Never granted by fence (true only gets a -d note);
     unset or false, a run that could reach WSL's interop server is refused."""
+    tmp_size: str | int = ""
+    """Linux: the most the sandbox's private /tmp (a tmpfs) may hold: bytes, "512M" (K, M, G, T: binary
+    multiples) or "25%" of RAM. Unset: 25% of RAM."""
+    shm_size: str | int = ""
+    """Linux: the most the sandbox's private /dev/shm may hold (same forms as tmpSize). Unset: 25% of RAM. With
+    devices.mode "host" the host's /dev/shm is used as it is."""
 
 
 class DevicesConfig(_Part):
@@ -176,6 +183,7 @@ class Policy(_Part):
 
 _ENTRY = {"items": {"type": "string", "minLength": 1}}
 _PORT = {"minimum": 0, "maximum": 65535}
+_SIZE = {"pattern": r"^$|^\s*([0-9]+[KMGTkmgt]?|([0-9]+(\.[0-9]*)?|\.[0-9]+)%)\s*$", "minimum": 0}
 
 SCHEMA_EXTRA: dict[str, dict] = {
     "NetworkConfig.allowedDomains": _ENTRY,
@@ -191,6 +199,8 @@ SCHEMA_EXTRA: dict[str, dict] = {
     "FilesystemConfig.allowWrite": _ENTRY,
     "FilesystemConfig.denyRead": _ENTRY,
     "FilesystemConfig.denyWrite": _ENTRY,
+    "FilesystemConfig.tmpSize": _SIZE,
+    "FilesystemConfig.shmSize": _SIZE,
     "DevicesConfig.mode": {"enum": ["", "auto", "minimal", "host"]},
     "DevicesConfig.allow": {"items": {"type": "string", "pattern": "^/dev/."}},
     "CommandConfig.deny": _ENTRY,

@@ -60,6 +60,16 @@ class FsView(msgspec.Struct, frozen=True):
     inside because only their canonical targets are bound."""
     runtime_dirs: list[tuple[str, str]] = []
     """(path, octal mode) directories to create inside the private /tmp (XDG_RUNTIME_DIR repair)."""
+    tmp_size: int = 0
+    """Bytes the private /tmp may hold (``filesystem.tmpSize``, resolved; 0: the kernel's default, half of RAM)."""
+    shm_size: int = 0
+    """Bytes the private /dev/shm may hold (``filesystem.shmSize``; minimal /dev only; 0: no tmpfs of its own)."""
+    hidden: list[str] = []
+    """Host directories the sandbox sees as an empty read-only tmpfs: the user's ``/run/user/<uid>`` (the
+    session bus, keyring and desktop sockets), unless a grant names the directory itself."""
+    hidden_grants: list[str] = []
+    """Readable grants (allowRead, allowExecute, allowUnixSockets) inside a hidden directory, bound back
+    read-only over it (writable ones are allowWrite binds already)."""
     def writable_roots(self) -> list[str]:
         return [p for p, _ in self.write]
 

@@ -32,6 +32,16 @@ CONFIG_RESOLVE = "fence.config.resolve"
 PROXY_SESSION_OPEN = "fence.proxy.session.open"
 PROXY_SESSION_CLOSE = "fence.proxy.session.close"
 EXEC_PLAN = "fence.exec.plan"
+EXEC_START = "fence.exec.start"
+EXEC_STDIN = "fence.exec.stdin"
+EXEC_SIGNAL = "fence.exec.signal"
+EXEC_KILL = "fence.exec.kill"
+EXEC_WAIT = "fence.exec.wait"
+EXEC_LIST = "fence.exec.list"
+EXEC_INFO = "fence.exec.info"
+EXEC_OUTPUT = "fence.exec.output"
+EXEC_FLEET = (EXEC_START, EXEC_STDIN, EXEC_SIGNAL, EXEC_KILL, EXEC_WAIT, EXEC_LIST, EXEC_INFO, EXEC_OUTPUT)
+"""The detached-sandbox API (docs/fleet.md), answered by the executor service."""
 MONITOR_RECENT = "fence.monitor.recent"
 DISCOVERY = "$SRV.>"
 """NATS micro discovery: ``$SRV.PING|INFO|STATS[.<name>[.<id>]]`` (``fence.service``)."""
@@ -69,15 +79,32 @@ class EventKind(msgspec.Struct, frozen=True, kw_only=True):
 
 
 REQUESTS: tuple[Request, ...] = (
-    # `fence run` resolves its policy and opens/closes its proxy session; tools ask the rest.
-    # The supervisor only checks health.
+    # `fence run` resolves its policy and opens/closes its proxy session, and so does the executor
+    # service for the detached sandboxes it starts; tools ask the rest.  The supervisor only checks health.
     Request(subject=CONFIG_RESOLVE, request="ConfigResolveRequest", reply="ConfigResolveReply",
-            answered_by=(CONFIG,), asked_by=(CLIENT,)),
+            answered_by=(CONFIG,), asked_by=(CLIENT, EXECUTOR)),
     Request(subject=PROXY_SESSION_OPEN, request="ProxySessionOpen", reply="ProxySessionOpened",
-            answered_by=(PROXY,), asked_by=(CLIENT,)),
+            answered_by=(PROXY,), asked_by=(CLIENT, EXECUTOR)),
     Request(subject=PROXY_SESSION_CLOSE, request="ProxySessionClose", reply="ProxySessionClosed",
-            answered_by=(PROXY,), asked_by=(CLIENT,)),
+            answered_by=(PROXY,), asked_by=(CLIENT, EXECUTOR)),
     Request(subject=EXEC_PLAN, request="ExecPlanRequest", reply="ExecPlanReply",
+            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
+    # detached sandboxes (docs/fleet.md): clients start, feed, signal, follow and wait for them
+    Request(subject=EXEC_START, request="ExecStartRequest", reply="ExecStartReply",
+            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
+    Request(subject=EXEC_STDIN, request="ExecStdinRequest", reply="ExecAck",
+            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
+    Request(subject=EXEC_SIGNAL, request="ExecSignalRequest", reply="ExecAck",
+            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
+    Request(subject=EXEC_KILL, request="ExecSandboxRequest", reply="ExecAck",
+            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
+    Request(subject=EXEC_WAIT, request="ExecWaitRequest", reply="ExecWaitReply",
+            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
+    Request(subject=EXEC_LIST, request="ExecListRequest", reply="ExecListReply",
+            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
+    Request(subject=EXEC_INFO, request="ExecSandboxRequest", reply="SandboxInfo",
+            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
+    Request(subject=EXEC_OUTPUT, request="ExecOutputRequest", reply="ExecOutputReply",
             answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
     Request(subject=MONITOR_RECENT, request="RecentEventsRequest", reply="RecentEventsReply",
             answered_by=(MONITOR,), asked_by=(CLIENT,)),
@@ -85,14 +112,18 @@ REQUESTS: tuple[Request, ...] = (
 )
 
 EVENTS: tuple[EventKind, ...] = (
-    # The run's own events come from `fence run` (client); only the proxy decides network verdicts.
+    # A run's own events come from whoever runs its executor: `fence run` (client) or, for a detached
+    # sandbox, the executor service; only the proxy decides network verdicts.
     # The monitor collects them all; `fence run -d/-m` watches its own sandbox's.
-    EventKind(kind="lifecycle", message="LifecycleEvent", published_by=(CLIENT,), watched_by=(MONITOR, CLIENT)),
-    EventKind(kind="preflight", message="PreflightBlockedEvent", published_by=(CLIENT,),
+    EventKind(kind="lifecycle", message="LifecycleEvent", published_by=(CLIENT, EXECUTOR),
+              watched_by=(MONITOR, CLIENT)),
+    EventKind(kind="preflight", message="PreflightBlockedEvent", published_by=(CLIENT, EXECUTOR),
               watched_by=(MONITOR, CLIENT)),
     EventKind(kind="net", message="NetDecisionEvent", published_by=(PROXY,), watched_by=(MONITOR, CLIENT)),
-    EventKind(kind="exec", message="ExecBlockedEvent", published_by=(CLIENT,), watched_by=(MONITOR, CLIENT)),
-    EventKind(kind="fs", message="ProtectedPathEvent", published_by=(CLIENT,), watched_by=(MONITOR, CLIENT)),
+    EventKind(kind="exec", message="ExecBlockedEvent", published_by=(CLIENT, EXECUTOR),
+              watched_by=(MONITOR, CLIENT)),
+    EventKind(kind="fs", message="ProtectedPathEvent", published_by=(CLIENT, EXECUTOR),
+              watched_by=(MONITOR, CLIENT)),
 )
 
 EVENT_KINDS = frozenset(e.kind for e in EVENTS)

@@ -9,6 +9,8 @@ The rules (Fence's; the table is in docs/configuration.md#merge-rules):
 * optional bool (forceNewSession, allowLocalOutbound, wslInterop, useDefaults): the child's value
   when set (not null)
 * int (httpProxyPort, socksProxyPort): the child's value when non-zero
+* size, a string or an int (filesystem.tmpSize, shmSize): the child's value when set (non-empty,
+  non-zero)
 * string / enum (upstreamProxy, defaultAction, devices.mode, runtimeExecPolicy, $schema): the
   child's value when non-empty
 * ``extends``: always "" in the result

@@ -17,6 +17,7 @@ from __future__ import annotations
 import posixpath
 
 from fence.policy import Policy
+from fence.sizes import size_problem
 
 Problem = tuple[str, str]
 
@@ -111,6 +112,10 @@ def problems(policy: Policy) -> list[Problem]:
         if "" in values:
             _empty_paths(out, "filesystem", field, values)
     _empty_paths(out, "filesystem", "allowWriteProtected", fs.allow_write_protected)
+    for field, value in (("tmpSize", fs.tmp_size), ("shmSize", fs.shm_size)):
+        reason = size_problem(value)
+        if reason:
+            out.append((f"$.filesystem.{field}", f"invalid filesystem.{field}: {reason}"))
     for i, path in enumerate(fs.allow_write_protected):
         if any(c in path for c in "*?["):
             out.append((f"$.filesystem.allowWriteProtected[{i}]",

@@ -20,12 +20,12 @@ missing tail; an *allow* rule gets none of these.  See docs/command-policy.md.
 from __future__ import annotations
 
 import time
-from fnmatch import fnmatchcase
 from collections.abc import Mapping, Sequence
 
 import msgspec
 
 from fence.executor.shellparse import Command, basename
+from fence.globmatch import fnmatch_case
 from fence.messages import FieldSource, PreflightBlockedEvent
 from fence.policy import Policy
 
@@ -145,7 +145,7 @@ def _same(word: str, dynamic: bool, want: str, deny: bool) -> bool:
         return False
     if word == want:
         return True
-    return deny and _globby(word) and fnmatchcase(want, word)
+    return deny and _globby(word) and fnmatch_case(want, word)
 
 
 def _skip_flags(argv: Sequence[str], pos: int, want: str, deny: bool) -> int:
@@ -223,7 +223,7 @@ class RuleSet:
             return None
         candidates = self.by_head.get(name)
         if deny and _globby(name):
-            candidates = [e for e in self.rules if fnmatchcase(e[1][0], name)]
+            candidates = [e for e in self.rules if fnmatch_case(e[1][0], name)]
         if not candidates:
             return None
         argv = cmd.argv if cmd.argv[0] == name else [name] + cmd.argv[1:]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env
+from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env, under
 from fence.executor.paths import absolute, expand
 from fence.executor.protect import Protection, protected_paths
 from fence.executor.reserve import PathSwapped
@@ -169,13 +169,86 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
                      f"read-only and removed afterwards): {', '.join(missing)}")
     for path in protection.opened:
         notes.append(f"mandatory protection: {path} is writable (filesystem.allowWriteProtected)")
+    tmp_size, shm_size = _tmpfs_sizes(policy, devices)
     view = FsView(read=read, execute=execute, write=write, deny_read=deny_read,
                   deny_write=deny_write, protected=list(protection.readonly),
                   pinned=list(protection.pinned), default_deny_read=default_deny_read, devices=devices,
-                  devices_allow=devices_allow, symlinks=symlinks)
+                  devices_allow=devices_allow, symlinks=symlinks, tmp_size=tmp_size, shm_size=shm_size)
+    hidden, hidden_grants = _hidden_user_runtime_dir(view, policy, cwd, home, notes)
+    view = msgspec.structs.replace(view, hidden=hidden, hidden_grants=hidden_grants)
     changes, runtime_dirs = repair_runtime_env(env, view, sandbox)
     view = msgspec.structs.replace(view, runtime_dirs=runtime_dirs)
     return FsFacts(view, protection, changes, notes)
+
+
+def _tmpfs_sizes(policy: Policy, devices: str) -> tuple[int, int]:
+    """Bytes for the private /tmp and (minimal /dev only: the host's is the host's) /dev/shm."""
+    from fence.sizes import physical_memory, to_bytes  # lazy: config validation loaded it; runs stopped earlier do not
+
+    fs = policy.filesystem
+    memory = physical_memory()
+    sizes = []
+    for field, value in (("tmpSize", fs.tmp_size), ("shmSize", fs.shm_size)):
+        try:
+            sizes.append(to_bytes(value, memory))
+        except ValueError as e:  # validated by the config service; refused here too, never ignored
+            raise FsError(f"filesystem.{field}: {e}") from None
+    return sizes[0], sizes[1] if devices == "minimal" else 0
+
+
+def user_runtime_dir() -> str:
+    """The host's per-user runtime directory (systemd-logind's): the session bus, keyrings, agents' sockets."""
+    return f"/run/user/{os.getuid()}"
+
+
+def _hidden_user_runtime_dir(view: FsView, policy: Policy, cwd: str, home: str,
+                             notes: list[str]) -> tuple[list[str], list[str]]:
+    """``(hidden, hidden_grants)`` for the view: ``/run/user/<uid>`` (an empty read-only tmpfs) unless a
+    grant names it, and the grants inside it, which come back.
+
+    Its sockets reach the user's session outside the sandbox (D-Bus can ask
+    systemd to start any program), so only what a grant names stays: a
+    grant naming the directory itself shows all of it, as before; a grant
+    inside it shows that path (readable ones read-only, writable ones as
+    the allowWrite bind they already are).
+    """
+    path = user_runtime_dir()
+    if not os.path.isdir(path):
+        return [], []
+    path = os.path.realpath(path)
+    writes = [p for p, _ in view.write]
+    readable = [p for p, _ in view.read + view.execute] + _readable_grants_in(policy, path, cwd, home, view)
+    sockets = [os.path.realpath(absolute(p, cwd, home)) for p in policy.network.allow_unix_sockets if p]
+    named = writes + readable + sockets
+    if path in named:
+        return [], []
+    if view.default_deny_read and not any(under(path, p) for p in readable + writes):
+        return [], []  # no readable tier above it: not in the view at all, nothing to hide
+    inside = [p for p in readable + [s for s in sockets if os.path.exists(s)] if under(p, path)]
+    writable_inside = [w for w in writes if under(w, path)]
+    notes.append(f"{path} is hidden (an empty read-only directory): name it, or a path in it, in a grant to "
+                 "show it")
+    return [path], [p for p in dict.fromkeys(sorted(inside)) if not any(under(p, w) for w in writable_inside)]
+
+
+def _readable_grants_in(policy: Policy, directory: str, cwd: str, home: str, view: FsView) -> list[str]:
+    """allowRead paths at or inside ``directory`` when the view did not expand allowRead (no defaultDenyRead).
+
+    Only the patterns that can lead there are expanded: a literal path (it may be a link into it) or a
+    glob whose literal base directory lies inside it or above it (a glob's links out of its base are never
+    granted).
+    """
+    if view.default_deny_read:
+        return []
+    candidates = []
+    for pattern in policy.filesystem.allow_read:
+        path = absolute(pattern, cwd, home)
+        if any(c in path for c in "*?["):
+            base = path[:min(path.find(c) for c in "*?[" if c in path)].rsplit("/", 1)[0] or "/"
+            if not (under(base, directory) or under(directory, base)):
+                continue
+        candidates.append(pattern)
+    return [p for p, _ in expand(candidates, cwd, home, contained=True).paths] if candidates else []
 
 
 def _named_symlinks(patterns: list[str], cwd: str, home: str) -> list[tuple[str, str]]:

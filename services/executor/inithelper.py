@@ -42,8 +42,9 @@ Options (each PATH/PORT option may repeat; order does not matter)::
                        this helper from (``/proc/self/fd/FD``) when the exec
                        masks cover its path, so the command cannot reach it
   --pty                allowPty runs: start a session (setsid) and make stdin,
-                       the PTY fence relays, its controlling terminal
-                       (TIOCSCTTY), so the command gets job control and
+                       the PTY fence relays, its controlling terminal (by
+                       opening it as the session's leader: TIOCSCTTY is
+                       refused inside), so the command gets job control and
                        Ctrl-C reaches its foreground group, never bwrap
 
 Everything not granted is denied for the rights this kernel's ABI knows.
@@ -345,19 +346,22 @@ def clean_environ():
     return {k: v for k, v in items if not k.startswith(b"LD_")}
 
 
-TIOCSCTTY = 0x540E
-
-
 def take_terminal():
     """``--pty``: a session of our own with the PTY on stdin as its controlling terminal.
 
-    bwrap's child leads no process group, so ``setsid`` succeeds; a failure
+    bwrap's child leads no process group, so ``setsid`` succeeds.  Not with
+    TIOCSCTTY, which the seccomp program (already loaded by bwrap) refuses to
+    everyone inside: a session leader without a terminal that opens a terminal
+    no session owns gets it as its controlling terminal (the kernel's rule),
+    and ``/proc/self/fd/0`` reopens the PTY fence handed over.  A failure
     leaves the command on the PTY without job control (a warning, not a refusal:
     the PTY is a convenience, the sandbox is unchanged).
     """
     try:
         posix.setsid()
-        _call("ioctl", 0, TIOCSCTTY, 0)
+        posix.close(posix.open("/proc/self/fd/0", posix.O_RDWR))
+        if posix.tcgetpgrp(0) != posix.getpid():
+            raise OSError(1, "another session owns it")
     except OSError as e:
         _say(f"[fence] Warning: the PTY is not the command's controlling terminal: {e.strerror}")
 

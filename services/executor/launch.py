@@ -15,7 +15,10 @@ A PTY run (``plan.pty``) differs only in where stdio and signals go:
 ``fence.executor.ptyrelay`` opens the PTY, bwrap starts in a session of its
 own with the PTY as stdio, ``waitpid`` relays the terminal until bwrap ends,
 and every signal goes to the relay (which resizes, hangs up, or forwards to
-the PTY's foreground group, as a terminal would).
+the PTY's foreground group, as a terminal would).  A detached PTY sandbox
+(``fence.executor.fleet``) brings its own PTY as ``stdio``: bwrap starts in
+a session of its own the same way, and the executor service relays nothing
+here (it pumps the master on its event loop).
 
 Uses ``os.posix_spawn`` directly: the ``subprocess`` module costs ~10 ms of
 imports on every run and we need none of it.
@@ -46,11 +49,15 @@ class LaunchError(Exception):
 class Sandbox:
     """A running sandbox: bwrap's pid, the sandbox init's pid, and signal relaying."""
 
-    def __init__(self, plan: SandboxPlan, relay_signals: bool = True, inherit: dict[int, int] | None = None):
+    def __init__(self, plan: SandboxPlan, relay_signals: bool = True, inherit: dict[int, int] | None = None,
+                 stdio: tuple[int, int, int] | None = None):
         """``inherit``: more fds for bwrap, ``{number in bwrap: our fd}`` (our fds above 10, close-on-exec;
         bwrap passes inherited fds on to the sandbox's command).  ``{fd: fd}`` keeps the number: a dup2
-        onto itself clears close-on-exec (glibc 2.29+)."""
+        onto itself clears close-on-exec (glibc 2.29+).  ``stdio``: our fds to become bwrap's 0, 1, 2
+        (a detached sandbox's pipes or PTY slave, above 10); None inherits ours (``fence run``).  A PTY
+        run with ``stdio`` takes the caller's PTY (a detached sandbox's) and relays nothing itself."""
         self.plan = plan
+        self.stdio = stdio
         self.inherit = dict(inherit or {})
         self.relay_signals = relay_signals
         self.pid = 0
@@ -95,7 +102,7 @@ class Sandbox:
         block_read = block_write = -1
         if self.plan.block_fd:
             block_read, block_write = _pipe()
-        if self.plan.pty:
+        if self.plan.pty and self.stdio is None:
             from fence.executor.ptyrelay import PtyRelay  # lazy: only PTY runs need the relay (termios, ~1.2 ms)
 
             try:
@@ -120,6 +127,8 @@ class Sandbox:
             if self.relay_signals:  # else the caller routes signals to on_signal (an event loop's handlers)
                 self._install_signal_relay()
             actions = self.relay.spawn_actions() if self.relay else []  # first: later dup2s may reuse its fd
+            if self.stdio is not None:  # first too: the targets 0-2 are no later source, nor these sources a target yet
+                actions += [(os.POSIX_SPAWN_DUP2, ours, target) for target, ours in enumerate(self.stdio)]
             actions.append((os.POSIX_SPAWN_DUP2, write_end, self.plan.info_fd))
             if block_read >= 0:
                 actions.append((os.POSIX_SPAWN_DUP2, block_read, self.plan.block_fd))
@@ -131,7 +140,7 @@ class Sandbox:
             actions += [(os.POSIX_SPAWN_DUP2, ours, target) for target, ours in moved.items()]
             # own process group (Ctrl-C reaches fence only), or for a PTY run its own session with no
             # controlling terminal: nothing in the sandbox shares the user's terminal session
-            group: dict[str, Any] = {"setsid": True} if self.relay else {"setpgroup": 0}
+            group: dict[str, Any] = {"setsid": True} if self.plan.pty else {"setpgroup": 0}
             try:
                 self.pid = os.posix_spawn(self.plan.argv[0], self.plan.argv, self.plan.env,
                                           file_actions=actions, **group)
@@ -196,6 +205,17 @@ class Sandbox:
             if sock is not None:
                 sock.close()
         self.listeners = []
+
+    def kill(self) -> None:
+        """Stop the whole sandbox now (SIGKILL to its init and to bwrap) and reap bwrap."""
+        if self.init_pid:
+            _kill(self.init_pid, signal.SIGKILL)
+        _kill(self.pid, signal.SIGKILL)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:  # already reaped (its waiter got there first)
+            pass
+        self._restore_signals()
 
     def wait(self) -> int:
         """Wait for bwrap; its status is the command's (bwrap maps a signal death to 128+N)."""

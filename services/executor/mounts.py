@@ -8,16 +8,22 @@ over an earlier one:
 
 1. base view: ``--ro-bind / /`` (read-mostly), ``--bind / /`` (allowWrite "/"),
    or under defaultDenyRead only the readable paths bound read-only;
-2. devices, ``/proc``, a private ``/tmp`` with ``/tmp/fence``;
+2. devices (a private, sized ``/dev/shm`` with the minimal ``/dev``), ``/proc``
+   read-only, a private sized ``/tmp`` with ``/tmp/fence``;
 3. allowWrite binds (read/write/exec);
 4. pinned directories, in path order with the allowWrite binds: every ``.git``
    and every directory between a writable root and a protected path, bound onto
    themselves (a mount point cannot be renamed or removed, so neither the
    repository nor the protected file's parent can be swapped for another);
+   hidden directories (``/run/user/<uid>``) in the same path order, so a write
+   grant above one cannot uncover it and the grants inside it are bound back
+   over it (readable ones read-only);
 5. mandatory protections, then denyWrite: read-only binds;
 6. denyRead last, so it wins over everything: directories become empty
    read-only tmpfs, files read as empty (``/dev/null``);
-7. fence's runtime directory hidden.
+7. fence's runtime directory hidden; last of all (``sealing``, after the exec
+   masks and generated files the plan adds) the hidden directories' tmpfs made
+   read-only, once everything inside them is mounted.
 
 The same tiers become the Landlock rules the init helper applies inside
 (``landlock_options``): read everything (or only the readable tiers), execute
@@ -26,11 +32,11 @@ without listing for allowExecute, every right on writable paths.
 
 from __future__ import annotations
 
-from fence.mountops import Bind, BindFd, DevFs, Dir, Mount, ProcFs, Symlink, Tmpfs, render_all
+from fence.mountops import Bind, BindFd, DevFs, Dir, Mount, ProcFs, RemountRo, Symlink, Tmpfs, render_all
 from fence.runplan import FsView, Paths
 
 __all__ = ["FsView", "Paths", "filesystem_args", "filesystem_mounts", "landlock_options", "pinned_sources",
-           "repair_runtime_env", "under", "writable_inside"]
+           "repair_runtime_env", "sealing", "under", "writable_inside"]
 
 SYSTEM_READ_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 """Readable under defaultDenyRead unless strictDenyRead (Fence's essential system paths)."""
@@ -61,7 +67,7 @@ def pinned_sources(view: FsView) -> list[str]:
 
 
 def filesystem_mounts(view: FsView, masked_dirs: tuple[str, ...] = ()) -> list[Mount]:
-    """The setup ops for ``view`` (phases 1-7 above)."""
+    """The setup ops for ``view`` (phases 1-7 above; the caller ends with ``sealing``)."""
     ops: list[Mount] = []
     writes = sorted(p for p, _ in view.write)
     if view.default_deny_read:
@@ -75,9 +81,11 @@ def filesystem_mounts(view: FsView, masked_dirs: tuple[str, ...] = ()) -> list[M
     else:
         ops.append(DevFs(dest="/dev"))
         ops += [Bind(src=dev, dest=dev, device=True) for dev in view.devices_allow]
-    ops += [ProcFs(dest="/proc"), Tmpfs(dest="/tmp"), Dir(dest=SANDBOX_TMP)]
+        if view.shm_size:
+            ops.append(Tmpfs(dest="/dev/shm", size=view.shm_size))
+    ops += [ProcFs(dest="/proc", readonly=True), Tmpfs(dest="/tmp", size=view.tmp_size), Dir(dest=SANDBOX_TMP)]
     ops += [Dir(dest=path, perms=mode) for path, mode in view.runtime_dirs]
-    ops += [BindFd(dest=path, fd=PINNED_FD_BASE + i) for i, path in enumerate(pinned_sources(view))]
+    ops += _in_path_order(view)
     readonly = dict.fromkeys(view.protected + [p for p, _ in view.deny_write if any(under(p, w) for w in writes)])
     ops += [Bind(src=path, dest=path) for path in readonly]
     for path, is_dir in view.deny_read:
@@ -89,9 +97,30 @@ def filesystem_mounts(view: FsView, masked_dirs: tuple[str, ...] = ()) -> list[M
     return ops
 
 
+def _in_path_order(view: FsView) -> list[Mount]:
+    """Phases 3-4: writable binds, pinned directories, hidden directories and the grants inside them.
+
+    One sort by path puts a parent before what lies inside it, so a write
+    grant above a hidden directory is bound first and the hidden tmpfs over
+    it, and the grants inside come back over the tmpfs.  A hidden tmpfs stays
+    writable here (bwrap makes those mount points in it) until ``RemountRo``.
+    """
+    ops: list[tuple[str, Mount]] = [(path, BindFd(dest=path, fd=PINNED_FD_BASE + i))
+                                    for i, path in enumerate(pinned_sources(view))]
+    ops += [(path, Tmpfs(dest=path)) for path in view.hidden]
+    ops += [(path, Bind(src=path, dest=path)) for path in view.hidden_grants]
+    return [op for _, op in sorted(ops, key=lambda item: item[0])]
+
+
+def sealing(view: FsView) -> list[Mount]:
+    """The hidden directories' tmpfs made read-only: the sandbox's very last mounts, after exec masks and
+    generated files too, because every mount inside a hidden directory needs its mount point made first."""
+    return [RemountRo(dest=path) for path in view.hidden]
+
+
 def filesystem_args(view: FsView, masked_dirs: tuple[str, ...] = ()) -> list[str]:
-    """bwrap mount arguments for ``view``: ``filesystem_mounts`` rendered."""
-    return render_all(filesystem_mounts(view, masked_dirs))
+    """bwrap mount arguments for ``view``: ``filesystem_mounts`` and ``sealing`` rendered."""
+    return render_all(filesystem_mounts(view, masked_dirs) + sealing(view))
 
 
 def _outermost(paths: list[str]) -> list[str]:
@@ -131,7 +160,8 @@ def repair_runtime_env(env: dict[str, str], view: FsView, sandbox: str) -> tuple
     Returns the variables to override and the private directories to create:
     an unusable TMPDIR becomes ``/tmp``; an unusable XDG_RUNTIME_DIR becomes a
     fresh ``/tmp/fence-runtime-<sandbox>`` (mode 0700) that vanishes with the
-    sandbox's /tmp.  Writable inherited values are kept.
+    sandbox's /tmp (the usual ``/run/user/<uid>`` is hidden, so it is repaired
+    too).  Writable inherited values are kept.
     """
     changes: dict[str, str] = {}
     dirs: list[tuple[str, str]] = []
@@ -150,6 +180,9 @@ def writable_inside(view: FsView, path: str) -> bool:
     """Whether ``path`` can be written inside the sandbox (for TMPDIR / XDG_RUNTIME_DIR repair)."""
     if any(under(path, p) for p, _ in view.deny_read):
         return False
+    hidden = [h for h in view.hidden if under(path, h)]
+    if hidden and not any(under(path, w) and any(under(w, h) and w != h for h in hidden) for w, _ in view.write):
+        return False  # a hidden directory's tmpfs is read-only: only a write grant inside it is writable
     if any(under(path, p) for p in view.protected) or any(under(path, p) for p, _ in view.deny_write):
         return False
     if path in ("/tmp", SANDBOX_TMP) or any(under(path, d) for d, _ in view.runtime_dirs):

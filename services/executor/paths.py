@@ -13,9 +13,10 @@ without walking at all (the whole directory is masked).
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import time
+
+from fence.globmatch import fnmatch_case
 
 MAX_ENTRIES = 20000
 MAX_SECONDS = 0.2
@@ -101,7 +102,7 @@ def _glob(pattern: str, deadline: float, budget: list[int]) -> list[str] | None:
             except OSError:
                 continue
             budget[0] -= len(names)
-            nxt.extend(os.path.join(base, n) for n in names if fnmatch.fnmatchcase(n, part)
+            nxt.extend(os.path.join(base, n) for n in names if fnmatch_case(n, part)
                        and (not n.startswith(".") or part.startswith(".")))
         current = nxt
     return current

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-from fence.executor.mounts import PINNED_FD_BASE, filesystem_mounts, landlock_options, pinned_sources
+from fence.executor.mounts import PINNED_FD_BASE, filesystem_mounts, landlock_options, pinned_sources, sealing
 from fence.mountops import Bind, DataFile, render_all
 from fence.runplan import INFO_FD, FsView, HostFacts, NetPlan, RunPlan, SandboxPlan
 
@@ -124,6 +124,7 @@ def render(plan: RunPlan) -> SandboxPlan:
     hidden = ["/tmp", *host.masked_dirs, *(p for p, is_dir in view.deny_read if is_dir)]
     exec_denied = _exec_masks(plan.exec_masks, hidden)
     mounts += [Bind(src="/dev/null", dest=path) for path in exec_denied]
+    mounts += sealing(view)
     args += render_all(mounts)
     listen_inside = net.listen_inside
     args += ["--chdir", plan.cwd, "--info-fd", str(INFO_FD)]

@@ -3,8 +3,9 @@
 Only a PTY run imports this module.  Three parts:
 
 * **Inside** (the init helper ``fence.executor.inithelper`` with ``--pty``, run
-  by the host's interpreter, ``python -I -S``): ``setsid()`` + ``TIOCSCTTY`` on
-  its stdin, the PTY's slave, then (after Landlock) exec the command.  The command thus owns the
+  by the host's interpreter, ``python -I -S``): ``setsid()``, then it opens
+  its stdin, the PTY's slave, as the new session's leader (no TIOCSCTTY: the
+  filter refuses it), then (after Landlock) exec the command.  The command thus owns the
   PTY as its controlling terminal in a session of its own: ``/dev/tty``
   works, a shell does job control, and keyboard signals (the PTY's line
   discipline turns a Ctrl-C byte into SIGINT) reach the PTY's foreground

@@ -54,6 +54,18 @@ class RunRequest(msgspec.Struct):
     """``-p [ADDR:]PORT``: the host's ADDR:PORT reaches the sandbox's 127.0.0.1:PORT."""
     force_new_session: bool = False
     """``--force-new-session``: keep bwrap's ``--new-session`` even for a PTY run (as ``forceNewSession``)."""
+    terminal: bool | None = None
+    """Whether the sandbox's stdio is a terminal; None: look at this process's stdin and stdout (``fence run``)."""
+
+
+class StartRefused(FenceError):
+    """A start refused because of one part of its request: ``field`` is ``policy`` (the config could not
+    be loaded, or asks for what this fence cannot enforce) or ``argv`` (the command or SSH policy blocks
+    it).  ``fence run`` prints it like any ``FenceError``; the executor service names the field."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
 
 
 def new_sandbox_id() -> str:
@@ -67,38 +79,56 @@ async def blocking_wait(sandbox: Sandbox) -> int:
 async def run(bus: Bus, req: RunRequest, host: HostFacts,
               wait: Callable[[Sandbox], Awaitable[int]] = blocking_wait, relay_signals: bool = True,
               attach: Callable[..., None] | None = None) -> int:
-    """Run ``req`` to completion and return its exit code: one line per layer.
+    """Run ``req`` to completion and return its exit code: ``start``, wait, ``exited``, ``close``.
 
-    ``attach(sandbox, *listeners)`` hands the sockets made inside the sandbox's
-    netns to a proxy in this process (a lone run's ProxyService.attach),
-    lazily, on the sandbox's first connection.  Without it (a supervisor's
-    proxy) they are handed to the proxy process over its hand-off socket
-    (``handoff.py``) before the command starts.
+    ``attach(sandbox, *listeners)`` hands the sockets made inside the
+    sandbox's netns to a proxy in this process (a lone run's
+    ProxyService.attach), lazily, on the sandbox's first connection.  Without
+    it (a supervisor's proxy) they are handed to the proxy process over its
+    hand-off socket (``handoff.py``) before the command starts.
     """
+    running = await start(bus, req, host, relay_signals=relay_signals, attach=attach)
+    try:
+        assert running.sandbox is not None  # start returns only once it runs
+        _collect_from_now_on()
+        code = await wait(running.sandbox)
+        await running.exited(code)
+        return code
+    finally:
+        await running.close()                                   # placeholders, quarantine, relays, session
+
+
+async def start(bus: Bus, req: RunRequest, host: HostFacts, relay_signals: bool = True,
+                attach: Callable[..., None] | None = None, stdio: tuple[int, int, int] | None = None,
+                report: Callable[[list[str]], None] | None = None) -> Running:
+    """Every step up to a running command, one line per layer; the ``Running`` it returns must be closed.
+
+    The one start sequence of both ``fence run`` (``run``) and a detached
+    start in the executor service (``fence.executor.fleet``), which passes
+    ``stdio`` (bwrap's fds 0, 1, 2) and ``report`` (where warnings go; default
+    stderr).  Whatever fails on the way is undone before the error leaves.
+    """
+    report = report or say
     resolved = await resolve(bus, req)                          # config service: policy + provenance
     await admit(bus, req, resolved)                             # refused fields, command/SSH preflight
     facts = gather_facts(req, resolved, host)                   # filesystem, netns, Landlock, exec masks, seccomp
-    say(facts.warnings)
+    report(facts.warnings)
     opened = await open_session(bus, req, resolved.policy, facts)  # proxy session (none without network)
-    run = _Doing(bus, req, resolved, facts, opened)
+    running = Running(bus, req, resolved, facts, opened, report)
     try:
         plan = decide(req, resolved, facts, opened)             # every decision, pure: the RunPlan
-        say(plan.warnings)
-        plan = run.reserve_placeholders(plan)                   # missing protected paths made inert, bound ro
+        report(plan.warnings)
+        plan = running.reserve_placeholders(plan)               # missing protected paths made inert, bound ro
         rendered = render(plan)                                 # the bwrap invocation
         if req.debug:
             debug_plan(plan, rendered)
-        sandbox = run.launch(plan, rendered, relay_signals, attach)  # exec supervisor, pinned fds, bwrap, bridges
-        await bus.publish(run.lifecycle, LifecycleEvent(sandbox=req.sandbox, phase="started", ts=time.time(),
-                                                        pid=sandbox.init_pid or sandbox.pid, argv=req.command))
-        _collect_from_now_on()
-        code = await wait(sandbox)
-        await bus.publish(run.lifecycle, LifecycleEvent(sandbox=req.sandbox, phase="exited", ts=time.time(),
-                                                        pid=sandbox.init_pid or sandbox.pid, exit_code=code,
-                                                        signal=code - 128 if code > 128 else None))
-        return code
-    finally:
-        await run.close()                                       # placeholders, quarantine, relays, session
+        running.launch(plan, rendered, relay_signals, attach, stdio)  # exec supervisor, pinned fds, bwrap, bridges
+        await running.started()
+    except BaseException:
+        running.stop_sandbox()
+        await running.close()
+        raise
+    return running
 
 
 def _collect_from_now_on() -> None:
@@ -117,8 +147,8 @@ async def resolve(bus: Bus, req: RunRequest) -> ConfigResolveReply:
             ConfigResolveReply)
     except BusError as e:
         if getattr(e, "code", "") == "settings_missing":  # nothing was loaded: the message says it all
-            raise FenceError(getattr(e, "message", str(e))) from None
-        raise FenceError(f"failed to load config: {getattr(e, 'message', e)}") from None
+            raise StartRefused(getattr(e, "message", str(e)), "policy") from None
+        raise StartRefused(f"failed to load config: {getattr(e, 'message', e)}", "policy") from None
     if req.debug:
         say([f"[fence] Config: {source}" for source in resolved.sources])
     return resolved
@@ -130,8 +160,9 @@ def gather_facts(req: RunRequest, resolved: ConfigResolveReply, host: HostFacts)
 
 
 def decide(req: RunRequest, resolved: ConfigResolveReply, facts: RunFacts, opened: ProxySessionOpened) -> RunPlan:
+    terminal = (_isatty(0), _isatty(1)) if req.terminal is None else (req.terminal, req.terminal)
     return prepare(resolved.policy, req.command, req.cwd, req.env, req.sandbox, facts, opened, ports=req.ports,
-                   terminal=(_isatty(0), _isatty(1)), force_new_session=req.force_new_session, debug=req.debug)
+                   terminal=terminal, force_new_session=req.force_new_session, debug=req.debug)
 
 
 async def open_session(bus: Bus, req: RunRequest, policy, facts: RunFacts) -> ProxySessionOpened:
@@ -149,12 +180,15 @@ def say(lines: list[str]) -> None:
         print(printable(line), file=sys.stderr)
 
 
-class _Doing:
+class Running:
     """The side effects of one run, and their undoing in ``close`` (whatever stage the run reached)."""
 
     def __init__(self, bus: Bus, req: RunRequest, resolved: ConfigResolveReply, facts: RunFacts,
-                 opened: ProxySessionOpened):
-        self.bus, self.req, self.facts, self.opened = bus, req, facts, opened
+                 opened: ProxySessionOpened, report: Callable[[list[str]], None] = say):
+        self.bus, self.req, self.facts, self.opened, self.report = bus, req, facts, opened, report
+        self.sandbox: Sandbox | None = None
+        """The launched sandbox (set by ``launch``)."""
+        self.closed = False
         self.sources = RuleSources.from_reply(resolved)
         self.lifecycle = event(req.sandbox, "lifecycle")
         self.runtime: RuntimeExec | None = None
@@ -170,12 +204,13 @@ class _Doing:
             raise FenceError(str(e)) from None
         if not warnings:
             return plan
-        say([f"[fence] Warning: {w}" for w in warnings])
+        self.report([f"[fence] Warning: {w}" for w in warnings])
         protection = self.facts.fs.protection
         return msgspec.structs.replace(plan, fs=self.facts.fs.view, watch=list(protection.watch),
                                        reserve=[p for p in plan.reserve if p in protection.readonly])
 
-    def launch(self, plan: RunPlan, rendered, relay_signals: bool, attach) -> Sandbox:
+    def launch(self, plan: RunPlan, rendered, relay_signals: bool, attach,
+               stdio: tuple[int, int, int] | None = None) -> Sandbox:
         """Start the exec supervisor and the local-port relays, pin the writable sources, start bwrap,
         then hand the proxy listeners over and start the relays."""
         from fence.executor import runtimeexec  # lazy: a run refused before launch never loads it (~0.1 ms)
@@ -197,7 +232,7 @@ class _Doing:
             prepare_listeners = _hand_over_to(self.opened, len(net.proxy_listen), self.handed)
         try:
             inherit = {**runtime.inherit(), **self.facts.fs.pin(rendered.pinned)}
-            sandbox = Sandbox(rendered, relay_signals, inherit=inherit).start(prepare_listeners)
+            sandbox = Sandbox(rendered, relay_signals, inherit=inherit, stdio=stdio).start(prepare_listeners)
         except BaseException as e:
             for sock in host_listeners:
                 sock.close()
@@ -213,9 +248,33 @@ class _Doing:
         if self.forwarder is not None:  # local ports: relayed by this process, no proxy (works supervised too)
             _forward(self.forwarder, sandbox, network.outbound_listeners(list(net.outbound_ports)),
                      sandbox.listeners[len(net.proxy_listen):], list(zip(net.published, host_listeners, strict=True)))
+        self.sandbox = sandbox
         return sandbox
 
+    @property
+    def pid(self) -> int:
+        """The sandbox's pid as events report it: its init (bwrap's child), else bwrap."""
+        return (self.sandbox.init_pid or self.sandbox.pid) if self.sandbox is not None else 0
+
+    def stop_sandbox(self) -> None:
+        """Kill a launched sandbox and reap bwrap (a start that failed after launching must leave nothing)."""
+        if self.sandbox is not None and self.sandbox.pid:
+            self.sandbox.kill()
+
+    async def started(self) -> None:
+        await self.bus.publish(self.lifecycle, LifecycleEvent(sandbox=self.req.sandbox, phase="started",
+                                                              ts=time.time(), pid=self.pid, argv=self.req.command))
+
+    async def exited(self, code: int) -> None:
+        await self.bus.publish(self.lifecycle, LifecycleEvent(sandbox=self.req.sandbox, phase="exited", ts=time.time(),
+                                                              pid=self.pid, exit_code=code,
+                                                              signal=code - 128 if code > 128 else None))
+
     async def close(self) -> None:
+        """Undo what the run did; a second call does nothing."""
+        if self.closed:
+            return
+        self.closed = True
         if self.runtime is not None:
             self.runtime.close()
         protection = self.facts.fs.protection
@@ -278,13 +337,13 @@ async def admit(bus: Bus, req: RunRequest, resolved: ConfigResolveReply) -> None
     policy = resolved.policy
     missing = refused(policy)
     if missing:
-        raise FenceError(f"this fence cannot enforce {', '.join(missing)} yet; refusing to run with less "
-                         "protection than the config asks for (remove the field or pick another template)")
+        raise StartRefused(f"this fence cannot enforce {', '.join(missing)} yet; refusing to run with less "
+                           "protection than the config asks for (remove the field or pick another template)", "policy")
     blocked = check_command(None if req.command_string else req.command, req.command_string or None, policy,
                             RuleSources.from_reply(resolved), env=req.env)
     if blocked is not None:  # nothing starts; the block is an event like any other
         await bus.publish(event(req.sandbox, "preflight"), blocked.event(req.sandbox))
-        raise FenceError(blocked.message)
+        raise StartRefused(blocked.message, "argv")
 
 
 def _user_config_dir(resolved: ConfigResolveReply) -> str:

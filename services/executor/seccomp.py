@@ -9,6 +9,17 @@ no business making (see ``docs/linux-layers.md`` for the why of each):
   (docker.sock, ssh-agent), so the socket must never be created;
 * ``io_uring_*`` (it performs I/O the filter never sees), ``ioctl`` TIOCSTI
   and TIOCLINUX (typing into the controlling terminal);
+* kernel interfaces a sandbox has no use for (``KERNEL_INTERFACES``):
+  ``modify_ldt``, ``uselib``, ``quotactl``/``quotactl_fd``, the NUMA
+  placement calls, ``pidfd_getfd`` (taking another process's fds);
+* ``socket(AF_VSOCK)``: vsock is not network-namespaced, so it would reach
+  the hypervisor host whatever the network policy;
+* ``ioctl`` TIOCSETD and TIOCCONS on any fd; TIOCSCTTY on fds 0-2 (what the
+  sandbox was given) and in its steal form (arg 1) on any fd: seccomp cannot
+  tell a terminal the sandbox opened from one it inherited and ``dup``ed, so
+  a terminal it opened itself stays usable (``forkpty``: tmux, pexpect) and
+  the kernel's ownership rule covers the rest; the init helper takes a PTY as
+  controlling terminal without TIOCSCTTY (docs/linux-layers.md);
 * new namespaces of any kind (``unshare``/``clone`` namespace flags) and
   ``setns``: a fresh user namespace would hand back every capability;
 * the new mount API (``fsopen``, ``fsconfig``, ``fsmount``, ``fspick``,
@@ -38,8 +49,9 @@ import zlib
 from fence.runtime import cache_dir as default_cache_dir
 from fence.runtime import read_cache, write_cache
 
-FORMAT = 1
-"""Bump when the way rules compile changes (the rules themselves are hashed)."""
+FORMAT = 2
+"""Bump when the way rules compile changes (the rules themselves are hashed).
+2: the kernel-interface, AF_VSOCK and tty-control rules (a new name, so no older cached program is reused)."""
 MAX_PROGRAM = 65535
 """A cached program bigger than this is not one of ours (the kernel takes 4096 instructions, 32 KiB)."""
 
@@ -65,13 +77,34 @@ MOUNT_API = ("fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree
 
 NAMESPACE_CALLS = ("setns",)
 
+KERNEL_INTERFACES = (
+    "modify_ldt", "uselib", "quotactl", "quotactl_fd",
+    "mbind", "set_mempolicy", "set_mempolicy_home_node", "migrate_pages", "move_pages",
+    "pidfd_getfd",
+)
+"""x86 segment tables (modify_ldt) and a.out libraries (uselib): old, exploit-prone; quotas of the host's
+filesystems; NUMA placement (pages moved or pinned across the machine's memory nodes, other processes' too);
+pidfd_getfd: a copy of another process's fd.  modify_ldt exists on x86 only, uselib not on aarch64."""
+
 NEW_SYSCALL_NUMBERS = {"open_tree_attr": 467}
 """Calls newer than the libseccomp that may be installed (2.5.4 in Debian 12).
 Numbers from 424 on are the same on every architecture fence supports."""
 
 AF_UNIX = 1
+AF_VSOCK = 40
 TIOCSTI = 0x5412
 TIOCLINUX = 0x541C
+TIOCSCTTY = 0x540E
+TIOCCONS = 0x541D
+TIOCSETD = 0x5423
+TTY_INPUT = (TIOCSTI, TIOCLINUX)
+"""Typing into (or driving) a terminal."""
+TTY_CONTROL = (TIOCSCTTY, TIOCSETD, TIOCCONS)
+TTY_ANY_FD = (TIOCSETD, TIOCCONS)
+"""Refused on every fd: changing a terminal's line discipline, redirecting the console."""
+INHERITED_FDS = (0, 1, 2)
+"""Where TIOCSCTTY is refused (with its steal form, arg 1, everywhere): the descriptors the sandbox got."""
+"""Taking a terminal as controlling terminal, changing its line discipline, redirecting the console to it."""
 LOW32 = 0xFFFFFFFF
 """int arguments: the kernel ignores the upper half of the register, so the
 filter must too, or ``socket(0x100000001, ...)`` would slip past as AF_UNIX."""
@@ -114,18 +147,34 @@ def unix_sockets_allowed(policy) -> bool:
     return bool(net.allow_all_unix_sockets or net.allow_unix_sockets)
 
 
-def rules(*, deny_unix: bool, deny_socketpair: bool = True) -> tuple[Rule, ...]:
-    """The rule set, as plain data (hashed for the cache, compiled by ``compile_rules``)."""
-    out = [Rule(name) for name in REFERENCE_DENIED + IO_URING + MOUNT_API + NAMESPACE_CALLS]
+def _always() -> tuple[Rule, ...]:
+    """The rules every program has (everything but the AF_UNIX ones)."""
+    out = [Rule(name) for name in REFERENCE_DENIED + IO_URING + MOUNT_API + NAMESPACE_CALLS + KERNEL_INTERFACES]
     out.append(Rule("clone3", ENOSYS))
     out += [Rule("unshare", EPERM, (0, flag, flag)) for flag in CLONE_NAMESPACES + (CLONE_NEWTIME,)]
     out += [Rule("clone", EPERM, (0, flag, flag)) for flag in CLONE_NAMESPACES]
-    out += [Rule("ioctl", EPERM, (1, LOW32, request)) for request in (TIOCSTI, TIOCLINUX)]
-    if deny_unix:
-        out.append(Rule("socket", EPERM, (0, LOW32, AF_UNIX)))
-        if deny_socketpair:
-            out.append(Rule("socketpair", EPERM, (0, LOW32, AF_UNIX)))
+    out += [Rule("ioctl", EPERM, (1, LOW32, request)) for request in TTY_INPUT + TTY_ANY_FD]
+    # TIOCSCTTY: never on the descriptors the sandbox was given (0-2: the user's terminal, when it is
+    # one), never to steal (arg 1); a terminal the sandbox opened itself stays usable (forkpty)
+    out += [Rule("ioctl", EPERM, (0, LOW32, fd), (1, LOW32, TIOCSCTTY)) for fd in INHERITED_FDS]
+    out.append(Rule("ioctl", EPERM, (1, LOW32, TIOCSCTTY), (2, LOW32, 1)))
+    out.append(Rule("socket", EPERM, (0, LOW32, AF_VSOCK)))
     return tuple(out)
+
+
+ALWAYS = _always()
+"""Built at import, so ``rules`` is a tuple concatenation and a cache hit stays one small file read
+(seventy-odd small objects made inside ``build_program`` were enough to land a garbage collection there)."""
+
+
+def rules(*, deny_unix: bool, deny_socketpair: bool = True) -> tuple[Rule, ...]:
+    """The rule set, as plain data (hashed for the cache, compiled by ``compile_rules``)."""
+    if not deny_unix:
+        return ALWAYS
+    unix = [Rule("socket", EPERM, (0, LOW32, AF_UNIX))]
+    if deny_socketpair:
+        unix.append(Rule("socketpair", EPERM, (0, LOW32, AF_UNIX)))
+    return ALWAYS + tuple(unix)
 
 
 def build_program(policy, *, arch_native_only: bool = True, deny_socketpair: bool = True,
@@ -161,7 +210,7 @@ def cache_name(ruleset: tuple[Rule, ...], arch_native_only: bool) -> str:
 
 def compile_rules(ruleset: tuple[Rule, ...], *, arch_native_only: bool = True) -> bytes:
     """Compile ``ruleset`` with libseccomp (default ALLOW) and return the exported BPF."""
-    # lazy: only compiling a program needs pyseccomp (~10 ms); a cached one does not (test_seccomp.py)
+    # lazy: only compiling needs pyseccomp (see the module docstring); a cached program does not
     import pyseccomp as sc
 
     native = sc.SyscallFilter(sc.ALLOW)

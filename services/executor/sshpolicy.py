@@ -40,6 +40,7 @@ from fence.executor import shellparse
 from fence.executor.commandrules import Blocked, RuleSources, ruleset, use_defaults
 from fence.executor.shellparse import (Command, ParseError, basename, git_globals, option_cluster, split_words,
                                        ssh_option)
+from fence.globmatch import star_match
 from fence.goquote import go_quote
 from fence.policy import Policy
 
@@ -53,7 +54,7 @@ FENCE_POLICY = "fence ssh policy"
 """``Blocked.source`` of refusals that come from fence itself rather than a config rule."""
 
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
-_IPV6 = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\Z")
+_IPV6_CHARS = frozenset("0123456789ABCDEFabcdef:.")
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?\Z")
 _PORT = re.compile(r"[0-9]{1,5}\Z")
 _OPTION_VALUE = re.compile(r"[A-Za-z0-9_.:%,@*\[\] /+-]*\Z")
@@ -67,6 +68,12 @@ _SSH_FLAGS_NO_CONNECT = "GV"
 _SSH_ARG = "bcDEeFIiJLlmOoPpQRSWw"
 _SCP_ARG = "lPSoFciJXD"
 _SFTP_ARG = "cDilosSbBFJPRX"
+
+
+def _ipv6_like(host: str) -> bool:
+    """Hex digits, dots and at least one colon.  A set test, not a regex: ``[...]*:[...]*`` backtracks
+    quadratically over a long run of colons, and the host is the sandboxed command's."""
+    return ":" in host and set(host) <= _IPV6_CHARS
 
 
 class ResolveError(Exception):
@@ -146,7 +153,7 @@ def _set_dest(t: Target, text: str, dynamic: bool) -> None:
     if not host:
         t.unknown = f"no host in {go_quote(text)}"
         return
-    if not (_HOST.match(host) or _IPV6.match(host)) or (user and not _USER.match(user)) or \
+    if not (_HOST.match(host) or _ipv6_like(host)) or (user and not _USER.match(user)) or \
             (port and not _PORT.match(port)):
         t.host = text
         t.refuse(f"destination {go_quote(text)} has characters ssh would not accept in a host or user name",
@@ -657,21 +664,16 @@ def resolve(target: Target, env: Mapping[str, str] | None = None, ssh: str | Non
 
 # --------------------------------------------------------------------------- the decision
 
-_PATTERN_CACHE: dict[str, re.Pattern] = {}
-
-
 def host_matches(host: str, pattern: str) -> bool:
-    """Case-insensitive glob, ``*`` anywhere (as Fence matches hosts)."""
-    rx = _PATTERN_CACHE.get(pattern)
-    if rx is None:
-        rx = re.compile(".*".join(re.escape(p) for p in pattern.lower().split("*")) + r"\Z", re.S)
-        if len(_PATTERN_CACHE) > 256:
-            _PATTERN_CACHE.clear()
-        _PATTERN_CACHE[pattern] = rx
+    """Case-insensitive glob, ``*`` anywhere (as Fence matches hosts); ``[v6]`` compared without brackets.
+
+    The host comes from the sandboxed command, so the match must not backtrack
+    (``fence.globmatch``: linear in the host, whatever the pattern).
+    """
     host = host.lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    return rx.match(host) is not None
+    return star_match(host, pattern.lower())
 
 
 class _Check:
