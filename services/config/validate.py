@@ -79,7 +79,7 @@ def problems(policy: Policy) -> list[Problem]:
     out: list[Problem] = []
     net = policy.network
     if net.allowed_domains or net.denied_domains:
-        from fence.domains import pattern_problem  # lazily: a run whose config lists no domain never loads it
+        from fence.domains import pattern_problem  # lazy: configs listing no domain never load fence.domains (~0.3 ms)
 
         for kind, field, values in (("allowed", "allowedDomains", net.allowed_domains),
                                     ("denied", "deniedDomains", net.denied_domains)):

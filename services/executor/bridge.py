@@ -25,9 +25,13 @@ Only runs that allow some network pay it (and the ctypes import).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import socket
+import struct
+import threading
+import time
 
 NS_GET_USERNS = 0xB701  # _IO(0xb7, 0x1)
 CLONE_NEWUSER = 0x10000000
@@ -51,7 +55,7 @@ def _setns(fd: int, nstype: int) -> None:
     if hasattr(os, "setns"):  # Python >= 3.12
         os.setns(fd, nstype)
         return
-    import ctypes
+    import ctypes  # lazy: only Pythons without os.setns (< 3.12) need ctypes (~1.6 ms)
 
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.setns(fd, nstype) != 0:
@@ -61,8 +65,6 @@ def _setns(fd: int, nstype: int) -> None:
 
 def _enter_netns(pid: int) -> None:
     """Join the network namespace of ``pid`` (and the user namespace that owns it)."""
-    import fcntl
-
     netfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         userfd = fcntl.ioctl(netfd, NS_GET_USERNS)
@@ -90,10 +92,6 @@ def _wait_loopback_up(timeout: float = 2.0) -> None:
     already assigned then, but [::1] only appears once ``lo`` is up, so
     binding too early skipped the IPv6 listener now and then.
     """
-    import fcntl
-    import struct
-    import time
-
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         deadline = time.monotonic() + timeout
@@ -130,8 +128,6 @@ IPV6_SETTLE = 0.05
 
 def _listen_settled(host: str, port: int) -> socket.socket:
     """``_listen``, retrying ``::1`` briefly: the kernel adds it when lo comes up, a moment after 127.0.0.1."""
-    import time
-
     deadline = time.monotonic() + IPV6_SETTLE
     while True:
         try:
@@ -213,8 +209,7 @@ class NetnsHelper:
     """
 
     def __init__(self, pid: int, connect_timeout: float = 3.0):
-        import ctypes
-        import threading
+        import ctypes  # lazy: only -p's helper needs ctypes (~1.6 ms); filtered runs' bridges do not
 
         self._lock = threading.Lock()
         libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the child only calls prctl

@@ -9,6 +9,7 @@ the run (``FsError``).
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Sequence
 
@@ -77,8 +78,6 @@ def pin(paths: list[str]) -> dict[str, int]:
     (a second sandbox on the same project) could swap a directory for a
     symlink to somewhere it must not reach.  The fd pins what was checked.
     """
-    import fcntl
-
     fds: dict[str, int] = {}
     path = ""  # the one being opened, for the error
     try:
@@ -187,7 +186,7 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
 
 def _tmpfs_sizes(policy: Policy, devices: str) -> tuple[int, int]:
     """Bytes for the private /tmp and (minimal /dev only: the host's is the host's) /dev/shm."""
-    from fence.sizes import physical_memory, to_bytes
+    from fence.sizes import physical_memory, to_bytes  # lazy: config validation loaded it; runs stopped earlier do not
 
     fs = policy.filesystem
     memory = physical_memory()

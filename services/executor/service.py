@@ -15,12 +15,14 @@ import os
 
 from fence.bus import ServiceError
 from fence.executor.errors import FenceError
+from fence.executor.fleet import Fleet
 from fence.executor.host import HostError, host_facts
 from fence.executor.plan import render
 from fence.executor.prepare import gather, prepare
 from fence.messages import (ExecListRequest, ExecOutputRequest, ExecPlanReply, ExecPlanRequest, ExecSandboxRequest,
                             ExecSignalRequest, ExecStartRequest, ExecStdinRequest, ExecWaitRequest,
                             ProxySessionOpened)
+from fence.runtime import masked_path, runtime_dir
 from fence.service import Endpoint, Service
 from fence.subjects import (EXEC_INFO, EXEC_KILL, EXEC_LIST, EXEC_OUTPUT, EXEC_PLAN, EXEC_SIGNAL, EXEC_START,
                             EXEC_STDIN, EXEC_WAIT)
@@ -38,8 +40,6 @@ class ExecutorService(Service):
     def fleet(self):
         """The detached sandboxes (made on first use: a lone run's executor never starts one)."""
         if self._fleet is None:
-            from fence.executor.fleet import Fleet
-
             self._fleet = Fleet()
         return self._fleet
 
@@ -104,6 +104,4 @@ class ExecutorService(Service):
 
 def _runtime_dirs(env: dict[str, str]) -> tuple[str, ...]:
     """fence's runtime dir of the requester (what ``fence run`` masks), from its environment."""
-    from fence.runtime import masked_path, runtime_dir
-
     return (masked_path(runtime_dir(env)),)
