@@ -167,7 +167,7 @@ def _agent_tools(out: list[Problem], tools: list[str]) -> None:
         if not tool.strip():
             out.append((where, "filesystem.allowAgentConfig contains empty tool name; remove the empty entry"))
         elif tool not in AGENT_TOOLS:
-            from fence.config.load import suggest
+            from fence.config.load import suggest  # lazy: import cycle (load imports validate)
 
             hint = suggest(tool.lower(), list(AGENT_TOOLS))
             did = f'; did you mean "{hint}"?' if hint else ""
