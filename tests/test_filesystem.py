@@ -286,10 +286,12 @@ def test_nested_projects_are_protected(fence):
 
 def test_created_dangerous_files_are_quarantined(fence):
     work = _workspace(fence)
-    r = sh(fence, work, "echo '{}' > .mcp.json && mkdir -p .vscode .claude/commands && echo x > .vscode/tasks.json "
-                        "&& echo y > .claude/commands/evil.md && echo ok > fine.txt")
+    r = sh(fence, work, "echo '{}' > .mcp.json && mkdir -p .claude/commands && echo y > .claude/commands/evil.md "
+                        "&& echo ok > fine.txt && ! echo x > .vscode/tasks.json")
     assert r.returncode == 0, r.stderr
-    for name in (".mcp.json", ".vscode", ".claude/commands"):
+    assert "Read-only file system" in r.stderr  # .vscode: reserved as an empty read-only directory
+    assert not (work / ".vscode").exists() and not list(work.glob(".vscode.fence-quarantine-*"))
+    for name in (".mcp.json", ".claude/commands"):
         assert not (work / name).exists(), name
         quarantined = list((work / name).parent.glob(Path(name).name + ".fence-quarantine-*"))
         assert len(quarantined) == 1, name

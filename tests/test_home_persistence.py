@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from fence.executor.protect import HOME_PERSISTENCE
-from fence.executor.reserve import DIR
+from fence.protectednames import DIR, PROJECT, PROTECTED_NAMES
+
+HOME_PERSISTENCE = [(n.path, n.placeholder, n.why) for n in PROTECTED_NAMES if n.where != PROJECT]
+"""Every row of the table looked for in the home directory: (path, placeholder, why)."""
 
 pytestmark = pytest.mark.sandbox
 

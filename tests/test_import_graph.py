@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -140,3 +141,59 @@ def test_the_decision_core_imports_no_transport():
             if (name, target) not in PURE_USES and any(target == t or target.startswith(t + ".") for t in TRANSPORTS):
                 bad.append(f"libs/fence/{name}.py:{line}: {statement}")
     assert not bad, "the decision core imports a transport:\n" + "\n".join(bad)
+
+
+LAZY_REASON = re.compile(r"# lazy: \S")
+"""How a function-level import says why it is not at the module top: ``# lazy: what it saves``."""
+
+
+def unexplained_lazy_imports(source: str) -> list[tuple[int, str]]:
+    """(line, statement) of every import inside a function that gives no ``# lazy:`` reason.
+
+    The reason sits at the end of the import (any of its lines) or on the comment line
+    right above it.  Anything else belongs at the top of the module: a lazy import is
+    only worth its surprise where it keeps a module off a run that does not need it
+    (or breaks an import cycle), and the comment says which.
+    """
+    lines = source.splitlines()
+    found: dict[int, str] = {}
+    for func in ast.walk(ast.parse(source)):
+        if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(func):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            own = lines[node.lineno - 1:node.end_lineno or node.lineno]
+            above = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
+            if not any(LAZY_REASON.search(line) for line in own) and not (
+                    above.startswith("#") and LAZY_REASON.match(above)):
+                found[node.lineno] = lines[node.lineno - 1].strip()
+    return sorted(found.items())
+
+
+def test_the_lazy_import_scan_sees_what_it_must():
+    """Guards the guard: nested and async functions count, a reason on the line or above passes."""
+    source = ("import os\n"
+              "def f():\n"
+              "    import json\n"
+              "    import zlib  # lazy: only f needs it\n"
+              "    # lazy: only f needs it\n"
+              "    from fence import cli\n"
+              "    async def g():\n"
+              "        import asyncio  # lazily, no reason given\n"
+              "    x = 1  # lazy: not an import\n"
+              "    import shlex\n")
+    assert unexplained_lazy_imports(source) == [(3, "import json"), (8, "import asyncio  # lazily, no reason given"),
+                                               (10, "import shlex")]
+
+
+def test_every_lazy_import_says_why():
+    """An import inside a function in libs/ or services/ carries ``# lazy: <what it saves>``.
+
+    ``fence run`` keeps its import set small on purpose (tests/test_lone_run.py), so some
+    imports must wait until a run needs them; every other import goes at the top.
+    """
+    bad = [f"{path.relative_to(REPO)}:{line}: {statement}"
+           for path in sources() for line, statement in unexplained_lazy_imports(path.read_text(encoding="utf-8"))]
+    assert not bad, ("imports inside functions without a '# lazy: <reason>' comment (on the line or the one above;"
+                     " or move them to the module top):\n" + "\n".join(bad))

@@ -139,6 +139,7 @@ def test_hooks_path_reader(tmp_path):
 
 def test_quarantine_moves_new_paths_and_only_real_hooks(tmp_path):
     (tmp_path / ".mcp.json").write_text("{}")
+    (tmp_path / "HEAD").write_text("ref: refs/heads/main\n")  # a git dir: its hooks directory keeps samples
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "pre-commit").write_text("x")

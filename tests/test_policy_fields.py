@@ -47,6 +47,7 @@ DECIDED: dict[str, tuple[str, ...]] = {
     "filesystem.strictDenyRead": ("fsfacts.gather", "mounts.filesystem_mounts", "mounts.landlock_options"),
     "filesystem.allowGitConfig": ("protect.protected_paths", "mounts.filesystem_mounts"),
     "filesystem.allowWriteProtected": ("fsfacts.gather", "mounts.filesystem_mounts"),
+    "filesystem.allowAgentConfig": ("fsfacts.gather", "protect.protected_paths", "mounts.filesystem_mounts"),
     "filesystem.wslInterop": ("coverage.refused", "runner.admit", "seccomp.build_program"),
     "filesystem.tmpSize": ("fsfacts.gather", "mounts.filesystem_mounts"),
     "filesystem.shmSize": ("fsfacts.gather", "mounts.filesystem_mounts"),

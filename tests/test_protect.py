@@ -127,3 +127,147 @@ def test_a_corrupt_or_foreign_registry_never_stops_a_run_or_removes_what_it_name
     run = Reservation(str(state))
     run.close()
     assert keep.is_dir()
+
+
+# --- the table of protected names (fence.protectednames) ---------------------------------------
+
+SRT_AND_FENCE = (".gitconfig", ".gitmodules", ".bashrc", ".bash_profile", ".zshrc", ".zprofile", ".profile",
+                 ".ripgreprc", ".mcp.json", ".vscode", ".idea", ".claude/commands", ".claude/agents",
+                 ".claude/settings.json", ".claude/settings.local.json")
+"""The Go tool Fence's mandatory protections and srt's dangerous files (docs/filesystem.md#protected-names)."""
+ISSUE_15 = (".claude/settings.json", ".claude/settings.local.json", ".cursor", ".codex/config.toml",
+            ".gemini/settings.json", ".vscode", ".idea", ".envrc", ".devcontainer", ".github/hooks", ".mcp.json")
+
+
+def test_the_table_is_the_union_with_a_reason_a_row():
+    from fence.policy import AGENT_TOOLS
+    from fence.protectednames import BOTH, EMPTY, HOME, JSON, PROJECT, PROTECTED_NAMES, TOOL_NAMES
+
+    paths = [n.path for n in PROTECTED_NAMES]
+    assert len(paths) == len(set(paths)), "one row a path"
+    covered = set(paths) | {p.split("/", 1)[0] for p in paths}  # .codex covers .codex/config.toml in projects
+    assert not [p for p in SRT_AND_FENCE + ISSUE_15 if p not in covered]
+    for n in PROTECTED_NAMES:
+        assert n.why and n.where in (PROJECT, HOME, BOTH) and n.placeholder in (None, EMPTY, JSON, DIR), n
+        assert not n.path.startswith("/") and ".." not in n.path.split("/"), n
+    assert {n.tool for n in PROTECTED_NAMES if n.tool} == set(AGENT_TOOLS) == set(TOOL_NAMES)
+
+
+def test_the_documentation_lists_every_row():
+    from conftest import REPO
+    from fence.protectednames import PROTECTED_NAMES
+
+    doc = (REPO / "docs" / "filesystem.md").read_text()
+    section = doc.split("### Protected names", 1)[1].split("\n### ", 1)[0]
+    missing = [n.path for n in PROTECTED_NAMES if f"`{n.path}`" not in section]
+    assert not missing, f"docs/filesystem.md#protected-names misses {missing}"
+
+
+def test_the_working_directory_reserves_empty_directories_and_watches_files(tmp_path):
+    work, home = tmp_path / "w", tmp_path / "home"
+    (work / ".claude").mkdir(parents=True)
+    home.mkdir()
+    (work / ".github").mkdir()
+    p = protected_paths([str(work)], str(work), str(home), str(tmp_path / "cfg"))
+    reserved = {ph.path: ph.content for ph in p.placeholders}
+    for rel in (".cursor", ".codex", ".gemini", ".vscode", ".idea", ".devcontainer", ".opencode", ".github/hooks"):
+        assert reserved.get(str(work / rel)) == DIR and str(work / rel) in p.readonly, rel
+    for rel in (".mcp.json", ".envrc", ".devcontainer.json", "opencode.json", ".claude/settings.json",
+                ".claude/settings.local.json",  # a file placeholder is what git add -A commits
+                ".claude/commands", ".claude/hooks"):  # entries that run only when invoked or named
+        assert str(work / rel) in p.watch and str(work / rel) not in reserved, rel
+    assert str(work / ".github") in p.pinned  # holds a reserved directory: cannot be renamed away
+
+
+def test_nested_repositories_watch_and_the_home_rows_stay_in_the_home_directory(tmp_path):
+    work, home = tmp_path / "w", tmp_path / "home"
+    subprocess.run(["git", "init", "-q", str(work / "pkg")], check=True)
+    (home / ".cursor").mkdir(parents=True)
+    p = protected_paths([str(work), str(home / ".cursor")], str(work), str(home), str(tmp_path / "cfg"))
+    assert str(work / "pkg" / ".cursor") in p.watch and str(work / "pkg" / ".envrc") in p.watch
+    assert not [ph for ph in p.placeholders if ph.path.startswith(str(work / "pkg"))]  # bounded: cwd only
+    # ~/.cursor is Cursor's own state: only its mcp.json and hooks.json are protected, not the directory
+    assert str(home / ".cursor") not in p.readonly
+    assert {str(home / ".cursor" / "mcp.json"), str(home / ".cursor" / "hooks.json")} <= {
+        ph.path for ph in p.placeholders}
+
+
+def test_allow_agent_config_drops_only_the_named_tools_rows(tmp_path):
+    work, home = tmp_path / "w", tmp_path / "home"
+    (home / ".codex").mkdir(parents=True)
+    work.mkdir()
+    p = protected_paths([str(work), str(home / ".codex")], str(work), str(home), str(tmp_path / "cfg"),
+                        open_tools=["codex", "claude"])
+    protected = set(p.readonly) | set(p.watch)
+    assert not [x for x in protected if "/.codex" in x or "/.claude" in x or x.endswith(".mcp.json")], protected
+    assert str(work / ".gemini") in protected and str(work / ".bashrc") in protected
+
+
+def test_allow_agent_config_takes_known_tools_only():
+    policy = msgspec.convert({"filesystem": {"allowAgentConfig": ["claude", "Codex", "intellij", ""]}}, Policy)
+    found = dict(problems(policy))
+    assert "$.filesystem.allowAgentConfig[0]" not in found
+    assert found["$.filesystem.allowAgentConfig[1]"].startswith('unknown tool "Codex" in filesystem.allowAgentConfig; '
+                                                                'did you mean "codex"? (tools: claude, codex,')
+    assert "did you mean" not in found["$.filesystem.allowAgentConfig[2]"]
+    assert "empty tool name" in found["$.filesystem.allowAgentConfig[3]"]
+
+
+def test_a_symlinked_parent_of_a_protected_name_is_kept_as_the_link_it_is(tmp_path):
+    work = tmp_path / "w"
+    (work / "shared" / "claude").mkdir(parents=True)
+    (work / ".claude").symlink_to("shared/claude")
+    p = protected_paths([str(work)], str(work), str(tmp_path / "home"), str(tmp_path / "cfg"))
+    assert (str(work / ".claude"), "shared/claude") in p.links
+    assert str(work / "shared" / "claude" / "commands") in p.watch
+
+
+def test_quarantine_moves_a_link_made_in_place_of_a_watched_parent_not_what_it_leads_to(tmp_path):
+    from fence.executor.protect import quarantine
+
+    work, theirs = tmp_path / "w", tmp_path / "theirs"
+    work.mkdir()
+    theirs.mkdir()
+    (theirs / "settings.json").write_text('{"mine": 1}')
+    watched = [str(work / ".claude" / "settings.json"), str(work / ".claude" / "settings.local.json")]
+    (work / ".claude").symlink_to(theirs)  # made by the sandbox during the run
+    moved = quarantine(watched, "id2")
+    assert [(path, os.path.basename(to)) for path, to, _ in moved] == [(str(work / ".claude"),
+                                                                        ".claude.fence-quarantine-id2")]
+    assert (theirs / "settings.json").read_text() == '{"mine": 1}' and not (work / ".claude").exists()
+
+
+def test_quarantine_keeps_samples_only_in_git_hooks_directories(tmp_path):
+    from fence.executor.protect import quarantine
+
+    hooks = tmp_path / ".claude" / "hooks"
+    hooks.mkdir(parents=True)
+    (hooks / "pre-tool.sample").write_text("x")
+    moved = quarantine([str(hooks)], "id3")
+    assert [os.path.basename(to) for _, to, _ in moved] == ["hooks.fence-quarantine-id3"]
+
+
+def test_a_placeholder_another_run_holds_keeps_its_place_in_quarantine(tmp_path, monkeypatch):
+    from fence.executor.protect import quarantine
+    from fence.runtime import runtime_dir
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    work = tmp_path / "w"
+    work.mkdir()
+    held = Reservation(runtime_dir())
+    try:
+        held.make([Placeholder(str(work / ".vscode"), str(work), DIR)])
+        (work / ".vscode" / "tasks.json").write_text("evil")  # by a sandbox that did not bind it
+        moved = quarantine([str(work / ".vscode")], "id4")
+        assert [os.path.basename(to) for _, to, _ in moved] == ["tasks.json.fence-quarantine-id4"]
+        assert (work / ".vscode").is_dir()  # renaming it would free the name in the holder's sandbox
+    finally:
+        held.close()
+
+
+def test_reserved_directories_in_the_working_directory_are_watched_too(tmp_path):
+    work = tmp_path / "w"
+    (work / ".idea").mkdir(parents=True)
+    p = protected_paths([str(work)], str(work), str(tmp_path / "home"), str(tmp_path / "cfg"))
+    assert str(work / ".vscode") in p.watch and str(work / ".vscode") in p.readonly
+    assert str(work / ".idea") not in p.watch  # the user's own: never moved aside

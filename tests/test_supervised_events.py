@@ -96,8 +96,11 @@ def supervised():
     finally:
         down = sup.fence("down", cwd=root)
         leftover = os.listdir(root / "run")
+        # the runs' placeholder locks stay (removing a lock file a run may be waiting on would split the lock)
+        locks = set(os.listdir(root / "run" / "fence")) if leftover == ["fence"] else set()
         shutil.rmtree(root, ignore_errors=True)
-        assert down.returncode == 0 and leftover == [], (down.stderr, leftover)
+        assert down.returncode == 0 and (leftover == [] or locks <= {"reserve.lock", "placeholders.lock"}), (
+            down.stderr, leftover, locks)
 
 
 def sample(kind: str, sandbox: str) -> messages.Message:

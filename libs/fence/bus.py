@@ -47,6 +47,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from fence.messages import PROTOCOL_VERSION, ErrorReply, Message
+from fence.textsafe import printable
 
 T = TypeVar("T")
 
@@ -217,8 +218,6 @@ def decoder_for(msg_type: Any) -> msgspec.json.Decoder:
 
 def _warn(line: str) -> None:
     """A bus warning on stderr, escaped: an exception's text may quote what a peer sent (``fence.textsafe``)."""
-    from fence.textsafe import printable
-
     print(printable(line), file=sys.stderr)
 
 
@@ -452,7 +451,7 @@ class InProcessBus(TypedBus):
             if not replies:
                 raise RequestTimeout(f"request on {subject} got no reply")
             return replies[0]
-        import asyncio
+        import asyncio  # lazy: only when an event loop drives this bus, never in a lone run (~35 ms)
 
         future = loop.create_future()
 
@@ -514,7 +513,7 @@ class InProcessBus(TypedBus):
         for sub in list(self._subs):
             await sub.unsubscribe()
         if self._tasks:
-            import asyncio
+            import asyncio  # lazy: only when an event loop drives this bus, never in a lone run (~35 ms)
 
             await asyncio.wait(list(self._tasks), timeout=DRAIN_GRACE)
         for task in list(self._tasks):

@@ -155,7 +155,7 @@ def parse_port(value: str) -> tuple[str, int]:
     The address must be an IP literal (no name is resolved); anything else is
     ``UsageError("invalid port: VALUE")``, in Fence's words (docs/compatibility.md#messages).
     """
-    import socket
+    import socket  # lazy: only -p needs socket (~3 ms)
 
     addr, sep, port = value.rpartition(":")
     if not sep:
@@ -182,7 +182,7 @@ def print_version() -> None:
 
 def error(message: str) -> int:
     """``Error: MESSAGE`` on stderr, exit 1; escaped (``fence.textsafe``): messages quote commands and paths."""
-    from fence.textsafe import printable_message
+    from fence.textsafe import printable_message  # lazy: only errors need it; --help/--version skip it (~0.1 ms)
 
     print(f"Error: {printable_message(message)}", file=sys.stderr)
     return 1
@@ -191,15 +191,15 @@ def error(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in SUPERVISOR_COMMANDS:
-        from fence import supervisor
+        from fence import supervisor  # lazy: only up/status/down load the supervisor (asyncio and all, ~60 ms)
 
         return getattr(supervisor, f"main_{args[0]}")(args[1:])
     if args and args[0] in CONFIG_COMMANDS:
-        from fence.config import commands
+        from fence.config import commands  # lazy: only config/import/completion need argparse and the commands (~4 ms)
 
         return getattr(commands, f"main_{args[0]}")(args[1:])
     if args and args[0] in FLEET_COMMANDS:
-        from fence import fleetcli
+        from fence import fleetcli  # lazy: only ps/logs/attach/kill/wait talk to the fleet (asyncio, uvloop: ~40 ms)
 
         return fleetcli.main(args[0], args[1:])
     if args and args[0] == "run":
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if not opts.detach and (opts.interactive or opts.tty or opts.labels or opts.tail):
         return error("-i/--interactive, --tty, --label and --tail are for fence run --detach")
     if opts.linux_features:
-        from fence.executor.features import detect, report
+        from fence.executor.features import detect, report  # lazy: only --linux-features needs the report (~0.6 ms)
 
         sys.stdout.write(report(detect(probe=True)))
         return 0
@@ -269,11 +269,11 @@ def run_command(opts: RunOptions) -> int:
     # once the command runs (runner.run: gc.freeze + gc.enable), for the sandbox's whole life.
     gc.disable()
     _keep_inherited_fds_out()
-    from fence.executor.host import HostError, host_facts, which
-    from fence.executor.runner import FenceError, RunRequest, new_sandbox_id
+    from fence.executor.host import HostError, host_facts, which  # lazy: no executor for --help/--version (~25 ms)
+    from fence.executor.runner import FenceError, RunRequest, new_sandbox_id  # lazy: no executor for --help/--version
 
     if opts.command_string:
-        from fence.executor.shell import ShellError, select_shell
+        from fence.executor.shell import ShellError, select_shell  # lazy: only -c picks a shell (~0.1 ms)
 
         try:
             shell = select_shell(opts.shell, os.environ, which)
@@ -304,7 +304,7 @@ def run_command(opts: RunOptions) -> int:
         if opts.debug:
             print(route_line(bus_url, supervisor), file=sys.stderr)
         if bus_url:
-            from fence.executor.remote import run_over_nats
+            from fence.executor.remote import run_over_nats  # lazy: only a supervised run (asyncio, uvloop: ~30 ms)
 
             return run_over_nats(bus_url, supervisor, req, host, monitor=opts.monitor)
         return _run_lone(req, host, monitor=opts.monitor)
@@ -314,8 +314,8 @@ def run_command(opts: RunOptions) -> int:
 
 def _start_detached(opts: RunOptions, command: list[str], env: dict[str, str]) -> int:
     """``fence run --detach``: the supervisor's executor starts and keeps the sandbox; print its id."""
-    from fence import fleetcli
-    from fence.messages import ExecStartRequest
+    from fence import fleetcli  # lazy: only --detach talks to the fleet (asyncio, uvloop: ~40 ms)
+    from fence.messages import ExecStartRequest  # lazy: loaded by the executor by now; kept off --help/--version
 
     if opts.ports or opts.debug or opts.monitor or opts.force_new_session:
         return error("-p/--port, -d, -m and --force-new-session are not available with --detach yet")
@@ -331,17 +331,17 @@ def _start_detached(opts: RunOptions, command: list[str], env: dict[str, str]) -
 
 def _run_lone(req, host, monitor: bool) -> int:
     """Every service in this process over the in-process bus, no event loop."""
-    from fence.bus import InProcessBus, run_sync
-    from fence.config.service import ConfigService
-    from fence.executor.runner import run
-    from fence.proxy.service import ProxyService
+    from fence.bus import InProcessBus, run_sync  # lazy: loaded by the runner by now; kept off --help/--version
+    from fence.config.service import ConfigService  # lazy: only a lone run hosts the config service
+    from fence.executor.runner import run  # lazy: loaded by run_command; kept off --help/--version
+    from fence.proxy.service import ProxyService  # lazy: only a lone run hosts the proxy service
 
     bus = InProcessBus()
     # host-loopback listeners only in relaxed mode; otherwise the sandbox's own (bridges) are attached
     proxy = ProxyService(loopback="relaxed")
     services = [ConfigService(), proxy]
     if req.debug or monitor:  # a lone run's monitor only prints; without -d/-m nobody reads its events
-        from fence.monitor.service import MonitorService
+        from fence.monitor.service import MonitorService  # lazy: only -d/-m print events (~0.3 ms)
 
         services.append(MonitorService(console=sys.stderr, debug=req.debug, monitor=monitor))
     for service in services:
@@ -357,8 +357,8 @@ def _private_dirs() -> tuple[str, ...]:
     Something planted there (a symlink, a file, another user's directory) stops
     the run with a message naming it (``HostError``): fence never follows it.
     """
-    from fence.executor.host import HostError
-    from fence.runtime import UnsafeDir, private_runtime_dirs
+    from fence.executor.host import HostError  # lazy: loaded by run_command; kept off --help/--version
+    from fence.runtime import UnsafeDir, private_runtime_dirs  # lazy: loaded by now; kept off --help/--version (~18 ms)
 
     try:
         return private_runtime_dirs()
@@ -383,7 +383,7 @@ def _find_bus(opts: RunOptions):
     """The supervisor's bus URL (``--bus`` or its runtime file), or "" for a lone run."""
     if opts.bus_url:
         return opts.bus_url, None
-    from fence.runtime import find_supervisor
+    from fence.runtime import find_supervisor  # lazy: loaded by the executor by now; kept off --help/--version (~18 ms)
 
     info = find_supervisor()
     return (info.nats_url, info) if info is not None else ("", None)

@@ -15,9 +15,26 @@ sandbox's code as ``fence run`` would (128+N after signal N).
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shlex
+import signal
 import sys
+import termios
+import threading
 import time
+import tty
+
+import msgspec
+import uvloop
+
+from fence.bus import BusError, NoResponders, RemoteError, RequestTimeout
+from fence.messages import (ExecAck, ExecListReply, ExecListRequest, ExecOutputReply, ExecOutputRequest,
+                            ExecSandboxRequest, ExecSignalRequest, ExecStartReply, ExecStdinRequest, ExecWaitReply,
+                            ExecWaitRequest, SandboxInfo)
+from fence.natsbus import NatsBus
+from fence.runtime import client_credentials, find_supervisor, read_credentials, uptime
+from fence.subjects import EXEC_INFO, EXEC_KILL, EXEC_LIST, EXEC_OUTPUT, EXEC_SIGNAL, EXEC_START, EXEC_STDIN, EXEC_WAIT
 
 USAGE = """\
 Usage:
@@ -64,9 +81,6 @@ def main(command: str, args: list[str]) -> int:
 
 def start_detached(bus_url: str, start) -> int:
     """``fence run --detach``: start ``start`` (an ``ExecStartRequest``), print its id, return."""
-    from fence.messages import ExecStartReply
-    from fence.subjects import EXEC_START
-
     async def go(bus) -> int:
         reply = await _ask(bus, EXEC_START, start, ExecStartReply, START_TIMEOUT)
         for line in reply.warnings:
@@ -123,7 +137,6 @@ def bus_url(flag: str) -> str:
     """``--bus`` or the running supervisor's URL; a clear error when there is none."""
     if flag:
         return flag
-    from fence.runtime import find_supervisor
 
     info = find_supervisor()
     if info is None:
@@ -150,13 +163,8 @@ def _session(opts: dict, command: str):
 
 
 async def _ps(bus, as_json: bool) -> int:
-    from fence.messages import ExecListReply, ExecListRequest
-    from fence.subjects import EXEC_LIST
-
     reply = await _ask(bus, EXEC_LIST, ExecListRequest(), ExecListReply)
     if as_json:
-        import msgspec
-
         rows = [msgspec.structs.asdict(info) for info in reply.sandboxes]
         for row in rows:
             row.pop("type", None)
@@ -169,12 +177,8 @@ async def _ps(bus, as_json: bool) -> int:
 
 def format_table(sandboxes, now: float) -> str:
     """``fence ps``'s table: one line per sandbox, newest last."""
-    from fence.runtime import uptime
-
     rows = [("ID", "TENANT", "LABELS", "COMMAND", "STATE", "AGE", "EXIT")]
     for info in sandboxes:
-        import shlex
-
         command = shlex.join(info.argv)
         rows.append((info.sandbox, info.tenant or "-",
                      ",".join(f"{k}={v}" for k, v in sorted(info.labels.items())) or "-",
@@ -191,9 +195,6 @@ async def _logs(bus, sandbox: str, follow: bool) -> int:
 
 
 async def _wait(bus, sandbox: str) -> int:
-    from fence.messages import ExecWaitReply, ExecWaitRequest
-    from fence.subjects import EXEC_WAIT
-
     await _known(bus, sandbox)
     while True:
         reply = await _ask(bus, EXEC_WAIT, ExecWaitRequest(sandbox=sandbox, timeout=FOLLOW_WAIT), ExecWaitReply,
@@ -203,9 +204,6 @@ async def _wait(bus, sandbox: str) -> int:
 
 
 async def _kill(bus, sandbox: str, signal: str) -> int:
-    from fence.messages import ExecAck, ExecSandboxRequest, ExecSignalRequest
-    from fence.subjects import EXEC_KILL, EXEC_SIGNAL
-
     if signal:
         await _ask(bus, EXEC_SIGNAL, ExecSignalRequest(sandbox=sandbox, signal=signal), ExecAck)
     else:
@@ -215,13 +213,6 @@ async def _kill(bus, sandbox: str, signal: str) -> int:
 
 async def _attach(bus, sandbox: str) -> int:
     """Output (the retained tail, then live), our stdin to its stdin, our signals to its command."""
-    import asyncio
-    import signal
-    import threading
-
-    from fence.messages import ExecAck, ExecSignalRequest, ExecStdinRequest
-    from fence.subjects import EXEC_SIGNAL, EXEC_STDIN
-
     info = await _known(bus, sandbox)
     loop = asyncio.get_running_loop()
     tasks: set = set()
@@ -281,9 +272,6 @@ async def _attach(bus, sandbox: str) -> int:
 def _raw_terminal():
     """Our terminal in raw mode for a sandbox's PTY (every key, Ctrl-C too, goes to it); returns how to
     restore it, or None when stdin is no terminal."""
-    import termios
-    import tty
-
     try:
         saved = termios.tcgetattr(0)
     except (termios.error, OSError):
@@ -308,9 +296,6 @@ def _forgotten(tasks: set):
 
 async def _known(bus, sandbox: str):
     """The sandbox's ``SandboxInfo``: from here on, silence from the executor means it was lost."""
-    from fence.messages import ExecSandboxRequest, SandboxInfo
-    from fence.subjects import EXEC_INFO
-
     return await _ask(bus, EXEC_INFO, ExecSandboxRequest(sandbox=sandbox), SandboxInfo)
 
 
@@ -318,9 +303,6 @@ async def _follow(bus, sandbox: str, live: bool):
     """Print the sandbox's output from the start of what is retained; with ``live`` until it ends.
 
     Returns the sandbox's last ``SandboxInfo``.  A ``dropped`` marker is said on stderr."""
-    from fence.messages import ExecOutputReply, ExecOutputRequest
-    from fence.subjects import EXEC_OUTPUT
-
     await _known(bus, sandbox)
     after = 0
     out, err = sys.stdout.buffer, sys.stderr.buffer
@@ -346,15 +328,10 @@ async def _follow(bus, sandbox: str, live: bool):
 # --- the bus ------------------------------------------------------------------------------
 
 def _run(coro) -> int:
-    import uvloop
-
     return uvloop.run(coro)
 
 
 async def _with_bus(flag: str, go) -> int:
-    from fence.bus import BusError
-    from fence.natsbus import NatsBus
-
     url = bus_url(flag)
     creds = _credentials()
     try:
@@ -371,8 +348,6 @@ async def _with_bus(flag: str, go) -> int:
 async def _ask(bus, subject: str, msg, reply_type, timeout: float = REQUEST_TIMEOUT, lost: str = ""):
     """One request; failures become one-line ``CliError``s.  ``lost``: the sandbox being followed, whose
     executor answered before; silence or "no such sandbox" now means that executor is gone."""
-    from fence.bus import BusError, NoResponders, RemoteError, RequestTimeout
-
     try:
         return await bus.request(subject, msg, reply_type, timeout=timeout)
     except RemoteError as e:
@@ -390,8 +365,6 @@ async def _ask(bus, subject: str, msg, reply_type, timeout: float = REQUEST_TIME
 
 def _credentials():
     """The ``client`` user's credentials: ``$FENCE_BUS_CREDS`` or the supervisor's runtime dir."""
-    from fence.runtime import client_credentials, read_credentials
-
     path = os.environ.get("FENCE_BUS_CREDS")
     try:
         return read_credentials(path) if path else client_credentials()

@@ -83,6 +83,12 @@ class FilesystemConfig(_Part):
     """Paths that mandatory protection keeps read-only (shell startup files, git hooks and config, agent
     settings such as ~/.claude.json), made writable on purpose: each is named exactly, no globs, and must
     also be in allowWrite. fence's own config files stay protected."""
+    allow_agent_config: list[str] = []
+    """Tools whose protected agent and editor files stay writable where allowWrite grants them, on purpose:
+    "claude", "codex", "copilot", "cursor", "devcontainer", "direnv", "gemini", "jetbrains", "opencode",
+    "vscode" (each tool's files are listed in docs/filesystem.md). A sandbox can then plant hooks, MCP servers
+    or tasks that the tool runs outside it later. Shell startup files, git and fence's own config stay
+    protected."""
     wsl_interop: bool | None = None
     """WSL: let the sandbox start Windows programs (/init). Never granted by fence (true only gets a -d note);
     unset or false, a run that could reach WSL's interop server is refused."""
@@ -181,6 +187,10 @@ class Policy(_Part):
     """macOS-only settings."""
 
 
+AGENT_TOOLS = ("claude", "codex", "copilot", "cursor", "devcontainer", "direnv", "gemini", "jetbrains", "opencode",
+               "vscode")
+"""The names ``filesystem.allowAgentConfig`` takes: the tools of ``fence.protectednames``' table."""
+
 _ENTRY = {"items": {"type": "string", "minLength": 1}}
 _PORT = {"minimum": 0, "maximum": 65535}
 _SIZE = {"pattern": r"^$|^\s*([0-9]+[KMGTkmgt]?|([0-9]+(\.[0-9]*)?|\.[0-9]+)%)\s*$", "minimum": 0}
@@ -199,6 +209,7 @@ SCHEMA_EXTRA: dict[str, dict] = {
     "FilesystemConfig.allowWrite": _ENTRY,
     "FilesystemConfig.denyRead": _ENTRY,
     "FilesystemConfig.denyWrite": _ENTRY,
+    "FilesystemConfig.allowAgentConfig": {"items": {"type": "string", "enum": list(AGENT_TOOLS)}},
     "FilesystemConfig.tmpSize": _SIZE,
     "FilesystemConfig.shmSize": _SIZE,
     "DevicesConfig.mode": {"enum": ["", "auto", "minimal", "host"]},

@@ -21,6 +21,7 @@ sees half a file.  The supervisor removes all of them when it stops.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Mapping
@@ -273,8 +274,6 @@ def _read_checked(path: str, max_size: int) -> tuple[bytes | None, str]:
 
 
 def _why(error: OSError) -> str:
-    import errno
-
     if error.errno in (errno.ELOOP, errno.ENOTDIR):
         return "a symlink (fence never follows one there)" if error.errno == errno.ELOOP else "not a directory"
     return error.strerror or str(error)

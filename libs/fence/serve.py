@@ -13,13 +13,23 @@ second.  It also exits when the supervisor that started it is gone
 
 Any failure to start prints one ``Error: ...`` line on stderr and exits 1.
 The module is importable cheaply (the supervisor reads ``COMPONENTS``):
-asyncio, uvloop, nats and prometheus-client are imported only in ``main``.
+prometheus-client is imported only when serving, nats only on connecting.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import os
+import signal
 import sys
+
+import uvloop
+
+from fence.bus import BusError
+from fence.natsbus import NatsBus
+from fence.runtime import read_credentials
+from fence.textsafe import printable
 
 COMPONENTS: dict[str, tuple[str, str, str]] = {
     # component: (module, class, NATS micro service name)
@@ -40,8 +50,6 @@ class StartError(Exception):
 
 
 def load_service_class(component: str):
-    import importlib
-
     try:
         module_name, class_name, _ = COMPONENTS[component]
     except KeyError:
@@ -53,8 +61,6 @@ def load_service_class(component: str):
 
 
 def _credentials():
-    from fence.runtime import read_credentials
-
     path = os.environ.get("FENCE_BUS_CREDS", "")
     if not path:
         raise StartError("FENCE_BUS_CREDS is not set (the path of this service's bus credentials file)")
@@ -65,12 +71,8 @@ def _credentials():
 
 
 async def _serve(component: str, service_cls, creds) -> int:
-    import asyncio
-    import signal
-
-    from fence.bus import BusError
+    # lazy: prometheus-client (~35 ms): the supervisor imports this module only for COMPONENTS
     from fence.metrics import Metrics
-    from fence.natsbus import NatsBus
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -128,8 +130,6 @@ def _options(component: str) -> dict:
 async def _bounded(coro, seconds: float) -> None:
     """Best-effort shutdown step: at most ``seconds``, then abandoned (``wait_for`` would wait
     for a cancelled ``close()`` that is stuck on a dead connection)."""
-    import asyncio
-
     task = asyncio.ensure_future(coro)
     done, _ = await asyncio.wait({task}, timeout=seconds)
     if not done:
@@ -147,12 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service_cls = load_service_class(component)
         creds = _credentials()
-        import uvloop
-
         return uvloop.run(_serve(component, service_cls, creds))
     except StartError as e:
-        from fence.textsafe import printable
-
         print(printable(f"Error: fence {component} service: {e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -16,8 +16,16 @@ import os
 import sys
 from typing import NoReturn
 
-from fence.config import discover, templates
+import msgspec
+
+from fence.config import discover, jsonc, templates
+from fence.config.completion import SHELLS, script
 from fence.config.errors import ConfigError, SettingsFileMissing
+from fence.config.importer import translate_claude
+from fence.config.load import parse
+from fence.config.merge import set_fields
+from fence.config.resolve import resolve
+from fence.config.schema import SCHEMA_ID, render
 from fence.messages import ConfigResolveRequest
 from fence.textsafe import printable, printable_message
 
@@ -83,8 +91,6 @@ def _prune(value):
 
 
 def policy_json(policy) -> str:
-    import msgspec
-
     return json.dumps(_prune(msgspec.to_builtins(policy)), indent=2) + "\n"
 
 
@@ -116,9 +122,6 @@ def main_config(argv: list[str]) -> int:
 
 
 def _config_show(args) -> int:
-    from fence.config.merge import set_fields
-    from fence.config.resolve import resolve
-
     reply = resolve(_request(args.settings, args.template))
     _say("Active config chain:")
     for i, source in enumerate(reply.sources):
@@ -176,8 +179,6 @@ STARTER = """\
 
 
 def starter(template: str = "") -> str:
-    from fence.config.schema import SCHEMA_ID
-
     if template:
         extends = (f'  // Start from the built-in "{template}" template: lists below are added to its lists.\n'
                    f'  "extends": "{template}",\n')
@@ -197,7 +198,6 @@ def _config_init(args) -> int:
     if os.path.lexists(path) and not args.force:
         return _error(f"{path} already exists; use --force to overwrite it")
     text = starter(template)
-    from fence.config.load import parse
 
     parse(text.encode(), "the starter config")  # never write a config fence would reject
     _write(path, text)
@@ -214,8 +214,6 @@ def _write(path: str, text: str) -> None:
 
 
 def _config_schema(args) -> int:
-    from fence.config.schema import render
-
     sys.stdout.write(render())
     return 0
 
@@ -247,10 +245,6 @@ def main_import(argv: list[str]) -> int:
 
 
 def _import(args) -> int:
-    from fence.config import jsonc
-    from fence.config.importer import translate_claude
-    from fence.config.load import parse
-
     if not args.claude:
         return _error("say what to import: --claude (the only importer so far)")
     extends = "" if args.no_extend else args.extend
@@ -298,8 +292,6 @@ def _import(args) -> int:
 # --- fence completion ----------------------------------------------------------------------
 
 def main_completion(argv: list[str]) -> int:
-    from fence.config.completion import SHELLS, script
-
     parser = _Parser(prog="fence completion", description="Print a shell completion script.")
     parser.add_argument("shell", choices=SHELLS)
     return _run(parser, argv, lambda args: sys.stdout.write(script(args.shell)) and 0)

@@ -180,7 +180,7 @@ def _all_paths(cls=Policy, prefix: str = "") -> dict[str, str]:
 
 def suggest(key: str, known: list[str]) -> str | None:
     """The known key ``key`` was probably meant to be, or None."""
-    import difflib
+    import difflib  # lazy: only an unknown name needs suggestions (difflib ~1 ms)
 
     squashed = key.replace("_", "").replace("-", "").lower()
     for k in known:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from fence.config.load import suggest
+
 DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 SUFFIX = ".jsonc"
 
@@ -54,8 +56,6 @@ def description(name: str) -> str:
 
 def unknown_message(name: str) -> str:
     """`unknown template "x"; did you mean "y"?` plus the list of templates."""
-    from fence.config.load import suggest
-
     available = names()
     hint = suggest(canonical(name), available)
     did = f'; did you mean "{hint}"?' if hint else ""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import posixpath
 
-from fence.policy import Policy
+from fence.policy import AGENT_TOOLS, Policy
 from fence.sizes import size_problem
 
 Problem = tuple[str, str]
@@ -79,7 +79,7 @@ def problems(policy: Policy) -> list[Problem]:
     out: list[Problem] = []
     net = policy.network
     if net.allowed_domains or net.denied_domains:
-        from fence.domains import pattern_problem  # lazily: a run whose config lists no domain never loads it
+        from fence.domains import pattern_problem  # lazy: configs listing no domain never load fence.domains (~0.3 ms)
 
         for kind, field, values in (("allowed", "allowedDomains", net.allowed_domains),
                                     ("denied", "deniedDomains", net.denied_domains)):
@@ -122,6 +122,8 @@ def problems(policy: Policy) -> list[Problem]:
                         f'filesystem.allowWriteProtected entry "{path}" is a pattern: name each protected path '
                         'exactly (e.g. "~/.claude.json"), so no protection is opened by accident'))
 
+    _agent_tools(out, fs.allow_agent_config)
+
     dev = policy.devices
     if dev.mode not in ("", "auto", "minimal", "host"):
         out.append(("$.devices.mode", f'invalid devices.mode "{dev.mode}" (expected one of: auto, minimal, host)'))
@@ -155,6 +157,22 @@ def problems(policy: Policy) -> list[Problem]:
     for field, values in (("lookup", mach.lookup), ("register", mach.register)):
         _checked_entries(out, f"macos.mach.{field}", values, "service name", mach_error)
     return out
+
+
+def _agent_tools(out: list[Problem], tools: list[str]) -> None:
+    """``filesystem.allowAgentConfig``: each entry one of ``AGENT_TOOLS`` (a typo must not leave a tool's files
+    protected while the user believes them open, nor the other way round)."""
+    for i, tool in enumerate(tools):
+        where = f"$.filesystem.allowAgentConfig[{i}]"
+        if not tool.strip():
+            out.append((where, "filesystem.allowAgentConfig contains empty tool name; remove the empty entry"))
+        elif tool not in AGENT_TOOLS:
+            from fence.config.load import suggest  # lazy: import cycle (load imports validate)
+
+            hint = suggest(tool.lower(), list(AGENT_TOOLS))
+            did = f'; did you mean "{hint}"?' if hint else ""
+            out.append((where, f'unknown tool "{tool}" in filesystem.allowAgentConfig{did} '
+                               f'(tools: {", ".join(AGENT_TOOLS)})'))
 
 
 def _checked_entries(out: list, label: str, values: list[str], what: str, error) -> None:

@@ -37,8 +37,11 @@ from __future__ import annotations
 
 import _socket
 import errno
+import fcntl
 import os
+import signal
 import sys
+import time
 
 NS_GET_USERNS = 0xB701  # _IO(0xb7, 0x1)
 CLONE_NEWUSER = 0x10000000
@@ -55,7 +58,7 @@ class BridgeError(Exception):
 
 def as_socket(raw):
     """A ``socket.socket`` owning ``raw``'s descriptor (``raw``, a ``_socket.socket``, is left closed)."""
-    import socket
+    import socket  # lazy: only code that accepts needs the socket module (~2-3 ms: four enums)
 
     return socket.socket(fileno=raw.detach())
 
@@ -79,11 +82,11 @@ def _setns_function():
         return os.setns
     number = SETNS_SYSCALL.get(os.uname().machine)
     if number is not None:
-        from fence.executor.inithelper import load_libc, syscall
+        from fence.executor.inithelper import load_libc, syscall  # lazy: only Pythons without os.setns
 
         load_libc()
         return lambda fd, nstype: syscall(number, fd, nstype)
-    import ctypes
+    import ctypes  # lazy: only an architecture the syscall table lacks, on Python < 3.12 (~1.6 ms)
 
     libc = ctypes.CDLL(None, use_errno=True)
 
@@ -106,8 +109,6 @@ def get_ready() -> None:
 
 def _enter_netns(pid: int, setns) -> None:
     """Join the network namespace of ``pid`` (and the user namespace that owns it)."""
-    import fcntl
-
     netfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         userfd = fcntl.ioctl(netfd, NS_GET_USERNS)
@@ -137,9 +138,6 @@ def _wait_loopback_up(timeout: float = 2.0) -> None:
     overlapped its imports with bwrap's start, failed 127.0.0.1 too
     (EADDRNOTAVAIL): both addresses appear when ``lo`` comes up.
     """
-    import fcntl
-    import time
-
     ifreq = b"lo".ljust(IFNAMSIZ, b"\0") + bytes(24)  # struct ifreq: the name, then ifr_flags (no struct import)
     probe = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     try:
@@ -177,8 +175,6 @@ IPV6_SETTLE = 0.05
 
 def _listen_settled(host: str, port: int):
     """``_listen``, retrying ``::1`` briefly: the kernel adds it when lo comes up, a moment after 127.0.0.1."""
-    import time
-
     deadline = time.monotonic() + IPV6_SETTLE
     while True:
         try:
@@ -341,10 +337,9 @@ class NetnsHelper:
     """
 
     def __init__(self, pid: int, connect_timeout: float = 3.0):
-        import ctypes
-        import signal
-        import socket
-        import threading
+        import ctypes  # lazy: only -p's helper needs ctypes (~1.6 ms); every run's listeners do not
+        import socket  # lazy: nor socket (~2-3 ms)
+        import threading  # lazy: nor threading (~0.7 ms)
 
         self._lock = threading.Lock()
         libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the child only calls prctl
@@ -380,7 +375,7 @@ class NetnsHelper:
 
     def connect(self, host: str, port: int):
         """A ``socket.socket`` connected to ``host:port`` inside the sandbox's netns (BridgeError otherwise)."""
-        import socket
+        import socket  # lazy: -p's helper only (loaded by its __init__ already)
 
         with self._lock:
             if self._sock is None:
@@ -411,7 +406,7 @@ class NetnsHelper:
 
 
 def _serve_connects(chan, timeout: float) -> None:  # pragma: no cover - in the helper
-    import socket
+    import socket  # lazy: -p's helper only (loaded before its fork)
 
     while True:
         req = chan.recv(256)

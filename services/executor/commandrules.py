@@ -26,7 +26,7 @@ import msgspec
 
 from fence.executor.shellparse import Command, basename
 from fence.globmatch import fnmatch_case
-from fence.messages import FieldSource
+from fence.messages import FieldSource, PreflightBlockedEvent
 from fence.policy import Policy
 
 __all__ = ["Blocked", "RuleSources", "RuleSet", "matches", "rule_tokens", "ruleset", "use_defaults"]
@@ -52,8 +52,6 @@ class Blocked(msgspec.Struct, frozen=True, kw_only=True):
 
     def event(self, sandbox: str, ts: float | None = None):
         """The bus event for this block (``fence.events.<sandbox>.preflight``)."""
-        from fence.messages import PreflightBlockedEvent
-
         return PreflightBlockedEvent(sandbox=sandbox, ts=time.time() if ts is None else ts, command=self.command,
                                      rule=self.rule, source=self.source, default_rule=self.default_rule,
                                      kind=self.kind)

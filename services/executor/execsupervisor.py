@@ -50,6 +50,7 @@ backstop: a program that races the check can run ``git push``.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import fcntl
 import os
@@ -60,7 +61,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from fence.defaults import DEFAULT_DENY_SOURCE
+from fence.executor.commandrules import RuleSources
+from fence.executor.features import kernel_version, seccomp_support
+from fence.executor.inithelper import EXEC_SYSCALLS
+from fence.executor.preflight import command_rule_hit
 from fence.executor.shellparse import Command, basename
+from fence.goquote import go_quote
+from fence.messages import ExecBlockedEvent
+from fence.textsafe import printable
 
 NOTIF_RECV = 0xC0502100
 """SECCOMP_IOCTL_NOTIF_RECV: _IOWR('!', 0, struct seccomp_notif) (80 bytes)."""
@@ -266,8 +275,6 @@ class ExecPolicy:
     """
 
     def __init__(self, policy, sources=None, identities: dict | None = None):
-        from fence.executor.commandrules import RuleSources
-
         self.policy = policy
         self.sources = sources or RuleSources()
         self.identities = identities or {}
@@ -288,11 +295,6 @@ class ExecPolicy:
 
     def check(self, call: ExecCall) -> Verdict | None:
         """None when the exec may go on."""
-        from fence.defaults import DEFAULT_DENY_SOURCE
-        from fence.executor.preflight import command_rule_hit
-        from fence.goquote import go_quote
-        from fence.textsafe import printable
-
         for name in self.names(call):
             hit = command_rule_hit(Command([name] + call.argv[1:]), self.policy)
             if hit is None:
@@ -337,10 +339,6 @@ class Supervisor:
 
     def __init__(self, policy: ExecPolicy, report: Callable[[Verdict, ExecCall | None], None] | None = None,
                  say: Callable[[str], None] | None = None, machine: str | None = None):
-        import _socket
-
-        from fence.executor.inithelper import EXEC_SYSCALLS
-
         self.policy = policy
         self.report = report
         self.say = say or _stderr
@@ -405,8 +403,6 @@ class Supervisor:
 
     def _receive(self) -> int:
         """The listener the helper sends, or -1 (bwrap ended first, or stop())."""
-        import _socket
-
         poller = select.poll()
         poller.register(self._sock.fileno(), select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
@@ -515,8 +511,6 @@ def _respond(listener: int, nid: int, error: int, flags: int) -> None:
 
 def _stderr(line: str) -> None:
     """One line on fence's stderr, escaped (``fence.textsafe``: the argv and paths in it are the sandbox's)."""
-    from fence.textsafe import printable
-
     try:
         os.write(2, (printable(line) + "\n").encode("utf-8", "replace"))
     except OSError:
@@ -525,8 +519,6 @@ def _stderr(line: str) -> None:
 
 def event_for(sandbox: str, verdict: Verdict, call: ExecCall | None, pid: int = 0):
     """The bus event for a refused exec."""
-    from fence.messages import ExecBlockedEvent
-
     argv = [a[:256] for a in call.argv[:ARGV_SHOWN]] if call is not None else []
     return ExecBlockedEvent(sandbox=sandbox, ts=time.time(), pid=call.pid if call is not None else pid,
                             path=call.path if call is not None else "", argv=argv, rule=verdict.rule,
@@ -535,9 +527,6 @@ def event_for(sandbox: str, verdict: Verdict, call: ExecCall | None, pid: int = 
 
 def supported(machine: str | None = None) -> str:
     """"" when this kernel and architecture can run the argv policy, else why not."""
-    from fence.executor.features import kernel_version, seccomp_support
-    from fence.executor.inithelper import EXEC_SYSCALLS
-
     uname = os.uname()
     machine = machine or uname.machine
     if machine not in EXEC_SYSCALLS:

@@ -22,7 +22,12 @@ import sys
 
 import msgspec
 
+from fence.executor import netns
+from fence.executor.host import HostError, find_bwrap
+from fence.executor.inithelper import EXEC_SYSCALLS, abi_version, prctl, syscall
 from fence.executor.netns import boot_id
+from fence.runtime import cache_dir as default_cache_dir
+from fence.runtime import read_cache, write_cache
 
 PR_GET_SECCOMP = 21
 SECCOMP_GET_NOTIF_SIZES = 3
@@ -106,8 +111,6 @@ def detect(*, probe: bool = False, bwrap: str | None = None, cache_dir: str | No
     f.landlock_abi, f.landlock_detail = landlock_support(version)
     f.userns, f.userns_detail = userns_sysctls()
     if probe and f.bwrap:
-        from fence.executor import netns
-
         _apply_probe(f, _probe_cached(f.bwrap, cache_dir), netns.state(f.bwrap, cache_dir))
     return f
 
@@ -144,8 +147,6 @@ def seccomp_support(machine: str, version: tuple[int, int]) -> tuple[bool, bool]
     EINVAL when not.  ``seccomp(SECCOMP_GET_NOTIF_SIZES)`` succeeds from 5.0
     on; where we don't know the syscall number, the kernel version decides.
     """
-    from fence.executor.inithelper import prctl, syscall
-
     try:
         prctl(PR_GET_SECCOMP, 0)
     except OSError:
@@ -163,8 +164,6 @@ def seccomp_support(machine: str, version: tuple[int, int]) -> tuple[bool, bool]
 
 def landlock_support(version: tuple[int, int]) -> tuple[int, str]:
     """(ABI, "") or (0, why not), from ``landlock_create_ruleset(NULL, 0, VERSION)``."""
-    from fence.executor.inithelper import abi_version
-
     try:
         return abi_version(), ""
     except OSError as e:
@@ -198,8 +197,6 @@ def _read_int(path: str, default: int) -> int:
 
 
 def _find_bwrap() -> str:
-    from fence.executor.host import HostError, find_bwrap
-
     try:
         return find_bwrap()
     except HostError:
@@ -214,7 +211,6 @@ def _probe_cached(bwrap: str, cache_dir: str | None) -> _Probed:
         ident = (st.st_mtime_ns, st.st_size)
     except OSError:
         ident = (0, 0)
-    from fence.runtime import cache_dir as default_cache_dir, read_cache, write_cache
 
     if cache_dir is None:
         cache_dir = default_cache_dir()
@@ -338,8 +334,6 @@ def _status(f: Features) -> list[str]:
                "writable or execute-only, or under defaultDenyRead" if f.landlock_abi
                else f"  ○ Landlock not available ({f.landlock_detail}): filesystem rules rest on bubblewrap's "
                     "mounts alone")
-    from fence.executor.inithelper import EXEC_SYSCALLS
-
     argv_policy = f.seccomp_usernotif and f.machine in EXEC_SYSCALLS  # as execsupervisor.supported
     if argv_policy:
         out.append('  ✓ Runtime exec policy "argv" available (seccomp user notification): every exec checked, '

@@ -33,6 +33,8 @@ import termios
 import time
 from collections import OrderedDict
 
+import msgspec
+
 from fence.bus import Bus, BusError, ServiceError
 from fence.executor import runner
 from fence.executor.errors import FenceError
@@ -42,6 +44,8 @@ from fence.executor.outputlog import DEFAULT_TAIL, MAX_TAIL, OutputLog
 from fence.messages import (ExecAck, ExecListReply, ExecListRequest, ExecOutputReply, ExecOutputRequest,
                             ExecSandboxRequest, ExecSignalRequest, ExecStartReply, ExecStartRequest,
                             ExecStdinRequest, ExecWaitReply, ExecWaitRequest, SandboxInfo)
+from fence.runtime import (UnsafeDir, ensure_private_dir, masked_path, private_runtime_dirs, runtime_dir,
+                           write_private)
 
 MAX_SANDBOXES = 512
 """Running detached sandboxes one executor holds at most (each holds a few fds and a proxy session)."""
@@ -438,10 +442,6 @@ def parse_signal(value: str) -> int:
 def _write_inline(config: dict, sandbox: str) -> str:
     """An inline config as the config service reads configs: a file (0600, in this executor's runtime
     dir, which no sandbox sees), named for the sandbox and removed once the start is over."""
-    import msgspec
-
-    from fence.runtime import ensure_private_dir, runtime_dir, write_private
-
     path = os.path.join(ensure_private_dir(os.path.join(runtime_dir(), INLINE_DIR)), f"{sandbox}.json")
     write_private(path, msgspec.json.encode(config))
     return path
@@ -458,8 +458,6 @@ def _remove(path: str) -> None:
 def _masked_dirs(env: dict[str, str]) -> tuple[str, ...]:
     """fence's runtime dirs a sandbox must never see: this supervisor's (its credentials; checked private,
     as ``fence run`` checks its own) and the client's, when that is another one that exists."""
-    from fence.runtime import UnsafeDir, masked_path, private_runtime_dirs, runtime_dir
-
     try:
         own = private_runtime_dirs()
     except UnsafeDir as e:

@@ -9,6 +9,7 @@ the run (``FsError``).
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Sequence
 
@@ -16,7 +17,7 @@ import msgspec
 
 from fence.executor.mounts import SYSTEM_READ_PATHS, FsView, repair_runtime_env, under
 from fence.executor.paths import absolute, expand
-from fence.executor.protect import Protection, protected_paths
+from fence.executor.protect import Protection, agent_config_notes, protected_paths
 from fence.executor.reserve import PathSwapped
 from fence.messages import SourceRef
 from fence.policy import Policy
@@ -77,8 +78,6 @@ def pin(paths: list[str]) -> dict[str, int]:
     (a second sandbox on the same project) could swap a directory for a
     symlink to somewhere it must not reach.  The fd pins what was checked.
     """
-    import fcntl
-
     fds: dict[str, int] = {}
     path = ""  # the one being opened, for the error
     try:
@@ -161,7 +160,8 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
 
     opened = [os.path.realpath(absolute(p, cwd, home)) for p in fs.allow_write_protected]
     protection = protected_paths([p for p, _ in write], os.path.realpath(cwd), home, config_dir,
-                                 [s.path for s in config_chain if s.kind == "file"], fs.allow_git_config, env, opened)
+                                 [s.path for s in config_chain if s.kind == "file"], fs.allow_git_config, env, opened,
+                                 fs.allow_agent_config)
     if protection.truncated:
         notes.append("mandatory protection: the nested-project walk hit its bound; deeper projects are not scanned")
     missing = [ph.path for ph in protection.placeholders if not os.path.lexists(ph.path)]
@@ -170,6 +170,8 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
                      f"read-only and removed afterwards): {', '.join(missing)}")
     for path in protection.opened:
         notes.append(f"mandatory protection: {path} is writable (filesystem.allowWriteProtected)")
+    if fs.allow_agent_config:
+        notes += agent_config_notes(fs.allow_agent_config)
     tmp_size, shm_size = _tmpfs_sizes(policy, devices)
     view = FsView(read=read, execute=execute, write=write, deny_read=deny_read,
                   deny_write=deny_write, protected=list(protection.readonly),
@@ -184,7 +186,7 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
 
 def _tmpfs_sizes(policy: Policy, devices: str) -> tuple[int, int]:
     """Bytes for the private /tmp and (minimal /dev only: the host's is the host's) /dev/shm."""
-    from fence.sizes import physical_memory, to_bytes
+    from fence.sizes import physical_memory, to_bytes  # lazy: config validation loaded it; runs stopped earlier do not
 
     fs = policy.filesystem
     memory = physical_memory()

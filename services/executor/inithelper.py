@@ -55,6 +55,7 @@ unless ``--strict``.  Exit codes of its own: 127 command not found, 126
 not executable or refused (strict), 2 bad arguments.
 """
 
+import _frozen_importlib_external as bootstrap  # already loaded by every Python
 import posix
 import sys
 
@@ -110,7 +111,7 @@ def _function(name):
 
 
 def _load_libc():
-    import _ctypes
+    import _ctypes  # lazy: importing the helper (helper_command, on the host) loads nothing; only a call needs it
 
     errno_access = {"get_errno": _ctypes.get_errno, "set_errno": _ctypes.set_errno}
     try:
@@ -140,7 +141,7 @@ def _load_libc():
                 "sendmsg": function("sendmsg"), "ioctl": function("ioctl"), "buffer": buffer,
                 **errno_access}
     except (AttributeError, TypeError):  # a CPython that reshaped _ctypes: pay for the public module
-        import ctypes
+        import ctypes  # lazy: only a CPython whose _ctypes lacks these names pays for ctypes (~3.5 ms)
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.syscall.restype = libc.prctl.restype = libc.sendmsg.restype = libc.ioctl.restype = ctypes.c_long
@@ -585,8 +586,6 @@ def helper_command(python=None):
 
 def _pyc_is_current(cached, source):
     """A timestamp-based pyc for this interpreter whose recorded mtime and size match the source."""
-    import _frozen_importlib_external as bootstrap  # already loaded by every Python
-
     try:
         st = posix.stat(source)
         fd = posix.open(cached, posix.O_RDONLY | posix.O_CLOEXEC)

@@ -26,12 +26,14 @@ imports on every run and we need none of it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import stat
 import time
 from typing import TYPE_CHECKING, Any
 
-from fence.executor.plan import SandboxPlan
+from fence.executor.plan import SECCOMP_FD, SandboxPlan
 
 if TYPE_CHECKING:
     from fence.executor.ptyrelay import PtyRelay
@@ -72,7 +74,7 @@ class Sandbox:
     def signals(self) -> tuple[int, ...]:
         """Every signal this sandbox wants routed to ``on_signal`` (a PTY run adds TSTP and CONT)."""
         if self.plan.pty:
-            from fence.executor.ptyrelay import JOB_SIGNALS
+            from fence.executor.ptyrelay import JOB_SIGNALS  # lazy: only PTY runs need the relay (termios, ~1.2 ms)
 
             return FORWARDED_SIGNALS + JOB_SIGNALS
         return FORWARDED_SIGNALS
@@ -101,7 +103,7 @@ class Sandbox:
         if self.plan.block_fd:
             block_read, block_write = _pipe()
         if self.plan.pty and self.stdio is None:
-            from fence.executor.ptyrelay import PtyRelay
+            from fence.executor.ptyrelay import PtyRelay  # lazy: only PTY runs need the relay (termios, ~1.2 ms)
 
             try:
                 self.relay = PtyRelay(self.deliver)
@@ -131,8 +133,6 @@ class Sandbox:
             if block_read >= 0:
                 actions.append((os.POSIX_SPAWN_DUP2, block_read, self.plan.block_fd))
             if seccomp_read >= 0:
-                from fence.executor.plan import SECCOMP_FD
-
                 actions.append((os.POSIX_SPAWN_DUP2, seccomp_read, SECCOMP_FD))
             for end, fd in data_reads:
                 actions.append((os.POSIX_SPAWN_DUP2, end, fd))
@@ -162,7 +162,7 @@ class Sandbox:
         if self.relay:
             self.relay.spawned(self.pid)
         if self.plan.listen_inside:  # while bwrap starts: the bridge's imports overlap it
-            from fence.executor.bridge import get_ready
+            from fence.executor.bridge import get_ready  # lazy: relaxed and shared runs make no listeners
 
             get_ready()
         try:
@@ -174,6 +174,7 @@ class Sandbox:
                 if self.plan.listen_inside:
                     if not self.init_pid:
                         raise LaunchError("bwrap failed before the sandbox existed")
+                    # lazy: only runs with a netns make bridges (loaded by get_ready above)
                     from fence.executor.bridge import listen_inside
 
                     try:
@@ -317,9 +318,6 @@ def exit_code(status: int) -> int:
 def _open_interpreter(path: str) -> int:
     """The init helper's interpreter, opened ``O_PATH`` above the fixed fds: bwrap execs it through
     ``/proc/self/fd`` because the exec masks cover its path (``plan._init_helper_argv``)."""
-    import fcntl
-    import stat
-
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError as e:
@@ -340,8 +338,6 @@ def _clear_of_targets(inherit: dict[int, int]) -> dict[int, int]:
     would be overwritten before it is copied.  Moved copies are close-on-exec
     and closed by ``_close_moved`` once bwrap has its own.
     """
-    import fcntl
-
     if not inherit:
         return {}
     targets = set(inherit)
@@ -361,8 +357,6 @@ def _pipe() -> tuple[int, int]:
 
     posix_spawn's dup2 into fd 3/4 must never clobber another end we still need.
     """
-    import fcntl
-
     ends = []
     for fd in os.pipe():
         ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10))

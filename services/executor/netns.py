@@ -31,6 +31,10 @@ import time
 
 import msgspec
 
+from fence.executor.host import which
+from fence.runtime import cache_dir as default_cache_dir
+from fence.runtime import read_cache, write_cache
+
 ALLOW_SHARED_ENV = "FENCE_ALLOW_SHARED_NETWORK"
 """Set to 1 to run a no-network policy on the host's network when no netns can be made."""
 NEGATIVE_TTL = 600.0
@@ -64,8 +68,6 @@ def state(bwrap: str, cache_dir: str | None = None) -> NetnsState:
 
     ``cache_dir``: default ``cache/`` in the runtime dir; "" keeps nothing.
     """
-    from fence.runtime import read_cache
-
     want = key(bwrap)
     path = cache_path(cache_dir, want["userns"])
     cached = read_cache(path, NetnsState)  # only our own, private answer is trusted
@@ -80,8 +82,8 @@ def state(bwrap: str, cache_dir: str | None = None) -> NetnsState:
 
 def probe(fields: dict) -> NetnsState:
     """Run bwrap with ``--unshare-net`` (and, if that fails, without) on ``true``; ``fields``: ``key(bwrap)``."""
+    # lazy: import cycle with fence.executor.features (and only a probe, once per boot, needs it)
     from fence.executor.features import run_quiet
-    from fence.executor.host import which
 
     bwrap = fields["bwrap"]
     base = [bwrap] + (["--unshare-user"] if os.geteuid() == 0 else [])  # as plan.py runs it
@@ -98,8 +100,6 @@ def probe(fields: dict) -> NetnsState:
 
 def write(path: str, found: NetnsState) -> None:
     """Store a probe result (0600, atomically); failures only cost a probe next time."""
-    from fence.runtime import write_cache
-
     write_cache(path, found)
 
 
@@ -132,8 +132,6 @@ def boot_id() -> str:
 def cache_path(cache_dir: str | None = None, userns: int | None = None) -> str:
     """Where the answer for this boot and user namespace is cached ("" when nowhere)."""
     if cache_dir is None:
-        from fence.runtime import cache_dir as default_cache_dir
-
         cache_dir = default_cache_dir()
     bid = boot_id()
     if userns is None:

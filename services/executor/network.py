@@ -28,9 +28,15 @@ sandbox is on the host's loopback already, so neither is needed.
 
 from __future__ import annotations
 
+import _thread
+import os
+import signal
+import sys
+
 from fence.messages import ProxySessionOpened
 from fence.netintent import NONE, RELAXED, intent
 from fence.policy import NetworkConfig
+from fence.textsafe import printable
 
 HTTP_PORT_INSIDE = 3128
 SOCKS_PORT_INSIDE = 1080
@@ -101,8 +107,8 @@ def shared_network_refusal(net_mode: str, detail: str, env: dict[str, str]) -> s
     (``FENCE_ALLOW_SHARED_NETWORK=1``), because nothing but the netns keeps
     such a sandbox off the network.  "" when the run may go on.
     """
-    from fence.executor.netns import ALLOW_SHARED_ENV
-    from fence.executor.refusal import missing_layer
+    from fence.executor.netns import ALLOW_SHARED_ENV  # lazy: prepare has loaded netns by now; refused runs do not
+    from fence.executor.refusal import missing_layer  # lazy: only a refusal needs the wording (~0.1 ms)
 
     if net_mode != NONE or env.get(ALLOW_SHARED_ENV) == "1":
         return ""
@@ -148,10 +154,7 @@ def attach_on_first_connection(attach, sandbox: str, listeners: list):
     only when handed over.  ``finish()`` (after the sandbox ended) stops the
     watcher and closes the listeners unless the proxy session already owns them.
     """
-    import _thread
-    import os
-    import select
-    import sys
+    import select  # lazy: only runs with proxies watch for a first connection (select, ~0.2 ms)
 
     wake_r, wake_w = os.pipe()
     lock = _thread.allocate_lock()
@@ -169,12 +172,10 @@ def attach_on_first_connection(attach, sandbox: str, listeners: list):
                 return
             state["attached"] = True
         try:
-            from fence.executor.bridge import as_socket
+            from fence.executor.bridge import as_socket  # lazy: the bridge (and _socket) only for runs with listeners
 
             attach(sandbox, *[as_socket(sock) for sock in listeners])
         except Exception as e:  # the sandbox then sees refused connections; say why
-            from fence.textsafe import printable
-
             print(printable(f"[fence] Warning: proxy for sandbox {sandbox} failed to start: {e}"), file=sys.stderr)
 
     _start_without_signals(watch)
@@ -204,9 +205,6 @@ def _start_without_signals(target) -> None:
     (a Ctrl-C then hung the run).  The mask is set before the thread exists,
     so there is no window, and put back at once in this thread.
     """
-    import _thread
-    import signal
-
     old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
         _thread.start_new_thread(target, ())  # daemonic: never joined, gone with the process

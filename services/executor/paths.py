@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import time
 
+from fence.globmatch import fnmatch_case
+
 MAX_ENTRIES = 20000
 MAX_SECONDS = 0.2
 
@@ -74,8 +76,6 @@ def expand(patterns: list[str], cwd: str, home: str, contained: bool = False) ->
 
 def _glob(pattern: str, deadline: float, budget: list[int]) -> list[str] | None:
     """Match an absolute glob component by component; None when a bound was hit."""
-    from fence.globmatch import fnmatch_case
-
     parts = pattern.strip("/").split("/")
     current = ["/"]
     for i, part in enumerate(parts):

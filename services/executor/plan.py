@@ -249,6 +249,7 @@ def _exec_masks(paths: Sequence[str], hidden: list[str]) -> list[str]:
 def _init_helper(python: str = "") -> list[str]:
     """``python -I -S .../inithelper.py``: the in-sandbox init helper (reads no more than a .pyc header),
     run by the real interpreter (``host.python``) when known: a venv's symlink need not be visible inside."""
+    # lazy: only runs with the init helper need it (Landlock, argv policy, PTY; ~0.3 ms)
     from fence.executor.inithelper import helper_command
 
     command = helper_command()

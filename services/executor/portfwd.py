@@ -24,6 +24,7 @@ import sys
 import threading
 
 from fence.executor.bridge import BridgeError, NetnsHelper
+from fence.textsafe import printable
 
 MAX_CONNECTIONS = 256
 """Relayed connections open at once per run (each costs two threads and a pipe)."""
@@ -159,8 +160,6 @@ class Forwarder:
                 peer.settimeout(None)
             except OSError as e:
                 if self.debug:
-                    from fence.textsafe import printable
-
                     print(printable(f"[fence:ports] {label}: connect failed: {e}"), file=sys.stderr)
                 return
             with self._lock:

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 
 import msgspec
 
-from fence.executor import network
+from fence.executor import execdeny, fsfacts, network
+from fence.executor.coverage import ungranted
 from fence.executor.errors import FenceError
 from fence.executor.execdeny import ExecDeny
 from fence.executor.fsfacts import FsFacts
@@ -51,8 +52,6 @@ def gather(policy: Policy, command: list[str], cwd: str, env: dict[str, str], sa
     with them, the runner prints them): ``warnings`` on every run, ``trace``
     with ``-d``.
     """
-    from fence.executor import execdeny, fsfacts
-
     warnings: list[str] = []
     helper: tuple[str, ...] = ()
     if policy.filesystem.default_deny_read or policy.filesystem.strict_deny_read:
@@ -70,11 +69,11 @@ def gather(policy: Policy, command: list[str], cwd: str, env: dict[str, str], sa
     warnings += [shared_binary.warning() for shared_binary in masks.shared]
     trace = execdeny.debug_lines(masks) if debug else []
     if (policy.command.runtime_exec_policy or "path") == "argv":
-        from fence.executor import execsupervisor
+        from fence.executor import execsupervisor  # lazy: only "argv" runs need the exec supervisor (~2 ms)
 
         why = execsupervisor.supported()
         if why:
-            from fence.executor.refusal import argv_unavailable
+            from fence.executor.refusal import argv_unavailable  # lazy: only a refusal needs the wording (~0.1 ms)
 
             raise FenceError(argv_unavailable(why))
         if debug:
@@ -104,7 +103,7 @@ def prepare(policy: Policy, command: list[str], cwd: str, env: dict[str, str], s
     extra_env = {**facts.fs.env, **network.proxy_env(net.intent, session, net.shared)}
     files: list[tuple[str, bytes]] = []
     if net.intent == "filtered" and not net.shared:  # ssh/scp/sftp/rsync/git go through the SOCKS proxy
-        from fence.executor import sshproxy
+        from fence.executor import sshproxy  # lazy: only filtered runs route ssh (tests/test_sshproxy.py checks)
 
         ssh_route = sshproxy.route(env, facts.fs.view.deny_read)
         files += ssh_route.files
@@ -148,8 +147,6 @@ def network_plan(policy: Policy, facts: RunFacts, ports: Sequence[tuple[str, int
 
 def _notes(policy: Policy, facts: RunFacts) -> list[str]:
     """The ``-d`` lines after the sandbox's summary: repaired variables, filesystem notes, ungranted fields."""
-    from fence.executor.coverage import ungranted
-
     out = [f"[fence] {name} is not usable inside the sandbox: set to {value}" for name, value in facts.fs.env.items()]
     out += [f"[fence] Note: {note}" for note in facts.fs.notes]
     out += [f"[fence] Note: {name} is not granted by this build yet; the sandbox stays stricter"
@@ -168,7 +165,7 @@ def _shared_network(net_mode: str, host: HostFacts, env: dict[str, str], warning
     """
     if net_mode == "relaxed":
         return True, host
-    from fence.executor import netns
+    from fence.executor import netns  # lazy: relaxed runs, and runs refused before planning, never load it (~0.15 ms)
 
     found = netns.state(host.bwrap)
     if not found.proxy_only:
@@ -185,6 +182,7 @@ def with_landlock(host: HostFacts, warnings: list[str], helper: tuple[str, ...] 
     """``host`` with the kernel's Landlock ABI and the init helper filled in (once per run)."""
     if host.helper:
         return host
+    # lazy: only runs with Landlock or the init helper need it (writes, defaultDenyRead, no netns; ~0.3 ms)
     from fence.executor import inithelper
 
     try:
@@ -196,6 +194,7 @@ def with_landlock(host: HostFacts, warnings: list[str], helper: tuple[str, ...] 
 
 
 def _helper() -> tuple[str, ...]:
+    # lazy: only runs with Landlock or the init helper need it (writes, defaultDenyRead, no netns; ~0.3 ms)
     from fence.executor.inithelper import helper_command
 
     # the real interpreter, not a venv's symlink: -I -S needs no venv, and under
@@ -211,7 +210,7 @@ def seccomp_for(policy: Policy, warnings: list[str]) -> tuple[bytes, str]:
     nothing outside the sandbox, and denying it breaks asyncio and Node's child
     processes.  socket(AF_UNIX), which can connect to host sockets, is denied.
     """
-    from fence.executor import seccomp
+    from fence.executor import seccomp  # lazy: a run refused before planning never loads it (zlib, ~0.5 ms)
 
     try:
         return seccomp.build_program(policy, deny_socketpair=False), seccomp.summary(policy)

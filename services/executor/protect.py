@@ -1,18 +1,26 @@
 """Mandatory protection: the paths no config can make writable (docs/compatibility.md#mandatory-protections, and more).
 
-A sandbox that can write a shell startup file, a git hook, an editor's task
-file or fence's own config gets code run *outside* the sandbox later.  These
-paths are found here (host side, bounded in time and entries) and handed to
-the planner, which mounts them read-only after every writable bind.
+A sandbox that can write a shell startup file, a git hook, an agent's hooks,
+an editor's task file or fence's own config gets code run *outside* the
+sandbox later.  These paths are found here (host side, bounded in time and
+entries) and handed to the planner, which mounts them read-only after every
+writable bind.  The names are one table, ``fence.protectednames``; the git
+repositories and fence's own config are found here.
 
 Only paths under something writable matter: a path on the read-only root is
 already protected, so a policy with nothing writable costs nothing here.
 
-What a mount cannot do is protect a name that does not exist yet (bwrap
-needs a mount point, and making one would litter the host).  Those names are
-the *watch list*: after the sandbox has ended (its PID namespace is gone, so
-nothing inside can race us) any of them that appeared is moved aside to
-``NAME.fence-quarantine-<sandbox>`` with a warning, so nothing a sandbox
+A mount cannot protect a name that does not exist yet (bwrap needs a mount
+point).  Such a name is *reserved* where an empty placeholder is inert and
+leaves nothing behind that another tool would pick up (``reserve.py``:
+created right before launch, bound read-only, removed after the run): in the
+home directory each row's placeholder (an empty file, ``{}``, an empty
+directory; for a missing parent the outermost missing directory, empty); in
+the working directory only an empty *directory* whose parent exists (a
+placeholder file there is what the next ``git add -A`` commits).  Every other
+missing name is *watched*: after the sandbox has ended (its PID namespace is
+gone, so nothing inside can race us) any of them that appeared is moved aside
+to ``NAME.fence-quarantine-<sandbox>`` with a warning, so nothing a sandbox
 creates there is ever used by a later run or by the user's tools.
 """
 
@@ -20,52 +28,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
-from fence.executor.reserve import DIR, Placeholder, Reservation
-
-DANGEROUS_FILES = (".gitconfig", ".gitmodules", ".bashrc", ".bash_profile", ".zshrc", ".zprofile", ".profile",
-                   ".ripgreprc", ".mcp.json")
-DANGEROUS_DIRS = (".vscode", ".idea", ".claude/commands", ".claude/agents")
-"""Protected wherever a project may be: the working directory, nested projects, home, writable roots."""
-
-HOME_PERSISTENCE: tuple[tuple[str, bytes | None, str], ...] = (
-    # (path under $HOME, its placeholder while missing, what on the host runs it later)
-    (".config/git/config", b"", "git runs core.fsmonitor, core.pager, aliases and filters from it"),
-    (".config/git/attributes", b"", "selects the filter and diff drivers git runs on checkout and diff"),
-    (".config/fish", DIR, "fish runs config.fish, conf.d/ and functions/ at every start"),
-    (".config/systemd/user", DIR, "systemd --user starts these units at login and on timers"),
-    (".config/autostart", DIR, "the desktop session starts these entries at login"),
-    (".config/environment.d", DIR, "systemd --user puts these variables (LD_PRELOAD, PATH) in every service"),
-    (".local/share/applications", DIR, "desktop entries whose Exec= runs when a file type or URL is opened"),
-    (".claude/settings.json", b"{}\n", "Claude Code runs its hooks, apiKeyHelper and statusLine commands"),
-    (".claude.json", None, "Claude Code starts the mcpServers listed in it"),
-    (".zshenv", b"", "zsh reads it at every start, scripts included"),
-    (".zlogin", b"", "zsh login shells run it"),
-    (".bash_login", None, "bash login shells run it when .bash_profile is missing"),
-    (".bash_logout", b"", "bash login shells run it on exit"),
-    (".ssh/config", b"", "ssh runs its ProxyCommand, LocalCommand and Match exec"),
-    (".ssh/authorized_keys", b"", "lets a key log in, with the command= it names"),
-    (".ssh/rc", None, "sshd runs it at every login"),
-    (".npmrc", b"", "npm runs script-shell, node-options and the registry it names"),
-    (".pypirc", b"", "where twine uploads, with which credentials"),
-    (".config/pip/pip.conf", b"", "pip installs from the index it names"),
-    (".pip/pip.conf", b"", "pip installs from the index it names (legacy location)"),
-)
-"""Files in the home directory that run code on the host later, protected inside every writable tree.
-
-A template that grants ``~/.config/**`` (``code``) must not let the sandbox
-plant ``~/.config/git/config`` with a ``core.fsmonitor`` that the user's next
-``git status`` runs.  Existing paths are bound read-only.  A missing one is
-*reserved* for the run (``fence.executor.reserve``): fence creates an inert
-placeholder (an empty file, ``{}``, an empty directory; for a missing parent,
-the outermost missing directory, empty), binds it read-only, and removes it
-after the run, so nothing can appear there even while a long agent session
-runs.  Where a placeholder would not be inert (an empty
-``.bash_login`` hides ``.profile`` from bash, an empty ``.claude.json`` resets
-Claude Code, an empty ``.ssh/rc`` stops sshd's xauth), the name is watched
-and quarantined after the run instead.  ``.config/`` and ``.local/share/``
-entries are protected under ``$XDG_CONFIG_HOME`` and ``$XDG_DATA_HOME`` too."""
+from fence.executor.reserve import DIR, Placeholder, Reservation, live_entries
+from fence.protectednames import HOME, PROJECT, PROTECTED_NAMES, TOOL_NAMES
 
 XDG_BASES = ((".config/", "XDG_CONFIG_HOME"), (".local/share/", "XDG_DATA_HOME"))
 
@@ -102,9 +68,10 @@ class Protection:
         ``~/.bashrc -> dotfiles/bashrc``).  The target is protected like any file, but the link itself
         could be replaced: after the run anything else found there is moved aside and the link restored."""
         self.opened: list[str] = []
-        """Protected paths left writable because ``filesystem.allowWriteProtected`` names them."""
+        """Protected paths left writable because ``filesystem.allowWriteProtected`` names them (the names
+        of the tools ``filesystem.allowAgentConfig`` opens are not looked for at all)."""
         self.placeholders: list[Placeholder] = []
-        """``HOME_PERSISTENCE`` paths under a writable root, each in ``readonly`` (their parents in
+        """Protected names reserved under a writable root, each in ``readonly`` (their parents in
         ``pinned``): ``reserve`` creates those missing right before launch, ``release`` removes them."""
         self.reservation: Reservation | None = None
         self.truncated = False
@@ -129,7 +96,8 @@ class Protection:
         for path, why in failed.items():
             unreserved.setdefault(why, []).append(path)
             self.readonly.remove(path)
-            self.watch.append(path)
+            if path not in self.watch:
+                self.watch.append(path)
         self.pinned = [p for p in self.pinned if os.path.isdir(p)]
         return [f"cannot reserve protected {'paths' if len(paths) > 1 else 'path'} {', '.join(paths)} ({why}): "
                 "watched instead, and quarantined after the run if the sandbox creates them"
@@ -144,20 +112,22 @@ class Protection:
 
 def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, config_sources: Sequence[str] = (),
                     allow_git_config: bool = False, env: Mapping[str, str] | None = None,
-                    opened: Sequence[str] = ()) -> Protection:
+                    opened: Sequence[str] = (), open_tools: Collection[str] = ()) -> Protection:
     """Everything under a writable path that must stay read-only.
 
     ``writable`` are the canonical writable roots (allowWrite after
-    expansion).  Candidates are the working directory and the directories
-    nested in it (a bounded walk), the home directory and the files in it
-    that run code later (``HOME_PERSISTENCE``), the top of every writable
-    root, every git dir found (hooks, config, submodules, worktrees,
-    ``core.hooksPath``, included config files, the global git config's
-    hooks directory) and fence's own config files (project files from
-    ``cwd`` up, the user config directory, every file the resolved config
-    came from).  ``opened`` are canonical paths the user made writable on
-    purpose (``filesystem.allowWriteProtected``): protections at or under
-    them are skipped, except fence's own config, which no setting opens.
+    expansion).  Candidates are the names of ``PROTECTED_NAMES`` in the
+    working directory and the directories nested in it (a bounded walk),
+    in the home directory and at the top of every writable root, every git
+    dir found (hooks, config, submodules, worktrees, ``core.hooksPath``,
+    included config files, the global git config's hooks directory) and
+    fence's own config files (project files from ``cwd`` up, the user
+    config directory, every file the resolved config came from).
+    ``opened`` are canonical paths the user made writable on purpose
+    (``filesystem.allowWriteProtected``): protections at or under them are
+    skipped, except fence's own config, which no setting opens.
+    ``open_tools`` (``filesystem.allowAgentConfig``) drops the table's rows
+    of those tools.
     """
     out = Protection()
     if not writable:
@@ -174,6 +144,8 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
     seen: set[str] = set()
     pinned: set[str] = set()
     reserved: set[str] = set()
+    linked: set[str] = set()
+    checked: set[str] = set()  # parents of table rows already checked for being symlinks
 
     def pin_parents(real: str, root: str) -> None:
         """Existing directories strictly between ``root`` (a mount point already) and ``real``."""
@@ -191,8 +163,31 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
         if root_of(real) is not None:
             pinned.add(real)
 
+    def keep_link(path: str) -> None:
+        """A symlink standing for a protected name or one of its parents, in a writable directory (a
+        dotfile manager's ``~/.bashrc -> dotfiles/bashrc``, a project's ``.claude -> ../shared``): what
+        it leads to is protected, but the link could be replaced by a file or a directory of the
+        sandbox's own, so it is recorded and restored after the run."""
+        link = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        if link not in linked and root_of(link) is not None:
+            linked.add(link)
+            try:
+                out.links.append((link, os.readlink(path)))
+            except OSError:
+                pass
+
     def protect(path: str, watch_if_missing: bool = True, openable: bool = True,
-                placeholder: bytes | None = None) -> None:
+                placeholder: bytes | None = None, base: str = "", watch_reserved: bool = False) -> None:
+        if base:  # a table row under ``base``: a symlinked parent must stay the link it is
+            parent = base
+            for part in path[len(base):].lstrip("/").split("/")[:-1]:
+                parent = os.path.join(parent, part)
+                if parent in checked:
+                    continue
+                checked.add(parent)
+                if os.path.islink(parent):
+                    keep_link(parent)
+                    break
         real = os.path.realpath(path)
         if real in seen:
             return
@@ -214,25 +209,23 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
                 out.placeholders.append(Placeholder(target, root, content))
                 out.readonly.append(target)
                 pin_parents(target, root)
+                if watch_reserved and not os.path.lexists(target):
+                    out.watch.append(target)  # what another process puts in it during the run goes aside
         elif os.path.lexists(path):
             if os.path.exists(real):
                 out.readonly.append(real)
                 pin_parents(real, root)
             if os.path.islink(path):
-                link = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
-                if root_of(link) is not None:
-                    try:
-                        out.links.append((link, os.readlink(path)))
-                    except OSError:
-                        pass
+                keep_link(path)
         elif watch_if_missing:
             out.watch.append(real)
 
-    for name in DANGEROUS_FILES:
-        protect(os.path.join(home, name))
-    for rel, placeholder, _why in HOME_PERSISTENCE:
-        for base in _home_bases(rel, home, env):
-            protect(base, placeholder=placeholder)
+    rows = [n for n in PROTECTED_NAMES if not (n.tool and n.tool in open_tools)]
+    for row in rows:
+        if row.where != PROJECT:
+            for base, rel in _home_bases(row.path, home, env):
+                protect(os.path.join(base, rel), placeholder=row.placeholder, base=base)
+    project_rows = [n for n in rows if n.where != HOME]
     for directory in _project_config_dirs(cwd):
         for name in FENCE_CONFIG_NAMES:
             protect(os.path.join(directory, name), openable=False)
@@ -257,29 +250,55 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
         if directory not in listings:
             listings[directory] = _names(directory)
     git = _GitScan(protect, pin_git_dir, allow_git_config, home, global_hooks)
-    for project, names in listings.items():
-        # missing names are watched where tools look for them: the working directory, the home
-        # directory's dotfiles, and every nested repository root (an editor or agent opens those)
-        watch_all = project == cwd or ".git" in names
-        for name in DANGEROUS_FILES + DANGEROUS_DIRS:
-            first = name.split("/", 1)[0]
-            if first in names:
-                protect(os.path.join(project, name))
-            elif watch_all or (project == home and name in DANGEROUS_FILES):
-                protect(os.path.join(project, name))  # missing: watched when writable
-        if ".git" in names or project == cwd:
+    for project, present in listings.items():
+        if project != home:  # the home directory's rows were protected above
+            _protect_project(project, present, project == cwd, project_rows, protect)
+        if ".git" in present or project == cwd:
             git.repository(os.path.join(project, ".git"), project)
     out.pinned = sorted(pinned)
     return out
 
 
-def _home_bases(rel: str, home: str, env: Mapping[str, str]) -> list[str]:
-    """``~/rel``, and the same file under ``$XDG_CONFIG_HOME`` / ``$XDG_DATA_HOME`` when those are set."""
-    out = [os.path.join(home, rel)]
+def agent_config_notes(tools: Sequence[str]) -> list[str]:
+    """The ``-d`` notes for ``filesystem.allowAgentConfig``: each opened tool's names, as the table lists them."""
+    notes = []
+    for tool in dict.fromkeys(tools):
+        paths = ", ".join(n.path for n in PROTECTED_NAMES if n.tool == tool)
+        notes.append(f'mandatory protection: {TOOL_NAMES.get(tool, tool)} files are left writable where allowWrite '
+                     f'grants them (filesystem.allowAgentConfig "{tool}"): {paths}')
+    return notes
+
+
+def _protect_project(project: str, present: set[str], is_cwd: bool, rows, protect) -> None:
+    """The table's project rows in one project directory (``present``: the names in it).
+
+    A row is looked at when its first component exists here (read-only, or watched when the rest
+    is missing) and, while missing, where tools look for it: the working directory and every
+    repository root nested in it (an editor or agent opens those).  In the working directory a
+    missing directory row whose parent exists is reserved instead: an empty directory is inert
+    and invisible to git, so nothing can appear there even during a long run.  It is watched as
+    well: another run that does not bind it (one started earlier, from a parent directory) could
+    fill it, or rename it away and let this run's sandbox make the name afresh.
+    """
+    watch_missing = is_cwd or ".git" in present
+    for row in rows:
+        if row.path.split("/", 1)[0] not in present and not watch_missing:
+            continue
+        path = os.path.join(project, row.path)
+        if is_cwd and row.placeholder == DIR and os.path.isdir(os.path.dirname(path)):
+            protect(path, placeholder=DIR, base=project, watch_reserved=True)
+        else:
+            protect(path, base=project)
+
+
+def _home_bases(rel: str, home: str, env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``(home, rel)``, and the same file under ``$XDG_CONFIG_HOME`` / ``$XDG_DATA_HOME`` when those are set:
+    (directory, path under it)."""
+    out = [(home, rel)]
     for prefix, var in XDG_BASES:
         base = env.get(var, "")
         if rel.startswith(prefix) and base.startswith("/"):
-            out.append(os.path.join(base, rel[len(prefix):]))
+            out.append((base.rstrip("/") or "/", rel[len(prefix):]))
     return out
 
 
@@ -292,7 +311,7 @@ def _global_git_config(home: str, env: Mapping[str, str], protect) -> list[str]:
     code in every repository the user touches.
     """
     files = [os.path.join(home, ".gitconfig")]
-    files += _home_bases(".config/git/config", home, env)
+    files += [os.path.join(base, rel) for base, rel in _home_bases(".config/git/config", home, env)]
     if env.get("GIT_CONFIG_GLOBAL", "").startswith("/"):
         files.append(env["GIT_CONFIG_GLOBAL"])
         protect(env["GIT_CONFIG_GLOBAL"])
@@ -541,23 +560,69 @@ def quarantine(watch: list[str], sandbox: str) -> list[tuple[str, str, str]]:
     """Move aside every watched path that now exists; returns (path, new path, error) for each.
 
     Runs after the sandbox ended.  A rename in the same directory cannot fail
-    for space and keeps the content for the user to inspect.
+    for space and keeps the content for the user to inspect.  A watched path
+    whose parent became a symlink during the run (``ln -s ~/.claude .claude``
+    where ``.claude/settings.json`` was watched) has the *link* moved aside:
+    renaming through it would move a file the sandbox could not even write.
+    A watched directory that is a placeholder fence still holds for some run
+    (``reserve.live_entries``) keeps its place, since renaming it would free
+    the name in that run's sandbox: what was put in it goes aside instead.
     """
-    moved = []
+    moved: list[tuple[str, str, str]] = []
+    live = None
     for path in watch:
-        if os.path.basename(path) == "hooks" and os.path.isdir(path) and not os.path.islink(path):
-            # a new hooks directory (``git init`` makes one): only real hooks go, samples stay
-            try:
-                names = sorted(n for n in os.listdir(path) if not n.endswith(".sample"))
-            except OSError:
-                names = []
-            moved += quarantine([os.path.join(path, n) for n in names], sandbox)
-        elif os.path.lexists(path):
-            target = f"{path}.fence-quarantine-{sandbox}"
-            try:
-                os.rename(path, target)
-            except OSError as e:
-                moved.append((path, "", e.strerror or str(e)))
-            else:
-                moved.append((path, target, ""))
+        link = _linked_parent(path)
+        if link:
+            if not any(m[0] == link for m in moved):
+                moved += _move_aside(link, sandbox)
+            continue
+        if not os.path.isdir(path) or os.path.islink(path):
+            if os.path.lexists(path):
+                moved += _move_aside(path, sandbox)
+            continue
+        if os.path.basename(path) == "hooks" and os.path.isfile(os.path.join(os.path.dirname(path), "HEAD")):
+            # a new git hooks directory (``git init`` makes one): only real hooks go, samples stay
+            moved += quarantine([os.path.join(path, n) for n in _listing(path) if not n.endswith(".sample")],
+                                sandbox)
+            continue
+        if live is None:
+            live = live_entries()
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in live:
+            moved += quarantine([os.path.join(path, n) for n in _listing(path)], sandbox)
+        else:
+            moved += _move_aside(path, sandbox)
     return moved
+
+
+def _listing(path: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(path) if ".fence-quarantine-" not in n)
+    except OSError:
+        return []
+
+
+def _move_aside(path: str, sandbox: str) -> list[tuple[str, str, str]]:
+    target = f"{path}.fence-quarantine-{sandbox}"
+    try:
+        os.rename(path, target)
+    except OSError as e:
+        return [(path, "", e.strerror or str(e))]
+    return [(path, target, "")]
+
+
+def _linked_parent(path: str) -> str:
+    """The outermost parent of ``path`` that is a symlink now, or "".  Watched paths are canonical when the
+    scan records them, so such a link was made since."""
+    parent = os.path.dirname(path)
+    if os.path.realpath(parent) == parent:
+        return ""
+    current = ""
+    for part in parent.split("/")[1:]:
+        current += "/" + part
+        if os.path.islink(current):
+            return current
+    return ""

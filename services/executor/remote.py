@@ -12,14 +12,21 @@ Everything imported here (asyncio, uvloop, nats) is off the lone-run path.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+
+import msgspec
+import uvloop
 
 from fence.bus import BusError
 from fence.eventlines import console_lines
 from fence.executor.launch import FORWARDED_SIGNALS, Sandbox, exit_code
 from fence.executor.plan import HostFacts
 from fence.executor.runner import FenceError, RunRequest, run
+from fence.messages import Event, LifecycleEvent
+from fence.natsbus import NatsBus
+from fence.runtime import Credentials, client_credentials
 
 
 EVENT_ECHO_WAIT = 1.0
@@ -27,13 +34,6 @@ EVENT_ECHO_WAIT = 1.0
 
 
 def run_over_nats(url: str, supervisor, req: RunRequest, host: HostFacts, monitor: bool = False) -> int:
-    import asyncio
-
-    import uvloop
-
-    from fence.messages import Event, LifecycleEvent
-    from fence.natsbus import NatsBus
-
     creds = _credentials()
 
     async def main() -> int:
@@ -91,12 +91,8 @@ def run_over_nats(url: str, supervisor, req: RunRequest, host: HostFacts, monito
 
 def _credentials():
     """The ``client`` user's credentials: ``$FENCE_BUS_CREDS`` or the supervisor's runtime dir."""
-    from fence.runtime import Credentials, client_credentials
-
     path = os.environ.get("FENCE_BUS_CREDS")
     if path:
-        import msgspec
-
         try:
             with open(path, "rb") as f:
                 return msgspec.json.decode(f.read(), type=Credentials)

@@ -3,10 +3,11 @@
 A protected path that does not exist cannot be bound read-only, and a name
 watched only until the run ends leaves a window as long as the run: an agent
 session of hours can plant ``~/.config/git/config`` and the user's next
-``git status`` in another terminal runs it.  So a missing path from
-``protect.HOME_PERSISTENCE`` is *reserved*: fence creates an inert
-placeholder (an empty file, ``{}``, an empty directory), binds it read-only,
-and removes it afterwards.
+``git status`` in another terminal runs it.  So a missing name from
+``fence.protectednames`` is *reserved* where its placeholder is inert
+(``protect.py`` decides where): fence creates the placeholder (an empty
+file, ``{}``, an empty directory), binds it read-only, and removes it
+afterwards.
 
 Removal is the delicate part.  Unlinking a file that is a mount point in
 *another* sandbox's mount namespace is allowed and silently detaches that
@@ -29,10 +30,8 @@ import fcntl
 import os
 
 import msgspec
+from fence.protectednames import DIR
 from fence.runtime import ensure_private_dir, read_cache, runtime_dir, write_private
-
-DIR = b"/"
-"""A placeholder that is an empty directory (any other placeholder value is a file's content)."""
 
 RUNS_LOCK = "reserve.lock"
 REGISTRY = "placeholders.json"
@@ -174,6 +173,12 @@ class Reservation:
                 os.unlink(path)
         finally:
             os.close(lock)
+
+
+def live_entries(directory: str | None = None) -> set[tuple[int, int]]:
+    """(device, inode) of every placeholder fence made and has not removed yet: some run may still bind it."""
+    entries = read_cache(os.path.join(directory or runtime_dir(), REGISTRY), list[Made]) or []
+    return {(m.dev, m.ino) for m in entries}
 
 
 def _remove(made: Made) -> bool:

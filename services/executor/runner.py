@@ -25,10 +25,11 @@ from fence.executor.fsfacts import FsError
 from fence.executor.launch import LaunchError, Sandbox
 from fence.executor.plan import HostFacts, RunPlan, SandboxPlan, render
 from fence.executor.prepare import RunFacts, gather, prepare
+from fence.executor.protect import quarantine, restore_links
 from fence.executor.commandrules import RuleSources
 from fence.executor.preflight import check_command
-from fence.messages import (ConfigResolveReply, ConfigResolveRequest, LifecycleEvent, ProxySessionClose,
-                            ProxySessionClosed, ProxySessionOpen, ProxySessionOpened)
+from fence.messages import (ConfigResolveReply, ConfigResolveRequest, LifecycleEvent, ProtectedPathEvent,
+                            ProxySessionClose, ProxySessionClosed, ProxySessionOpen, ProxySessionOpened)
 from fence.subjects import CONFIG_RESOLVE, PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN, event
 from fence.textsafe import printable
 
@@ -212,14 +213,14 @@ class Running:
                stdio: tuple[int, int, int] | None = None) -> Sandbox:
         """Start the exec supervisor and the local-port relays, pin the writable sources, start bwrap,
         then hand the proxy listeners over and start the relays."""
-        from fence.executor import runtimeexec
+        from fence.executor import runtimeexec  # lazy: a run refused before launch never loads it (~0.1 ms)
 
         req, net = self.req, plan.network
         runtime = self.runtime = runtimeexec.start(plan.policy, req.env, req.cwd, req.sandbox, self.bus,
                                                    self.facts.masks, self.sources)
         host_listeners = []
         if net.outbound_ports or net.published:
-            from fence.executor import portfwd
+            from fence.executor import portfwd  # lazy: only runs with local ports relay them (socket, threads, ~4 ms)
 
             self.forwarder = portfwd.Forwarder(debug=req.debug)
             try:
@@ -296,6 +297,7 @@ class Running:
 def _hand_over_to(opened: ProxySessionOpened, count: int, handed: list):
     """``Sandbox.start``'s ``prepare``: the first ``count`` listeners go to the supervisor's proxy process."""
     def prepare(listeners: list) -> None:
+        # lazy: only a supervised run with network hands listeners over (~3 ms)
         from fence.executor.handoff import HandoffError, hand_over
 
         try:
@@ -310,6 +312,7 @@ def _hand_over_to(opened: ProxySessionOpened, count: int, handed: list):
 def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_socks: list,
              published: list) -> None:
     """Start the local-port relays; a -p helper that cannot enter the sandbox is a warning."""
+    # lazy: only port relays get here (portfwd has loaded bridge then)
     from fence.executor.bridge import BridgeError, as_socket
 
     for (host, port), sock in zip(inside, inside_socks, strict=True):
@@ -353,9 +356,6 @@ def _user_config_dir(resolved: ConfigResolveReply) -> str:
 async def _quarantine(bus: Bus, protection, sandbox_id: str) -> None:
     """Protected names the sandbox created (or protected symlinks it replaced) are moved aside (see
     fence.executor.protect), said on stderr and published as ``ProtectedPathEvent`` on ``.fs``."""
-    from fence.executor.protect import quarantine, restore_links
-    from fence.messages import ProtectedPathEvent
-
     found = quarantine(protection.watch, sandbox_id) + restore_links(protection.links, sandbox_id)
     for path, target, error in found:
         if error:  # the path's name may be the sandbox's choice (a file in a new .git/hooks): say() escapes it
@@ -378,7 +378,7 @@ def _isatty(fd: int) -> bool:
 
 def debug_plan(plan: RunPlan, rendered: SandboxPlan) -> None:
     """``-d``: what will run, exactly (``render``'s argv), and what fence noticed on the way."""
-    import shlex
+    import shlex  # lazy: only -d prints the argv (shlex, ~0.3 ms)
 
     say(plan.trace)
     say([f"[fence] Command: {shlex.join(rendered.command)}"])  # shlex quotes, but leaves LF and ESC inside

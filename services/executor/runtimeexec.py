@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import os
 
+from fence.bus import _running_loop, run_sync
+from fence.executor import execdeny
 from fence.executor.execdeny import ExecDeny
+from fence.executor.plan import EXEC_NOTIFY_FD
+from fence.subjects import event
 
 
 class RuntimeExec:
@@ -26,8 +30,6 @@ class RuntimeExec:
         the plan gave it (``plan.EXEC_NOTIFY_FD``)."""
         if self.supervisor is None:
             return {}
-        from fence.executor.plan import EXEC_NOTIFY_FD
-
         return {EXEC_NOTIFY_FD: self.supervisor.sandbox_fd()}
 
     def spawned(self) -> None:
@@ -44,7 +46,7 @@ def start(policy, env: dict[str, str], cwd: str, sandbox: str, bus, masks: ExecD
     a kernel that cannot do it); nothing for ``"path"``."""
     if (policy.command.runtime_exec_policy or "path") != "argv":
         return RuntimeExec()
-    from fence.executor import execdeny, execsupervisor
+    from fence.executor import execsupervisor  # lazy: only "argv" runs start the exec supervisor (~2 ms)
 
     fs = execdeny.HostFS()
     dirs = execdeny.path_dirs(env.get("PATH", os.defpath), cwd, fs)
@@ -61,9 +63,8 @@ def _reporter(bus, sandbox: str):
     is handed to that loop; a lone run's in-process bus has no loop and
     delivers inline on the calling thread.
     """
-    from fence.bus import _running_loop, run_sync
+    # lazy: only "argv" runs report (start() loaded execsupervisor then; ~2 ms otherwise)
     from fence.executor.execsupervisor import event_for
-    from fence.subjects import event
 
     subject = event(sandbox, "exec")
     loop = _running_loop()
@@ -73,7 +74,7 @@ def _reporter(bus, sandbox: str):
         if loop is None:
             run_sync(bus.publish(subject, ev))
         else:
-            import asyncio
+            import asyncio  # lazy: only over NATS (a running loop); a lone run never loads asyncio (~35 ms)
 
             asyncio.run_coroutine_threadsafe(bus.publish(subject, ev), loop)
 

@@ -46,6 +46,9 @@ import errno
 import os
 import zlib
 
+from fence.runtime import cache_dir as default_cache_dir
+from fence.runtime import read_cache, write_cache
+
 FORMAT = 2
 """Bump when the way rules compile changes (the rules themselves are hashed).
 2: the kernel-interface, AF_VSOCK and tty-control rules (a new name, so no older cached program is reused)."""
@@ -182,8 +185,6 @@ def build_program(policy, *, arch_native_only: bool = True, deny_socketpair: boo
     fence's runtime directory; ``""`` turns caching off).  A hit costs one
     file read and never imports pyseccomp.
     """
-    from fence.runtime import cache_dir as default_cache_dir, read_cache, write_cache
-
     ruleset = rules(deny_unix=not unix_sockets_allowed(policy), deny_socketpair=deny_socketpair)
     if cache_dir is None:
         cache_dir = default_cache_dir()
@@ -209,6 +210,7 @@ def cache_name(ruleset: tuple[Rule, ...], arch_native_only: bool) -> str:
 
 def compile_rules(ruleset: tuple[Rule, ...], *, arch_native_only: bool = True) -> bytes:
     """Compile ``ruleset`` with libseccomp (default ALLOW) and return the exported BPF."""
+    # lazy: only compiling needs pyseccomp (see the module docstring); a cached program does not
     import pyseccomp as sc
 
     native = sc.SyscallFilter(sc.ALLOW)

@@ -19,6 +19,7 @@ import os
 
 from fence.bus import ServiceError
 from fence.executor.errors import FenceError
+from fence.executor.fleet import Fleet
 from fence.executor.host import HostError, host_facts
 from fence.executor.plan import render
 from fence.executor.prepare import gather, prepare
@@ -26,6 +27,7 @@ from fence.executor.runstats import RunStats
 from fence.messages import (Event, ExecListRequest, ExecOutputRequest, ExecPlanReply, ExecPlanRequest,
                             ExecSandboxRequest, ExecSignalRequest, ExecStartRequest, ExecStdinRequest, ExecWaitRequest,
                             ProxySessionOpened)
+from fence.runtime import masked_path, runtime_dir
 from fence.service import Endpoint, Service
 from fence.subjects import (EVENTS, EXEC_INFO, EXEC_KILL, EXEC_LIST, EXEC_OUTPUT, EXEC_PLAN, EXEC_SIGNAL, EXEC_START,
                             EXEC_STDIN, EXEC_WAIT, EXECUTOR)
@@ -44,8 +46,6 @@ class ExecutorService(Service):
     def fleet(self):
         """The detached sandboxes (made on first use: a lone run's executor never starts one)."""
         if self._fleet is None:
-            from fence.executor.fleet import Fleet
-
             self._fleet = Fleet()
         return self._fleet
 
@@ -119,6 +119,4 @@ class ExecutorService(Service):
 
 def _runtime_dirs(env: dict[str, str]) -> tuple[str, ...]:
     """fence's runtime dir of the requester (what ``fence run`` masks), from its environment."""
-    from fence.runtime import masked_path, runtime_dir
-
     return (masked_path(runtime_dir(env)),)

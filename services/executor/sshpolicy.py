@@ -572,7 +572,7 @@ def ssh_binary(env: Mapping[str, str] | None = None) -> str | None:
 
 def _run(argv: list[str], env: Mapping[str, str], timeout: float) -> tuple[int, str, str]:
     """Run without the subprocess module (kept off the hot path): (exit code, stdout, stderr)."""
-    import select
+    import select  # lazy: only an ssh command runs ssh -G; other runs with an SSH policy skip select (~0.2 ms)
 
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()

@@ -27,14 +27,17 @@ take all of a shared proxy's file descriptors.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import socket
 import sys
 import time
 from typing import Any
 from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
 
-from fence.domains import ALLOW, DENY, DomainFilter, HostError, canonical_host, display_host, is_ip
+from fence.domains import (ALLOW, DENY, DomainFilter, HostError, canonical_host, display_host, is_ip,
+                           split_host_port)
 from fence.messages import NetDecisionEvent
 from fence.netintent import forwards_upstream
 from fence.proxy.conn import DeadlineExceeded, connect
@@ -79,16 +82,11 @@ class Upstream:
     __slots__ = ("host", "port", "auth", "url")
 
     def __init__(self, url: str):
-        from fence.domains import canonical_host, split_host_port
-
         self.url = url
         rest = url.split("://", 1)[1]
         authority = rest.split("/", 1)[0].split("?", 1)[0]
         self.auth = b""
         if "@" in authority:
-            import base64
-            from urllib.parse import unquote
-
             userinfo, authority = authority.rsplit("@", 1)
             self.auth = b"Proxy-Authorization: Basic " + base64.b64encode(unquote(userinfo).encode()) + b"\r\n"
         host, self.port = split_host_port(authority, 80)
@@ -159,8 +157,8 @@ class Session:
         """Serve listening sockets created elsewhere (e.g. inside the sandbox's netns); takes ownership."""
         if self.closed:
             raise RuntimeError("session is closed")
-        from fence.proxy.http import handle_http
-        from fence.proxy.socks import handle_socks
+        from fence.proxy.http import handle_http  # lazy: import cycle (http imports DialError from here)
+        from fence.proxy.socks import handle_socks  # lazy: import cycle (socks imports DialError from here)
 
         for sock, handler, attr in ((sock_http, handle_http, "http_port"), (sock_socks, handle_socks, "socks_port")):
             if sock is None:

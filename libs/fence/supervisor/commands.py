@@ -15,12 +15,15 @@ import argparse
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 
 import msgspec
+import uvloop
 
 from fence import runtime
+from fence.natsbus import NatsBus
 from fence.runtime import ComponentInfo, SupervisorInfo
 from fence.supervisor.files import Lock, clean_stale, lock_holder, log_path, log_since, rotate_log
 from fence.supervisor.natsconf import NATS
@@ -64,7 +67,6 @@ def main_up(argv: list[str]) -> int:
         return error(f"a supervisor is already running (pid {holder})")
     try:
         clean_stale(rdir)
-        import uvloop
 
         return uvloop.run(Supervisor(rdir, log=args.log).run())
     finally:
@@ -77,8 +79,6 @@ def main_up(argv: list[str]) -> int:
 
 def _detach() -> int:
     """Start ``fence up`` in a new session with its output in the log; wait until it is healthy."""
-    import subprocess
-
     log = log_path()
     try:
         runtime.ensure_private_dir(os.path.dirname(log))
@@ -119,8 +119,6 @@ def _detach() -> int:
 
 async def _live_pings(info: SupervisorInfo, timeout: float) -> dict[str, bool]:
     """Which services answer ``$SRV.PING`` right now, asked as the ``client`` user."""
-    from fence.natsbus import NatsBus
-
     creds = runtime.client_credentials()
     bus = await asyncio.wait_for(NatsBus.connect(creds.url, user=creds.user, password=creds.password,
                                                  inbox_prefix=creds.inbox_prefix, name="fence-status"), timeout)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from fence import runtime
+from fence.natsbus import NatsBus
 from fence.runtime import Credentials, SupervisorInfo
 from fence.serve import COMPONENTS
 from fence.supervisor.child import BACKOFF_MAX, Child
@@ -205,8 +206,6 @@ class Supervisor:
                 print(f"[fence:{NATS}] {printable(line)}", file=sys.stderr, flush=True)
 
     async def connect_bus(self) -> None:
-        from fence.natsbus import NatsBus
-
         try:
             self.bus = await asyncio.wait_for(
                 NatsBus.connect(self.url, user="supervisor", password=self.passwords["supervisor"],
