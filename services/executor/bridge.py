@@ -27,10 +27,12 @@ four enums, ~2-3 ms), and calls ``setns`` through the init helper's
 ``_ctypes`` binding where Python has no ``os.setns`` (before 3.12), bound
 before the fork (in a forked child of this process every touched page is
 copied: ``import ctypes`` there cost ~3 ms).  bwrap reads ``--block-fd``
-only after building the mounts, so this mostly overlaps its own set-up.  Its listeners are ``_socket.socket`` objects; ``as_socket``
-makes one a ``socket.socket`` for code that accepts on it.  Measured here
-for the two proxy listeners (``bench``-style, interleaved, medians): root
-~0.15 ms, an unprivileged user ~2.5-3.5 ms (the fork; min ~1.2 ms).
+only after building the mounts, so this mostly overlaps its own set-up.
+Its listeners are ``_socket.socket`` objects; ``as_socket`` makes one a
+``socket.socket`` for code that accepts on it.  Measured here for the two
+proxy listeners (interleaved, medians): root ~0.15 ms; an unprivileged
+user ~2.5-3.5 ms, the fork (its page faults: ~2000 minor faults per run
+between the child and the parent's copy-on-write) and nothing else.
 """
 
 from __future__ import annotations
