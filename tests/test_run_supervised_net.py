@@ -230,6 +230,14 @@ def test_unreachable_proxy_fails_closed_before_the_command(sup, origin):
     assert r.returncode == 1 and "COMMAND-RAN" not in r.stdout + r.stderr, r.stderr
     assert r.stderr.startswith("Error: network.allowedDomains: cannot reach the supervisor's proxy at ")
     assert "No such file or directory" in r.stderr and "stopped before its command ran" in r.stderr
+    none = sup.config({})  # no domain allowed: its proxies (denying all) are promised too, and fail closed alike
+    os.rename(sock, moved)
+    try:
+        r = sup.fence("-s", str(none), "-c", "echo COMMAND-RAN; echo COMMAND-RAN >&2")
+    finally:
+        os.rename(moved, sock)
+    assert r.returncode == 1 and "COMMAND-RAN" not in r.stdout + r.stderr, r.stderr
+    assert r.stderr.startswith("Error: network: cannot reach the supervisor's proxy at "), r.stderr
 
 
 # --- abuse of the hand-off socket -----------------------------------------------------------

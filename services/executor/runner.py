@@ -229,7 +229,8 @@ class Running:
                 raise FenceError(str(e)) from None
         prepare_listeners = None
         if net.proxy_listen and attach is None:
-            prepare_listeners = _hand_over_to(self.opened, len(net.proxy_listen), self.handed)
+            field = "network.allowedDomains" if net.intent == "filtered" else "network"  # none: its proxies
+            prepare_listeners = _hand_over_to(self.opened, len(net.proxy_listen), self.handed, field)
         try:
             inherit = {**runtime.inherit(), **self.facts.fs.pin(rendered.pinned)}
             sandbox = Sandbox(rendered, relay_signals, inherit=inherit, stdio=stdio).start(prepare_listeners)
@@ -294,17 +295,17 @@ class Running:
             conn.close()
 
 
-def _hand_over_to(opened: ProxySessionOpened, count: int, handed: list):
-    """``Sandbox.start``'s ``prepare``: the first ``count`` listeners go to the supervisor's proxy process."""
+def _hand_over_to(opened: ProxySessionOpened, count: int, handed: list, field: str):
+    """``Sandbox.start``'s ``prepare``: the first ``count`` listeners go to the supervisor's proxy process
+    (``field`` names the setting that asked for them in the error)."""
     def prepare(listeners: list) -> None:
-        # lazy: only a supervised run with network hands listeners over (~3 ms)
+        # lazy: only a supervised run with a netns hands listeners over (~3 ms)
         from fence.executor.handoff import HandoffError, hand_over
 
         try:
             handed.append(hand_over(opened, listeners[:count]))
         except HandoffError as e:
-            raise LaunchError(f"network.allowedDomains: {e}; the sandbox was stopped before its command ran") \
-                from None
+            raise LaunchError(f"{field}: {e}; the sandbox was stopped before its command ran") from None
 
     return prepare
 
