@@ -329,7 +329,8 @@ def removed_afterwards(*paths: str | Path):
 
 
 def lone_bus(events: str = "fence.events.>"):
-    """The services of a lone run on an in-process bus, and a list collecting the events on ``events``."""
+    """The services of a lone run on an in-process bus, a list collecting the events on ``events``, and the
+    proxy's ``attach`` (``runner.run(..., attach=)``: every sandbox with a netns has proxy listeners)."""
     from fence.bus import InProcessBus, run_sync
     from fence.config.service import ConfigService
     from fence.messages import Event
@@ -337,7 +338,8 @@ def lone_bus(events: str = "fence.events.>"):
     from fence.proxy.service import ProxyService
 
     bus = InProcessBus()
-    for service in (ConfigService(), ProxyService(), MonitorService()):
+    proxy = ProxyService(loopback="relaxed")  # as cli._run_lone
+    for service in (ConfigService(), proxy, MonitorService()):
         run_sync(service.start(bus))
     seen: list = []
 
@@ -345,4 +347,4 @@ def lone_bus(events: str = "fence.events.>"):
         seen.append(event)
 
     run_sync(bus.subscribe(events, Event, record))
-    return bus, seen
+    return bus, seen, proxy.attach

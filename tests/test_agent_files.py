@@ -174,10 +174,10 @@ def test_a_quarantined_agent_file_is_an_event():
     work = session_dir("fence-agent-event-")
     try:
         (work / "fence.json").write_text('{"filesystem": {"allowWrite": ["."]}}')
-        bus, seen = lone_bus("fence.events.*.fs")
+        bus, seen, attach = lone_bus("fence.events.*.fs")
         req = RunRequest(command=["sh", "-c", "echo evil > .envrc"], cwd=str(work),
                          env={"PATH": "/usr/bin:/bin", "HOME": str(work)}, sandbox=new_sandbox_id())
-        assert run_sync(run(bus, req, host_facts())) == 0
+        assert run_sync(run(bus, req, host_facts(), attach=attach)) == 0
         assert [(type(e), e.path) for e in seen] == [(ProtectedPathEvent, str(work / ".envrc"))]
         assert not (work / ".envrc").exists() and Path(seen[0].moved_to).read_text() == "evil\n"
     finally:

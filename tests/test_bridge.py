@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from fence.executor.bridge import as_socket
 from fence.executor.host import host_facts
 from fence.executor.launch import Sandbox
 from fence.executor.plan import NetPlan, RunPlan, render
@@ -36,13 +37,14 @@ def test_listeners_inside_the_netns_reach_the_host(tmp_path, capfd):
     sandbox = Sandbox(plan).start()
     assert len(sandbox.listeners) == 2
     seen: list = []
-    threads = [threading.Thread(target=_serve_once, args=(sock, seen)) for sock in sandbox.listeners]
+    listeners = [as_socket(sock) for sock in sandbox.listeners]  # the bridge's _socket objects, to accept on
+    threads = [threading.Thread(target=_serve_once, args=(sock, seen)) for sock in listeners]
     for t in threads:
         t.start()
     code = sandbox.wait()
     for t in threads:
         t.join(5)
-    for sock in sandbox.listeners:
+    for sock in listeners:
         sock.close()
     out = capfd.readouterr().out
     assert code == 0
@@ -101,3 +103,48 @@ def test_failed_prepare_stops_the_sandbox_before_its_command():
 
     shutil.rmtree(work, ignore_errors=True)
     assert not ran
+
+
+SIOCGSKNS = 0x894C
+"""ioctl: a descriptor for the network namespace a socket lives in."""
+
+
+def _netns_of(sock) -> int:
+    import fcntl
+
+    fd = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+    try:
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("way", ["this thread (root)", "a forked child"])
+def test_listeners_live_in_the_sandbox_netns_and_the_caller_stays_out(way):
+    """Both ways of making listeners: root's thread enters the netns and comes back; a child joins for others."""
+    from fence.executor import bridge
+
+    if way.startswith("this thread") and os.geteuid() != 0:
+        pytest.skip("only root enters the netns from its own thread")
+    plan = render(RunPlan(command=["sleep", "5"], cwd="/", env=dict(os.environ), host=host_facts(),
+                         network=NetPlan(proxy_listen=(("127.0.0.1", 3128),))))
+    own = os.stat("/proc/thread-self/ns/net").st_ino
+    sandbox = Sandbox(plan).start()
+    try:
+        inside = os.stat(f"/proc/{sandbox.init_pid}/ns/net").st_ino
+        setns = bridge._setns_function()
+        extra = (bridge._listen_from_this_thread(sandbox.init_pid, [("127.0.0.1", 4000), ("::1", 4000)], setns)
+                 if way.startswith("this thread") else
+                 bridge._listen_from_a_child(sandbox.init_pid, [("127.0.0.1", 4000), ("::1", 4000)], setns))
+        assert extra is not None and len(extra) == 2
+        made = [s for s in [*sandbox.listeners, *extra] if s is not None]
+        assert inside != own and [_netns_of(s) for s in made] == [inside] * len(made)
+        assert os.stat("/proc/thread-self/ns/net").st_ino == own  # back home
+        with socket.socket() as probe:  # this thread's own loopback again: the host's port 4000 is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", 4000))
+        for s in made:
+            s.close()
+    finally:
+        os.kill(sandbox.init_pid, 9)  # the pid namespace's init: everything inside goes with it
+        sandbox.wait()

@@ -43,12 +43,17 @@ Linux Sandbox Features:
   Audit: true (CAP_AUDIT_READ: false)
 
 Feature Status:
-  ✓ Minimum requirements met (bwrap)
-  ✓ Network namespace isolation available
-  ✓ Landlock available for enhanced filesystem control
-  ✓ Violation monitoring available
-  ○ eBPF monitoring not available (needs CAP_BPF or root)
-"""
+""" + "".join(f"  {line}\n" for line in (
+        "✓ Minimum requirements met (bwrap)",
+        '✓ Network namespace isolation: each sandbox (but relaxed "*") has its own network, reached only through '
+        "fence's proxies",
+        "✓ Seccomp: every sandbox runs under fence's syscall filter (denied calls fail with EPERM)",
+        "✓ Landlock v7: fence adds filesystem rules inside the sandbox when something is writable or execute-only, "
+        "or under defaultDenyRead",
+        '✓ Runtime exec policy "argv" available (seccomp user notification): every exec checked, refusals shown by -m',
+        '○ Violation reporting: -m shows blocked network requests, and execs refused under runtimeExecPolicy "argv"; '
+        "filesystem and syscall denials are not reported",
+        "○ eBPF monitoring: not implemented by fence"))
 
 
 def test_report_on_a_poor_machine():
@@ -74,10 +79,11 @@ Feature Status:
     bwrap --unshare-net failed: bwrap: No permissions to create new namespace
     bwrap does not run without it either; allow user namespaces in the container or run on the host
   ⚠ Unprivileged user namespaces unavailable: kernel.unprivileged_userns_clone is 0
-  ○ Landlock not available (kernel 5.13+ required)
-  ○ Violation monitoring limited (kernel 4.14+ for seccomp logging)
+  ✓ Seccomp: every sandbox runs under fence's syscall filter (denied calls fail with EPERM)
+  ○ Landlock not available (kernel 5.13+ required): filesystem rules rest on bubblewrap's mounts alone
   ○ Runtime argv exec policy unavailable (kernel 5.0+ for seccomp user notification)
-  ○ eBPF monitoring not available (needs CAP_BPF or root)
+  ○ Violation reporting: -m shows blocked network requests; filesystem and syscall denials are not reported
+  ○ eBPF monitoring: not implemented by fence
 """
 
 
@@ -89,9 +95,29 @@ def test_report_in_a_container_without_network_namespaces():
     assert ("  ⚠ Network namespace unavailable (containerized environment?)\n"
             "    bwrap --unshare-net failed: bwrap: Creating new namespace failed: nesting depth or "
             "/proc/sys/user/max_*_namespaces exceeded (ENOSPC)\n"
-            "    fence runs proxy-only: programs ignoring HTTP_PROXY/ALL_PROXY are NOT filtered, and a policy "
-            "allowing no network is refused unless FENCE_ALLOW_SHARED_NETWORK=1\n") in text
+            "    fence runs proxy-only: direct TCP connections are blocked by Landlock, but UDP and other non-TCP "
+            "traffic is NOT filtered, and a policy allowing no network is refused unless "
+            "FENCE_ALLOW_SHARED_NETWORK=1\n") in text
     assert "bwrap(no-netns)" in features.summary(f)
+    older = features.report(healthy(netns=False, netns_shared_ok=True, landlock_abi=3))  # no Landlock TCP rules
+    assert ("    fence runs proxy-only: programs ignoring HTTP_PROXY/ALL_PROXY are NOT filtered, and a policy "
+            "allowing no network is refused unless FENCE_ALLOW_SHARED_NETWORK=1\n") in older
+
+
+def test_status_claims_only_what_fence_uses():
+    """On a host offering everything (root, CAP_BPF, audit, seccomp logging), ✓ goes only to the layers
+    fence applies; eBPF, seccomp logging and audit, which no fence code uses, are never offered as features."""
+    status = features.report(healthy(root=True, cap_bpf=True, cap_audit_read=True)).split("Feature Status:\n")[1]
+    used = [line.split(":")[0].strip() for line in status.splitlines() if line.startswith("  ✓")]
+    assert used == ["✓ Minimum requirements met (bwrap)", "✓ Network namespace isolation", "✓ Seccomp",
+                    "✓ Landlock v7", '✓ Runtime exec policy "argv" available (seccomp user notification)']
+    assert "  ○ eBPF monitoring: not implemented by fence\n" in status
+    assert "filesystem and syscall denials are not reported" in status
+    for claim in ("✓ eBPF", "✓ Violation", "enhanced visibility", "Violation monitoring available", "✓ Audit"):
+        assert claim not in status
+    other_arch = features.report(healthy(machine="riscv64"))
+    assert "  ○ Runtime argv exec policy unavailable (not built for riscv64)\n" in other_arch
+    assert '"argv"' not in other_arch.split("Violation reporting:")[1]
 
 
 def test_report_never_mentions_socat_and_says_when_not_probed():
@@ -235,3 +261,4 @@ def test_report_as_an_unprivileged_user(unprivileged_runner):
     assert "  Network namespace (--unshare-net): true\n" in r.stdout
     assert "  Unprivileged user namespaces: true\n" in r.stdout
     assert "  ✓ Minimum requirements met (bwrap)\n" in r.stdout
+    assert "  ○ eBPF monitoring: not implemented by fence\n" in r.stdout and "✓ eBPF" not in r.stdout

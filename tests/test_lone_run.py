@@ -27,7 +27,7 @@ pytestmark = pytest.mark.sandbox
 
 def test_lone_run_publishes_lifecycle_without_an_event_loop():
     bus = InProcessBus()
-    proxy, monitor = ProxyService(), MonitorService()
+    proxy, monitor = ProxyService(loopback="relaxed"), MonitorService()  # as cli._run_lone
     for service in (ConfigService(), proxy, monitor):
         run_sync(service.start(bus))
     seen: list[LifecycleEvent] = []
@@ -38,7 +38,7 @@ def test_lone_run_publishes_lifecycle_without_an_event_loop():
 
     run_sync(bus.subscribe("fence.events.*.lifecycle", Event, record))
     req = RunRequest(command=["sh", "-c", "exit 3"], cwd="/", env=dict(os.environ), sandbox=new_sandbox_id())
-    code = run_sync(run(bus, req, host_facts()))
+    code = run_sync(run(bus, req, host_facts(), attach=proxy.attach))
 
     assert code == 3
     assert [e.phase for e in seen] == ["started", "exited"]
@@ -76,10 +76,10 @@ def test_preflight_block_is_an_event_and_nothing_starts():
     from fence.executor.runner import FenceError
     from fence.messages import PreflightBlockedEvent
 
-    bus, seen = lone_bus()
+    bus, seen, attach = lone_bus()
     req = RunRequest(command=["sh", "-c", "reboot"], cwd="/", env=dict(os.environ), sandbox=new_sandbox_id())
     with pytest.raises(FenceError, match='blocked by default sandbox command policy: "reboot" matches "reboot"'):
-        run_sync(run(bus, req, host_facts()))
+        run_sync(run(bus, req, host_facts(), attach=attach))
     assert len(seen) == 1 and isinstance(seen[0], PreflightBlockedEvent)
     assert seen[0].rule == "reboot" and seen[0].default_rule and seen[0].sandbox == req.sandbox
 
@@ -91,10 +91,10 @@ def test_quarantine_is_an_event(tmp_path_factory):
     work = session_dir("fence-quarantine-")
     try:
         (work / "fence.json").write_text('{"filesystem": {"allowWrite": ["."]}}')
-        bus, seen = lone_bus("fence.events.*.fs")
+        bus, seen, attach = lone_bus("fence.events.*.fs")
         req = RunRequest(command=["sh", "-c", "echo {} > .mcp.json"], cwd=str(work),
                          env={"PATH": "/usr/bin:/bin", "HOME": str(work)}, sandbox=new_sandbox_id())
-        assert run_sync(run(bus, req, host_facts())) == 0
+        assert run_sync(run(bus, req, host_facts(), attach=attach)) == 0
         assert [type(e) for e in seen] == [ProtectedPathEvent]
         assert seen[0].path == str(work / ".mcp.json") and seen[0].moved_to.startswith(str(work / ".mcp.json.fence-q"))
         assert not (work / ".mcp.json").exists() and Path(seen[0].moved_to).exists()

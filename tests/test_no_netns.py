@@ -103,10 +103,15 @@ def test_no_network_policy_is_refused_unless_opted_in(fence, origin):
     assert "the policy allows no network" in r.stderr and "FENCE_ALLOW_SHARED_NETWORK=1" in r.stderr
     assert ". Refusing to run. To run with less protection: set FENCE_ALLOW_SHARED_NETWORK=1 in fence's " \
            "environment (the host's network;" in r.stderr  # the wording of every missing-layer refusal
-    r = run_without_netns(fence, work, "-c", "echo COMMAND-RAN; echo ${HTTP_PROXY:-no-proxy}",
-                          FENCE_ALLOW_SHARED_NETWORK="1")
-    assert (r.returncode, r.stdout) == (0, "COMMAND-RAN\nno-proxy\n"), r.stderr
+    script = (f"echo COMMAND-RAN; echo ${{HTTP_PROXY:-no-proxy}}; "
+              f"NO_PROXY= no_proxy= curl -s --max-time 10 -w '%{{http_code}}' http://localhost:{origin}/")
+    r = run_without_netns(fence, work, "-m", "-c", script, FENCE_ALLOW_SHARED_NETWORK="1")
+    assert r.returncode == 0, r.stderr
+    ran, proxy, *blocked = r.stdout.splitlines()
+    assert ran == "COMMAND-RAN" and proxy.startswith("http://127.0.0.1:") and not proxy.endswith(":3128")
+    assert blocked[0] == "Connection blocked by network allowlist" and blocked[-1].endswith("403")  # host proxies
     assert "[fence:linux] Warning: Skipping --unshare-net" in r.stderr
+    assert " ✗ GET     403 localhost " in r.stderr
 
 
 def test_relaxed_mode_is_unchanged_and_quiet(fence, origin):
@@ -122,7 +127,15 @@ def test_linux_features_shows_it(fence):
     assert "  Network namespace (--unshare-net): false\n" in r.stdout
     assert "  ⚠ Network namespace unavailable (containerized environment?)\n" in r.stdout
     assert "    bwrap --unshare-net failed: bwrap: Creating new namespace failed" in r.stdout
-    assert "    fence runs proxy-only: programs ignoring HTTP_PROXY/ALL_PROXY are NOT filtered" in r.stdout
+    from fence.executor.inithelper import abi_version
+
+    try:
+        tcp_rules = abi_version() >= 4  # what runs there do: Landlock TCP rules keep TCP to the proxies
+    except OSError:
+        tcp_rules = False
+    escape = ("direct TCP connections are blocked by Landlock, but UDP and other non-TCP traffic is NOT filtered"
+              if tcp_rules else "programs ignoring HTTP_PROXY/ALL_PROXY are NOT filtered")
+    assert f"    fence runs proxy-only: {escape}" in r.stdout
 
 
 # --- the cache ------------------------------------------------------------------------------

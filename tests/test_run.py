@@ -333,10 +333,22 @@ def test_allow_all_unix_sockets(fence):
     assert r.stdout.split("\n")[:3] == ["ptrace EPERM", "unix ok", "socketpair ok"], r.stderr
 
 
+def test_debug_says_the_run_is_lone(fence):
+    r = fence.run("-d", "--", "true", cwd=str(fence.workdir()))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines()[0] == ("[fence] Lone run: no supervisor; the config, proxy and monitor services "
+                                        "run in this process"), r.stderr
+    assert "Supervised run" not in r.stderr
+    assert "Lone run" not in fence.run("--", "true", cwd=str(fence.workdir())).stderr  # -d only
+
+
 def test_linux_features_report(fence):
     r = fence.run("--linux-features")
     assert r.returncode == 0 and r.stdout.startswith("Linux Sandbox Features:")
     assert "Minimum requirements met (bwrap)" in r.stdout and "Socat" not in r.stdout
+    # only what fence does on this host: it has no eBPF monitor and reads no seccomp log (as root too)
+    assert "✓ eBPF" not in r.stdout and "Violation monitoring available" not in r.stdout, r.stdout
+    assert "  ○ eBPF monitoring: not implemented by fence\n" in r.stdout
 
 
 def test_no_new_user_namespaces_inside(fence):

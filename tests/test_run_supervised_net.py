@@ -131,6 +131,30 @@ def test_allowed_host_reached_blocked_host_403(sup, origin):
     assert len(net) == 1 and "✗" in net[0] and "403 localhost" in net[0], r.stderr
 
 
+def test_no_network_block_is_answered_and_shown(sup):
+    """No domain allowed: the proxy process still gets the sandbox's listeners, denies, and -m shows it."""
+    cfg = sup.config({})
+    r = sup.fence("-m", "-s", str(cfg), "-c", "curl -s --max-time 10 http://example.com/; echo; echo $HTTP_PROXY")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == BLOCKED and lines[-1] == "http://127.0.0.1:3128", (r.stdout, r.stderr)
+    net = [line for line in r.stderr.splitlines() if line.startswith("[fence:http]")]
+    assert len(net) == 1 and " ✗ GET     403 example.com http://example.com/ (" in net[0], r.stderr
+
+
+def test_debug_says_the_run_went_through_the_supervisor(sup):
+    info = sup.info()
+    services = "; the config, proxy and monitor services are the supervisor's"
+    r = sup.fence("-d", "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines()[0] == (f"[fence] Supervised run: through the bus at {info.nats_url} "
+                                        f"(supervisor pid {info.pid}){services}"), r.stderr
+    r = sup.fence("-d", "--bus", info.nats_url, "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines()[0] == f"[fence] Supervised run: through the bus at {info.nats_url} (--bus){services}"
+    assert "Lone run" not in r.stderr
+
+
 def test_direct_connections_still_fail_and_debug_shows_netns(sup, origin):
     cfg = sup.config({"allowedDomains": ["127.0.0.1"]})
     r = sup.fence("-d", "-s", str(cfg), "-c",
@@ -156,6 +180,44 @@ def test_session_gone_after_the_run(sup, origin):
     assert 'fence_service_gauge{name="fence_proxy_sessions"} 0.0' in body
 
 
+def _run_metrics(url: str) -> dict[str, float]:
+    """The executor's run metrics from its /metrics page: ``{'phase/outcome': n, 'seconds_count': n, ...}``."""
+    import re
+    import urllib.request
+
+    body = urllib.request.urlopen(url, timeout=3).read().decode()
+    found = {}
+    for m in re.finditer(r"^fence_sandbox_runs_total\{(.*)\} (\S+)$", body, re.M):
+        labels = dict(re.findall(r'(\w+)="(\w*)"', m[1]))
+        found[f"{labels['phase']}/{labels['outcome']}"] = float(m[2])
+    for name, key in (("fence_sandbox_run_seconds_count", "seconds_count"),
+                      ('fence_service_gauge{name="fence_sandboxes_running"}', "running")):
+        value = re.search(rf"^{re.escape(name)} (\S+)$", body, re.M)
+        if value:
+            found[key] = float(value[1])
+    return found
+
+
+def test_executor_metrics_count_the_runs_clients_report(sup):
+    """The executor service never runs a sandbox (fence run does); it counts what runs report on the bus."""
+    executor = next(c for c in sup.info().components if c.name == "executor")
+    before = _run_metrics(executor.metrics_url)
+    runs = [sup.fence("--", "true"), sup.fence("-c", "exit 3"), sup.fence("-c", "kill -9 $$"),
+            sup.fence("-c", "reboot")]
+    assert [r.returncode for r in runs] == [0, 3, 137, 1], [r.stderr for r in runs]
+    want = {"started/started": 3, "exited/ok": 1, "exited/failed": 1, "exited/signal": 1,
+            "refused/preflight": 1, "seconds_count": 3}
+    deadline = time.monotonic() + 5
+    while True:  # events reach the service asynchronously
+        after = _run_metrics(executor.metrics_url)
+        delta = {key: after.get(key, 0) - before.get(key, 0) for key in want}
+        if delta == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert delta == want, after
+    assert after["running"] == 0
+
+
 def test_unreachable_proxy_fails_closed_before_the_command(sup, origin):
     cfg = sup.config({"allowedDomains": ["127.0.0.1"]})
     sock = sup.rdir / "proxy.sock"
@@ -168,6 +230,14 @@ def test_unreachable_proxy_fails_closed_before_the_command(sup, origin):
     assert r.returncode == 1 and "COMMAND-RAN" not in r.stdout + r.stderr, r.stderr
     assert r.stderr.startswith("Error: network.allowedDomains: cannot reach the supervisor's proxy at ")
     assert "No such file or directory" in r.stderr and "stopped before its command ran" in r.stderr
+    none = sup.config({})  # no domain allowed: its proxies (denying all) are promised too, and fail closed alike
+    os.rename(sock, moved)
+    try:
+        r = sup.fence("-s", str(none), "-c", "echo COMMAND-RAN; echo COMMAND-RAN >&2")
+    finally:
+        os.rename(moved, sock)
+    assert r.returncode == 1 and "COMMAND-RAN" not in r.stdout + r.stderr, r.stderr
+    assert r.stderr.startswith("Error: network: cannot reach the supervisor's proxy at "), r.stderr
 
 
 # --- abuse of the hand-off socket -----------------------------------------------------------

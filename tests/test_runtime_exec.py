@@ -247,11 +247,11 @@ def test_a_blocked_exec_is_an_event_on_the_bus(tmp_path_factory):
 
     work = Path(tmp_path_factory.mktemp("exec", numbered=True))
     cfg = argv_settings(work, ["git push"])
-    bus, seen = lone_bus("fence.events.*.exec")
+    bus, seen, attach = lone_bus("fence.events.*.exec")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8"}
     req = RunRequest(command=["sh", "-c", "g=$(echo gi)t; $g push origin; exit 0"], cwd="/", env=env,
                      sandbox=new_sandbox_id(), settings=str(cfg))
-    assert run_sync(run(bus, req, host_facts())) == 0
+    assert run_sync(run(bus, req, host_facts(), attach=attach)) == 0
     (event,) = seen
     assert isinstance(event, ExecBlockedEvent) and event.sandbox == req.sandbox
     assert event.argv == ["git", "push", "origin"] and event.rule == "git push" and not event.default_rule

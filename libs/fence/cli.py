@@ -301,6 +301,8 @@ def run_command(opts: RunOptions) -> int:
                      force_new_session=opts.force_new_session)
     try:
         bus_url, supervisor = _find_bus(opts)
+        if opts.debug:
+            print(route_line(bus_url, supervisor), file=sys.stderr)
         if bus_url:
             from fence.executor.remote import run_over_nats  # lazy: only a supervised run (asyncio, uvloop: ~30 ms)
 
@@ -362,6 +364,19 @@ def _private_dirs() -> tuple[str, ...]:
         return private_runtime_dirs()
     except UnsafeDir as e:
         raise HostError(f"fence's runtime directory: {e}") from None
+
+
+def route_line(bus_url: str, supervisor) -> str:
+    """``-d``'s first line: whether this run goes through a supervisor (and which bus) or runs lone.
+
+    Both modes print the same sandbox, so without this line nothing tells a
+    user which config, proxy and monitor served the run.
+    """
+    if not bus_url:
+        return "[fence] Lone run: no supervisor; the config, proxy and monitor services run in this process"
+    where = f"supervisor pid {supervisor.pid}" if supervisor is not None else "--bus"
+    return (f"[fence] Supervised run: through the bus at {bus_url} ({where}); the config, proxy and monitor "
+            "services are the supervisor's")
 
 
 def _find_bus(opts: RunOptions):

@@ -12,7 +12,8 @@ each had its own copy and they disagreed at the edges.
   or grey traffic forwarded to ``upstreamProxy`` (``defaultAction: "proxy"``
   *and* a proxy to forward to: without one grey traffic is denied, so a
   policy with nothing else allows nothing).
-* ``none``: nothing can: no proxy session, no listener, only the netns.
+* ``none``: nothing can: the netns, and proxies whose filter denies every
+  request (so a block is answered and reported, as in Fence).
 
 Patterns are read as the filter reads them (surrounding blanks ignored),
 so "relaxed" here is exactly the filter's ``*``.  Where no network

@@ -114,11 +114,12 @@ REQUESTS: tuple[Request, ...] = (
 EVENTS: tuple[EventKind, ...] = (
     # A run's own events come from whoever runs its executor: `fence run` (client) or, for a detached
     # sandbox, the executor service; only the proxy decides network verdicts.
-    # The monitor collects them all; `fence run -d/-m` watches its own sandbox's.
+    # The monitor collects them all; `fence run -d/-m` watches its own sandbox's; the executor service
+    # counts the runs reported (started, exited, refused by preflight) in its /metrics.
     EventKind(kind="lifecycle", message="LifecycleEvent", published_by=(CLIENT, EXECUTOR),
-              watched_by=(MONITOR, CLIENT)),
+              watched_by=(MONITOR, CLIENT, EXECUTOR)),
     EventKind(kind="preflight", message="PreflightBlockedEvent", published_by=(CLIENT, EXECUTOR),
-              watched_by=(MONITOR, CLIENT)),
+              watched_by=(MONITOR, CLIENT, EXECUTOR)),
     EventKind(kind="net", message="NetDecisionEvent", published_by=(PROXY,), watched_by=(MONITOR, CLIENT)),
     EventKind(kind="exec", message="ExecBlockedEvent", published_by=(CLIENT, EXECUTOR),
               watched_by=(MONITOR, CLIENT)),

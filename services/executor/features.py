@@ -24,7 +24,7 @@ import msgspec
 
 from fence.executor import netns
 from fence.executor.host import HostError, find_bwrap
-from fence.executor.inithelper import abi_version, prctl, syscall
+from fence.executor.inithelper import EXEC_SYSCALLS, abi_version, prctl, syscall
 from fence.executor.netns import boot_id
 from fence.runtime import cache_dir as default_cache_dir
 from fence.runtime import read_cache, write_cache
@@ -298,30 +298,54 @@ def report(f: Features) -> str:
 
 
 def _status(f: Features) -> list[str]:
+    """One line per layer: what fence *does* with it on this host (✓ used, ⚠ degraded, ○ not used, ✗ missing).
+
+    Each claim names code that acts on it: the netns (``plan.render``,
+    ``--unshare-net``), Landlock (the init helper, ``plan.wants_landlock``;
+    TCP rules ``prepare.network_plan``), seccomp (``seccomp.build_program``),
+    user notification (``execsupervisor``, the argv policy).  Reporting is
+    what ``-m`` prints (``fence.eventlines``): proxy decisions and argv exec
+    refusals.  Nothing in fence uses eBPF, seccomp logging or the audit
+    subsystem, so no line offers them as available features.
+    """
     out = ["  ✓ Minimum requirements met (bwrap)" if f.minimum_met else "  ✗ Missing requirements: bwrap"]
+    tcp_rules = f.landlock_abi >= 4
     if f.netns is None:
         out.append("  ? Network namespace isolation not probed")
     elif f.netns:
-        out.append("  ✓ Network namespace isolation available")
+        out.append('  ✓ Network namespace isolation: each sandbox (but relaxed "*") has its own network, '
+                   "reached only through fence's proxies")
     else:
         out += ["  ⚠ Network namespace unavailable (containerized environment?)",
                 f"    bwrap --unshare-net failed: {f.netns_detail or 'unknown error'}"]
         if f.netns_shared_ok:
-            out += ["    fence runs proxy-only: programs ignoring HTTP_PROXY/ALL_PROXY are NOT filtered, and a "
-                    "policy allowing no network is refused unless FENCE_ALLOW_SHARED_NETWORK=1"]
+            escape = ("direct TCP connections are blocked by Landlock, but UDP and other non-TCP traffic is NOT "
+                      "filtered" if tcp_rules else "programs ignoring HTTP_PROXY/ALL_PROXY are NOT filtered")
+            out += [f"    fence runs proxy-only: {escape}, and a policy allowing no network is refused unless "
+                    "FENCE_ALLOW_SHARED_NETWORK=1"]
         else:
             out += ["    bwrap does not run without it either; allow user namespaces in the container or run "
                     "on the host"]
     if not f.userns and not f.root:
         out.append(f"  ⚠ Unprivileged user namespaces unavailable: {f.userns_detail}")
-    out.append("  ✓ Landlock available for enhanced filesystem control" if f.landlock_abi
-               else f"  ○ Landlock not available ({f.landlock_detail})")
-    out.append("  ✓ Violation monitoring available" if f.seccomp_log_level >= 1
-               else "  ○ Violation monitoring limited (kernel 4.14+ for seccomp logging)")
-    if not f.seccomp_usernotif:
+    out.append("  ✓ Seccomp: every sandbox runs under fence's syscall filter (denied calls fail with EPERM)"
+               if f.seccomp else "  ✗ Seccomp unavailable: fence's syscall filter cannot be applied on this kernel")
+    out.append(f"  ✓ Landlock v{f.landlock_abi}: fence adds filesystem rules inside the sandbox when something is "
+               "writable or execute-only, or under defaultDenyRead" if f.landlock_abi
+               else f"  ○ Landlock not available ({f.landlock_detail}): filesystem rules rest on bubblewrap's "
+                    "mounts alone")
+    argv_policy = f.seccomp_usernotif and f.machine in EXEC_SYSCALLS  # as execsupervisor.supported
+    if argv_policy:
+        out.append('  ✓ Runtime exec policy "argv" available (seccomp user notification): every exec checked, '
+                   "refusals shown by -m")
+    elif f.seccomp_usernotif:
+        out.append(f"  ○ Runtime argv exec policy unavailable (not built for {f.machine})")
+    else:
         out.append("  ○ Runtime argv exec policy unavailable (kernel 5.0+ for seccomp user notification)")
-    out.append("  ✓ eBPF monitoring available (enhanced visibility)" if f.ebpf
-               else "  ○ eBPF monitoring not available (needs CAP_BPF or root)")
+    execs = ', and execs refused under runtimeExecPolicy "argv"' if argv_policy else ""
+    out.append(f"  ○ Violation reporting: -m shows blocked network requests{execs}; filesystem and syscall "
+               "denials are not reported")
+    out.append("  ○ eBPF monitoring: not implemented by fence")
     return out
 
 

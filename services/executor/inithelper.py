@@ -165,6 +165,11 @@ def _call(name, *args):
     return result
 
 
+def load_libc():
+    """Bind the C functions now: a process about to fork does it once, so its children only call them."""
+    _function("syscall")
+
+
 def syscall(number, *args):
     return _call("syscall", number, *args)
 

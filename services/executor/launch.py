@@ -161,6 +161,10 @@ class Sandbox:
                     os.close(fd)
         if self.relay:
             self.relay.spawned(self.pid)
+        if self.plan.listen_inside:  # while bwrap starts: the bridge's imports overlap it
+            from fence.executor.bridge import get_ready  # lazy: relaxed and shared runs make no listeners
+
+            get_ready()
         try:
             self.init_pid = _read_child_pid(read_end)
         finally:
@@ -170,7 +174,7 @@ class Sandbox:
                 if self.plan.listen_inside:
                     if not self.init_pid:
                         raise LaunchError("bwrap failed before the sandbox existed")
-                    # lazy: only runs with network (or local ports) make bridges (socket, ~4 ms)
+                    # lazy: only runs with a netns make bridges (loaded by get_ready above)
                     from fence.executor.bridge import listen_inside
 
                     try:

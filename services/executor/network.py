@@ -3,7 +3,10 @@
 Which of the three a policy asks for is ``fence.netintent.intent`` (shared
 with the proxy service); this module turns it into the run's shape.
 
-* ``none``: nothing allowed; ``--unshare-net`` and nothing else.
+* ``none``: nothing allowed; ``--unshare-net`` and the proxies as in
+  ``filtered``, whose filter denies every request: as in the Go tool Fence,
+  which starts its proxies for every run, a blocked request gets the proxy's
+  ``403`` and ``-m`` shows it, instead of failing in the resolver unseen.
 * ``filtered``: ``--unshare-net``; listeners at 127.0.0.1:3128 (HTTP) and
   :1080 (SOCKS5) are created inside the sandbox's netns (``bridge.py``) and
   served by this run's proxy session; the proxy env points at them.
@@ -25,11 +28,13 @@ sandbox is on the host's loopback already, so neither is needed.
 
 from __future__ import annotations
 
+import _thread
 import os
+import signal
 import sys
 
 from fence.messages import ProxySessionOpened
-from fence.netintent import FILTERED, NONE, intent
+from fence.netintent import NONE, RELAXED, intent
 from fence.policy import NetworkConfig
 from fence.textsafe import printable
 
@@ -44,8 +49,8 @@ def mode(network: NetworkConfig) -> str:
 
 
 def listeners(net_mode: str, shared: bool = False) -> list[tuple[str, int]]:
-    """The proxy listeners inside the sandbox (served by the proxy service)."""
-    if net_mode == FILTERED and not shared:
+    """The proxy listeners inside the sandbox (served by the proxy service): every run with a netns."""
+    if net_mode != RELAXED and not shared:
         return [("127.0.0.1", HTTP_PORT_INSIDE), ("127.0.0.1", SOCKS_PORT_INSIDE)]
     return []
 
@@ -115,10 +120,14 @@ def shared_network_refusal(net_mode: str, detail: str, env: dict[str, str]) -> s
 
 
 def proxy_env(net_mode: str, opened: ProxySessionOpened, shared: bool = False) -> dict[str, str]:
-    """HTTP_PROXY & co. for the command; empty when there is nothing to reach."""
-    if net_mode == FILTERED and not shared:
+    """HTTP_PROXY & co. for the command, pointing at its proxies (which deny everything in ``none`` mode).
+
+    Empty only when the session has no proxy to point at (a shared network
+    whose session opened no host listener).
+    """
+    if net_mode != RELAXED and not shared:
         http, socks = HTTP_PORT_INSIDE, SOCKS_PORT_INSIDE
-    elif net_mode != NONE and shared and opened.http_port:
+    elif shared and opened.http_port:
         http, socks = opened.http_port, opened.socks_port
     else:
         return {}
@@ -137,14 +146,18 @@ def attach_on_first_connection(attach, sandbox: str, listeners: list):
     Starting the proxy (asyncio + uvloop + proxy code, ~60 ms) costs nothing
     for commands that never use the network: until a connection is pending it
     waits in the listen backlog and a watcher thread sleeps in ``select``.
-    ``finish()`` (after the sandbox ended) stops the watcher and closes the
-    listeners unless the proxy session already owns them.
+    Every run with its own network has these listeners (a no-network one's
+    proxy denies all), so the watcher is a bare ``_thread`` (``threading``
+    is imported only by the proxy it starts, and then takes the watcher for
+    the main thread: nothing in fence asks it) and ``listeners`` are the
+    bridge's ``_socket`` objects, made ``socket.socket`` (``bridge.as_socket``)
+    only when handed over.  ``finish()`` (after the sandbox ended) stops the
+    watcher and closes the listeners unless the proxy session already owns them.
     """
     import select  # lazy: only runs with proxies watch for a first connection (select, ~0.2 ms)
-    import threading  # lazy: only runs with proxies start the watcher thread (threading ~0.7 ms)
 
     wake_r, wake_w = os.pipe()
-    lock = threading.Lock()
+    lock = _thread.allocate_lock()
     state = {"attached": False, "finished": False}
 
     def watch() -> None:
@@ -159,11 +172,13 @@ def attach_on_first_connection(attach, sandbox: str, listeners: list):
                 return
             state["attached"] = True
         try:
-            attach(sandbox, *listeners)
+            from fence.executor.bridge import as_socket  # lazy: the bridge (and _socket) only for runs with listeners
+
+            attach(sandbox, *[as_socket(sock) for sock in listeners])
         except Exception as e:  # the sandbox then sees refused connections; say why
             print(printable(f"[fence] Warning: proxy for sandbox {sandbox} failed to start: {e}"), file=sys.stderr)
 
-    threading.Thread(target=watch, name=f"fence-attach-{sandbox}", daemon=True).start()
+    _start_without_signals(watch)
 
     def finish() -> None:
         with lock:
@@ -179,3 +194,19 @@ def attach_on_first_connection(attach, sandbox: str, listeners: list):
         os.close(wake_w)  # the watcher closes the read end as it leaves select
 
     return finish
+
+
+def _start_without_signals(target) -> None:
+    """Start ``target`` on a bare ``_thread`` that never receives signals (nor do threads it starts).
+
+    fence waits for the sandbox in the main thread, blocked in ``waitpid``;
+    a signal the kernel delivered to another thread would not interrupt it,
+    so the Python handler that forwards it to the command would never run
+    (a Ctrl-C then hung the run).  The mask is set before the thread exists,
+    so there is no window, and put back at once in this thread.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        _thread.start_new_thread(target, ())  # daemonic: never joined, gone with the process
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -136,7 +136,7 @@ def network_plan(policy: Policy, facts: RunFacts, ports: Sequence[tuple[str, int
     clash = sorted({port for _, port in proxy_listen} & set(out_ports))
     if clash:
         raise FenceError(f"network.allowLocalOutboundPorts: port {clash[0]} is the sandbox's own proxy port "
-                         "when allowedDomains is set; it cannot also be relayed to the host")
+                         "(every sandbox with its own network has one); it cannot also be relayed to the host")
     connect_only = None
     if shared and net_mode != "relaxed":  # no netns: Landlock keeps TCP to the proxies (and listed ports)
         local = policy.network.allow_local_outbound_ports if network.local_outbound(policy.network) else []

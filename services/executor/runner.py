@@ -113,7 +113,7 @@ async def start(bus: Bus, req: RunRequest, host: HostFacts, relay_signals: bool 
     await admit(bus, req, resolved)                             # refused fields, command/SSH preflight
     facts = gather_facts(req, resolved, host)                   # filesystem, netns, Landlock, exec masks, seccomp
     report(facts.warnings)
-    opened = await open_session(bus, req, resolved.policy, facts)  # proxy session (none without network)
+    opened = await open_session(bus, req, resolved.policy, facts)  # proxy session (denying all without network)
     running = Running(bus, req, resolved, facts, opened, report)
     try:
         plan = decide(req, resolved, facts, opened)             # every decision, pure: the RunPlan
@@ -166,9 +166,9 @@ def decide(req: RunRequest, resolved: ConfigResolveReply, facts: RunFacts, opene
 
 
 async def open_session(bus: Bus, req: RunRequest, policy, facts: RunFacts) -> ProxySessionOpened:
-    """The proxy session for the sandbox; none when nothing is proxied (two round trips saved per run)."""
-    if facts.net_mode == "none":
-        return ProxySessionOpened(sandbox=req.sandbox)
+    """The proxy session for the sandbox, for every run: without allowed domains its filter denies
+    everything, so a blocked request is answered (403) and reported like any other.  In a lone run
+    it is a name until the sandbox first connects (``network.attach_on_first_connection``)."""
     return await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
         sandbox=req.sandbox, network=policy.network, loopback=facts.shared), ProxySessionOpened)
 
@@ -229,7 +229,8 @@ class Running:
                 raise FenceError(str(e)) from None
         prepare_listeners = None
         if net.proxy_listen and attach is None:
-            prepare_listeners = _hand_over_to(self.opened, len(net.proxy_listen), self.handed)
+            field = "network.allowedDomains" if net.intent == "filtered" else "network"  # none: its proxies
+            prepare_listeners = _hand_over_to(self.opened, len(net.proxy_listen), self.handed, field)
         try:
             inherit = {**runtime.inherit(), **self.facts.fs.pin(rendered.pinned)}
             sandbox = Sandbox(rendered, relay_signals, inherit=inherit, stdio=stdio).start(prepare_listeners)
@@ -286,26 +287,25 @@ class Running:
         if self.forwarder is not None:
             self.forwarder.close()
         try:
-            if self.facts.net_mode != "none":
-                await self.bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=self.req.sandbox),
-                                       ProxySessionClosed)
+            await self.bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=self.req.sandbox),
+                                   ProxySessionClosed)
         except BusError as e:
             say([f"[fence] Warning: closing proxy session {self.req.sandbox} failed: {e}"])
         for conn in self.handed:  # the proxy also ends the session when this closes (if the request above failed)
             conn.close()
 
 
-def _hand_over_to(opened: ProxySessionOpened, count: int, handed: list):
-    """``Sandbox.start``'s ``prepare``: the first ``count`` listeners go to the supervisor's proxy process."""
+def _hand_over_to(opened: ProxySessionOpened, count: int, handed: list, field: str):
+    """``Sandbox.start``'s ``prepare``: the first ``count`` listeners go to the supervisor's proxy process
+    (``field`` names the setting that asked for them in the error)."""
     def prepare(listeners: list) -> None:
-        # lazy: only a supervised run with network hands listeners over (~3 ms)
+        # lazy: only a supervised run with a netns hands listeners over (~3 ms)
         from fence.executor.handoff import HandoffError, hand_over
 
         try:
             handed.append(hand_over(opened, listeners[:count]))
         except HandoffError as e:
-            raise LaunchError(f"network.allowedDomains: {e}; the sandbox was stopped before its command ran") \
-                from None
+            raise LaunchError(f"{field}: {e}; the sandbox was stopped before its command ran") from None
 
     return prepare
 
@@ -313,12 +313,12 @@ def _hand_over_to(opened: ProxySessionOpened, count: int, handed: list):
 def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_socks: list,
              published: list) -> None:
     """Start the local-port relays; a -p helper that cannot enter the sandbox is a warning."""
-    # lazy: only port relays get here (portfwd has loaded bridge then; ~4 ms otherwise)
-    from fence.executor.bridge import BridgeError
+    # lazy: only port relays get here (portfwd has loaded bridge then)
+    from fence.executor.bridge import BridgeError, as_socket
 
     for (host, port), sock in zip(inside, inside_socks, strict=True):
         if sock is not None:  # None: the sandbox's netns has no IPv6 ([::1] skipped)
-            forwarder.outbound(sock, (host, port))
+            forwarder.outbound(as_socket(sock), (host, port))
     for (_addr, port), sock in published:
         try:
             forwarder.inbound(sock, sandbox.init_pid, port)

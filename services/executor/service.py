@@ -1,4 +1,4 @@
-"""The executor service: plans sandboxes (``fence.exec.plan``) and runs detached ones.
+"""The executor service: plans sandboxes (``fence.exec.plan``), runs detached ones, counts reported runs.
 
 ``fence run`` launches its own sandbox (it owns the terminal); this service
 answers what a sandbox *would* be for a policy and command, from the same two
@@ -7,6 +7,10 @@ sandbox ``fence -d`` prints for the same inputs.  It also starts and holds
 *detached* sandboxes for clients that may come and go (``fence.exec.start``,
 ``stdin``, ``signal``, ``kill``, ``wait``, ``list``, ``info``, ``output``:
 ``fence.executor.fleet``, docs/fleet.md).
+
+Since most runs execute in ``fence run``, its ``/metrics`` counts what runs
+report on the bus, their lifecycle and preflight events, detached ones
+included (``fence.executor.runstats``).
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from fence.executor.fleet import Fleet
 from fence.executor.host import HostError, host_facts
 from fence.executor.plan import render
 from fence.executor.prepare import gather, prepare
-from fence.messages import (ExecListRequest, ExecOutputRequest, ExecPlanReply, ExecPlanRequest, ExecSandboxRequest,
-                            ExecSignalRequest, ExecStartRequest, ExecStdinRequest, ExecWaitRequest,
+from fence.executor.runstats import RunStats
+from fence.messages import (Event, ExecListRequest, ExecOutputRequest, ExecPlanReply, ExecPlanRequest,
+                            ExecSandboxRequest, ExecSignalRequest, ExecStartRequest, ExecStdinRequest, ExecWaitRequest,
                             ProxySessionOpened)
 from fence.runtime import masked_path, runtime_dir
 from fence.service import Endpoint, Service
-from fence.subjects import (EXEC_INFO, EXEC_KILL, EXEC_LIST, EXEC_OUTPUT, EXEC_PLAN, EXEC_SIGNAL, EXEC_START,
-                            EXEC_STDIN, EXEC_WAIT)
+from fence.subjects import (EVENTS, EXEC_INFO, EXEC_KILL, EXEC_LIST, EXEC_OUTPUT, EXEC_PLAN, EXEC_SIGNAL, EXEC_START,
+                            EXEC_STDIN, EXEC_WAIT, EXECUTOR)
 
 
 class ExecutorService(Service):
@@ -34,6 +39,7 @@ class ExecutorService(Service):
 
     def __init__(self, metrics=None):
         super().__init__(metrics)
+        self.runs = RunStats(metrics)
         self._fleet = None
 
     @property
@@ -82,6 +88,15 @@ class ExecutorService(Service):
 
     async def output(self, req: ExecOutputRequest):
         return await self.fleet.output(req)
+
+    async def on_start(self, bus) -> None:
+        """Watch the event kinds the subject table gives this service (lifecycle, preflight) for ``runs``."""
+        for kind in EVENTS:
+            if EXECUTOR in kind.watched_by:
+                self._subs.append(await bus.subscribe(kind.subject, Event, self.on_event))
+
+    async def on_event(self, event) -> None:
+        self.runs.record(event)
 
     async def plan(self, req: ExecPlanRequest) -> ExecPlanReply:
         if not req.argv:

@@ -4,14 +4,17 @@ Endpoints (bus):
 
 * ``fence.proxy.session.open`` (``ProxySessionOpen{sandbox, network}`` ->
   ``ProxySessionOpened{sandbox, http_port, socks_port, address, relaxed}``):
-  builds the sandbox's filter and, when the policy can allow anything
-  (``fence.netintent``: some ``allowedDomains``, or ``defaultAction:
-  "proxy"`` with an ``upstreamProxy``), opens the session's own listeners
-  on ``127.0.0.1`` (random ports unless
-  ``httpProxyPort``/``socksProxyPort``).  A policy that allows nothing gets
-  no listeners (ports 0): no event loop is started for it, so the default
-  no-network run never pays for asyncio.  Opening an id again replaces its
-  session.
+  builds the sandbox's filter and opens the session's own listeners on
+  ``127.0.0.1`` (random ports unless ``httpProxyPort``/``socksProxyPort``)
+  when the request asks for them (``loopback``: the sandbox shares the
+  host's network), whatever the policy allows: a policy allowing nothing
+  still gets proxies that deny every request, as in the Go tool Fence, so
+  blocks are answered and reported.  Without ``loopback`` the service's
+  default decides (``loopback=``), for policies that can allow something
+  (``fence.netintent``).  A session without listeners of its own (ports 0)
+  starts no event loop until a sandbox's listeners are attached to it, so a
+  lone run that never connects never pays for asyncio.  Opening an id again
+  replaces its session.
 * ``fence.proxy.session.close``: stops the listeners, cuts every connection
   and tunnel of the session.
 
@@ -164,8 +167,8 @@ class ProxyService(Service):
             await self._on_loop(old.close())
         wants = intent(req.network)  # not the filter: deciding this must not import it (a no-network run)
         may_allow, relaxed = wants != NONE, wants == RELAXED
-        if req.loopback is not None:
-            listen = may_allow and req.loopback
+        if req.loopback is not None:  # the sandbox shares the host's network: proxies even to deny all
+            listen = req.loopback
         else:
             listen = may_allow and (self.loopback == "always" or (self.loopback == "relaxed" and relaxed))
         handoff: dict[str, Any] = {}
