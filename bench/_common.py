@@ -24,8 +24,8 @@ import gc
 import os
 import platform
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -72,8 +72,9 @@ def spawn_wait_ns(argv: Sequence[str], env: dict[str, str], cwd: str | None = No
     return os.waitstatus_to_exitcode(status), elapsed
 
 
-def interleaved(rows: Sequence[Row], rounds: int, warmups: int = 3,
-                progress: Callable[[int, int], None] | None = None) -> None:
+def interleaved(
+    rows: Sequence[Row], rounds: int, warmups: int = 3, progress: Callable[[int, int], None] | None = None
+) -> None:
     """Time every healthy row ``rounds`` times, round-robin, after ``warmups`` untimed rounds.
 
     Round ``r`` starts at row ``r % len(rows)`` so no row always runs right
@@ -89,7 +90,7 @@ def interleaved(rows: Sequence[Row], rounds: int, warmups: int = 3,
     try:
         for r in range(warmups + rounds):
             timed = r >= warmups
-            order = live[r % len(live):] + live[:r % len(live)] if live else []
+            order = live[r % len(live) :] + live[: r % len(live)] if live else []
             for row in order:
                 if row.failure:
                     continue
@@ -132,8 +133,9 @@ def print_table(rows: Sequence[Row], title: str = "") -> None:
     for row in rows:
         if row.ok:
             ms = row.ms()
-            print(f"  {row.name:<{width}}  {median(ms):>10.1f}  {percentile(ms, 90):>8.1f}  "
-                  f"{min(ms):>8.1f}  {len(ms):>4}")
+            print(
+                f"  {row.name:<{width}}  {median(ms):>10.1f}  {percentile(ms, 90):>8.1f}  {min(ms):>8.1f}  {len(ms):>4}"
+            )
         else:
             why = row.failure or "not run"
             print(f"  {row.name:<{width}}  {why if why.startswith('skipped') else 'failed: ' + why}")
@@ -180,8 +182,12 @@ def machine_info() -> str:
     except OSError:
         pass
     uname = os.uname()
-    parts = [f"nproc={cpus}", f"{uname.sysname} {uname.release}", uname.machine,
-             f"Python {platform.python_version()} (harness)"]
+    parts = [
+        f"nproc={cpus}",
+        f"{uname.sysname} {uname.release}",
+        uname.machine,
+        f"Python {platform.python_version()} (harness)",
+    ]
     if model:
         parts.append(model)
     return ", ".join(parts)

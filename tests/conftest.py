@@ -13,27 +13,34 @@ fails if a test leaves a directory, process, mount or network name behind
 
 from __future__ import annotations
 
-import os
 import contextlib
 import fcntl
 import http.server
+import os
 import pwd
 import select
-import struct
-import termios
-import threading
 import shutil
+import struct
 import subprocess
 import sys
 import sysconfig
+import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from leakcheck import (pytest_collection_finish, pytest_configure, pytest_runtest_protocol,  # noqa: F401 (hooks)
-                       pytest_sessionfinish, pytest_terminal_summary, pytest_unconfigure, session_dir)
+from leakcheck import (  # noqa: F401 (hooks)
+    pytest_collection_finish,
+    pytest_configure,
+    pytest_runtest_protocol,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    pytest_unconfigure,
+    session_dir,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_USER = "fence-test"
@@ -56,16 +63,25 @@ class FenceRunner:
         return env
 
     def popen(self, *args: str, env: dict | None = None, cwd: str | None = None, **kw) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(*args), env=env or self.env(), cwd=cwd or self.home,
-                                user=self.user, **kw)
+        return subprocess.Popen(self.argv(*args), env=env or self.env(), cwd=cwd or self.home, user=self.user, **kw)
 
-    def run(self, *args: str, input: str | None = None, env: dict | None = None, cwd: str | None = None,
-            timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(*args), input=input, env=env or self.env(), cwd=cwd or self.home,
-                              user=self.user, capture_output=True, text=True, timeout=timeout)
+    def run(
+        self, *args: str, input: str | None = None, env: dict | None = None, cwd: str | None = None, timeout: float = 30
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.argv(*args),
+            input=input,
+            env=env or self.env(),
+            cwd=cwd or self.home,
+            user=self.user,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
-    def terminal(self, *args: str, env: dict | None = None, cwd: str | None = None, rows: int = 24,
-                 cols: int = 80) -> Terminal:
+    def terminal(
+        self, *args: str, env: dict | None = None, cwd: str | None = None, rows: int = 24, cols: int = 80
+    ) -> Terminal:
         """fence on a real terminal (a pty it owns as its controlling terminal), as a person runs it."""
         return Terminal(self.argv(*args), env or self.env(), cwd or self.home, self.user, rows, cols)
 
@@ -118,9 +134,17 @@ class Terminal:
         self.resize(rows, cols)
         self.output = b""
         self._seen = 0
-        self.proc = subprocess.Popen(argv, stdin=self.slave, stdout=self.slave, stderr=self.slave, env=env,
-                                     cwd=cwd, user=user, start_new_session=True,
-                                     preexec_fn=_take_controlling_terminal)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=self.slave,
+            stdout=self.slave,
+            stderr=self.slave,
+            env=env,
+            cwd=cwd,
+            user=user,
+            start_new_session=True,
+            preexec_fn=_take_controlling_terminal,
+        )
 
     def resize(self, rows: int, cols: int) -> None:
         fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
@@ -184,8 +208,7 @@ class Terminal:
 
 
 def _base_env(home: str, user: str) -> dict[str, str]:
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": home, "USER": user,
-            "LANG": "C.UTF-8"}
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": home, "USER": user, "LANG": "C.UTF-8"}
 
 
 def _current_runner() -> FenceRunner:

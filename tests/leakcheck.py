@@ -83,8 +83,9 @@ class Session:
         """Report, remove, restore; True when the session left something behind."""
         self.finished = True
         left = self.settle()
-        self.report = [f"{item}\n    first seen after {self.first_seen.get(item.ident, 'the last teardown')}"
-                       for item in left]
+        self.report = [
+            f"{item}\n    first seen after {self.first_seen.get(item.ident, 'the last teardown')}" for item in left
+        ]
         problems = leftovers.remove(left, self.marks)
         self.report += [f"cleanup: {problem}" for problem in problems]
         self._restore()

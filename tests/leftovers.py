@@ -76,6 +76,7 @@ def find(marks: Marks, verdicts: dict[str, bool] | None = None) -> list[Leftover
 
 # --- directories ---------------------------------------------------------------------------------
 
+
 def paths(marks: Marks) -> list[Leftover]:
     found = []
     for root in marks.roots:
@@ -92,6 +93,7 @@ def paths(marks: Marks) -> list[Leftover]:
 
 # --- processes -----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Proc:
     pid: int
@@ -104,7 +106,7 @@ def _stat(pid: int) -> _Proc | None:
     text = _read(f"/proc/{pid}/stat").decode(errors="replace")
     if not text:
         return None
-    rest = text[text.rfind(")") + 2:].split()  # the command name in parentheses may hold anything
+    rest = text[text.rfind(")") + 2 :].split()  # the command name in parentheses may hold anything
     return _Proc(pid, int(rest[1]), rest[0], rest[19])
 
 
@@ -193,6 +195,7 @@ def processes(marks: Marks, verdicts: dict[str, bool] | None = None) -> list[Lef
 
 # --- mounts and network names --------------------------------------------------------------------
 
+
 def _unescape(field_: str) -> str:
     """mountinfo writes space, tab, newline and backslash as octal escapes."""
     for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
@@ -223,6 +226,7 @@ def net_names(marks: Marks) -> list[Leftover]:
 
 
 # --- removal -------------------------------------------------------------------------------------
+
 
 def remove(leftovers: list[Leftover], marks: Marks, wait: float = 5.0) -> list[str]:
     """Take every leftover away (processes first: they may hold mounts and directories); the failures."""

@@ -36,11 +36,25 @@ def planted(root: Path, rel: str) -> bool:
     return path.is_file() and "evil" in path.read_text()
 
 
-PROJECT_FILES = (".mcp.json", ".envrc", ".devcontainer.json", "opencode.json", ".claude/settings.json",
-                 ".claude/settings.local.json", ".claude/hooks/pre.sh", ".claude/skills/x/SKILL.md",
-                 ".cursor/mcp.json", ".cursor/rules/r.mdc", ".codex/config.toml", ".gemini/settings.json",
-                 ".vscode/tasks.json", ".idea/workspace.xml", ".devcontainer/devcontainer.json",
-                 ".github/hooks/hooks.json", ".opencode/plugin/p.js")
+PROJECT_FILES = (
+    ".mcp.json",
+    ".envrc",
+    ".devcontainer.json",
+    "opencode.json",
+    ".claude/settings.json",
+    ".claude/settings.local.json",
+    ".claude/hooks/pre.sh",
+    ".claude/skills/x/SKILL.md",
+    ".cursor/mcp.json",
+    ".cursor/rules/r.mdc",
+    ".codex/config.toml",
+    ".gemini/settings.json",
+    ".vscode/tasks.json",
+    ".idea/workspace.xml",
+    ".devcontainer/devcontainer.json",
+    ".github/hooks/hooks.json",
+    ".opencode/plugin/p.js",
+)
 
 
 def write_all(rels) -> str:
@@ -59,8 +73,18 @@ def test_agent_files_created_in_the_project_are_refused_or_quarantined(home):
     for rel in (".mcp.json", ".envrc", ".claude/settings.json", ".claude/settings.local.json"):
         assert list((home.project / rel).parent.glob(Path(rel).name + ".fence-quarantine-*")), rel
         assert f"created protected path {home.project / rel}" in r.stderr, rel
-    for rel in (".cursor", ".codex", ".gemini", ".vscode", ".idea", ".devcontainer", ".opencode", ".github/hooks",
-                ".claude/hooks", ".claude/skills"):
+    for rel in (
+        ".cursor",
+        ".codex",
+        ".gemini",
+        ".vscode",
+        ".idea",
+        ".devcontainer",
+        ".opencode",
+        ".github/hooks",
+        ".claude/hooks",
+        ".claude/skills",
+    ):
         assert not (home.project / rel).exists(), rel  # the placeholder is gone with the run
     assert (home.project / ".github" / "workflows").is_dir()
 
@@ -68,10 +92,12 @@ def test_agent_files_created_in_the_project_are_refused_or_quarantined(home):
 def test_existing_agent_files_cannot_be_changed_replaced_or_renamed(home):
     settings = home.put("proj/.claude/settings.json", '{"hooks": {}}\n')
     tasks = home.put("proj/.vscode/tasks.json", '{"version": "2.0.0"}\n')
-    script = ("echo evil >> .claude/settings.json; echo '{\"evil\":1}' > new.json; mv new.json .claude/settings.json; "
-              "rm -f .claude/settings.json; mv .claude .c2; mv .claude/settings.json .claude/s2; "
-              "mv .vscode .v2; mkdir -p .claude && echo evil > .claude/settings.local.json; "
-              "echo evil > .vscode/tasks.json; echo done")
+    script = (
+        "echo evil >> .claude/settings.json; echo '{\"evil\":1}' > new.json; mv new.json .claude/settings.json; "
+        "rm -f .claude/settings.json; mv .claude .c2; mv .claude/settings.json .claude/s2; "
+        "mv .vscode .v2; mkdir -p .claude && echo evil > .claude/settings.local.json; "
+        "echo evil > .vscode/tasks.json; echo done"
+    )
     r = home.fence_sh(script, "-t", "code")
     assert "done" in r.stdout, r.stderr
     assert settings.read_text() == '{"hooks": {}}\n' and tasks.read_text() == '{"version": "2.0.0"}\n'
@@ -85,9 +111,12 @@ def test_a_renamed_parent_leaves_no_writable_agent_file(home):
     (home.project / ".claude").mkdir()
     (home.project / ".github" / "workflows").mkdir(parents=True)
     home.own(home.project)
-    r = home.fence_sh("mv .claude .c2; mkdir -p .claude; echo evil > .claude/settings.json; "
-                      "mv .github .g2; mkdir -p .github/hooks; echo evil > .github/hooks/h.json; echo done",
-                      "-t", "code")
+    r = home.fence_sh(
+        "mv .claude .c2; mkdir -p .claude; echo evil > .claude/settings.json; "
+        "mv .github .g2; mkdir -p .github/hooks; echo evil > .github/hooks/h.json; echo done",
+        "-t",
+        "code",
+    )
     assert "done" in r.stdout, r.stderr
     assert not planted(home.project, ".claude/settings.json")
     assert list((home.project / ".claude").glob("settings.json.fence-quarantine-*")), r.stderr
@@ -97,11 +126,23 @@ def test_a_renamed_parent_leaves_no_writable_agent_file(home):
 
 def test_agent_files_in_the_home_directory_are_reserved(home):
     home.mkdir(".codex", ".cursor", ".gemini", ".copilot")
-    rels = (".claude/settings.local.json", ".claude/hooks/h.sh", ".claude/plugins/p/hooks.json",
-            ".codex/config.toml", ".codex/rules/default.rules", ".cursor/mcp.json", ".cursor/hooks.json",
-            ".gemini/settings.json", ".gemini/commands/c.toml", ".copilot/mcp-config.json",
-            ".config/Code/User/tasks.json", ".config/Code/User/settings.json", ".config/direnv/direnvrc",
-            ".local/share/direnv/allow/x", ".config/opencode/opencode.json")
+    rels = (
+        ".claude/settings.local.json",
+        ".claude/hooks/h.sh",
+        ".claude/plugins/p/hooks.json",
+        ".codex/config.toml",
+        ".codex/rules/default.rules",
+        ".cursor/mcp.json",
+        ".cursor/hooks.json",
+        ".gemini/settings.json",
+        ".gemini/commands/c.toml",
+        ".copilot/mcp-config.json",
+        ".config/Code/User/tasks.json",
+        ".config/Code/User/settings.json",
+        ".config/direnv/direnvrc",
+        ".local/share/direnv/allow/x",
+        ".config/opencode/opencode.json",
+    )
     r = home.fence_sh(write_all("~/" + rel for rel in rels) + "; echo ok > ~/.codex/history.jsonl", "-t", "code")
     assert "done" in r.stdout, r.stderr
     assert not [rel for rel in rels if planted(home.path, rel)], r.stderr
@@ -111,18 +152,25 @@ def test_agent_files_in_the_home_directory_are_reserved(home):
 
 
 def test_allow_agent_config_opens_one_tool_on_purpose(home):
-    (home.project / "open.json").write_text(json.dumps(
-        {"extends": "code", "filesystem": {"allowAgentConfig": ["codex"]}}))
+    (home.project / "open.json").write_text(
+        json.dumps({"extends": "code", "filesystem": {"allowAgentConfig": ["codex"]}})
+    )
     home.mkdir(".codex")
     home.own(home.project)
-    r = home.fence_sh("mkdir -p .codex && echo evil > .codex/config.toml; echo evil > ~/.codex/config.toml; "
-                      "mkdir -p .gemini; echo evil > .gemini/settings.json; echo done", "-d", "-s", "open.json")
+    r = home.fence_sh(
+        "mkdir -p .codex && echo evil > .codex/config.toml; echo evil > ~/.codex/config.toml; "
+        "mkdir -p .gemini; echo evil > .gemini/settings.json; echo done",
+        "-d",
+        "-s",
+        "open.json",
+    )
     assert "done" in r.stdout, r.stderr
     assert planted(home.project, ".codex/config.toml") and planted(home.path, ".codex/config.toml"), r.stderr
     assert not planted(home.project, ".gemini/settings.json")
     assert 'filesystem.allowAgentConfig "codex"' in r.stderr
-    (home.project / "typo.json").write_text(json.dumps(
-        {"extends": "code", "filesystem": {"allowAgentConfig": ["Codex"]}}))
+    (home.project / "typo.json").write_text(
+        json.dumps({"extends": "code", "filesystem": {"allowAgentConfig": ["Codex"]}})
+    )
     home.own(home.project)
     r = home.fence_sh("true", "-s", "typo.json")
     assert r.returncode == 1
@@ -175,8 +223,12 @@ def test_a_quarantined_agent_file_is_an_event():
     try:
         (work / "fence.json").write_text('{"filesystem": {"allowWrite": ["."]}}')
         bus, seen, attach = lone_bus("fence.events.*.fs")
-        req = RunRequest(command=["sh", "-c", "echo evil > .envrc"], cwd=str(work),
-                         env={"PATH": "/usr/bin:/bin", "HOME": str(work)}, sandbox=new_sandbox_id())
+        req = RunRequest(
+            command=["sh", "-c", "echo evil > .envrc"],
+            cwd=str(work),
+            env={"PATH": "/usr/bin:/bin", "HOME": str(work)},
+            sandbox=new_sandbox_id(),
+        )
         assert run_sync(run(bus, req, host_facts(), attach=attach)) == 0
         assert [(type(e), e.path) for e in seen] == [(ProtectedPathEvent, str(work / ".envrc"))]
         assert not (work / ".envrc").exists() and Path(seen[0].moved_to).read_text() == "evil\n"
@@ -187,13 +239,27 @@ def test_a_quarantined_agent_file_is_an_event():
 def test_a_run_ending_never_frees_a_placeholder_another_run_still_holds(home):
     """Run Y (from the parent, watching ``proj/.vscode``) fills run X's reserved ``proj/.vscode``; Y's
     quarantine moves what it wrote, not the directory, so X's sandbox still cannot write there."""
-    wait = 'i=0; until {cond}; do i=$((i+1)); [ $i -gt 300 ] && exit 7; sleep 0.1; done'
-    y_script = ("touch y-started; " + wait.format(cond="[ -d proj/.vscode ]")
-                + "; echo evil > proj/.vscode/tasks.json; echo Y=$?")
-    x_script = (wait.format(cond="ls -a .vscode 2>/dev/null | grep -q quarantine || [ ! -d .vscode ]")
-                + "; mkdir -p .vscode; echo evil > .vscode/tasks.json; echo X=$?")
-    y = home.fence.popen("-t", "code", "-c", y_script, env=home.env(), cwd=str(home.path),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait = "i=0; until {cond}; do i=$((i+1)); [ $i -gt 300 ] && exit 7; sleep 0.1; done"
+    y_script = (
+        "touch y-started; "
+        + wait.format(cond="[ -d proj/.vscode ]")
+        + "; echo evil > proj/.vscode/tasks.json; echo Y=$?"
+    )
+    x_script = (
+        wait.format(cond="ls -a .vscode 2>/dev/null | grep -q quarantine || [ ! -d .vscode ]")
+        + "; mkdir -p .vscode; echo evil > .vscode/tasks.json; echo X=$?"
+    )
+    y = home.fence.popen(
+        "-t",
+        "code",
+        "-c",
+        y_script,
+        env=home.env(),
+        cwd=str(home.path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     x = None
     try:
         for _ in range(300):

@@ -15,11 +15,13 @@ from fence.executor.plan import NetPlan, RunPlan, render
 
 pytestmark = pytest.mark.sandbox
 
-CLIENT = ("import socket,sys\n"
-          "for port in (3128, 1080):\n"
-          "    s = socket.create_connection(('127.0.0.1', port), timeout=5)\n"
-          "    s.sendall(b'hello %d' % port)\n"
-          "    print(s.recv(100).decode())\n")
+CLIENT = (
+    "import socket,sys\n"
+    "for port in (3128, 1080):\n"
+    "    s = socket.create_connection(('127.0.0.1', port), timeout=5)\n"
+    "    s.sendall(b'hello %d' % port)\n"
+    "    print(s.recv(100).decode())\n"
+)
 
 
 def _serve_once(listener: socket.socket, out: list) -> None:
@@ -31,8 +33,15 @@ def _serve_once(listener: socket.socket, out: list) -> None:
 
 
 def test_listeners_inside_the_netns_reach_the_host(tmp_path, capfd):
-    plan = render(RunPlan(command=["python3", "-c", CLIENT], cwd="/", env=dict(os.environ), host=host_facts(),
-                         network=NetPlan(proxy_listen=(("127.0.0.1", 3128), ("127.0.0.1", 1080)))))
+    plan = render(
+        RunPlan(
+            command=["python3", "-c", CLIENT],
+            cwd="/",
+            env=dict(os.environ),
+            host=host_facts(),
+            network=NetPlan(proxy_listen=(("127.0.0.1", 3128), ("127.0.0.1", 1080))),
+        )
+    )
     assert "--block-fd" in plan.argv and "--unshare-net" in plan.argv
     sandbox = Sandbox(plan).start()
     assert len(sandbox.listeners) == 2
@@ -57,8 +66,15 @@ def test_listener_is_not_on_the_host_loopback():
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    plan = render(RunPlan(command=["true"], cwd="/", env=dict(os.environ), host=host_facts(),
-                         network=NetPlan(proxy_listen=(("127.0.0.1", port),))))
+    plan = render(
+        RunPlan(
+            command=["true"],
+            cwd="/",
+            env=dict(os.environ),
+            host=host_facts(),
+            network=NetPlan(proxy_listen=(("127.0.0.1", port),)),
+        )
+    )
     sandbox = Sandbox(plan).start()
     try:
         with socket.socket() as probe:
@@ -76,14 +92,20 @@ def test_failed_prepare_stops_the_sandbox_before_its_command():
     Regression: killing bwrap alone let its child, released by the block
     pipe's EOF, run the command.
     """
-    from fence.executor.launch import LaunchError
-
     from conftest import session_dir
+    from fence.executor.launch import LaunchError
 
     work = str(session_dir("fence-prepare-"))  # not /tmp: private inside
     marker = os.path.join(work, "ran")
-    plan = render(RunPlan(command=["sh", "-c", f"echo > {marker}"], cwd="/", env=dict(os.environ),
-                         host=host_facts(), network=NetPlan(proxy_listen=(("127.0.0.1", 3128),))))
+    plan = render(
+        RunPlan(
+            command=["sh", "-c", f"echo > {marker}"],
+            cwd="/",
+            env=dict(os.environ),
+            host=host_facts(),
+            network=NetPlan(proxy_listen=(("127.0.0.1", 3128),)),
+        )
+    )
     at = plan.argv.index("--chdir")
     plan.argv[at:at] = ["--bind", work, work]  # the one place the command could leave a trace
     seen = []
@@ -126,16 +148,25 @@ def test_listeners_live_in_the_sandbox_netns_and_the_caller_stays_out(way):
 
     if way.startswith("this thread") and os.geteuid() != 0:
         pytest.skip("only root enters the netns from its own thread")
-    plan = render(RunPlan(command=["sleep", "5"], cwd="/", env=dict(os.environ), host=host_facts(),
-                         network=NetPlan(proxy_listen=(("127.0.0.1", 3128),))))
+    plan = render(
+        RunPlan(
+            command=["sleep", "5"],
+            cwd="/",
+            env=dict(os.environ),
+            host=host_facts(),
+            network=NetPlan(proxy_listen=(("127.0.0.1", 3128),)),
+        )
+    )
     own = os.stat("/proc/thread-self/ns/net").st_ino
     sandbox = Sandbox(plan).start()
     try:
         inside = os.stat(f"/proc/{sandbox.init_pid}/ns/net").st_ino
         setns = bridge._setns_function()
-        extra = (bridge._listen_from_this_thread(sandbox.init_pid, [("127.0.0.1", 4000), ("::1", 4000)], setns)
-                 if way.startswith("this thread") else
-                 bridge._listen_from_a_child(sandbox.init_pid, [("127.0.0.1", 4000), ("::1", 4000)], setns))
+        extra = (
+            bridge._listen_from_this_thread(sandbox.init_pid, [("127.0.0.1", 4000), ("::1", 4000)], setns)
+            if way.startswith("this thread")
+            else bridge._listen_from_a_child(sandbox.init_pid, [("127.0.0.1", 4000), ("::1", 4000)], setns)
+        )
         assert extra is not None and len(extra) == 2
         made = [s for s in [*sandbox.listeners, *extra] if s is not None]
         assert inside != own and [_netns_of(s) for s in made] == [inside] * len(made)

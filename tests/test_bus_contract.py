@@ -24,8 +24,19 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from fence.bus import (PENDING_LIMIT, BadSubject, BusError, InProcessBus, NoResponders, PayloadTooLarge,
-                       PermissionDenied, RemoteError, RequestTimeout, ServiceError, decode_reply)
+from fence.bus import (
+    PENDING_LIMIT,
+    BadSubject,
+    BusError,
+    InProcessBus,
+    NoResponders,
+    PayloadTooLarge,
+    PermissionDenied,
+    RemoteError,
+    RequestTimeout,
+    ServiceError,
+    decode_reply,
+)
 from fence.messages import ConfigResolveReply, ConfigResolveRequest, LifecycleEvent, ProxySessionClose
 from fence.policy import Policy
 from fence.service import Endpoint, Service
@@ -38,6 +49,7 @@ USERS = {"fence": "fence-pw", "client": "client-pw"}
 
 
 # --- the nats-server -------------------------------------------------------------------
+
 
 def _nats_server_binary() -> str | None:
     beside = Path(sys.executable).parent / "nats-server"
@@ -65,8 +77,8 @@ ports_file_dir: {json.dumps(str(rdir))}
 max_payload: {MAX_PAYLOAD}
 authorization {{
   users = [
-    {{ user: "fence", password: "{USERS['fence']}" }}
-    {{ user: "client", password: "{USERS['client']}",
+    {{ user: "fence", password: "{USERS["fence"]}" }}
+    {{ user: "client", password: "{USERS["client"]}",
       permissions: {{ publish: {{ allow: ["ok.>"] }}, subscribe: {{ allow: ["_INBOX.client.>", "ok.>"] }} }} }}
   ]
 }}
@@ -99,6 +111,7 @@ authorization {{
 
 
 # --- the transports ------------------------------------------------------------------------
+
 
 class Transport:
     """Hands out buses of one kind inside one test and closes them at its end."""
@@ -184,6 +197,7 @@ async def resolve(req: ConfigResolveRequest) -> ConfigResolveReply:
 
 
 # --- request / reply -----------------------------------------------------------------------------
+
 
 def test_request_reply_typed(transport):
     async def main():
@@ -343,7 +357,8 @@ def test_slow_request_does_not_block_a_fast_one(transport):
 
         await server.serve("c.op", ConfigResolveRequest, handler)
         slow = asyncio.ensure_future(
-            client.request("c.op", ConfigResolveRequest(cwd="/slow"), ConfigResolveReply, timeout=STEP))
+            client.request("c.op", ConfigResolveRequest(cwd="/slow"), ConfigResolveReply, timeout=STEP)
+        )
         await asyncio.wait_for(slow_started.wait(), STEP)
         fast = await client.request("c.op", ConfigResolveRequest(cwd="/fast"), ConfigResolveReply, timeout=STEP)
         assert fast.sources == ["/fast"] and not slow.done()
@@ -368,9 +383,12 @@ def test_many_concurrent_requests_are_all_answered(transport):
 
         await server.serve("c.op", ConfigResolveRequest, handler)
         n = 300  # more than NatsBus runs at once (MAX_INFLIGHT): the rest wait, none is dropped
-        replies = await asyncio.gather(*(
-            client.request("c.op", ConfigResolveRequest(cwd=f"/{i}"), ConfigResolveReply, timeout=STEP)
-            for i in range(n)))
+        replies = await asyncio.gather(
+            *(
+                client.request("c.op", ConfigResolveRequest(cwd=f"/{i}"), ConfigResolveReply, timeout=STEP)
+                for i in range(n)
+            )
+        )
         assert [r.sources[0] for r in replies] == [f"/{i}" for i in range(n)]
         assert peak > 1
         if transport.kind == "nats":
@@ -382,6 +400,7 @@ def test_many_concurrent_requests_are_all_answered(transport):
 
 
 # --- sizes ---------------------------------------------------------------------------------------
+
 
 def test_payload_too_large(transport):
     async def main():
@@ -411,6 +430,7 @@ async def _echo(data: bytes) -> bytes:
 
 
 # --- publish / subscribe --------------------------------------------------------------------------
+
 
 def test_wildcards(transport):
     async def main():
@@ -590,19 +610,22 @@ async def _until(cond) -> None:
 
 # --- closing and bad input ----------------------------------------------------------------------------
 
+
 def test_closed_bus_raises(transport):
     async def main():
         bus = await transport.connect()
         sub = await bus.subscribe_raw("z.ev", _noop)
         await bus.close()
-        for call in (lambda: bus.publish_raw("z.ev", b"x"),
-                     lambda: bus.publish("z.ev", event()),
-                     lambda: bus.request_raw("z.req", b"x", timeout=0.1),
-                     lambda: bus.request("z.req", ConfigResolveRequest(cwd="/"), ConfigResolveReply),
-                     lambda: bus.serve_raw("z.req", _echo),
-                     lambda: bus.serve("z.req", ConfigResolveRequest, resolve),
-                     lambda: bus.subscribe_raw("z.ev", _noop),
-                     lambda: bus.subscribe("z.ev", LifecycleEvent, _noop)):
+        for call in (
+            lambda: bus.publish_raw("z.ev", b"x"),
+            lambda: bus.publish("z.ev", event()),
+            lambda: bus.request_raw("z.req", b"x", timeout=0.1),
+            lambda: bus.request("z.req", ConfigResolveRequest(cwd="/"), ConfigResolveReply),
+            lambda: bus.serve_raw("z.req", _echo),
+            lambda: bus.serve("z.req", ConfigResolveRequest, resolve),
+            lambda: bus.subscribe_raw("z.ev", _noop),
+            lambda: bus.subscribe("z.ev", LifecycleEvent, _noop),
+        ):
             with pytest.raises(BusError, match="bus is closed"):
                 await call()
         await sub.unsubscribe()  # after close: harmless
@@ -627,7 +650,8 @@ def test_close_lets_in_flight_requests_answer(transport):
 
         await server.serve("c.slow", ConfigResolveRequest, slow)
         pending = asyncio.ensure_future(
-            client.request("c.slow", ConfigResolveRequest(cwd="/"), ConfigResolveReply, timeout=STEP))
+            client.request("c.slow", ConfigResolveRequest(cwd="/"), ConfigResolveReply, timeout=STEP)
+        )
         await asyncio.wait_for(started.wait(), STEP)
         await server.close()
         assert (await pending).sources == ["finished"]
@@ -676,6 +700,7 @@ def test_bad_subjects(transport):
 
 # --- a real service: NATS micro discovery --------------------------------------------------------------
 
+
 class Resolver(Service):
     name = "contract-resolver"
     description = "answers the contract test"
@@ -703,7 +728,8 @@ def test_service_discovery_and_stats(transport):
         info = await ask("$SRV.INFO.contract-resolver")
         assert info["type"] == "io.nats.micro.v1.info_response" and info["description"] == svc.description
         assert [(e["name"], e["subject"], e["queue_group"]) for e in info["endpoints"]] == [
-            ("resolve", "c.svc.resolve", "fence")]
+            ("resolve", "c.svc.resolve", "fence")
+        ]
         stats = await ask("$SRV.STATS.contract-resolver")
         assert stats["type"] == "io.nats.micro.v1.stats_response" and stats["started"]
         [ep] = stats["endpoints"]
@@ -721,6 +747,7 @@ def test_service_discovery_and_stats(transport):
 
 
 # --- NATS only: permissions, inboxes, connecting ------------------------------------------------------
+
 
 @pytest.mark.nats
 def test_nats_per_user_inbox_and_permissions(nats, capsys):
@@ -788,8 +815,13 @@ def test_nats_connect_failures_are_bus_errors_and_fast(nats_server):
 
 def test_importing_the_bus_does_not_import_nats():
     code = "import sys, fence.bus, fence.natsbus; print(sorted(m for m in sys.modules if m.split('.')[0] == 'nats'))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 

@@ -32,6 +32,7 @@ def home(tmp_path, monkeypatch):
 
 # --- config show --------------------------------------------------------------------------
 
+
 def test_show_prints_chain_on_stderr_and_json_on_stdout(home, capsys):
     Path("fence.json").write_text('{"extends": "code", "network": {"allowedDomains": ["example.com"]}}')
     assert main_config(["show"]) == 0
@@ -81,8 +82,10 @@ def test_show_bad_config(home, capsys):
 
 def test_show_accepts_internationalised_domains(home, capsys):
     """docs/network.md: an IDN pattern means its IDNA form, so the validator accepts it as the filter matches it."""
-    Path("fence.json").write_text('{"network": {"allowedDomains": ["bücher.example", "*.bücher.example"], '
-                                  '"deniedDomains": ["straße.de"]}}', encoding="utf-8")
+    Path("fence.json").write_text(
+        '{"network": {"allowedDomains": ["bücher.example", "*.bücher.example"], "deniedDomains": ["straße.de"]}}',
+        encoding="utf-8",
+    )
     assert main_config(["show"]) == 0, capsys.readouterr().err
     network = json.loads(capsys.readouterr().out)["network"]
     assert network == {"allowedDomains": ["bücher.example", "*.bücher.example"], "deniedDomains": ["straße.de"]}
@@ -93,6 +96,7 @@ def test_show_options_are_exclusive(home, capsys):
 
 
 # --- config init ----------------------------------------------------------------------------
+
 
 def test_init_writes_a_commented_starter_and_never_overwrites(home, capsys):
     path = home / ".config" / "fence" / "fence.jsonc"
@@ -123,10 +127,12 @@ def test_init_respects_xdg_and_existing_json(home, monkeypatch, tmp_path):
 
 # --- schema and templates -----------------------------------------------------------------------
 
+
 def test_schema_matches_the_committed_file():
     committed = json.loads((REPO / "docs" / "schema" / "fence.schema.json").read_text())
-    assert committed == generate(), ("docs/schema/fence.schema.json is stale: run "
-                                     "python -m fence.config.schema > docs/schema/fence.schema.json")
+    assert committed == generate(), (
+        "docs/schema/fence.schema.json is stale: run python -m fence.config.schema > docs/schema/fence.schema.json"
+    )
 
 
 def test_schema_content():
@@ -178,23 +184,27 @@ def test_schema_and_templates_commands(capsys):
 
 # --- import --claude ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind, rule, section, field, value", [
-    ("allow", "Bash(npm run test:*)", "command", "allow", "npm run test"),
-    ("allow", "Bash(git status)", "command", "allow", "git status"),
-    ("allow", "Bash(make *)", "command", "allow", "make"),
-    ("deny", "Bash(curl:*)", "command", "deny", "curl"),
-    ("ask", "Bash(git push:*)", "command", "deny", "git push"),
-    ("deny", "Read(./.env)", "filesystem", "denyRead", "./.env"),
-    ("deny", "Read(~/.aws/**)", "filesystem", "denyRead", "~/.aws/**"),
-    ("deny", "Read(//etc/shadow)", "filesystem", "denyRead", "/etc/shadow"),
-    ("allow", "Read(docs/**)", "filesystem", "allowRead", "docs/**"),
-    ("allow", "Edit(src/**)", "filesystem", "allowWrite", "src/**"),
-    ("allow", "Write(out/*)", "filesystem", "allowWrite", "out/*"),
-    ("deny", "Edit(.github/**)", "filesystem", "denyWrite", ".github/**"),
-    ("ask", "Write(~/.bashrc)", "filesystem", "denyWrite", "~/.bashrc"),
-    ("allow", "WebFetch(domain:docs.python.org)", "network", "allowedDomains", "docs.python.org"),
-    ("deny", "WebFetch(domain:evil.example.com)", "network", "deniedDomains", "evil.example.com"),
-])
+
+@pytest.mark.parametrize(
+    "kind, rule, section, field, value",
+    [
+        ("allow", "Bash(npm run test:*)", "command", "allow", "npm run test"),
+        ("allow", "Bash(git status)", "command", "allow", "git status"),
+        ("allow", "Bash(make *)", "command", "allow", "make"),
+        ("deny", "Bash(curl:*)", "command", "deny", "curl"),
+        ("ask", "Bash(git push:*)", "command", "deny", "git push"),
+        ("deny", "Read(./.env)", "filesystem", "denyRead", "./.env"),
+        ("deny", "Read(~/.aws/**)", "filesystem", "denyRead", "~/.aws/**"),
+        ("deny", "Read(//etc/shadow)", "filesystem", "denyRead", "/etc/shadow"),
+        ("allow", "Read(docs/**)", "filesystem", "allowRead", "docs/**"),
+        ("allow", "Edit(src/**)", "filesystem", "allowWrite", "src/**"),
+        ("allow", "Write(out/*)", "filesystem", "allowWrite", "out/*"),
+        ("deny", "Edit(.github/**)", "filesystem", "denyWrite", ".github/**"),
+        ("ask", "Write(~/.bashrc)", "filesystem", "denyWrite", "~/.bashrc"),
+        ("allow", "WebFetch(domain:docs.python.org)", "network", "allowedDomains", "docs.python.org"),
+        ("deny", "WebFetch(domain:evil.example.com)", "network", "deniedDomains", "evil.example.com"),
+    ],
+)
 def test_claude_translation(kind, rule, section, field, value):
     result = translate_claude({"permissions": {kind: [rule]}}, "/proj/.claude/settings.json")
     assert result.config("") == {section: {field: [value]}} and not result.skipped
@@ -205,9 +215,20 @@ def test_claude_project_relative_paths():
     assert result.config("") == {"filesystem": {"denyRead": ["/proj/secrets/**"]}}
 
 
-@pytest.mark.parametrize("rule", ["Bash", "WebSearch", "mcp__github__create_issue", "Bash(git * main)",
-                                  "WebFetch(https://x.example.com)", "WebFetch(domain:*.com)", "Glob(**)", "Bash(*)",
-                                  "not a rule ("])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "Bash",
+        "WebSearch",
+        "mcp__github__create_issue",
+        "Bash(git * main)",
+        "WebFetch(https://x.example.com)",
+        "WebFetch(domain:*.com)",
+        "Glob(**)",
+        "Bash(*)",
+        "not a rule (",
+    ],
+)
 def test_claude_untranslatable_rules_are_reported(rule):
     result = translate_claude({"permissions": {"deny": [rule]}}, "/p/settings.json")
     assert result.config("") == {} and len(result.skipped) == 1 and repr(rule) in result.skipped[0]
@@ -215,13 +236,25 @@ def test_claude_untranslatable_rules_are_reported(rule):
 
 def test_import_command(home, capsys, tmp_path):
     settings = tmp_path / "settings.json"
-    settings.write_text(json.dumps({"permissions": {
-        "allow": ["Bash(npm test)", "WebSearch"], "deny": ["Read(~/.ssh/**)"], "ask": ["Bash(rm:*)"]}}))
+    settings.write_text(
+        json.dumps(
+            {
+                "permissions": {
+                    "allow": ["Bash(npm test)", "WebSearch"],
+                    "deny": ["Read(~/.ssh/**)"],
+                    "ask": ["Bash(rm:*)"],
+                }
+            }
+        )
+    )
     assert main_import(["--claude", "-f", str(settings)]) == 0
     out, err = capsys.readouterr()
     config = json.loads(out)
-    assert config == {"extends": "code", "filesystem": {"denyRead": ["~/.ssh/**"]},
-                      "command": {"allow": ["npm test"], "deny": ["rm"]}}
+    assert config == {
+        "extends": "code",
+        "filesystem": {"denyRead": ["~/.ssh/**"]},
+        "command": {"allow": ["npm test"], "deny": ["rm"]},
+    }
     assert "Imported 3 rules" in err and "Not translated (1):" in err and "'WebSearch'" in err
     assert main_import(["--claude", "-f", str(settings), "--no-extend"]) == 0
     assert "extends" not in json.loads(capsys.readouterr().out)
@@ -252,12 +285,26 @@ def test_import_default_input_and_errors(home, capsys):
 
 # --- completion -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_completion_scripts(shell, capsys, tmp_path):
     assert main_completion([shell]) == 0
     script = capsys.readouterr().out
-    for word in ("run", "config", "import", "completion", "show", "init", "schema", "templates", "--settings",
-                 "--template", "--claude", "--explain", "code-strict"):
+    for word in (
+        "run",
+        "config",
+        "import",
+        "completion",
+        "show",
+        "init",
+        "schema",
+        "templates",
+        "--settings",
+        "--template",
+        "--claude",
+        "--explain",
+        "code-strict",
+    ):
         assert (word.lstrip("-") if shell == "fish" else word) in script, word
     if shutil.which(shell):
         path = tmp_path / f"fence.{shell}"
@@ -275,8 +322,10 @@ def test_bash_completion_completes(capsys, tmp_path):
 
     def complete(*words):
         line = " ".join(f"'{w}'" for w in words)
-        script = (f"source {path}; COMP_WORDS=(fence {line}); COMP_CWORD={len(words)}; _fence; "
-                  'printf "%s\\n" "${COMPREPLY[@]}"')
+        script = (
+            f"source {path}; COMP_WORDS=(fence {line}); COMP_CWORD={len(words)}; _fence; "
+            'printf "%s\\n" "${COMPREPLY[@]}"'
+        )
         return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30).stdout.split()
 
     assert complete("con") == ["config"]

@@ -30,6 +30,7 @@ def error_of(tmp_path, text, name: str = "fence.json") -> str:
 
 # --- JSONC -----------------------------------------------------------------------------
 
+
 def test_comments_and_trailing_commas_in_any_file(tmp_path):
     text = """// leading comment
     {
@@ -66,18 +67,21 @@ def test_strip_keeps_offsets():
     assert json.loads(out) == {"a": 1, "b": [1]}
 
 
-@pytest.mark.parametrize("text, line, column, what", [
-    ('{\n  "network": {\n    "allowedDomains": [}\n}', 3, 24, "unexpected '}'"),
-    ('{"allowPty": tru}', 1, 14, "'tru'"),
-    ('{\n  "allowPty": true\n  "extends": "code"\n}', 3, 3, "expected ',' or '}'"),
-    ('{"network": {"allowedDomains": ["a.com"]', 1, 13, "never closed"),
-    ('{"extends": "code', 1, 13, "unterminated string"),
-    ('{"extends": /* x', 1, 13, "unterminated /* comment"),
-    ("{'extends': 'code'}", 1, 2, "double quotes"),
-    ('{"allowPty": true} x', 1, 20, "after the end"),
-    ('{"extends": "a\nb"}', 1, 15, "control character"),
-    ('{"extends": "héé", x}', 1, 20, "'x'"),
-])
+@pytest.mark.parametrize(
+    "text, line, column, what",
+    [
+        ('{\n  "network": {\n    "allowedDomains": [}\n}', 3, 24, "unexpected '}'"),
+        ('{"allowPty": tru}', 1, 14, "'tru'"),
+        ('{\n  "allowPty": true\n  "extends": "code"\n}', 3, 3, "expected ',' or '}'"),
+        ('{"network": {"allowedDomains": ["a.com"]', 1, 13, "never closed"),
+        ('{"extends": "code', 1, 13, "unterminated string"),
+        ('{"extends": /* x', 1, 13, "unterminated /* comment"),
+        ("{'extends': 'code'}", 1, 2, "double quotes"),
+        ('{"allowPty": true} x', 1, 20, "after the end"),
+        ('{"extends": "a\nb"}', 1, 15, "control character"),
+        ('{"extends": "héé", x}', 1, 20, "'x'"),
+    ],
+)
 def test_syntax_errors_name_file_line_and_column(tmp_path, text, line, column, what):
     message = error_of(tmp_path, text)
     path = str(tmp_path / "fence.json")
@@ -91,6 +95,7 @@ def test_json5_only_syntax_gets_a_hint_but_is_refused(tmp_path):
 
 
 # --- blank and odd files -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("text", ["", "   \n\t", "// only a comment\n", "/* all */", "\ufeff"])
 def test_blank_or_comment_only_file_means_defaults(tmp_path, text):
@@ -152,48 +157,62 @@ def test_huge_file_is_capped(tmp_path):
     assert f"stops reading configs at {MAX_CONFIG_BYTES} bytes" in e.value.message
 
 
-@pytest.mark.parametrize("text", [
-    "[" * 10000,
-    '{"network": ' * 10000,
-    '{"network": {"allowedDomains": ' + "[" * 10000 + "]" * 10000 + "}}",
-    '{"bogus": ' + "[" * 100000,
-    '{"bogus": ' + "[" * 5000 + "]" * 5000 + "}",
-    '{"bogus": ' + '{"a": ' * 5000 + "1" + "}" * 5000 + "}",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 10000,
+        '{"network": ' * 10000,
+        '{"network": {"allowedDomains": ' + "[" * 10000 + "]" * 10000 + "}}",
+        '{"bogus": ' + "[" * 100000,
+        '{"bogus": ' + "[" * 5000 + "]" * 5000 + "}",
+        '{"bogus": ' + '{"a": ' * 5000 + "1" + "}" * 5000 + "}",
+    ],
+)
 def test_deep_nesting_is_a_clean_error(tmp_path, text):
     error_of(tmp_path, text)
 
 
 # --- types and unknown keys ------------------------------------------------------------------
 
+
 def test_wrong_type_names_the_json_path(tmp_path):
     message = error_of(tmp_path, '{"network": {"allowedDomains": "github.com"}}')
     path = tmp_path / "fence.json"
-    assert message == (f"invalid configuration in {path}: $.network.allowedDomains: expected `array`, got `str`; "
-                       "network.allowedDomains is a list of strings")
+    assert message == (
+        f"invalid configuration in {path}: $.network.allowedDomains: expected `array`, got `str`; "
+        "network.allowedDomains is a list of strings"
+    )
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('{"allowPty": "yes"}', "$.allowPty: expected `bool`, got `str`; allowPty is true or false"),
-    ('{"network": {"httpProxyPort": "80"}}', "$.network.httpProxyPort: expected `int`, got `str`"),
-    ('{"network": {"allowLocalOutbound": 1}}', "true, false or null"),
-    ('{"network": {"allowLocalOutboundPorts": ["80"]}}', "$.network.allowLocalOutboundPorts[0]: expected `int`"),
-    ('{"network": []}', "$.network: expected `object`, got `array`; network is an object"),
-    ('[]', "$: expected `object`, got `array`; a fence config is a JSON object"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('{"allowPty": "yes"}', "$.allowPty: expected `bool`, got `str`; allowPty is true or false"),
+        ('{"network": {"httpProxyPort": "80"}}', "$.network.httpProxyPort: expected `int`, got `str`"),
+        ('{"network": {"allowLocalOutbound": 1}}', "true, false or null"),
+        ('{"network": {"allowLocalOutboundPorts": ["80"]}}', "$.network.allowLocalOutboundPorts[0]: expected `int`"),
+        ('{"network": []}', "$.network: expected `object`, got `array`; network is an object"),
+        ("[]", "$: expected `object`, got `array`; a fence config is a JSON object"),
+    ],
+)
 def test_type_errors(tmp_path, text, expected):
     assert expected in error_of(tmp_path, text)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('{"network": {"allowedDomain": []}}', '$.network.allowedDomain: unknown key "allowedDomain"; did you mean '
-                                           '"allowedDomains"?'),
-    ('{"filesystem": {"allow_write": []}}', 'did you mean "allowWrite"?'),
-    ('{"Network": {}}', 'did you mean "network"?'),
-    ('{"allowedDomains": ["a.com"]}', 'unknown key "allowedDomains"; it belongs at network.allowedDomains'),
-    ('{"zzz": 1}', 'unknown key "zzz"; remove it (keys allowed here: $schema, extends, network'),
-    ('{"macos": {"mach": {"lookups": []}}}', '$.macos.mach.lookups: unknown key "lookups"; did you mean "lookup"?'),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            '{"network": {"allowedDomain": []}}',
+            '$.network.allowedDomain: unknown key "allowedDomain"; did you mean "allowedDomains"?',
+        ),
+        ('{"filesystem": {"allow_write": []}}', 'did you mean "allowWrite"?'),
+        ('{"Network": {}}', 'did you mean "network"?'),
+        ('{"allowedDomains": ["a.com"]}', 'unknown key "allowedDomains"; it belongs at network.allowedDomains'),
+        ('{"zzz": 1}', 'unknown key "zzz"; remove it (keys allowed here: $schema, extends, network'),
+        ('{"macos": {"mach": {"lookups": []}}}', '$.macos.mach.lookups: unknown key "lookups"; did you mean "lookup"?'),
+    ],
+)
 def test_unknown_keys_with_suggestions(tmp_path, text, expected):
     assert expected in error_of(tmp_path, text)
 
@@ -217,6 +236,7 @@ def test_strict_deny_read_implies_default_deny_read(tmp_path):
 
 # --- properties ---------------------------------------------------------------------------------
 
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_any_bytes_give_a_policy_or_a_clean_error(data):
@@ -228,8 +248,32 @@ def test_any_bytes_give_a_policy_or_a_clean_error(data):
         assert result is None or isinstance(result, Policy)
 
 
-_fragments = st.sampled_from(['{', '}', '[', ']', ',', ':', '"network"', '"allowedDomains"', '"a.com"', "true",
-                              "null", "1", "//", "/*", "*/", "\n", " ", '"', "\\", '"allowPty"', "é", "\x00"])
+_fragments = st.sampled_from(
+    [
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        '"network"',
+        '"allowedDomains"',
+        '"a.com"',
+        "true",
+        "null",
+        "1",
+        "//",
+        "/*",
+        "*/",
+        "\n",
+        " ",
+        '"',
+        "\\",
+        '"allowPty"',
+        "é",
+        "\x00",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -242,10 +286,11 @@ def test_any_jsonish_text_gives_a_policy_or_a_clean_error(text):
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
-    max_leaves=15)
-_comment = st.sampled_from(["", " ", "// c ] } , \" \n", "/* ] , } */", "/* multi\nline */", "\n"])
+    max_leaves=15,
+)
+_comment = st.sampled_from(["", " ", '// c ] } , " \n', "/* ] , } */", "/* multi\nline */", "\n"])
 
 
 def _render(value, draw_comment) -> str:
@@ -282,10 +327,12 @@ def test_json5_is_not_imported_on_the_happy_path():
     import subprocess
     import sys
 
-    probe = ("import sys\n"
-             "from fence.config.resolve import resolve\n"
-             "from fence.messages import ConfigResolveRequest as R\n"
-             "resolve(R(cwd='/', template='code-strict', home='/nonexistent'))\n"
-             "print([m for m in ('json5', 'difflib', 'argparse') if m in sys.modules])\n")
+    probe = (
+        "import sys\n"
+        "from fence.config.resolve import resolve\n"
+        "from fence.messages import ConfigResolveRequest as R\n"
+        "resolve(R(cwd='/', template='code-strict', home='/nonexistent'))\n"
+        "print([m for m in ('json5', 'difflib', 'argparse') if m in sys.modules])\n"
+    )
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
     assert r.stdout.strip() == "[]", r.stderr

@@ -8,8 +8,19 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fence.config.merge import (BOOL, LIST, OPTIONAL, PLAN, SCALAR, field_sources, merge, merge_lists,
-                                provenance_labels, set_fields, set_values)
+from fence.config.merge import (
+    BOOL,
+    LIST,
+    OPTIONAL,
+    PLAN,
+    SCALAR,
+    field_sources,
+    merge,
+    merge_lists,
+    provenance_labels,
+    set_fields,
+    set_values,
+)
 from fence.config.validate import normalize
 from fence.policy import Policy
 
@@ -94,7 +105,7 @@ def test_list_merge_appends_and_dedupes_keeping_first(a, b):
     else:
         assert out == list(dict.fromkeys(a + b))
         assert set(out) == set(a) | set(b)
-        assert out[:len(dict.fromkeys(a))] == list(dict.fromkeys(a))  # base order first
+        assert out[: len(dict.fromkeys(a))] == list(dict.fromkeys(a))  # base order first
 
 
 @settings(max_examples=200, deadline=None)
@@ -128,8 +139,10 @@ def test_merge_is_associative(a, b, c):
 @settings(max_examples=100, deadline=None)
 @given(policies, policies)
 def test_merge_does_not_mutate_its_inputs(a, b):
-    a_copy, b_copy = msgspec.json.decode(msgspec.json.encode(a), type=Policy), msgspec.json.decode(
-        msgspec.json.encode(b), type=Policy)
+    a_copy, b_copy = (
+        msgspec.json.decode(msgspec.json.encode(a), type=Policy),
+        msgspec.json.decode(msgspec.json.encode(b), type=Policy),
+    )
     merge(a, b)
     assert a == a_copy and b == b_copy
 

@@ -52,6 +52,7 @@ def domains(reply):
 
 # --- discovery --------------------------------------------------------------------------
 
+
 def test_defaults_when_nothing_is_found(env):
     reply = env.resolve()
     assert reply.policy == Policy()
@@ -141,31 +142,37 @@ def test_invalid_project_config_names_the_file(env):
 
 # --- extends ---------------------------------------------------------------------------------
 
+
 def test_extends_template_merges(env):
-    env.write(env.project / "fence.json", {"extends": "code.json",
-                                            "network": {"allowedDomains": ["example.com", "github.com"]},
-                                            "allowPty": False})
+    env.write(
+        env.project / "fence.json",
+        {"extends": "code.json", "network": {"allowedDomains": ["example.com", "github.com"]}, "allowPty": False},
+    )
     reply = env.resolve()
     d = domains(reply)
     assert d[0] == "api.openai.com" and d[-1] == "example.com" and d.count("github.com") == 1
     assert reply.policy.allow_pty  # OR: the child cannot switch it off
     assert reply.policy.extends == "" and reply.policy.schema == ""
     assert reply.sources == [f"project config: {env.project / 'fence.json'}", "extends template: code"]
-    assert (reply.provenance["network.allowedDomains"]
-            == f"template: code + project config: {env.project / 'fence.json'}")
+    assert (
+        reply.provenance["network.allowedDomains"] == f"template: code + project config: {env.project / 'fence.json'}"
+    )
     assert reply.provenance["allowPty"] == "template: code"
     assert reply.provenance["command.deny"] == "template: code"
 
 
 def test_extends_relative_path_is_relative_to_the_extending_file(env):
     env.write(env.project / "conf" / "base.jsonc", '{"network": {"allowedDomains": ["base.com"]},}')
-    env.write(env.project / "conf" / "mid.json", {"extends": "./base.jsonc",
-                                                   "network": {"allowedDomains": ["mid.com"]}})
+    env.write(
+        env.project / "conf" / "mid.json", {"extends": "./base.jsonc", "network": {"allowedDomains": ["mid.com"]}}
+    )
     env.write(env.project / "fence.json", {"extends": "conf/mid.json", "network": {"allowedDomains": ["top.com"]}})
     reply = env.resolve()
     assert domains(reply) == ["base.com", "mid.com", "top.com"]
-    assert reply.sources[1:] == [f"extends file: {env.project / 'conf' / 'mid.json'}",
-                                 f"extends file: {env.project / 'conf' / 'base.jsonc'}"]
+    assert reply.sources[1:] == [
+        f"extends file: {env.project / 'conf' / 'mid.json'}",
+        f"extends file: {env.project / 'conf' / 'base.jsonc'}",
+    ]
 
 
 def test_extends_home_path(env):
@@ -201,14 +208,16 @@ def test_extends_cycle_names_the_chain(env):
     b = env.write(env.project / "b.json", {"extends": "./a.json"})
     with pytest.raises(ConfigError) as e:
         env.resolve(settings=a)
-    assert e.value.message == (f"invalid configuration in {b}: $.extends: extends cycle: {a} -> {b} -> {a}; "
-                               "remove one of these extends")
+    assert e.value.message == (
+        f"invalid configuration in {b}: $.extends: extends cycle: {a} -> {b} -> {a}; remove one of these extends"
+    )
 
 
 def test_extends_depth_limit(env):
     for i in range(MAX_EXTENDS_DEPTH + 1):
-        env.write(env.project / f"c{i}.json",
-                  {"extends": f"./c{i + 1}.json", "network": {"allowedDomains": [f"d{i}.com"]}})
+        env.write(
+            env.project / f"c{i}.json", {"extends": f"./c{i + 1}.json", "network": {"allowedDomains": [f"d{i}.com"]}}
+        )
     env.write(env.project / f"c{MAX_EXTENDS_DEPTH + 1}.json", {"allowPty": True})
     # c0 -> ... -> c10: ten hops is the limit
     env.write(env.project / f"c{MAX_EXTENDS_DEPTH}.json", {"allowPty": True})
@@ -223,8 +232,10 @@ def test_extends_missing_file_and_unknown_template(env):
     path = env.write(env.project / "fence.json", {"extends": "./nope.json"})
     with pytest.raises(ConfigError) as e:
         env.resolve()
-    assert e.value.message.startswith(f"invalid configuration in {path}: $.extends: extends \"./nope.json\": file "
-                                      f"not found: {env.project / 'nope.json'}")
+    assert e.value.message.startswith(
+        f'invalid configuration in {path}: $.extends: extends "./nope.json": file '
+        f"not found: {env.project / 'nope.json'}"
+    )
     env.write(env.project / "fence.json", {"extends": "cod"})
     with pytest.raises(ConfigError, match='unknown template "cod"; did you mean "code"'):
         env.resolve()
@@ -245,8 +256,10 @@ def test_cross_field_rule_spans_the_chain(env):
     env.write(env.project / "base.json", {})
     with pytest.raises(ConfigError) as e:
         env.resolve()
-    assert e.value.message.startswith(f"invalid configuration in {env.project / 'fence.json'}: "
-                                      '$.network.defaultAction: network.defaultAction "proxy" requires')
+    assert e.value.message.startswith(
+        f"invalid configuration in {env.project / 'fence.json'}: "
+        '$.network.defaultAction: network.defaultAction "proxy" requires'
+    )
 
 
 def test_strict_deny_read_in_a_base_implies_default_deny_read(env):
@@ -258,20 +271,29 @@ def test_strict_deny_read_in_a_base_implies_default_deny_read(env):
 
 # --- provenance records ---------------------------------------------------------------------------
 
+
 def test_chain_records_say_what_each_source_is_and_how_it_was_reached(env):
-    user = env.write(env.home / ".config" / "fence" / "fence.jsonc", {"extends": "code",
-                                                                      "command": {"deny": ["make release"]}})
+    user = env.write(
+        env.home / ".config" / "fence" / "fence.jsonc", {"extends": "code", "command": {"deny": ["make release"]}}
+    )
     mid = env.write(env.project / "conf" / "mid.json", {"extends": "@base", "command": {"deny": ["shared"]}})
-    top = env.write(env.project / "fence.json", {"extends": "./conf/mid.json", "allowPty": True,
-                                                 "command": {"deny": ["git push", "shared"]}})
+    top = env.write(
+        env.project / "fence.json",
+        {"extends": "./conf/mid.json", "allowPty": True, "command": {"deny": ["git push", "shared"]}},
+    )
     reply = env.resolve()
     assert [(r.kind, r.via, r.extends, r.path, r.name, r.empty) for r in reply.chain] == [
         ("file", "project", "", top, "", False),
         ("file", "extends", "./conf/mid.json", mid, "", False),
         ("file", "user", "@base", user, "", False),
-        ("template", "extends", "code", "", "code", False)]
-    assert [r.label for r in reply.chain] == [f"project config: {top}", f"file: {mid}",
-                                              f"@base (user config): {user}", "template: code"]
+        ("template", "extends", "code", "", "code", False),
+    ]
+    assert [r.label for r in reply.chain] == [
+        f"project config: {top}",
+        f"file: {mid}",
+        f"@base (user config): {user}",
+        "template: code",
+    ]
     assert reply.user_config_dir == str(env.home / ".config" / "fence")
     deny = reply.fields["command.deny"]
     assert deny.sources == [3, 2, 1, 0]  # the order the merge applied them: innermost base first
@@ -306,6 +328,7 @@ def test_user_config_dir_follows_the_requests_xdg_config_home(env):
 
 
 # --- the service ---------------------------------------------------------------------------------
+
 
 def test_service_replies_with_policy_sources_and_provenance(env):
     env.write(env.project / "fence.json", {"extends": "code-strict"})

@@ -17,8 +17,10 @@ from fence.policy import FilesystemConfig, NetworkConfig, Policy
 
 
 def policy(wsl=None, sockets=(), all_sockets=False, **fs) -> Policy:
-    return Policy(network=NetworkConfig(allow_unix_sockets=list(sockets), allow_all_unix_sockets=all_sockets),
-                  filesystem=FilesystemConfig(wsl_interop=wsl, **fs))
+    return Policy(
+        network=NetworkConfig(allow_unix_sockets=list(sockets), allow_all_unix_sockets=all_sockets),
+        filesystem=FilesystemConfig(wsl_interop=wsl, **fs),
+    )
 
 
 def test_without_unix_sockets_the_interop_server_is_out_of_reach():
@@ -77,8 +79,9 @@ def test_fence_notes_wsl_interop_true_and_runs_unix_socket_policies(self_runner)
     settings.write_text(json.dumps({"filesystem": {"wslInterop": True}}))
     r = self_runner.run("-d", "--settings", str(settings), "--", "true", cwd=str(work))
     assert r.returncode == 0, r.stderr
-    assert ("[fence] Note: filesystem.wslInterop is not granted by this build yet; the sandbox stays stricter"
-            in r.stderr)
+    assert (
+        "[fence] Note: filesystem.wslInterop is not granted by this build yet; the sandbox stays stricter" in r.stderr
+    )
     settings.write_text(json.dumps({"network": {"allowAllUnixSockets": True}}))
     r = self_runner.run("-d", "--settings", str(settings), "--", "true", cwd=str(work))
     assert r.returncode == 0 and "wslInterop" not in r.stderr, r.stderr

@@ -25,7 +25,8 @@ OUTSIDE_CITATION = re.compile(
     r"|\bthe reference\b"  # "as the reference", "the reference's order", "the reference tool"
     r"|\breference (?:tool|content|wording|shape)\b"  # "Reference content:", "reference wording"
     r"|\bshared/spec\b|\breference(?:-v[\d.]+)?\.md\b",  # its path and file names
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 SKIP_OUTSIDE_CITATIONS: tuple[str, ...] = ()
 """Paths (a module also covers the package it becomes) exempt while they are being rewritten: none now."""
@@ -97,8 +98,10 @@ def test_no_code_cites_the_outside_reference():
             m = OUTSIDE_CITATION.search(line)
             if m:
                 found.append(f"{rel}:{number}: {m.group(0)!r} in {line.strip()[:100]}")
-    assert not found, ("cite docs/compatibility.md (or the docs/ page that describes the behaviour) "
-                       "instead of the outside reference document:\n" + "\n".join(found))
+    assert not found, (
+        "cite docs/compatibility.md (or the docs/ page that describes the behaviour) "
+        "instead of the outside reference document:\n" + "\n".join(found)
+    )
 
 
 def test_cited_docs_pages_anchors_and_headings_exist():
@@ -129,8 +132,7 @@ def test_cited_docs_pages_anchors_and_headings_exist():
     assert not broken, "citations of docs that are not there:\n" + "\n".join(broken)
 
 
-@pytest.mark.parametrize("anchor", ["cli-flags", "config-fields", "messages", "exit-codes",
-                                    "deliberate-deviations"])
+@pytest.mark.parametrize("anchor", ["cli-flags", "config-fields", "messages", "exit-codes", "deliberate-deviations"])
 def test_compatibility_page_keeps_its_stable_sections(anchor):
     """The sections the brief of the page promises (and code cites) stay where they are."""
     assert anchor in headings(ROOT / "docs" / "compatibility.md")[1]

@@ -8,48 +8,98 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fence.domains import (ALLOW, DENY, PROXY, Decision, DomainFilter, HostError, block_hint, canonical_host,
-                           display_host, is_ip, pattern_error, pattern_problem, split_host_port)
+from fence.domains import (
+    ALLOW,
+    DENY,
+    PROXY,
+    Decision,
+    DomainFilter,
+    HostError,
+    block_hint,
+    canonical_host,
+    display_host,
+    is_ip,
+    pattern_error,
+    pattern_problem,
+    split_host_port,
+)
 
 
-@pytest.mark.parametrize("raw, canonical", [
-    ("example.com", "example.com"),
-    ("Example.COM", "example.com"),
-    ("example.com.", "example.com"),
-    ("ｅｘａｍｐｌｅ。ｃｏｍ", "example.com"),       # full-width letters, ideographic full stop
-    ("example\uff0ecom", "example.com"),            # full-width full stop
-    ("example\uff61com", "example.com"),            # half-width ideographic full stop
-    ("exa\u00admple.com", "example.com"),           # soft hyphen: mapped to nothing by IDNA
-    ("bücher.example", "xn--bcher-kva.example"),
-    ("BÜCHER.example.", "xn--bcher-kva.example"),
-    ("xn--bcher-kva.example", "xn--bcher-kva.example"),
-    ("straße.de", "strasse.de"),                    # IDNA 2003 mapping (documented)
-    ("localhost", "localhost"),
-    ("_srv.example.com", "_srv.example.com"),
-    ("1.2.3.4.nip.io", "1.2.3.4.nip.io"),
-    ("127.0.0.1", "127.0.0.1"),
-    ("0.0.0.0", "0.0.0.0"),
-    ("255.255.255.255", "255.255.255.255"),
-    ("[::1]", "::1"),
-    ("[0:0:0:0:0:0:0:1]", "::1"),
-    ("[2001:DB8::1]", "2001:db8::1"),
-    ("[::ffff:127.0.0.1]", "127.0.0.1"),            # IPv4-mapped: the IPv4 it reaches
-    ("[::ffff:7f00:1]", "127.0.0.1"),
-    ("::1", "::1"),                                 # bare (SOCKS5 ATYP 4)
-])
+@pytest.mark.parametrize(
+    "raw, canonical",
+    [
+        ("example.com", "example.com"),
+        ("Example.COM", "example.com"),
+        ("example.com.", "example.com"),
+        ("ｅｘａｍｐｌｅ。ｃｏｍ", "example.com"),  # full-width letters, ideographic full stop
+        ("example\uff0ecom", "example.com"),  # full-width full stop
+        ("example\uff61com", "example.com"),  # half-width ideographic full stop
+        ("exa\u00admple.com", "example.com"),  # soft hyphen: mapped to nothing by IDNA
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("BÜCHER.example.", "xn--bcher-kva.example"),
+        ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+        ("straße.de", "strasse.de"),  # IDNA 2003 mapping (documented)
+        ("localhost", "localhost"),
+        ("_srv.example.com", "_srv.example.com"),
+        ("1.2.3.4.nip.io", "1.2.3.4.nip.io"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("0.0.0.0", "0.0.0.0"),
+        ("255.255.255.255", "255.255.255.255"),
+        ("[::1]", "::1"),
+        ("[0:0:0:0:0:0:0:1]", "::1"),
+        ("[2001:DB8::1]", "2001:db8::1"),
+        ("[::ffff:127.0.0.1]", "127.0.0.1"),  # IPv4-mapped: the IPv4 it reaches
+        ("[::ffff:7f00:1]", "127.0.0.1"),
+        ("::1", "::1"),  # bare (SOCKS5 ATYP 4)
+    ],
+)
 def test_canonical_host(raw, canonical):
     assert canonical_host(raw) == canonical
 
 
-@pytest.mark.parametrize("raw", [
-    "", ".", "..", "a..b", ".example.com", "example..com", "-a.com", "a-.com",
-    "127.1", "2130706433", "0x7f.1", "0x7f000001", "0177.0.0.1", "127.000.0.1", "127.0.0.01", "256.1.1.1",
-    "1.2.3.4.5", "127.0.0.1.", "１２７.０.０.１", "127。0。0。1", "example.123", "a.0x1",
-    "a b.com", "a\tb.com", "exa%6dple.com", "user@example.com", "example.com/", "a\x00b.com", "a\x85b.com",
-    "a\u2024b.com",                                 # ONE DOT LEADER would map to an extra label
-    "xn--zz.example",                               # undecodable A-label
-    "[fe80::1%eth0]", "[::1", "[example.com]", "[1.2.3.4]", "::g", "a" * 64 + ".com", ("a." * 127) + "com",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        ".",
+        "..",
+        "a..b",
+        ".example.com",
+        "example..com",
+        "-a.com",
+        "a-.com",
+        "127.1",
+        "2130706433",
+        "0x7f.1",
+        "0x7f000001",
+        "0177.0.0.1",
+        "127.000.0.1",
+        "127.0.0.01",
+        "256.1.1.1",
+        "1.2.3.4.5",
+        "127.0.0.1.",
+        "１２７.０.０.１",
+        "127。0。0。1",
+        "example.123",
+        "a.0x1",
+        "a b.com",
+        "a\tb.com",
+        "exa%6dple.com",
+        "user@example.com",
+        "example.com/",
+        "a\x00b.com",
+        "a\x85b.com",
+        "a\u2024b.com",  # ONE DOT LEADER would map to an extra label
+        "xn--zz.example",  # undecodable A-label
+        "[fe80::1%eth0]",
+        "[::1",
+        "[example.com]",
+        "[1.2.3.4]",
+        "::g",
+        "a" * 64 + ".com",
+        ("a." * 127) + "com",
+    ],
+)
 def test_refused_hosts(raw):
     with pytest.raises(HostError):
         canonical_host(raw)
@@ -60,19 +110,24 @@ def test_is_ip_and_display():
     assert display_host("::1") == "[::1]" and display_host("a.b") == "a.b"
 
 
-@pytest.mark.parametrize("authority, default, expected", [
-    ("a.b:443", None, ("a.b", 443)),
-    ("a.b", 443, ("a.b", 443)),
-    ("[::1]:8080", None, ("[::1]", 8080)),
-    ("[::1]", 80, ("[::1]", 80)),
-    ("a.b:65535", None, ("a.b", 65535)),
-])
+@pytest.mark.parametrize(
+    "authority, default, expected",
+    [
+        ("a.b:443", None, ("a.b", 443)),
+        ("a.b", 443, ("a.b", 443)),
+        ("[::1]:8080", None, ("[::1]", 8080)),
+        ("[::1]", 80, ("[::1]", 80)),
+        ("a.b:65535", None, ("a.b", 65535)),
+    ],
+)
 def test_split_host_port(authority, default, expected):
     assert split_host_port(authority, default) == expected
 
 
-@pytest.mark.parametrize("authority", ["a.b:0", "a.b:65536", "a.b:+1", "a.b:0x50", "a.b:８０", "a.b: 80", "a.b:",
-                                       "::1:80", "[::1]x", "[::1", "a.b"])
+@pytest.mark.parametrize(
+    "authority",
+    ["a.b:0", "a.b:65536", "a.b:+1", "a.b:0x50", "a.b:８０", "a.b: 80", "a.b:", "::1:80", "[::1]x", "[::1", "a.b"],
+)
 def test_split_host_port_refuses(authority):
     with pytest.raises(HostError):
         split_host_port(authority)
@@ -88,7 +143,7 @@ def test_filter_semantics():
     assert f.decide("example.com") == Decision(ALLOW, "allowed", "example.com")
     assert f.decide("a.api.test") == Decision(ALLOW, "allowed", "*.api.test")
     assert f.decide("x.y.api.test").action == ALLOW
-    assert f.decide("api.test") == Decision(DENY, "nomatch")               # the wildcard is not the apex
+    assert f.decide("api.test") == Decision(DENY, "nomatch")  # the wildcard is not the apex
     assert f.decide("bad.api.test") == Decision(DENY, "denied", "bad.api.test")  # deny wins
     assert f.decide("x.evil.test") == Decision(DENY, "denied", "*.evil.test")
     assert f.decide("localhost").action == ALLOW and f.decide("127.0.0.1").action == ALLOW
@@ -124,7 +179,7 @@ def test_ipv6_patterns_cannot_match_by_wildcard():
 
 def test_default_action_proxy_and_no_config():
     assert decide([], default_action="proxy").action == PROXY
-    assert decide(["*"], ["example.com"], "proxy").action == DENY         # denied is never forwarded
+    assert decide(["*"], ["example.com"], "proxy").action == DENY  # denied is never forwarded
     assert decide(["example.com"], default_action="proxy").action == ALLOW  # allowed goes direct
     assert DomainFilter(None).decide("example.com") == Decision(DENY, "noconfig")
     assert DomainFilter(["a.com"], [], "proxy").decide("b.com") == Decision(PROXY, "nomatch")
@@ -145,28 +200,42 @@ def test_block_hints():
     assert block_hint("a.com", Decision(DENY, "nomatch")) == 'Add "a.com" to network.allowedDomains to allow it.'
     assert block_hint("a.com", Decision(DENY, "denied", "a.com")) == '"a.com" is in network.deniedDomains.'
     assert block_hint("a.com", Decision(DENY, "denied", "A.COM")) == '"a.com" is in network.deniedDomains.'
-    assert block_hint("x.a.com", Decision(DENY, "denied", "*.a.com")) == \
-        '"x.a.com" matches "*.a.com" in network.deniedDomains.'
+    assert (
+        block_hint("x.a.com", Decision(DENY, "denied", "*.a.com"))
+        == '"x.a.com" matches "*.a.com" in network.deniedDomains.'
+    )
 
 
 # --- pattern validation (the config validator's rules and words) -------------------------------
 def test_pattern_validation_uses_the_reference_reasons():
-    for pattern, reason in (("*.com", "wildcard pattern too broad (e.g., *.com not allowed)"),
-                            ("https://a.com/", "domain pattern cannot contain protocol, path, or port"),
-                            ("a.com:443", "domain pattern cannot contain protocol, path, or port"),
-                            ("::1", "domain pattern cannot contain protocol, path, or port"),
-                            ("api.*.com", "only *.domain.com wildcard patterns are allowed"),
-                            ("*example.com", "only *.domain.com wildcard patterns are allowed"),
-                            ("example", "invalid domain format"), ("example.com.", "invalid domain format"),
-                            ("", "invalid domain format"),
-                            ("*.", "wildcard pattern too broad (e.g., *.com not allowed)"),
-                            ("bücher", "invalid domain format"),
-                            ("*.bücher", "wildcard pattern too broad (e.g., *.com not allowed)")):
+    for pattern, reason in (
+        ("*.com", "wildcard pattern too broad (e.g., *.com not allowed)"),
+        ("https://a.com/", "domain pattern cannot contain protocol, path, or port"),
+        ("a.com:443", "domain pattern cannot contain protocol, path, or port"),
+        ("::1", "domain pattern cannot contain protocol, path, or port"),
+        ("api.*.com", "only *.domain.com wildcard patterns are allowed"),
+        ("*example.com", "only *.domain.com wildcard patterns are allowed"),
+        ("example", "invalid domain format"),
+        ("example.com.", "invalid domain format"),
+        ("", "invalid domain format"),
+        ("*.", "wildcard pattern too broad (e.g., *.com not allowed)"),
+        ("bücher", "invalid domain format"),
+        ("*.bücher", "wildcard pattern too broad (e.g., *.com not allowed)"),
+    ):
         assert pattern_error(pattern) == reason, pattern
         problem = pattern_problem("allowed", pattern)
         assert problem is not None and problem.startswith(f'invalid allowed domain "{pattern}": {reason}; ')
-    for pattern in ("example.com", "*.example.com", "localhost", "*", "127.0.0.1", "0177.0.0.1", "bücher.example",
-                    "*.bücher.example", "xn--bcher-kva.example"):
+    for pattern in (
+        "example.com",
+        "*.example.com",
+        "localhost",
+        "*",
+        "127.0.0.1",
+        "0177.0.0.1",
+        "bücher.example",
+        "*.bücher.example",
+        "xn--bcher-kva.example",
+    ):
         assert pattern_error(pattern) is None and pattern_problem("denied", pattern) is None, pattern
 
 
@@ -179,9 +248,12 @@ def test_valid_non_ascii_patterns_are_ones_the_filter_matches():
 
 
 # --- properties -------------------------------------------------------------------------------
-HOSTISH = st.text(alphabet=st.sampled_from(list("abcxyz019-_.:[]%@ \x00AZ") +
-                                           ["\u3002", "\uff0e", "\uff61", "\u00ad", "ü", "ß", "１", "ａ", "\u2024"]),
-                  max_size=30)
+HOSTISH = st.text(
+    alphabet=st.sampled_from(
+        list("abcxyz019-_.:[]%@ \x00AZ") + ["\u3002", "\uff0e", "\uff61", "\u00ad", "ü", "ß", "１", "ａ", "\u2024"]
+    ),
+    max_size=30,
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -204,9 +276,11 @@ def test_canonical_is_a_fixed_point_and_never_reinterpreted(raw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(["a.test", "*.a.test", "b.a.test", "*", "c.test", "127.0.0.1"]), max_size=4),
-       st.lists(st.sampled_from(["a.test", "*.a.test", "b.a.test", "c.test", "127.0.0.1"]), max_size=3),
-       st.sampled_from(["a.test", "b.a.test", "x.b.a.test", "c.test", "d.test", "127.0.0.1"]))
+@given(
+    st.lists(st.sampled_from(["a.test", "*.a.test", "b.a.test", "*", "c.test", "127.0.0.1"]), max_size=4),
+    st.lists(st.sampled_from(["a.test", "*.a.test", "b.a.test", "c.test", "127.0.0.1"]), max_size=3),
+    st.sampled_from(["a.test", "b.a.test", "x.b.a.test", "c.test", "d.test", "127.0.0.1"]),
+)
 def test_deny_always_wins(allowed, denied, host):
     from fence.domains import _Rules
 

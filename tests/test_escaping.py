@@ -36,8 +36,12 @@ needs_usernotif = pytest.mark.skipif(execsupervisor.supported() != "", reason="n
 
 def _unsafe(c: str) -> bool:
     o = ord(c)
-    return ((o < 0x20 and c != "\n") or 0x7F <= o < 0xA0 or 0xD800 <= o <= 0xDFFF
-            or c in "\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+    return (
+        (o < 0x20 and c != "\n")
+        or 0x7F <= o < 0xA0
+        or 0xD800 <= o <= 0xDFFF
+        or c in "\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    )
 
 
 def assert_unforged(stderr: bytes) -> str:
@@ -52,8 +56,7 @@ def assert_unforged(stderr: bytes) -> str:
 
 def run_bytes(fence, *args: str, cwd: Path) -> tuple[int, bytes, bytes]:
     """fence's exit code, stdout and stderr as bytes (text mode would turn a raw CR into a line break)."""
-    proc = fence.popen(*args, cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE)
+    proc = fence.popen(*args, cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -107,8 +110,10 @@ def test_proxy_decision_lines_escape_hosts_and_urls(fence, origin, flag):
     carries C1 and bidi controls (the proxy's decision lines show them)."""
     work = workspace(fence, {"network": {"allowedDomains": ["127.0.0.1"]}})
     client = put(fence, work, "client.py", HTTP_CLIENT)
-    script = (f"curl -s --max-time 5 -o /dev/null -x \"$HTTP_PROXY\" 'http://evil{EVIL}/' "
-              f"2>/dev/null; python3 {client} '{EVIL}' {origin} 2>/dev/null")
+    script = (
+        f"curl -s --max-time 5 -o /dev/null -x \"$HTTP_PROXY\" 'http://evil{EVIL}/' "
+        f"2>/dev/null; python3 {client} '{EVIL}' {origin} 2>/dev/null"
+    )
     _code, out, err = run_bytes(fence, flag, "-c", script, cwd=work)
     assert out == b"SENT\n", err
     text = assert_unforged(err)
@@ -152,9 +157,18 @@ def test_supervised_run_escapes_the_proxy_process_events(sup):  # noqa: F811
     """Supervised, the decision lines come from the proxy process's events over NATS (``remote.py``)."""
     cfg = sup.config({"allowedDomains": ["127.0.0.1"]})
     client = put(sup.runner, sup.root, "socks.py", SOCKS_CLIENT)
-    proc = sup.runner.popen("-m", "-s", str(cfg), "-c", f"python3 {client} 2>/dev/null", env=sup.env,
-                            cwd=str(sup.root), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = sup.runner.popen(
+        "-m",
+        "-s",
+        str(cfg),
+        "-c",
+        f"python3 {client} 2>/dev/null",
+        env=sup.env,
+        cwd=str(sup.root),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     out, err = proc.communicate(timeout=60)
     assert out == b"SENT\n", err
     text = assert_unforged(err)
@@ -164,14 +178,16 @@ def test_supervised_run_escapes_the_proxy_process_events(sup):  # noqa: F811
 
 # --- files the sandbox made -----------------------------------------------------------------
 
+
 def test_quarantined_file_names_are_escaped(fence):
     """A new .git/hooks is quarantined file by file: the file names are the sandbox's."""
     work = workspace(fence, {"filesystem": {"allowWrite": ["."]}, "command": {"useDefaults": False}})
     subprocess.run(["git", "init", "-q", str(work)], check=True)
     shutil.rmtree(work / ".git" / "hooks")
     fence.own(work)
-    code, _out, err = run_bytes(fence, "--", "bash", "-c", 'mkdir .git/hooks && printf evil > ".git/hooks/$1"',
-                               "sh", EVIL, cwd=work)
+    code, _out, err = run_bytes(
+        fence, "--", "bash", "-c", 'mkdir .git/hooks && printf evil > ".git/hooks/$1"', "sh", EVIL, cwd=work
+    )
     assert code == 0, err
     text = assert_unforged(err)
     assert "[fence] Warning: the sandbox created protected path " in text
@@ -208,7 +224,7 @@ def test_blocked_exec_lines_escape_argv_and_paths(fence):
     text = assert_unforged(err)
     blocked = [line for line in text.splitlines() if line.startswith("Runtime exec policy blocked: ")]
     assert len(blocked) == 2, text
-    assert f"\\x0d\\x0a{FORGED} \\x9b31m\\u202egnp.exe is git) matches \"git push\"" in blocked[0]
+    assert f'\\x0d\\x0a{FORGED} \\x9b31m\\u202egnp.exe is git) matches "git push"' in blocked[0]
     assert '\\r\\n[fence] FORGED \\u009b31m\\u202egnp.exe" matches "git push"' in blocked[1]
     assert text.count("[fence:exec] ") == 2, text
 

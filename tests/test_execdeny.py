@@ -22,8 +22,12 @@ EXE = stat.S_IFREG | 0o755
 class FakeFS:
     """Files by path: ``files[path] = (dev, ino)``, ``links[path] = target`` (symlinks, absolute)."""
 
-    def __init__(self, files: dict[str, tuple[int, int]], links: dict[str, str] | None = None,
-                 modes: dict[str, int] | None = None):
+    def __init__(
+        self,
+        files: dict[str, tuple[int, int]],
+        links: dict[str, str] | None = None,
+        modes: dict[str, int] | None = None,
+    ):
         self.files, self.links, self.modes = files, dict(links or {}), dict(modes or {})
         self.stats = 0
 
@@ -51,11 +55,11 @@ class FakeFS:
         out = []
         prefix = directory.rstrip("/") + "/"
         for path, (_dev, ino) in self.files.items():
-            if path.startswith(prefix) and "/" not in path[len(prefix):]:
-                out.append(Entry(path[len(prefix):], ino, False))
+            if path.startswith(prefix) and "/" not in path[len(prefix) :]:
+                out.append(Entry(path[len(prefix) :], ino, False))
         for path in self.links:
-            if path.startswith(prefix) and "/" not in path[len(prefix):]:
-                out.append(Entry(path[len(prefix):], 999999, True))
+            if path.startswith(prefix) and "/" not in path[len(prefix) :]:
+                out.append(Entry(path[len(prefix) :], 999999, True))
         return out
 
 
@@ -64,6 +68,7 @@ def policy(**command) -> Policy:
 
 
 # --------------------------------------------------------------------------- which rules
+
 
 def test_single_token_rules_from_deny_and_defaults_in_order():
     names = deny_names(policy(deny=["git push", "chroot", "python3", "/usr/bin/perl", "chroot"]))
@@ -84,9 +89,12 @@ def test_glob_heads_are_not_resolved():
 
 # --------------------------------------------------------------------------- planning
 
+
 def test_one_file_masked_once_through_usrmerge_and_symlinks():
-    fs = FakeFS({"/usr/sbin/chroot": (1, 10), "/usr/bin/cat": (1, 11)},
-                links={"/sbin": "/usr/sbin", "/bin": "/usr/bin", "/usr/local/bin/chroot": "/usr/sbin/chroot"})
+    fs = FakeFS(
+        {"/usr/sbin/chroot": (1, 10), "/usr/bin/cat": (1, 11)},
+        links={"/sbin": "/usr/sbin", "/bin": "/usr/bin", "/usr/local/bin/chroot": "/usr/sbin/chroot"},
+    )
     dirs = execdeny.path_dirs("/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "/w", fs)
     assert dirs == ["/usr/local/bin", "/usr/bin", "/usr/sbin"]
     result = plan_masks(["chroot"], dirs, fs)
@@ -98,8 +106,9 @@ def test_one_file_masked_once_through_usrmerge_and_symlinks():
 
 
 def test_every_hard_link_in_a_path_directory_is_masked():
-    fs = FakeFS({"/usr/bin/bzip2": (1, 20), "/usr/bin/bunzip2": (1, 20), "/opt/bin/bz": (1, 20),
-                 "/usr/bin/other": (2, 20)})  # same inode number, other device: not a link
+    fs = FakeFS(
+        {"/usr/bin/bzip2": (1, 20), "/usr/bin/bunzip2": (1, 20), "/opt/bin/bz": (1, 20), "/usr/bin/other": (2, 20)}
+    )  # same inode number, other device: not a link
     result = plan_masks(["bzip2"], ["/usr/bin", "/opt/bin"], fs)
     assert set(result.masks) == {"/usr/bin/bzip2", "/usr/bin/bunzip2", "/opt/bin/bz"}
 
@@ -128,8 +137,9 @@ def test_shared_binary_is_masked_with_the_reference_warning():
     assert shared.warning() == (
         "runtime exec deny warning for /m/bin/chroot (requested: chroot): shared binary also implements critical "
         "commands [cat head ls +4 more detected aliases, use --debug for expanded details], which will be "
-        "collaterally blocked. To skip runtime blocking of \"chroot\" and silence this warning, add it to "
-        "\"acceptSharedBinaryCannotRuntimeDeny\" in your command config.")
+        'collaterally blocked. To skip runtime blocking of "chroot" and silence this warning, add it to '
+        '"acceptSharedBinaryCannotRuntimeDeny" in your command config.'
+    )
     assert result.shared_keys == ((3, 7),)
     lines = execdeny.debug_lines(result)
     assert "[fence:linux] Runtime exec deny: /m/bin/chroot is also: cat frob head ls multi tail unshare" in lines
@@ -142,8 +152,10 @@ def test_accepted_shared_binary_is_skipped_silently():
 
 
 def test_a_critical_name_found_earlier_on_path_as_another_file_is_no_collision():
-    fs = FakeFS({"/m/bin/multi": (3, 7), "/usr/bin/cat": (1, 50), "/usr/bin/ls": (1, 51)},
-                links={"/m/bin/chroot": "/m/bin/multi", "/m/bin/cat": "/m/bin/multi"})
+    fs = FakeFS(
+        {"/m/bin/multi": (3, 7), "/usr/bin/cat": (1, 50), "/usr/bin/ls": (1, 51)},
+        links={"/m/bin/chroot": "/m/bin/multi", "/m/bin/cat": "/m/bin/multi"},
+    )
     result = plan_masks(["chroot"], ["/usr/bin", "/m/bin"], fs)  # cat resolves to /usr/bin/cat first
     assert result.masks == ("/m/bin/multi",) and result.shared == ()
 
@@ -161,8 +173,10 @@ def test_plain_files_cost_no_critical_lookups():
 
 
 def test_identities_skip_shared_and_hard_linked_files():
-    fs = FakeFS({"/usr/bin/git": (1, 5), "/m/bin/multi": (3, 7), "/usr/bin/bzip2": (1, 20),
-                 "/usr/bin/bunzip2": (1, 20)}, links={"/m/bin/chroot": "/m/bin/multi"})
+    fs = FakeFS(
+        {"/usr/bin/git": (1, 5), "/m/bin/multi": (3, 7), "/usr/bin/bzip2": (1, 20), "/usr/bin/bunzip2": (1, 20)},
+        links={"/m/bin/chroot": "/m/bin/multi"},
+    )
     ids = execdeny.identities(["git", "chroot", "bzip2", "nothere"], ["/usr/bin", "/m/bin"], fs, exclude=[(3, 7)])
     assert ids == {(1, 5): ("git",)}
 
@@ -173,30 +187,43 @@ HOST = HostFacts(bwrap="/usr/bin/bwrap", is_root=False, masked_dirs=("/run/user/
 
 
 def test_plan_binds_dev_null_after_the_filesystem_mounts():
-    plan = render(RunPlan(command=["true"], cwd="/w", host=HOST, fs=FsView(deny_read=[("/srv/secret", True)]),
-                          exec_masks=["/usr/sbin/chroot", "/tmp/x/chroot", "/srv/secret/bin/y",
-                                      "/run/user/1/fence/z", "/usr/sbin/chroot"]))
+    plan = render(
+        RunPlan(
+            command=["true"],
+            cwd="/w",
+            host=HOST,
+            fs=FsView(deny_read=[("/srv/secret", True)]),
+            exec_masks=[
+                "/usr/sbin/chroot",
+                "/tmp/x/chroot",
+                "/srv/secret/bin/y",
+                "/run/user/1/fence/z",
+                "/usr/sbin/chroot",
+            ],
+        )
+    )
     argv = plan.argv
     i = argv.index("/usr/sbin/chroot")
-    assert argv[i - 2:i] == ["--ro-bind", "/dev/null"]
+    assert argv[i - 2 : i] == ["--ro-bind", "/dev/null"]
     assert i > argv.index("/run/user/1/fence") and i > argv.index("/srv/secret")
     assert argv.count("/usr/sbin/chroot") == 1
     for hidden in ("/tmp/x/chroot", "/srv/secret/bin/y", "/run/user/1/fence/z"):
         assert hidden not in argv  # already inside an empty tmpfs
     assert plan.exec_denied == ["/usr/sbin/chroot"]
     assert "exec-deny(1 files)" in plan.layers
-    assert plan.exec_notify_fd == 0 and argv[argv.index("--") + 1:] == ["true"]
+    assert plan.exec_notify_fd == 0 and argv[argv.index("--") + 1 :] == ["true"]
 
 
 def test_plan_with_exec_notify_starts_the_command_through_the_helper():
     plan = render(RunPlan(command=["git", "status"], cwd="/w", host=HOST, exec_notify=True))
-    tail = plan.argv[plan.argv.index("--") + 1:]
+    tail = plan.argv[plan.argv.index("--") + 1 :]
     assert tail[1:3] == ["-I", "-S"] and "inithelper" in tail[3]
     assert tail[4:] == ["--no-landlock", "--exec-notify", str(EXEC_NOTIFY_FD), "--", "git", "status"]
     assert plan.exec_notify_fd == EXEC_NOTIFY_FD and "exec-argv(seccomp-unotify)" in plan.layers
 
 
 # --------------------------------------------------------------------------- cache (real files)
+
 
 @pytest.fixture
 def tree(tmp_path):

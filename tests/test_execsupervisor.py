@@ -18,7 +18,8 @@ import pytest
 
 from fence.executor import execsupervisor as es
 from fence.executor.execsupervisor import ExecCall, ExecPolicy, Supervisor
-from fence.executor.inithelper import EXEC_SYSCALLS, __file__ as HELPER
+from fence.executor.inithelper import EXEC_SYSCALLS
+from fence.executor.inithelper import __file__ as HELPER
 from fence.policy import CommandConfig, Policy
 
 pytestmark = pytest.mark.skipif(es.supported() != "", reason=f"no seccomp user notification: {es.supported()}")
@@ -36,8 +37,13 @@ class Child:
 
     def __init__(self, *command: str):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.proc = subprocess.Popen(helper_argv(*command, fd=theirs.fileno()), pass_fds=(theirs.fileno(),),
-                                     env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            helper_argv(*command, fd=theirs.fileno()),
+            pass_fds=(theirs.fileno(),),
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         theirs.close()
         _msg, fds, _flags, _addr = socket.recv_fds(ours, 1, 1)
         ours.close()
@@ -86,13 +92,15 @@ def test_denied_exec_gets_eperm_and_the_helper_exits_126():
 
 
 def test_execveat_of_an_fd_and_relative_paths():
-    script = ("import os\n"
-              "os.chdir('/usr/bin')\n"
-              "if os.fork() == 0:\n"
-              "    os.execv('./true', ['rel', 'x'])\n"
-              "os.wait()\n"
-              "fd = os.open('/usr/bin/true', os.O_RDONLY)\n"
-              "os.execve(fd, ['viafd', 'y'], {})\n")
+    script = (
+        "import os\n"
+        "os.chdir('/usr/bin')\n"
+        "if os.fork() == 0:\n"
+        "    os.execv('./true', ['rel', 'x'])\n"
+        "os.wait()\n"
+        "fd = os.open('/usr/bin/true', os.O_RDONLY)\n"
+        "os.execve(fd, ['viafd', 'y'], {})\n"
+    )
     child = Child(sys.executable, "-I", "-S", "-c", script)
     nid, first = child.read()
     assert first.argv[0] == sys.executable
@@ -142,6 +150,7 @@ def test_a_finished_notification_is_gone():
 
 # --------------------------------------------------------------------------- the decision
 
+
 def policy(**command) -> Policy:
     return Policy(command=CommandConfig(**command))
 
@@ -185,13 +194,15 @@ def test_a_denied_exec_of_a_missing_file_is_refused_all_the_same():
 
 # --------------------------------------------------------------------------- the supervisor thread
 
+
 def run_supervised(check, *command: str, timeout: float = 30, kind=Supervisor):
     said: list[str] = []
     reported: list[tuple] = []
     sup = kind(check, report=lambda v, c: reported.append((v, c)), say=said.append).start()
     fd = sup.sandbox_fd()
-    proc = subprocess.Popen(helper_argv(*command, fd=fd), pass_fds=(fd,), env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        helper_argv(*command, fd=fd), pass_fds=(fd,), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     sup.spawned()
     out, err = proc.communicate(timeout=timeout)
     sup.stop()
@@ -201,8 +212,11 @@ def run_supervised(check, *command: str, timeout: float = 30, kind=Supervisor):
 def test_supervisor_allows_and_refuses_with_a_message_and_a_report():
     check = ExecPolicy(policy(deny=["git push"], use_defaults=False))
     code, out, _err, said, reported, sup = run_supervised(
-        check, "sh", "-c", "git --version >/dev/null && echo STATUS_OK; git push origin main && echo PUSH_UNEXPECTED; "
-                           "exit 3")
+        check,
+        "sh",
+        "-c",
+        "git --version >/dev/null && echo STATUS_OK; git push origin main && echo PUSH_UNEXPECTED; exit 3",
+    )
     assert code == 3 and "STATUS_OK" in out and "PUSH_UNEXPECTED" not in out
     assert said == ['Runtime exec policy blocked: "git push origin main" matches "git push"']
     ((verdict, call),) = reported
@@ -219,8 +233,10 @@ def test_a_checker_bug_refuses_that_exec():
 
     code, out, err, said, _reported, _sup = run_supervised(Broken(Policy()), "/bin/echo", "never")
     assert code == 126 and "never" not in out and "Operation not permitted" in err
-    assert said == ["Runtime exec policy blocked: cannot check an exec by pid "
-                    f"{_reported[0][1].pid} (internal error in the checker: RuntimeError: boom); refused"]
+    assert said == [
+        "Runtime exec policy blocked: cannot check an exec by pid "
+        f"{_reported[0][1].pid} (internal error in the checker: RuntimeError: boom); refused"
+    ]
 
 
 def test_supervisor_that_dies_leaves_every_exec_failing():
@@ -236,8 +252,9 @@ def test_supervisor_that_dies_leaves_every_exec_failing():
 
 def test_helper_refuses_when_the_socket_is_not_a_socket(tmp_path):
     r, w = os.pipe()
-    proc = subprocess.run(helper_argv("/bin/echo", "never", fd=r), pass_fds=(r,), env=ENV, capture_output=True,
-                          text=True, timeout=20)
+    proc = subprocess.run(
+        helper_argv("/bin/echo", "never", fd=r), pass_fds=(r,), env=ENV, capture_output=True, text=True, timeout=20
+    )
     os.close(r)
     os.close(w)
     assert proc.returncode == 126 and "never" not in proc.stdout
@@ -260,7 +277,11 @@ def test_unsupported_kernel_refuses_the_run(monkeypatch):
     from fence.executor.runner import FenceError
 
     monkeypatch.setattr(es, "supported", lambda machine=None: "this kernel has no seccomp user notification")
-    with pytest.raises(FenceError, match='seccomp user notification unavailable here .* To run with less protection: set command.runtimeExecPolicy to "path"'):
+    with pytest.raises(
+        FenceError,
+        match=r"seccomp user notification unavailable here .* To run with less protection: "
+        r'set command.runtimeExecPolicy to "path"',
+    ):
         gather(policy(runtime_exec_policy="argv"), ["true"], "/", ENV, "abc", host_facts(), [], "")
 
 

@@ -50,6 +50,7 @@ def sh(fence, work: Path, script: str, **kw):
 
 # --- allowWrite ------------------------------------------------------------------------------
 
+
 def test_write_in_workspace_lands_on_host(fence):
     work = _workspace(fence)
     r = sh(fence, work, "echo 'test content' > allowed.txt && mkdir -p a/b && echo deep > a/b/c")
@@ -122,16 +123,19 @@ def test_tmp_fence_is_writable_and_private(fence):
 
 def test_python_multiprocessing_uses_dev_shm(fence):
     work = _workspace(fence)
-    script = ("import multiprocessing as m\n"
-              "if __name__ == '__main__':\n"
-              "    with m.Pool(2) as p: print(sum(p.map(abs, [-1, -2, 3])))\n"
-              "    l = m.Lock(); l.acquire(); l.release(); print('lock ok')\n")
+    script = (
+        "import multiprocessing as m\n"
+        "if __name__ == '__main__':\n"
+        "    with m.Pool(2) as p: print(sum(p.map(abs, [-1, -2, 3])))\n"
+        "    l = m.Lock(); l.acquire(); l.release(); print('lock ok')\n"
+    )
     _put(fence, work / "mp.py", script)
     r = sh(fence, work, "python3 mp.py")
     assert (r.returncode, r.stdout) == (0, "6\nlock ok\n"), r.stderr
 
 
 # --- denyWrite / denyRead ---------------------------------------------------------------------
+
 
 def test_deny_write_wins_over_allow_write(fence):
     work = _workspace(fence, {"denyWrite": ["locked", "frozen.txt"]})
@@ -156,6 +160,7 @@ def test_deny_read_wins_over_allow_write_and_deny_write(fence):
 
 # --- read isolation -----------------------------------------------------------------------------
 
+
 def test_default_deny_read_hides_home_keeps_system(fence):
     home = Path(fence.home)
     _put(fence, home / ".zshrc", "HOME SECRET\n")
@@ -168,8 +173,7 @@ def test_default_deny_read_hides_home_keeps_system(fence):
 
 
 def test_strict_deny_read_drops_system_paths(fence):
-    work = _workspace(fence, {"strictDenyRead": True,
-                              "allowRead": [".", "/usr", "/lib", "/lib64", "/bin", "/sbin"]})
+    work = _workspace(fence, {"strictDenyRead": True, "allowRead": [".", "/usr", "/lib", "/lib64", "/bin", "/sbin"]})
     r = sh(fence, work, "cat /etc/hostname; ls /etc | head -3; echo alive")
     assert r.stdout.strip().endswith("alive"), r.stderr
     assert r.stdout.strip() == "alive"
@@ -188,11 +192,13 @@ def test_allow_execute_runs_without_listing(fence):
 
 # --- mandatory protection -----------------------------------------------------------------------
 
+
 def test_existing_shell_rc_in_workspace_is_protected(fence):
     work = _workspace(fence)
     rc = _put(fence, work / ".bashrc", "# original\n")
-    r = sh(fence, work, "echo evil >> .bashrc; echo evil > t && mv t .bashrc; rm .bashrc; "
-                        "ln .bashrc hl && echo evil >> hl")
+    r = sh(
+        fence, work, "echo evil >> .bashrc; echo evil > t && mv t .bashrc; rm .bashrc; ln .bashrc hl && echo evil >> hl"
+    )
     assert r.returncode != 0
     assert rc.read_text() == "# original\n"
 
@@ -200,8 +206,12 @@ def test_existing_shell_rc_in_workspace_is_protected(fence):
 def test_git_hooks_and_config_are_protected(fence):
     work = _workspace(fence, git=True)
     config = (work / ".git" / "config").read_text()
-    r = sh(fence, work, "echo 'rm -rf ~' > .git/hooks/pre-commit; chmod +x .git/hooks/pre-commit; "
-                        "echo '[core] fsmonitor = evil' >> .git/config; git config core.hooksPath /tmp/h")
+    r = sh(
+        fence,
+        work,
+        "echo 'rm -rf ~' > .git/hooks/pre-commit; chmod +x .git/hooks/pre-commit; "
+        "echo '[core] fsmonitor = evil' >> .git/config; git config core.hooksPath /tmp/h",
+    )
     assert r.returncode != 0
     assert not (work / ".git" / "hooks" / "pre-commit").exists()
     assert (work / ".git" / "config").read_text() == config
@@ -216,8 +226,11 @@ def test_allow_git_config_permits_git_config_only(fence):
 
 def test_git_dir_cannot_be_renamed_or_rebuilt(fence):
     work = _workspace(fence, git=True)
-    r = sh(fence, work, "mv .git .git-away; rm -rf .git; git init -q . ; "
-                        "mkdir -p .git/hooks && echo evil > .git/hooks/pre-commit")
+    r = sh(
+        fence,
+        work,
+        "mv .git .git-away; rm -rf .git; git init -q . ; mkdir -p .git/hooks && echo evil > .git/hooks/pre-commit",
+    )
     assert r.returncode != 0
     assert not (work / ".git-away").exists()
     assert not (work / ".git" / "hooks" / "pre-commit").exists()
@@ -226,8 +239,11 @@ def test_git_dir_cannot_be_renamed_or_rebuilt(fence):
 
 def test_git_still_works_in_a_protected_repository(fence):
     work = _workspace(fence, git=True)
-    r = sh(fence, work, "echo a > a && git add a && git -c user.name=t -c user.email=t@x commit -qm one "
-                        "&& git log --oneline | wc -l")
+    r = sh(
+        fence,
+        work,
+        "echo a > a && git add a && git -c user.name=t -c user.email=t@x commit -qm one && git log --oneline | wc -l",
+    )
     assert (r.returncode, r.stdout.strip()) == (0, "1"), r.stderr
 
 
@@ -255,16 +271,35 @@ def test_worktree_and_submodule_git_dirs_are_protected(fence):
     top = fence.workdir()
     main = top / "main"
     subprocess.run(["git", "init", "-q", str(main)], check=True)
-    subprocess.run(["git", "-C", str(main), "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-q",
-                    "--allow-empty", "-m", "init"], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(main),
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@x",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "init",
+        ],
+        check=True,
+    )
     subprocess.run(["git", "-C", str(main), "worktree", "add", "-q", str(top / "wt")], check=True)
     modules = main / ".git" / "modules" / "lib"
     subprocess.run(["git", "init", "-q", "--bare", str(modules)], check=True)
     (top / "fence.json").write_text(json.dumps({"filesystem": {"allowWrite": [str(top)]}}))
     _own(fence, top)
-    r = sh(fence, top / "wt", f"echo evil > {main}/.git/hooks/pre-push; echo evil > {modules}/hooks/pre-push; "
-                              f"echo 'gitdir: /tmp/elsewhere' > .git; echo ok > wt-file",
-           env=fence.env())
+    r = sh(
+        fence,
+        top / "wt",
+        f"echo evil > {main}/.git/hooks/pre-push; echo evil > {modules}/hooks/pre-push; "
+        f"echo 'gitdir: /tmp/elsewhere' > .git; echo ok > wt-file",
+        env=fence.env(),
+    )
     assert not (main / ".git" / "hooks" / "pre-push").exists()
     assert not (modules / "hooks" / "pre-push").exists()
     gitfile = (top / "wt" / ".git").read_text()
@@ -277,8 +312,9 @@ def test_nested_projects_are_protected(fence):
     subprocess.run(["git", "init", "-q", str(work / "pkg" / "inner")], check=True)
     _put(fence, work / "pkg" / "inner" / ".vscode" / "tasks.json", "{}\n")
     _own(fence, work)
-    r = sh(fence, work, "echo evil > pkg/inner/.git/hooks/pre-commit; "
-                        "echo '{\"evil\":1}' > pkg/inner/.vscode/tasks.json")
+    r = sh(
+        fence, work, "echo evil > pkg/inner/.git/hooks/pre-commit; echo '{\"evil\":1}' > pkg/inner/.vscode/tasks.json"
+    )
     assert r.returncode != 0
     assert not (work / "pkg" / "inner" / ".git" / "hooks" / "pre-commit").exists()
     assert (work / "pkg" / "inner" / ".vscode" / "tasks.json").read_text() == "{}\n"
@@ -286,8 +322,12 @@ def test_nested_projects_are_protected(fence):
 
 def test_created_dangerous_files_are_quarantined(fence):
     work = _workspace(fence)
-    r = sh(fence, work, "echo '{}' > .mcp.json && mkdir -p .claude/commands && echo y > .claude/commands/evil.md "
-                        "&& echo ok > fine.txt && ! echo x > .vscode/tasks.json")
+    r = sh(
+        fence,
+        work,
+        "echo '{}' > .mcp.json && mkdir -p .claude/commands && echo y > .claude/commands/evil.md "
+        "&& echo ok > fine.txt && ! echo x > .vscode/tasks.json",
+    )
     assert r.returncode == 0, r.stderr
     assert "Read-only file system" in r.stderr  # .vscode: reserved as an empty read-only directory
     assert not (work / ".vscode").exists() and not list(work.glob(".vscode.fence-quarantine-*"))
@@ -305,8 +345,12 @@ def test_fence_config_cannot_be_written_or_created(fence):
     sub.mkdir()
     _own(fence, sub)
     before = (work / "fence.json").read_text()
-    r = sh(fence, sub, "echo '{\"filesystem\":{\"allowWrite\":[\"/\"]}}' > ../fence.json; "
-                       "echo '{}' > fence.jsonc; echo '{}' > ../fence.jsonc; true")
+    r = sh(
+        fence,
+        sub,
+        'echo \'{"filesystem":{"allowWrite":["/"]}}\' > ../fence.json; '
+        "echo '{}' > fence.jsonc; echo '{}' > ../fence.jsonc; true",
+    )
     assert (work / "fence.json").read_text() == before
     assert not (sub / "fence.jsonc").exists() and not (work / "fence.jsonc").exists(), r.stderr
 
@@ -317,8 +361,12 @@ def test_home_files_and_user_config_are_protected(fence):
     user_cfg = _put(fence, home / ".config" / "fence" / "fence.json", "{}\n")
     (home / ".bash_profile").unlink(missing_ok=True)
     work = _workspace(fence, {"allowWrite": [".", "~"]})
-    r = sh(fence, work, "echo evil >> ~/.bashrc; echo '{\"x\":1}' > ~/.config/fence/fence.json; "
-                        "echo evil > ~/.bash_profile; echo ok > ~/ok.txt")
+    r = sh(
+        fence,
+        work,
+        "echo evil >> ~/.bashrc; echo '{\"x\":1}' > ~/.config/fence/fence.json; "
+        "echo evil > ~/.bash_profile; echo ok > ~/ok.txt",
+    )
     assert rc.read_text() == "# mine\n"
     assert user_cfg.read_text() == "{}\n"
     assert not (home / ".bash_profile").exists()
@@ -341,11 +389,17 @@ def test_symlinked_gitconfig_does_not_break_startup(fence):
 
 # --- environment repair ---------------------------------------------------------------------------
 
+
 def test_tmpdir_and_xdg_runtime_dir_repaired(fence):
     work = _workspace(fence)
     env = fence.env(TMPDIR="/nonexistent/tmp", XDG_RUNTIME_DIR="/run/user/424242")
-    r = sh(fence, work, 'echo "$TMPDIR"; echo "$XDG_RUNTIME_DIR"; stat -c %a "$XDG_RUNTIME_DIR"; '
-                        'touch "$XDG_RUNTIME_DIR/sock" && echo usable', env=env)
+    r = sh(
+        fence,
+        work,
+        'echo "$TMPDIR"; echo "$XDG_RUNTIME_DIR"; stat -c %a "$XDG_RUNTIME_DIR"; '
+        'touch "$XDG_RUNTIME_DIR/sock" && echo usable',
+        env=env,
+    )
     lines = r.stdout.split()
     assert lines[0] == "/tmp" and lines[1].startswith("/tmp/fence-runtime-") and lines[2] == "700", r.stdout
     assert lines[3] == "usable"
@@ -360,9 +414,11 @@ def test_writable_tmpdir_is_kept(fence):
 
 # --- devices ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.skipif(not os.path.exists("/dev/loop-control"), reason="needs a host device outside the minimal set")
-@pytest.mark.parametrize("devices,visible", [({}, False), ({"mode": "host"}, True),
-                                             ({"allow": ["/dev/loop-control"]}, True)])
+@pytest.mark.parametrize(
+    "devices,visible", [({}, False), ({"mode": "host"}, True), ({"allow": ["/dev/loop-control"]}, True)]
+)
 def test_device_modes(fence, devices, visible):
     work = fence.workdir()
     (work / "fence.json").write_text(json.dumps({"devices": devices}))
@@ -377,6 +433,7 @@ def test_dev_mem_is_not_readable(fence):
 
 # --- LD_* stripping with a real library ----------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def preload_library(tmp_path_factory):
     cc = shutil.which("cc") or shutil.which("gcc")
@@ -385,8 +442,10 @@ def preload_library(tmp_path_factory):
     d = session_dir("fence-preload-")
     src = d / "probe.c"
     # says so only inside a sandbox: fence itself, on the host, may load it (that is the user's own env)
-    src.write_text('#include <stdlib.h>\n#include <unistd.h>\n__attribute__((constructor)) static void hello(void) '
-                   '{ if (getenv("FENCE_SANDBOX") || getenv("PROBE_ANYWHERE")) write(2, "PRELOADED\\n", 10); }\n')
+    src.write_text(
+        "#include <stdlib.h>\n#include <unistd.h>\n__attribute__((constructor)) static void hello(void) "
+        '{ if (getenv("FENCE_SANDBOX") || getenv("PROBE_ANYWHERE")) write(2, "PRELOADED\\n", 10); }\n'
+    )
     lib = d / "probe.so"
     subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
     os.chmod(d, 0o755)
@@ -396,8 +455,9 @@ def preload_library(tmp_path_factory):
 
 
 def test_ld_preload_library_is_never_loaded(fence, preload_library):
-    probe = subprocess.run(["/bin/true"], env={"LD_PRELOAD": str(preload_library), "PROBE_ANYWHERE": "1"},
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        ["/bin/true"], env={"LD_PRELOAD": str(preload_library), "PROBE_ANYWHERE": "1"}, capture_output=True, text=True
+    )
     assert "PRELOADED" in probe.stderr  # the probe works on the host
     work = _workspace(fence)
     env = fence.env(LD_PRELOAD=str(preload_library), LD_AUDIT=str(preload_library))
@@ -475,8 +535,7 @@ def test_writable_sources_are_pinned_and_never_reach_the_command(fence):
     """allowWrite binds go through --bind-fd (a swap to a symlink after the check cannot redirect them);
     bwrap closes those fds, so the command holds no handle on host directories."""
     work = _workspace(fence, git=True)
-    r = fence.run("-d", "--", "python3", "-c", "import os; print(sorted(os.listdir('/proc/self/fd')))",
-                  cwd=str(work))
+    r = fence.run("-d", "--", "python3", "-c", "import os; print(sorted(os.listdir('/proc/self/fd')))", cwd=str(work))
     assert r.stdout.strip() == "['0', '1', '2', '3']", r.stdout + r.stderr
     sandboxed = next(line for line in r.stderr.splitlines() if line.startswith("[fence] Sandboxed command:"))
     assert f" {work} " in sandboxed and "--bind-fd" in sandboxed and f"--bind {work} {work}" not in sandboxed

@@ -76,8 +76,10 @@ def test_fnmatch_case_agrees_on_texts_made_from_the_pattern(case):
     assert fnmatch_case(text, pattern) == reference_fnmatch(text, pattern)
 
 
-brackety = st.lists(st.sampled_from(["[", "]", "!", "-", "a", "z", "b", "^", "\\", "*", "?", "[!", "a-z",
-                                     "z-a", "!-~", "]-a"]), max_size=8).map("".join)
+brackety = st.lists(
+    st.sampled_from(["[", "]", "!", "-", "a", "z", "b", "^", "\\", "*", "?", "[!", "a-z", "z-a", "!-~", "]-a"]),
+    max_size=8,
+).map("".join)
 
 
 @MANY
@@ -131,38 +133,39 @@ def test_star_match_agrees_on_texts_made_from_the_pattern(case):
     assert star_match(text, pattern) == reference_star(text, pattern)
 
 
-@pytest.mark.parametrize("pattern,text,want", [
-    ("[!]", "[!]", True),           # no closing bracket after "!]": all literal
-    ("[]]", "]", True),             # "]" first is a member
-    ("[!]]", "a", True),
-    ("[!]]", "]", False),
-    ("[a-]", "-", True),            # "-" last is a member
-    ("[-a]", "-", True),            # "-" first too
-    ("[a-c-e]", "-", True),         # "-" right after a range is a member
-    ("[a-c-e]", "d", False),
-    ("[a-c--e]", ".", True),        # ... but the next "-" may start a range again ("-" to "e")
-    ("[z-a]", "z", False),          # a reversed range is dropped ...
-    ("[z-a]", "-", False),          # ... and the empty set matches nothing
-    ("[z-ab]", "b", True),
-    ("[!z-a]", "q", True),          # negated empty set: any character
-    ("[z-a!]", "q", True),          # fnmatch negates what starts with "!" once the range is gone
-    ("[z-a!x]", "x", False),
-    ("[z-a!-~]", "-", False),       # "!-~" became "^-~": "-" and "~" excluded
-    ("[z-a!-~]", "a", True),
-    ("[^a]", "^", True),            # "^" is a member, not a negation
-    ("?", "\n", True),
-    ("*", "a\nb", True),
-    ("a*b*", "ab", True),
-    ("*a*a", "aa", True),
-    ("*a*a", "a", False),
-    ("[", "[", True),
-    ("a[b", "a[b", True),
-])
+@pytest.mark.parametrize(
+    "pattern,text,want",
+    [
+        ("[!]", "[!]", True),  # no closing bracket after "!]": all literal
+        ("[]]", "]", True),  # "]" first is a member
+        ("[!]]", "a", True),
+        ("[!]]", "]", False),
+        ("[a-]", "-", True),  # "-" last is a member
+        ("[-a]", "-", True),  # "-" first too
+        ("[a-c-e]", "-", True),  # "-" right after a range is a member
+        ("[a-c-e]", "d", False),
+        ("[a-c--e]", ".", True),  # ... but the next "-" may start a range again ("-" to "e")
+        ("[z-a]", "z", False),  # a reversed range is dropped ...
+        ("[z-a]", "-", False),  # ... and the empty set matches nothing
+        ("[z-ab]", "b", True),
+        ("[!z-a]", "q", True),  # negated empty set: any character
+        ("[z-a!]", "q", True),  # fnmatch negates what starts with "!" once the range is gone
+        ("[z-a!x]", "x", False),
+        ("[z-a!-~]", "-", False),  # "!-~" became "^-~": "-" and "~" excluded
+        ("[z-a!-~]", "a", True),
+        ("[^a]", "^", True),  # "^" is a member, not a negation
+        ("?", "\n", True),
+        ("*", "a\nb", True),
+        ("a*b*", "ab", True),
+        ("*a*a", "aa", True),
+        ("*a*a", "a", False),
+        ("[", "[", True),
+        ("a[b", "a[b", True),
+    ],
+)
 def test_bracket_readings_match_fnmatch(pattern, text, want):
     assert reference_fnmatch(text, pattern) is want  # the table itself is fnmatch's reading
     assert fnmatch_case(text, pattern) is want
-
-
 
 
 @pytest.mark.parametrize("match", [star_match, fnmatch_case])

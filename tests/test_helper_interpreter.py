@@ -108,11 +108,19 @@ def test_masks_hold_through_the_usrmerge_links_under_default_deny_read(fence):
     second bind of /usr/sbin, or /sbin/chroot would run while /usr/sbin/chroot is masked."""
     work = fence.workdir()
     cfg = work / "fence.json"
-    cfg.write_text(json.dumps({"filesystem": {"defaultDenyRead": True, "allowRead": ["."]},
-                               "command": {"deny": ["chroot"], "useDefaults": False}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "filesystem": {"defaultDenyRead": True, "allowRead": ["."]},
+                "command": {"deny": ["chroot"], "useDefaults": False},
+            }
+        )
+    )
     probe = work / "probe.sh"
-    probe.write_text('c=$(echo chr)oot\nfor d in /sbin /usr/sbin; do $d/$c --version >/dev/null 2>&1; '
-                     'echo "$d=$?"; done\n[ -L /sbin ] && echo link\n')
+    probe.write_text(
+        "c=$(echo chr)oot\nfor d in /sbin /usr/sbin; do $d/$c --version >/dev/null 2>&1; "
+        'echo "$d=$?"; done\n[ -L /sbin ] && echo link\n'
+    )
     fence.own(work)
     r = fence.run("-s", str(cfg), "--", "sh", str(probe), cwd=str(work))
     assert (r.returncode, r.stdout) == (0, "/sbin=126\n/usr/sbin=126\nlink\n"), r.stderr
@@ -126,10 +134,10 @@ def test_the_plan_starts_a_masked_interpreter_from_the_fd_after_the_pinned_sourc
     rendered = render(RunPlan(command=["true"], cwd="/w", host=host, fs=view, exec_masks=["/py", "/usr/sbin/chroot"]))
     assert rendered.pinned == {11: "/v", 12: "/w"}
     assert (rendered.interpreter_fd, rendered.interpreter) == (13, "/py")
-    tail = rendered.argv[rendered.argv.index("--") + 1:]
+    tail = rendered.argv[rendered.argv.index("--") + 1 :]
     assert tail[:6] == ["/proc/self/fd/13", "-I", "-S", "/h.pyc", "--close-fd", "13"] and tail[-1] == "true"
     assert "--ro-bind /dev/null /py" in " ".join(rendered.argv)
 
     rendered = render(RunPlan(command=["true"], cwd="/w", host=host, fs=view, exec_masks=["/usr/sbin/chroot"]))
     assert (rendered.interpreter_fd, rendered.interpreter) == (0, "")
-    assert rendered.argv[rendered.argv.index("--") + 1:][:4] == ["/py", "-I", "-S", "/h.pyc"]
+    assert rendered.argv[rendered.argv.index("--") + 1 :][:4] == ["/py", "-I", "-S", "/h.pyc"]

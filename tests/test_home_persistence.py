@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from fence.protectednames import DIR, PROJECT, PROTECTED_NAMES
 
 HOME_PERSISTENCE = [(n.path, n.placeholder, n.why) for n in PROTECTED_NAMES if n.where != PROJECT]
@@ -57,14 +58,29 @@ class Home:
         return self.fence.run(*args, "-c", script, env=self.env(), cwd=str(cwd or self.project), **kw)
 
     def fence_popen(self, script: str, *args: str) -> subprocess.Popen:
-        return self.fence.popen(*args, "-c", script, env=self.env(), cwd=str(self.project),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self.fence.popen(
+            *args,
+            "-c",
+            script,
+            env=self.env(),
+            cwd=str(self.project),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def git(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         """git on the host, as the user (whose global config the sandbox attacked)."""
         env = {"PATH": "/usr/bin:/bin", "HOME": str(self.path), "GIT_CONFIG_NOSYSTEM": "1"}
-        return subprocess.run(["git", *args], cwd=str(cwd or self.path), env=env, user=self.fence.user,
-                              capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            ["git", *args],
+            cwd=str(cwd or self.path),
+            env=env,
+            user=self.fence.user,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     def writable(self, policy: dict) -> None:
         (self.project / "fence.json").write_text(json.dumps(policy))
@@ -78,8 +94,9 @@ def home(fence):
     shutil.rmtree(h.path, ignore_errors=True)
 
 
-PLANT_FSMONITOR = ('mkdir -p ~/.config/git && printf "[core]\\n\\tfsmonitor = \\"touch {marker}; false\\"\\n" '
-                   '> ~/.config/git/config')
+PLANT_FSMONITOR = (
+    'mkdir -p ~/.config/git && printf "[core]\\n\\tfsmonitor = \\"touch {marker}; false\\"\\n" > ~/.config/git/config'
+)
 
 
 def test_code_template_cannot_plant_the_global_git_config(home):
@@ -94,9 +111,11 @@ def test_code_template_cannot_plant_the_global_git_config(home):
 def test_an_existing_global_git_config_cannot_be_changed_or_moved_away(home):
     cfg = home.put(".config/git/config", "[user]\n\tname = me\n")
     marker = home.path / "PWNED"
-    script = (f'printf "[core]\\n\\tfsmonitor = \\"touch {marker}\\"\\n" >> ~/.config/git/config; '
-              "mv ~/.config/git ~/.config/git.old; mv ~/.config/git/config ~/.config/git/c2; "
-              "rm -rf ~/.config/git; echo done")
+    script = (
+        f'printf "[core]\\n\\tfsmonitor = \\"touch {marker}\\"\\n" >> ~/.config/git/config; '
+        "mv ~/.config/git ~/.config/git.old; mv ~/.config/git/config ~/.config/git/c2; "
+        "rm -rf ~/.config/git; echo done"
+    )
     r = home.fence_sh(script, "-t", "code")
     assert "done" in r.stdout, r.stderr
     assert cfg.read_text() == "[user]\n\tname = me\n"
@@ -175,12 +194,12 @@ def test_every_home_persistence_path_is_protected_when_home_is_writable(home):
 
 def test_claude_json_is_read_only_unless_opened_on_purpose(home):
     state = home.put(".claude.json", '{"numStartups": 1}\n')
-    r = home.fence_sh("echo '{\"mcpServers\":{\"x\":{\"command\":\"evil\"}}}' > ~/.claude.json; echo rc=$?",
-                      "-t", "code")
+    r = home.fence_sh('echo \'{"mcpServers":{"x":{"command":"evil"}}}\' > ~/.claude.json; echo rc=$?', "-t", "code")
     assert "rc=1" in r.stdout, r.stderr
     assert state.read_text() == '{"numStartups": 1}\n'
-    (home.project / "open.json").write_text(json.dumps(
-        {"extends": "code", "filesystem": {"allowWriteProtected": ["~/.claude.json"]}}))
+    (home.project / "open.json").write_text(
+        json.dumps({"extends": "code", "filesystem": {"allowWriteProtected": ["~/.claude.json"]}})
+    )
     home.own(home.project)
     r = home.fence_sh("echo '{\"numStartups\": 2}' > ~/.claude.json; echo rc=$?", "-d", "-s", "open.json")
     assert "rc=0" in r.stdout, r.stderr
@@ -189,8 +208,12 @@ def test_claude_json_is_read_only_unless_opened_on_purpose(home):
 
 
 def test_claude_settings_are_protected_in_the_granted_claude_directory(home):
-    r = home.fence_sh("cat ~/.claude/settings.json; echo '{\"hooks\":{}}' > ~/.claude/settings.json; "
-                      "echo rc=$?; echo ok > ~/.claude/notes.txt", "-t", "code")
+    r = home.fence_sh(
+        "cat ~/.claude/settings.json; echo '{\"hooks\":{}}' > ~/.claude/settings.json; "
+        "echo rc=$?; echo ok > ~/.claude/notes.txt",
+        "-t",
+        "code",
+    )
     assert r.stdout.startswith("{}\n") and "rc=1" in r.stdout, r.stderr
     assert not (home.path / ".claude" / "settings.json").exists()
     assert (home.path / ".claude" / "notes.txt").read_text() == "ok\n"  # the rest stays writable
@@ -211,28 +234,36 @@ def test_a_dotfiles_repository_in_a_read_only_home_is_never_bound_writable(home)
 
 
 def test_hooks_and_includes_named_by_the_global_git_config_are_protected(home):
-    home.put(".gitconfig", "[core]\n\thooksPath = ~/.cache/hooks\n[include]\n\tpath = ~/.cache/extra.gitconfig\n"
-                           '[includeIf "gitdir:~/"]\n\tpath = .cache/cond.gitconfig\n')
+    home.put(
+        ".gitconfig",
+        "[core]\n\thooksPath = ~/.cache/hooks\n[include]\n\tpath = ~/.cache/extra.gitconfig\n"
+        '[includeIf "gitdir:~/"]\n\tpath = .cache/cond.gitconfig\n',
+    )
     home.put(".cache/extra.gitconfig", "[user]\n\tname = me\n")
     marker = home.path / "PWNED"
-    script = (f'printf "[core]\\n\\tfsmonitor = \\"touch {marker}\\"\\n" >> ~/.cache/extra.gitconfig; '
-              f'printf "[core]\\n\\tfsmonitor = \\"touch {marker}\\"\\n" > ~/.cache/cond.gitconfig; '
-              f"mkdir -p ~/.cache/hooks && printf '#!/bin/sh\\ntouch {marker}\\n' > ~/.cache/hooks/pre-commit "
-              "&& chmod +x ~/.cache/hooks/pre-commit; echo ok > ~/.cache/fine; echo done")
+    script = (
+        f'printf "[core]\\n\\tfsmonitor = \\"touch {marker}\\"\\n" >> ~/.cache/extra.gitconfig; '
+        f'printf "[core]\\n\\tfsmonitor = \\"touch {marker}\\"\\n" > ~/.cache/cond.gitconfig; '
+        f"mkdir -p ~/.cache/hooks && printf '#!/bin/sh\\ntouch {marker}\\n' > ~/.cache/hooks/pre-commit "
+        "&& chmod +x ~/.cache/hooks/pre-commit; echo ok > ~/.cache/fine; echo done"
+    )
     r = home.fence_sh(script, "-t", "code")
     assert "done" in r.stdout, r.stderr
     assert (home.path / ".cache" / "fine").read_text() == "ok\n"
     assert (home.path / ".cache" / "extra.gitconfig").read_text() == "[user]\n\tname = me\n"
     assert not (home.path / ".cache" / "cond.gitconfig").exists()
     assert not (home.path / ".cache" / "hooks" / "pre-commit").exists()  # quarantined (a new hooks directory)
-    home.git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty", "-m", "x",
-             cwd=home.project)
+    home.git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty", "-m", "x", cwd=home.project)
     home.git("status", cwd=home.project)
     assert not marker.exists()
 
 
-CREDENTIALS = {".config/gh/hosts.yml": "oauth_token: gho_secret\n", ".npmrc": "//registry/:_authToken=npm_secret\n",
-               ".azure/msal_token_cache.json": "azure_secret\n", ".config/op/config": "op_secret\n"}
+CREDENTIALS = {
+    ".config/gh/hosts.yml": "oauth_token: gho_secret\n",
+    ".npmrc": "//registry/:_authToken=npm_secret\n",
+    ".azure/msal_token_cache.json": "azure_secret\n",
+    ".config/op/config": "op_secret\n",
+}
 
 
 @pytest.mark.parametrize("template,readable", [("code", {".config/gh/hosts.yml", ".npmrc"}), ("code-strict", set())])
@@ -248,8 +279,9 @@ def test_the_parent_of_a_protected_project_directory_cannot_be_renamed_away(home
     """``.claude/commands`` is read-only; ``mv .claude .claude.old && mkdir -p .claude/commands`` used to free it."""
     cmd = home.put("proj/.claude/commands/review.md", "review\n")
     home.writable({"filesystem": {"allowWrite": ["."]}, "command": {"useDefaults": False}})
-    r = home.fence_sh("mv .claude .claude.old; mkdir -p .claude/commands && echo evil > .claude/commands/evil.md; "
-                      "echo done")
+    r = home.fence_sh(
+        "mv .claude .claude.old; mkdir -p .claude/commands && echo evil > .claude/commands/evil.md; echo done"
+    )
     assert "done" in r.stdout, r.stderr
     assert not (home.project / ".claude.old").exists()
     assert cmd.read_text() == "review\n" and not (home.project / ".claude" / "commands" / "evil.md").exists()

@@ -68,7 +68,7 @@ def imports(path: Path) -> list[tuple[int, str, str]]:
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")
-                anchor = anchor[:len(anchor) - (node.level - 1)]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
             for alias in node.names:
                 target = base if alias.name == "*" else f"{base}.{alias.name}"
@@ -109,26 +109,49 @@ def test_the_scan_sees_the_tree():
 
 
 def test_no_service_imports_another_and_the_core_imports_none():
-    bad = [f"{rel}:{line}: {statement} ({'the core' if mine == 'fence' else mine} importing {owner(target)}: "
-           "meet on the bus, or move the shared part to libs/fence)"
-           for rel, line, target, statement, mine in crossings()
-           if not any(covers(key, rel, target) for key in ALLOWED)]
+    bad = [
+        f"{rel}:{line}: {statement} ({'the core' if mine == 'fence' else mine} importing {owner(target)}: "
+        "meet on the bus, or move the shared part to libs/fence)"
+        for rel, line, target, statement, mine in crossings()
+        if not any(covers(key, rel, target) for key in ALLOWED)
+    ]
     assert not bad, "imports across service seams:\n" + "\n".join(bad)
 
 
 def test_every_exception_is_still_needed():
     """An allow-list entry nothing uses any more goes (after the provenance work: the executor -> config ones)."""
-    stale = [f"{rel} -> {what}: {why}" for (rel, what), why in ALLOWED.items()
-             if not any(covers((rel, what), r, target) for r, _, target, _, _ in crossings())]
+    stale = [
+        f"{rel} -> {what}: {why}"
+        for (rel, what), why in ALLOWED.items()
+        if not any(covers((rel, what), r, target) for r, _, target, _, _ in crossings())
+    ]
     assert not stale, "allow-list entries no longer needed (delete them):\n" + "\n".join(stale)
 
 
-DECISION_CORE = ("policy", "netintent", "domains", "goquote", "globmatch", "runplan", "mountops", "defaults",
-                 "subjects")
+DECISION_CORE = (
+    "policy",
+    "netintent",
+    "domains",
+    "goquote",
+    "globmatch",
+    "runplan",
+    "mountops",
+    "defaults",
+    "subjects",
+)
 """The core modules that only decide (no I/O, no transport): what every service and the lone run share."""
 
-TRANSPORTS = ("asyncio", "nats", "uvloop", "socket", "subprocess", "fence.bus", "fence.natsbus", "fence.service",
-              "prometheus_client")
+TRANSPORTS = (
+    "asyncio",
+    "nats",
+    "uvloop",
+    "socket",
+    "subprocess",
+    "fence.bus",
+    "fence.natsbus",
+    "fence.service",
+    "prometheus_client",
+)
 PURE_USES = {("domains", "socket"): "socket.inet_aton/inet_ntoa only: parsing an address, never a connection"}
 
 
@@ -163,28 +186,34 @@ def unexplained_lazy_imports(source: str) -> list[tuple[int, str]]:
         for node in ast.walk(func):
             if not isinstance(node, ast.Import | ast.ImportFrom):
                 continue
-            own = lines[node.lineno - 1:node.end_lineno or node.lineno]
+            own = lines[node.lineno - 1 : node.end_lineno or node.lineno]
             above = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
             if not any(LAZY_REASON.search(line) for line in own) and not (
-                    above.startswith("#") and LAZY_REASON.match(above)):
+                above.startswith("#") and LAZY_REASON.match(above)
+            ):
                 found[node.lineno] = lines[node.lineno - 1].strip()
     return sorted(found.items())
 
 
 def test_the_lazy_import_scan_sees_what_it_must():
     """Guards the guard: nested and async functions count, a reason on the line or above passes."""
-    source = ("import os\n"
-              "def f():\n"
-              "    import json\n"
-              "    import zlib  # lazy: only f needs it\n"
-              "    # lazy: only f needs it\n"
-              "    from fence import cli\n"
-              "    async def g():\n"
-              "        import asyncio  # lazily, no reason given\n"
-              "    x = 1  # lazy: not an import\n"
-              "    import shlex\n")
-    assert unexplained_lazy_imports(source) == [(3, "import json"), (8, "import asyncio  # lazily, no reason given"),
-                                               (10, "import shlex")]
+    source = (
+        "import os\n"
+        "def f():\n"
+        "    import json\n"
+        "    import zlib  # lazy: only f needs it\n"
+        "    # lazy: only f needs it\n"
+        "    from fence import cli\n"
+        "    async def g():\n"
+        "        import asyncio  # lazily, no reason given\n"
+        "    x = 1  # lazy: not an import\n"
+        "    import shlex\n"
+    )
+    assert unexplained_lazy_imports(source) == [
+        (3, "import json"),
+        (8, "import asyncio  # lazily, no reason given"),
+        (10, "import shlex"),
+    ]
 
 
 def test_every_lazy_import_says_why():
@@ -193,7 +222,12 @@ def test_every_lazy_import_says_why():
     ``fence run`` keeps its import set small on purpose (tests/test_lone_run.py), so some
     imports must wait until a run needs them; every other import goes at the top.
     """
-    bad = [f"{path.relative_to(REPO)}:{line}: {statement}"
-           for path in sources() for line, statement in unexplained_lazy_imports(path.read_text(encoding="utf-8"))]
-    assert not bad, ("imports inside functions without a '# lazy: <reason>' comment (on the line or the one above;"
-                     " or move them to the module top):\n" + "\n".join(bad))
+    bad = [
+        f"{path.relative_to(REPO)}:{line}: {statement}"
+        for path in sources()
+        for line, statement in unexplained_lazy_imports(path.read_text(encoding="utf-8"))
+    ]
+    assert not bad, (
+        "imports inside functions without a '# lazy: <reason>' comment (on the line or the one above;"
+        " or move them to the module top):\n" + "\n".join(bad)
+    )

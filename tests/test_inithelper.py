@@ -28,8 +28,24 @@ pytestmark = pytest.mark.sandbox
 BWRAP = find_bwrap()
 HELPER = os.path.abspath(inithelper.__file__)
 SECCOMP_FD = 63
-SYSTEM = ["-r", "/usr", "-r", "/etc", "-r", "/bin", "-r", "/lib", "-r", "/lib64", "-r", "/proc", "-w", "/dev",
-          "-w", "/tmp"]
+SYSTEM = [
+    "-r",
+    "/usr",
+    "-r",
+    "/etc",
+    "-r",
+    "/bin",
+    "-r",
+    "/lib",
+    "-r",
+    "/lib64",
+    "-r",
+    "/proc",
+    "-w",
+    "/dev",
+    "-w",
+    "/tmp",
+]
 """Enough to start sh, coreutils and python; the work directory is then granted per test."""
 
 
@@ -64,8 +80,15 @@ class Runner:
             argv += ["--unshare-user", "--cap-drop", "ALL"]
         return argv + ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
 
-    def run(self, rules: list[str], command: list[str], *, work: Path | None = None, env: dict | None = None,
-            program: bytes | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        rules: list[str],
+        command: list[str],
+        *,
+        work: Path | None = None,
+        env: dict | None = None,
+        program: bytes | None = None,
+    ) -> subprocess.CompletedProcess:
         argv = self.bwrap()
         if work is not None:
             argv += ["--bind", str(work), str(work), "--chdir", str(work)]
@@ -81,8 +104,15 @@ class Runner:
         argv += ["--", self.python, "-I", "-S", self.helper, *rules, "--", *command]
         base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/"}
         try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=30, env={**base, **(env or {})},
-                                  user=self.user, pass_fds=pass_fds)
+            return subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={**base, **(env or {})},
+                user=self.user,
+                pass_fds=pass_fds,
+            )
         finally:
             if spill is not None:
                 os.close(SECCOMP_FD)
@@ -142,10 +172,12 @@ def rules_for(work: Path) -> list[str]:
 @needs_landlock
 def test_writes_outside_write_dirs_fail_even_where_bwrap_allows(box, tree):
     ro = tree / "ro"
-    script = (f"echo new > rw/created && echo more >> rw/file && "
-              f"for op in 'echo x > ro/file' 'echo x >> ro/file' 'echo x > ro/new' 'mkdir ro/d' 'rm ro/file' "
-              f"'ln -s /etc ro/link' 'mkfifo ro/fifo' 'truncate -s0 ro/file' 'echo x > {tree}/top'; do "
-              f"  sh -c \"$op\" 2>/dev/null && echo \"ALLOWED: $op\"; done; echo done")
+    script = (
+        f"echo new > rw/created && echo more >> rw/file && "
+        f"for op in 'echo x > ro/file' 'echo x >> ro/file' 'echo x > ro/new' 'mkdir ro/d' 'rm ro/file' "
+        f"'ln -s /etc ro/link' 'mkfifo ro/fifo' 'truncate -s0 ro/file' 'echo x > {tree}/top'; do "
+        f'  sh -c "$op" 2>/dev/null && echo "ALLOWED: $op"; done; echo done'
+    )
     r = box.sh(rules_for(tree), script, work=tree)
     assert (r.returncode, r.stdout) == (0, "done\n"), r.stderr
     assert (tree / "rw" / "created").read_text() == "new\n"
@@ -163,8 +195,10 @@ def test_refusal_is_eacces_not_erofs(box, tree):
 
 @needs_landlock
 def test_reads_are_denied_where_not_granted(box, tree):
-    script = ("cat ro/file; cat secret/file 2>/dev/null || echo no-secret; ls secret 2>/dev/null || echo no-list; "
-              "ls exe 2>/dev/null || echo no-list-exe; cat exe/file")
+    script = (
+        "cat ro/file; cat secret/file 2>/dev/null || echo no-secret; ls secret 2>/dev/null || echo no-list; "
+        "ls exe 2>/dev/null || echo no-list-exe; cat exe/file"
+    )
     (tree / "exe").mkdir()
     (tree / "exe" / "file").write_text("exe original\n")
     if box.user:
@@ -177,11 +211,13 @@ def test_reads_are_denied_where_not_granted(box, tree):
 @needs_landlock
 @pytest.mark.skipif(ABI < 2, reason="REFER needs Landlock ABI 2")
 def test_refer_rename_and_link_across_directories(box, tree):
-    script = ("mv rw/file ro/ 2>/dev/null || echo no-mv-out; "
-              "ln ro/file rw/hard 2>/dev/null || echo no-hardlink-in; "
-              "mv ro/file rw/ 2>/dev/null || echo no-mv-in; "
-              "mv rw/file rw2/moved && echo mv-between-write-dirs; "
-              "mv rw2/moved rw2/renamed && echo rename-in-place")
+    script = (
+        "mv rw/file ro/ 2>/dev/null || echo no-mv-out; "
+        "ln ro/file rw/hard 2>/dev/null || echo no-hardlink-in; "
+        "mv ro/file rw/ 2>/dev/null || echo no-mv-in; "
+        "mv rw/file rw2/moved && echo mv-between-write-dirs; "
+        "mv rw2/moved rw2/renamed && echo rename-in-place"
+    )
     r = box.sh(rules_for(tree), script, work=tree)
     assert r.stdout == ("no-mv-out\nno-hardlink-in\nno-mv-in\nmv-between-write-dirs\nrename-in-place\n"), r.stderr
     assert (tree / "ro" / "file").read_text() == "ro original\n"
@@ -221,8 +257,12 @@ def test_devices_and_tmp_stay_usable(box, tree):
 
 # environment, argv, exit codes ------------------------------------------------------------
 def test_ld_variables_are_stripped_and_the_rest_kept(box, tree):
-    r = box.run(rules_for(tree), ["env"], work=tree,
-                env={"LD_LIBRARY_PATH": "/x", "LD_AUDIT": "/y", "ld_lower": "kept", "KEEP_ME": "1"})
+    r = box.run(
+        rules_for(tree),
+        ["env"],
+        work=tree,
+        env={"LD_LIBRARY_PATH": "/x", "LD_AUDIT": "/y", "ld_lower": "kept", "KEEP_ME": "1"},
+    )
     lines = set(r.stdout.splitlines())
     assert "KEEP_ME=1" in lines and "ld_lower=kept" in lines
     assert not [line for line in lines if line.startswith("LD_")]
@@ -233,14 +273,17 @@ def test_a_real_ld_preload_library_never_reaches_the_command(tmp_path_factory):
     """The library announces every process it is loaded into; the command must not be one."""
     d = tmp_path_factory.mktemp("preload")
     src = d / "announce.c"
-    src.write_text('#include <stdio.h>\n#include <errno.h>\n'
-                   '__attribute__((constructor)) static void hi(void) '
-                   '{ fprintf(stderr, "PRELOADED-INTO %s\\n", program_invocation_short_name); }\n')
+    src.write_text(
+        "#include <stdio.h>\n#include <errno.h>\n"
+        "__attribute__((constructor)) static void hi(void) "
+        '{ fprintf(stderr, "PRELOADED-INTO %s\\n", program_invocation_short_name); }\n'
+    )
     lib = session_dir("fence-announce-") / "announce.so"  # not /tmp: the helper loads it inside too
     subprocess.run(["gcc", "-shared", "-fPIC", "-D_GNU_SOURCE", "-o", str(lib), str(src)], check=True)
     try:
-        r = Runner(None, sys.executable).run(SYSTEM, ["sh", "-c", "env | grep -c LD_PRELOAD; true"],
-                                             env={"LD_PRELOAD": str(lib)})
+        r = Runner(None, sys.executable).run(
+            SYSTEM, ["sh", "-c", "env | grep -c LD_PRELOAD; true"], env={"LD_PRELOAD": str(lib)}
+        )
     finally:
         shutil.rmtree(lib.parent)
     assert r.stdout == "0\n"
@@ -268,7 +311,7 @@ def test_command_not_found_and_not_executable(box, tree):
 
 def test_script_without_shebang_runs_under_sh(box, tree):
     script = tree / "rw" / "noshebang"
-    script.write_text("echo from-sh \"$1\"\n")
+    script.write_text('echo from-sh "$1"\n')
     os.chmod(script, 0o755)
     r = box.run(rules_for(tree), [str(script), "arg"], work=tree)
     assert (r.returncode, r.stdout) == (0, "from-sh arg\n"), r.stderr
@@ -286,6 +329,7 @@ def test_bad_arguments_exit_2(box):
 def _landlock_enosys() -> bytes:
     """A seccomp program making landlock_create_ruleset fail like a kernel without Landlock."""
     import pyseccomp as sc
+
     from fence.executor.seccomp import _export
 
     flt = sc.SyscallFilter(sc.ALLOW)
@@ -297,8 +341,10 @@ def test_without_landlock_warn_and_run_or_refuse_in_strict_mode(box, tree):
     program = _landlock_enosys()
     r = box.sh(rules_for(tree), "echo x > ro/file && echo ran", work=tree, program=program)
     assert (r.returncode, r.stdout) == (0, "ran\n")
-    assert r.stderr == ("[fence:linux] Warning: Landlock unavailable (kernel built without Landlock): "
-                        "filesystem enforcement is bubblewrap-only\n")
+    assert r.stderr == (
+        "[fence:linux] Warning: Landlock unavailable (kernel built without Landlock): "
+        "filesystem enforcement is bubblewrap-only\n"
+    )
     (tree / "ro" / "file").write_text("ro original\n")
     r = box.sh(["--strict"] + rules_for(tree), "echo x > ro/file; echo ran", work=tree, program=program)
     assert r.returncode == 126 and r.stdout == "" and "Refusing to run (strict mode)" in r.stderr
@@ -314,7 +360,7 @@ def test_debug_reports_the_abi(box):
 
 
 # network and scoping ----------------------------------------------------------------------
-NET_PROBE = r'''
+NET_PROBE = r"""
 import errno, socket
 def attempt(fn):
     try:
@@ -328,7 +374,7 @@ def listen(port):
 out = [attempt(lambda: listen(port)) for port in (18001, 18002, 18003)]
 out += [attempt(lambda: socket.create_connection(("127.0.0.1", port)).close()) for port in (18001, 18002)]
 print(" ".join(out))
-'''
+"""
 
 
 @needs_landlock
@@ -342,7 +388,7 @@ def test_tcp_bind_and_connect_only_to_listed_ports(box):
     assert r.stdout == "EACCES EACCES EACCES EACCES EACCES\n", r.stderr  # refused before any routing
 
 
-SCOPE_PROBE = r'''
+SCOPE_PROBE = r"""
 import errno, os, socket, sys
 peer = int(sys.argv[1])
 def attempt(fn):
@@ -352,23 +398,29 @@ def attempt(fn):
         return errno.errorcode[e.errno]
 print(attempt(lambda: socket.socket(socket.AF_UNIX).connect("\0fence-scope-test")),
       attempt(lambda: os.kill(peer, 0)))
-'''
+"""
 
-SCOPE_SERVER = ("import socket, time; s = socket.socket(socket.AF_UNIX); s.bind('\\0fence-scope-test'); "
-                "s.listen(); time.sleep(30)")
+SCOPE_SERVER = (
+    "import socket, time; s = socket.socket(socket.AF_UNIX); s.bind('\\0fence-scope-test'); s.listen(); time.sleep(30)"
+)
 
 
 @needs_landlock
 @pytest.mark.skipif(ABI < 6, reason="scoping needs Landlock ABI 6")
 def test_scope_blocks_abstract_sockets_and_signals_leaving_the_domain(box):
     """A server started before the helper is outside its domain: reachable without --scope only."""
+
     def run(extra):
-        script = (f"python3 -I -S -c \"{SCOPE_SERVER}\" & pid=$!; sleep 0.3; "
-                  f"{box.python} -I -S {box.helper} {' '.join(extra + SYSTEM)} -- "
-                  f"python3 -I -S -c '{SCOPE_PROBE}' $pid; kill $pid")
-        r = subprocess.run(box.bwrap() + ["--", "sh", "-c", script], capture_output=True, text=True,
-                           timeout=30, user=box.user)
+        script = (
+            f'python3 -I -S -c "{SCOPE_SERVER}" & pid=$!; sleep 0.3; '
+            f"{box.python} -I -S {box.helper} {' '.join(extra + SYSTEM)} -- "
+            f"python3 -I -S -c '{SCOPE_PROBE}' $pid; kill $pid"
+        )
+        r = subprocess.run(
+            box.bwrap() + ["--", "sh", "-c", script], capture_output=True, text=True, timeout=30, user=box.user
+        )
         return r.stdout
+
     assert run([]) == "ok ok\n"
     assert run(["--scope"]) == "EPERM EPERM\n"
 
@@ -383,11 +435,13 @@ def test_audit_flag_is_accepted(box):
 def test_helper_imports_only_builtin_modules():
     """Beyond what ``python -I -S`` loads anyway: only ``_ctypes`` (not ``ctypes``, ``os``, ``struct``...),
     and only once it makes a call (importing it on the host for ``helper_command`` loads nothing)."""
-    code = ("import sys; before = set(sys.modules); "
-            f"sys.path.insert(0, {os.path.dirname(HELPER)!r}); import inithelper; "
-            "print(sorted(set(sys.modules) - before - {'inithelper'})); "
-            "import errno\ntry:\n    inithelper.abi_version()\nexcept OSError:\n    pass\n"
-            "print(sorted(set(sys.modules) - before - {'inithelper', 'errno'}))")
+    code = (
+        "import sys; before = set(sys.modules); "
+        f"sys.path.insert(0, {os.path.dirname(HELPER)!r}); import inithelper; "
+        "print(sorted(set(sys.modules) - before - {'inithelper'})); "
+        "import errno\ntry:\n    inithelper.abi_version()\nexcept OSError:\n    pass\n"
+        "print(sorted(set(sys.modules) - before - {'inithelper', 'errno'}))"
+    )
     r = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout == "[]\n['_ctypes']\n"
 
@@ -431,9 +485,15 @@ def test_helper_command_prefers_a_current_pyc(var_tmp):
         work = tmp_path / "w"
         work.mkdir()
         os.chmod(tmp_path, 0o755)
-        r = subprocess.run(Runner(None, sys.executable).bwrap() + ["--bind", str(work), str(work), "--"]
-                           + module.helper_command() + ["-r", "/", "--", "sh", "-c", f"echo x > {work}/f"],
-                           capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            Runner(None, sys.executable).bwrap()
+            + ["--bind", str(work), str(work), "--"]
+            + module.helper_command()
+            + ["-r", "/", "--", "sh", "-c", f"echo x > {work}/f"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert r.returncode != 0 and "Permission denied" in r.stderr and not (work / "f").exists()
     source.write_text(source.read_text() + "\n# changed\n")
     assert module.helper_command() == [sys.executable, "-I", "-S", str(source)]

@@ -17,7 +17,7 @@ from leftovers import Marks, find
 
 TESTS = Path(__file__).resolve().parent
 
-LEAKY = '''
+LEAKY = """
 import os
 import subprocess
 
@@ -34,7 +34,7 @@ def test_leaves_a_directory_and_a_process():
 
 def test_clean(tmp_path):
     (tmp_path / "pytest-keeps-this").write_text("tmp_path is pytest's to remove, not a leak")
-'''
+"""
 
 
 def _cmdline(pid: str) -> bytes:
@@ -50,8 +50,14 @@ def test_a_leaking_test_fails_the_run_names_what_it_left_and_it_is_removed(tmp_p
     (tmp_path / "test_leaky.py").write_text(LEAKY)
     note = tmp_path / "note"
     env = {**os.environ, "PYTHONPATH": str(TESTS), "LEAK_NOTE": str(note)}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "leakcheck", "-p", "no:cacheprovider",
-                        "test_leaky.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "leakcheck", "-p", "no:cacheprovider", "test_leaky.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert note.exists(), r.stdout + r.stderr
     where, pid = note.read_text().split()
     try:
@@ -75,21 +81,31 @@ def test_a_leaking_test_fails_the_run_names_what_it_left_and_it_is_removed(tmp_p
 def test_a_clean_session_passes(tmp_path):
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "test_clean.py").write_text("def test_nothing(tmp_path):\n    (tmp_path / 'f').write_text('x')\n")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "leakcheck", "-p", "no:cacheprovider",
-                        "test_clean.py"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(TESTS)},
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "leakcheck", "-p", "no:cacheprovider", "test_clean.py"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(TESTS)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "left behind" not in r.stdout, r.stdout + r.stderr
 
 
 def test_another_sessions_things_are_not_ours(tmp_path):
     """Sessions side by side: what carries another session's token is never counted as this one's."""
-    mine = Marks("fence-tests-aaaa1111", "aaaa1111", (str(tmp_path / "fence-tests-aaaa1111"),),
-                 pid=1 << 30)  # an ancestor of nothing: only the marker decides
+    mine = Marks(
+        "fence-tests-aaaa1111", "aaaa1111", (str(tmp_path / "fence-tests-aaaa1111"),), pid=1 << 30
+    )  # an ancestor of nothing: only the marker decides
     other_root = tmp_path / "fence-tests-bbbb2222"
     other_root.mkdir()
     (other_root / "theirs").mkdir()
-    proc = subprocess.Popen(["sleep", "30"], cwd=other_root, start_new_session=True,
-                            env={"PATH": os.environ["PATH"], "FENCE_TEST_SESSION": "fence-tests-bbbb2222"})
+    proc = subprocess.Popen(
+        ["sleep", "30"],
+        cwd=other_root,
+        start_new_session=True,
+        env={"PATH": os.environ["PATH"], "FENCE_TEST_SESSION": "fence-tests-bbbb2222"},
+    )
     try:
         left = find(mine)
         assert not [item for item in left if str(proc.pid) in item.ident], left

@@ -35,6 +35,7 @@ from fence.policy import CommandConfig, Policy, SSHConfig
 @contextmanager
 def within(seconds: float):
     """Fail (instead of hanging) when the block runs longer than ``seconds`` of wall-clock time."""
+
     def expired(signum, frame):
         raise TimeoutError(f"still running after {seconds} s")
 
@@ -58,8 +59,13 @@ def no_ssh_config(target, env):
 
 
 def ssh_check(ssh: SSHConfig, line: str):
-    return check_command(None, line, Policy(ssh=ssh)) if shutil.which("ssh") else sshpolicy.check(
-        Command(argv=line.split(), dynamic=[False] * len(line.split())), Policy(ssh=ssh), resolver=no_ssh_config)
+    return (
+        check_command(None, line, Policy(ssh=ssh))
+        if shutil.which("ssh")
+        else sshpolicy.check(
+            Command(argv=line.split(), dynamic=[False] * len(line.split())), Policy(ssh=ssh), resolver=no_ssh_config
+        )
+    )
 
 
 def test_host_pattern_against_a_long_host_decides_promptly():
@@ -74,9 +80,11 @@ def test_ssh_policy_with_a_long_host_decides_promptly():
     denied = SSHConfig(allowed_hosts=["*"], denied_hosts=[ADVERSARIAL], allowed_commands=["echo"])
     with within(10):  # ssh -G runs once per check
         assert ssh_check(allowed, f"ssh {LONG} true").message.startswith(
-            "SSH blocked: host not in allowedHosts (host: aaaa")
+            "SSH blocked: host not in allowedHosts (host: aaaa"
+        )
         assert ssh_check(denied, f"ssh {LONG}b true").message.startswith(
-            'SSH blocked: host matches denied pattern "*a*a*a*a*b"')
+            'SSH blocked: host matches denied pattern "*a*a*a*a*b"'
+        )
         assert 'command "true" not in ssh.allowedCommands' in ssh_check(denied, f"ssh {LONG} true").message
 
 

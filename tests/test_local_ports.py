@@ -12,8 +12,8 @@ import time
 import urllib.request
 
 import pytest
-from conftest import marker_server
 
+from conftest import marker_server
 from fence.cli import UsageError, parse_port
 
 MARKER = "fence-local-ports-marker"
@@ -41,8 +41,10 @@ def config(fence, network: dict):
 def test_outbound_ports_reach_the_host_server(fence, host_server):
     work = config(fence, {"allowLocalOutbound": True, "allowLocalOutboundPorts": [host_server]})
     # [::1] inside is relayed to the host's [::1], and to 127.0.0.1 when that refuses (the server is v4 only)
-    script = (f"curl -sS --max-time 5 http://127.0.0.1:{host_server}/; echo; "
-              f"curl -sS --max-time 5 'http://[::1]:{host_server}/'")
+    script = (
+        f"curl -sS --max-time 5 http://127.0.0.1:{host_server}/; echo; "
+        f"curl -sS --max-time 5 'http://[::1]:{host_server}/'"
+    )
     r = fence.run("-c", script, cwd=str(work))
     assert (r.returncode, r.stdout.splitlines()) == (0, [MARKER, MARKER]), r.stderr
     assert "Warning" not in r.stderr
@@ -50,8 +52,9 @@ def test_outbound_ports_reach_the_host_server(fence, host_server):
 
 @pytest.mark.sandbox
 def test_outbound_ports_with_allowed_domains_and_inherited_from_binding(fence, host_server):
-    work = config(fence, {"allowedDomains": ["example.com"], "allowLocalBinding": True,
-                          "allowLocalOutboundPorts": [host_server]})
+    work = config(
+        fence, {"allowedDomains": ["example.com"], "allowLocalBinding": True, "allowLocalOutboundPorts": [host_server]}
+    )
     r = fence.run("-c", f"curl -sS --max-time 5 http://127.0.0.1:{host_server}/", cwd=str(work))
     assert (r.returncode, r.stdout) == (0, MARKER), r.stderr
 
@@ -61,8 +64,10 @@ def test_outbound_without_ports_reaches_nothing_and_warns(fence, host_server):
     work = config(fence, {"allowLocalOutbound": True})
     r = fence.run("-c", f"curl -sS --max-time 5 http://127.0.0.1:{host_server}/ && echo REACHED", cwd=str(work))
     assert "REACHED" not in r.stdout and MARKER not in r.stdout
-    assert "[fence:linux] Warning: network.allowLocalOutbound is set but network.allowLocalOutboundPorts " \
-           "is empty" in r.stderr
+    assert (
+        "[fence:linux] Warning: network.allowLocalOutbound is set but network.allowLocalOutboundPorts "
+        "is empty" in r.stderr
+    )
 
 
 @pytest.mark.sandbox
@@ -77,8 +82,16 @@ def test_published_port_reaches_a_server_inside(fence):
     work = config(fence, {})
     port = free_port()
     (work / "index.html").write_text(MARKER)
-    proc = fence.popen("-p", str(port), "-c", f"exec python3 -m http.server {port} --bind 127.0.0.1",
-                       cwd=str(work), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = fence.popen(
+        "-p",
+        str(port),
+        "-c",
+        f"exec python3 -m http.server {port} --bind 127.0.0.1",
+        cwd=str(work),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline, body, last = time.monotonic() + 10, None, None
         while time.monotonic() < deadline and proc.poll() is None:

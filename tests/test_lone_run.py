@@ -6,8 +6,8 @@ is opened and closed, and the monitor keeps the events.
 """
 
 import os
-import sys
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,16 +58,20 @@ def test_lone_cli_path_does_not_import_asyncio_or_nats(tmp_path):
     """
     import subprocess
 
-    probe = ("import sys, runpy\n"
-             "sys.argv=['fence','--','true']\n"
-             "from fence.cli import main\n"
-             "code = main()\n"
-             "heavy = [m for m in ('asyncio','nats','json5','prometheus_client','uvloop','subprocess','argparse')"
-             " if m in sys.modules]\n"
-             "print(code, heavy)\n")
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv=['fence','--','true']\n"
+        "from fence.cli import main\n"
+        "code = main()\n"
+        "heavy = [m for m in ('asyncio','nats','json5','prometheus_client','uvloop','subprocess','argparse')"
+        " if m in sys.modules]\n"
+        "print(code, heavy)\n"
+    )
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
-    runs = [subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=30)
-            for _ in range(2)]
+    runs = [
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=30)
+        for _ in range(2)
+    ]
     r = runs[-1]  # the warm path
     assert r.stdout.strip() == "0 []", r.stderr
 
@@ -92,8 +96,12 @@ def test_quarantine_is_an_event(tmp_path_factory):
     try:
         (work / "fence.json").write_text('{"filesystem": {"allowWrite": ["."]}}')
         bus, seen, attach = lone_bus("fence.events.*.fs")
-        req = RunRequest(command=["sh", "-c", "echo {} > .mcp.json"], cwd=str(work),
-                         env={"PATH": "/usr/bin:/bin", "HOME": str(work)}, sandbox=new_sandbox_id())
+        req = RunRequest(
+            command=["sh", "-c", "echo {} > .mcp.json"],
+            cwd=str(work),
+            env={"PATH": "/usr/bin:/bin", "HOME": str(work)},
+            sandbox=new_sandbox_id(),
+        )
         assert run_sync(run(bus, req, host_facts(), attach=attach)) == 0
         assert [type(e) for e in seen] == [ProtectedPathEvent]
         assert seen[0].path == str(work / ".mcp.json") and seen[0].moved_to.startswith(str(work / ".mcp.json.fence-q"))

@@ -57,8 +57,15 @@ os.execv(sys.argv[1], sys.argv[1:])
 
 def run_under(fence, wrapper: str, work, *args: str) -> subprocess.CompletedProcess:
     python = fence.argv_prefix[0]
-    return subprocess.run([python, "-c", wrapper, *fence.argv(*args)], env=fence.env(), cwd=str(work),
-                          user=fence.user, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [python, "-c", wrapper, *fence.argv(*args)],
+        env=fence.env(),
+        cwd=str(work),
+        user=fence.user,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def workdir(fence, config: dict):
@@ -78,9 +85,11 @@ def test_argv_policy_without_a_user_notification_listener_is_refused_naming_laye
     work = workdir(fence, {"command": {"runtimeExecPolicy": "argv"}})
     r = run_under(fence, HOLD_A_LISTENER, work, "-s", "fence.json", "--", "sh", "-c", "echo COMMAND-RAN")
     assert r.returncode == 126 and "COMMAND-RAN" not in r.stdout, r.stderr
-    assert ("[fence:linux] Error: seccomp user notification unavailable here (Device or resource busy): "
-            'command.runtimeExecPolicy "argv" needs it to check every exec. Refusing to run. To run with less '
-            'protection: set command.runtimeExecPolicy to "path", the default') in r.stderr, r.stderr
+    assert (
+        "[fence:linux] Error: seccomp user notification unavailable here (Device or resource busy): "
+        'command.runtimeExecPolicy "argv" needs it to check every exec. Refusing to run. To run with less '
+        'protection: set command.runtimeExecPolicy to "path", the default'
+    ) in r.stderr, r.stderr
     r = run_under(fence, HOLD_A_LISTENER, work, "-s", "fence.json", "-c", "echo COMMAND-RAN")
     assert r.returncode == 126 and "COMMAND-RAN" not in r.stdout
     (work / "fence.json").write_text(json.dumps({"command": {"runtimeExecPolicy": "path"}}))
@@ -92,6 +101,8 @@ def test_without_landlock_the_run_says_so_and_runs_bubblewrap_only(fence):
     work = workdir(fence, {"filesystem": {"allowWrite": ["."]}})
     r = run_under(fence, NO_LANDLOCK, work, "-s", "fence.json", "-d", "--", "sh", "-c", "echo COMMAND-RAN")
     assert (r.returncode, r.stdout) == (0, "COMMAND-RAN\n"), r.stderr
-    assert ("[fence:linux] Warning: Landlock unavailable (Function not implemented): filesystem enforcement is "
-            "bubblewrap-only") in r.stderr
+    assert (
+        "[fence:linux] Warning: Landlock unavailable (Function not implemented): filesystem enforcement is "
+        "bubblewrap-only"
+    ) in r.stderr
     assert "landlock(unavailable)" in r.stderr

@@ -12,19 +12,22 @@ from fence.policy import NetworkConfig
 UPSTREAM = "http://proxy.example:3128"
 
 
-@pytest.mark.parametrize("network, expected", [
-    (NetworkConfig(), NONE),
-    (NetworkConfig(denied_domains=["a.com"]), NONE),                       # denying alone allows nothing
-    (NetworkConfig(allow_local_outbound=True, allow_local_outbound_ports=[8080]), NONE),  # local ports: no proxy
-    (NetworkConfig(default_action="proxy"), NONE),                          # grey upstream, but no upstream
-    (NetworkConfig(upstream_proxy=UPSTREAM), NONE),                         # an upstream nothing is sent to
-    (NetworkConfig(default_action="proxy", upstream_proxy=UPSTREAM), FILTERED),
-    (NetworkConfig(allowed_domains=["a.com"]), FILTERED),
-    (NetworkConfig(allowed_domains=["a.com"], denied_domains=["a.com"]), FILTERED),
-    (NetworkConfig(allowed_domains=["*"]), RELAXED),
-    (NetworkConfig(allowed_domains=["a.com", " * "], denied_domains=["*"]), RELAXED),  # read as the filter reads
-    (NetworkConfig(allowed_domains=["*"], default_action="proxy", upstream_proxy=UPSTREAM), RELAXED),
-])
+@pytest.mark.parametrize(
+    "network, expected",
+    [
+        (NetworkConfig(), NONE),
+        (NetworkConfig(denied_domains=["a.com"]), NONE),  # denying alone allows nothing
+        (NetworkConfig(allow_local_outbound=True, allow_local_outbound_ports=[8080]), NONE),  # local ports: no proxy
+        (NetworkConfig(default_action="proxy"), NONE),  # grey upstream, but no upstream
+        (NetworkConfig(upstream_proxy=UPSTREAM), NONE),  # an upstream nothing is sent to
+        (NetworkConfig(default_action="proxy", upstream_proxy=UPSTREAM), FILTERED),
+        (NetworkConfig(allowed_domains=["a.com"]), FILTERED),
+        (NetworkConfig(allowed_domains=["a.com"], denied_domains=["a.com"]), FILTERED),
+        (NetworkConfig(allowed_domains=["*"]), RELAXED),
+        (NetworkConfig(allowed_domains=["a.com", " * "], denied_domains=["*"]), RELAXED),  # read as the filter reads
+        (NetworkConfig(allowed_domains=["*"], default_action="proxy", upstream_proxy=UPSTREAM), RELAXED),
+    ],
+)
 def test_intent(network, expected):
     assert intent(network) == expected
 
@@ -48,7 +51,9 @@ def test_relaxed_is_the_filters_star():
 def test_importing_it_loads_nothing_else():
     import subprocess
 
-    probe = ("import sys, __future__, fence; before = set(sys.modules); import fence.netintent; "
-             "print(sorted(set(sys.modules) - before))")
+    probe = (
+        "import sys, __future__, fence; before = set(sys.modules); import fence.netintent; "
+        "print(sorted(set(sys.modules) - before))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['fence.netintent']"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from conftest import marker_server
 
 pytestmark = pytest.mark.sandbox
@@ -48,40 +49,52 @@ def test_blocked_host_gets_403_with_the_config_key(fence, origin):
     work = config(fence, {"allowedDomains": ["example.com"]})
     r = run(fence, work, f"NO_PROXY= no_proxy= curl -s --max-time 10 -w '%{{http_code}}' http://localhost:{origin}/")
     assert r.stdout.startswith("Connection blocked by network allowlist\n")
-    assert 'network.allowedDomains' in r.stdout and r.stdout.endswith("403")
+    assert "network.allowedDomains" in r.stdout and r.stdout.endswith("403")
 
 
 def test_denied_wins_over_allowed(fence, origin):
     work = config(fence, {"allowedDomains": ["127.0.0.1"], "deniedDomains": ["127.0.0.1"]})
-    r = run(fence, work, f"NO_PROXY= no_proxy= curl -s --max-time 10 -o /dev/null -w '%{{http_code}}' "
-                         f"http://127.0.0.1:{origin}/")
+    r = run(
+        fence,
+        work,
+        f"NO_PROXY= no_proxy= curl -s --max-time 10 -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{origin}/",
+    )
     assert r.stdout == "403"
 
 
 def test_direct_attempts_that_ignore_the_proxy_fail(fence, origin):
     work = config(fence, {"allowedDomains": ["127.0.0.1"]})
-    script = (f"curl -sS --max-time 5 --noproxy '*' http://127.0.0.1:{origin}/ && echo CURL-DIRECT; "
-              f"(echo > /dev/tcp/127.0.0.1/{origin}) 2>/dev/null && echo BASH-DIRECT; "
-              f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {origin}), 3)\" 2>/dev/null "
-              "&& echo PY-DIRECT; "
-              "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-              "s.sendto(b'x', ('127.0.0.1', 53))\" 2>/dev/null && echo UDP-SENT-LOCAL-ONLY; true")
+    script = (
+        f"curl -sS --max-time 5 --noproxy '*' http://127.0.0.1:{origin}/ && echo CURL-DIRECT; "
+        f"(echo > /dev/tcp/127.0.0.1/{origin}) 2>/dev/null && echo BASH-DIRECT; "
+        f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {origin}), 3)\" 2>/dev/null "
+        "&& echo PY-DIRECT; "
+        'python3 -c "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); '
+        "s.sendto(b'x', ('127.0.0.1', 53))\" 2>/dev/null && echo UDP-SENT-LOCAL-ONLY; true"
+    )
     r = run(fence, work, script)
     assert "CURL-DIRECT" not in r.stdout and "BASH-DIRECT" not in r.stdout and "PY-DIRECT" not in r.stdout
 
 
 def test_monitor_prints_blocked_requests_only(fence, origin):
     work = config(fence, {"allowedDomains": ["127.0.0.1"]})
-    r = run(fence, work, f"NO_PROXY= no_proxy= curl -s --max-time 10 -o /dev/null http://127.0.0.1:{origin}/; "
-                         f"NO_PROXY= no_proxy= curl -s --max-time 10 -o /dev/null http://localhost:{origin}/", "-m")
+    r = run(
+        fence,
+        work,
+        f"NO_PROXY= no_proxy= curl -s --max-time 10 -o /dev/null http://127.0.0.1:{origin}/; "
+        f"NO_PROXY= no_proxy= curl -s --max-time 10 -o /dev/null http://localhost:{origin}/",
+        "-m",
+    )
     lines = [line for line in r.stderr.splitlines() if line.startswith("[fence:http]")]
     assert len(lines) == 1 and "✗" in lines[0] and "403 localhost" in lines[0], r.stderr
 
 
 def test_relaxed_mode_shares_the_network_and_still_applies_denied(fence, origin):
     work = config(fence, {"allowedDomains": ["*"], "deniedDomains": ["localhost"]})
-    script = (f"echo $HTTP_PROXY; curl -sS --max-time 5 --noproxy '*' http://127.0.0.1:{origin}/; echo; "
-              f"NO_PROXY= no_proxy= curl -s --max-time 5 -o /dev/null -w '%{{http_code}}' http://localhost:{origin}/")
+    script = (
+        f"echo $HTTP_PROXY; curl -sS --max-time 5 --noproxy '*' http://127.0.0.1:{origin}/; echo; "
+        f"NO_PROXY= no_proxy= curl -s --max-time 5 -o /dev/null -w '%{{http_code}}' http://localhost:{origin}/"
+    )
     r = run(fence, work, script)
     proxy, direct, denied = r.stdout.splitlines()
     assert proxy.startswith("http://127.0.0.1:") and not proxy.endswith(":3128")
@@ -95,10 +108,16 @@ def test_no_network_without_allowed_domains(fence, origin):
     assert r.stdout.split() == ["http://127.0.0.1:3128", "lo"], r.stderr
 
 
-PROXY_ENV = {"HTTP_PROXY": "http://127.0.0.1:3128", "HTTPS_PROXY": "http://127.0.0.1:3128",
-             "http_proxy": "http://127.0.0.1:3128", "https_proxy": "http://127.0.0.1:3128",
-             "ALL_PROXY": "socks5h://127.0.0.1:1080", "all_proxy": "socks5h://127.0.0.1:1080",
-             "NO_PROXY": "localhost,127.0.0.1,::1", "no_proxy": "localhost,127.0.0.1,::1"}
+PROXY_ENV = {
+    "HTTP_PROXY": "http://127.0.0.1:3128",
+    "HTTPS_PROXY": "http://127.0.0.1:3128",
+    "http_proxy": "http://127.0.0.1:3128",
+    "https_proxy": "http://127.0.0.1:3128",
+    "ALL_PROXY": "socks5h://127.0.0.1:1080",
+    "all_proxy": "socks5h://127.0.0.1:1080",
+    "NO_PROXY": "localhost,127.0.0.1,::1",
+    "no_proxy": "localhost,127.0.0.1,::1",
+}
 
 
 def test_no_network_run_has_the_proxy_variables(fence):
@@ -120,8 +139,10 @@ def test_no_network_block_is_answered_and_shown(fence):
 
 
 def test_no_network_blocks_over_connect_and_socks_are_shown(fence):
-    script = ("curl -s --max-time 10 -o /dev/null -w '%{http_connect}\\n' https://example.com/; "
-              'curl -s --max-time 10 --proxy "$ALL_PROXY" http://example.com/; echo "socks=$?"')
+    script = (
+        "curl -s --max-time 10 -o /dev/null -w '%{http_connect}\\n' https://example.com/; "
+        'curl -s --max-time 10 --proxy "$ALL_PROXY" http://example.com/; echo "socks=$?"'
+    )
     r = fence.run("-m", "-c", script, cwd=str(fence.workdir()))
     assert r.stdout.splitlines() == ["403", "socks=97"], (r.stdout, r.stderr)  # 97: the SOCKS5 proxy refused
     assert " ✗ CONNECT 403 example.com https://example.com:443 (" in r.stderr, r.stderr

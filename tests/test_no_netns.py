@@ -17,8 +17,8 @@ import os
 import shutil
 
 import pytest
-from conftest import marker_server
 
+from conftest import marker_server
 from fence.executor import features, netns
 from fence.executor.host import find_bwrap
 
@@ -45,8 +45,9 @@ def run_without_netns(fence, work, *args: str, **env: str):
     import subprocess
 
     argv = [*NO_NETNS, *fence.argv(*args)]
-    return subprocess.run(argv, env=fence.env(**env), cwd=str(work), user=fence.user, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        argv, env=fence.env(**env), cwd=str(work), user=fence.user, capture_output=True, text=True, timeout=60
+    )
 
 
 def workdir(fence, network: dict):
@@ -57,18 +58,24 @@ def workdir(fence, network: dict):
 
 def test_filtered_runs_proxy_only_with_a_warning(fence, origin):
     work = workdir(fence, {"allowedDomains": ["127.0.0.1"]})
-    script = (f"echo $HTTP_PROXY; NO_PROXY= no_proxy= curl -sS --max-time 10 http://127.0.0.1:{origin}/; echo; "
-              f"NO_PROXY= no_proxy= curl -s --max-time 10 -w '%{{http_code}}' http://localhost:{origin}/")
+    script = (
+        f"echo $HTTP_PROXY; NO_PROXY= no_proxy= curl -sS --max-time 10 http://127.0.0.1:{origin}/; echo; "
+        f"NO_PROXY= no_proxy= curl -s --max-time 10 -w '%{{http_code}}' http://localhost:{origin}/"
+    )
     r = run_without_netns(fence, work, "-d", "-c", script)
     assert r.returncode == 0, r.stderr
     proxy, allowed, *blocked = r.stdout.splitlines()
     assert proxy.startswith("http://127.0.0.1:") and not proxy.endswith(":3128")  # host loopback proxy
     assert allowed == MARKER
     assert blocked[0] == "Connection blocked by network allowlist" and blocked[-1].endswith("403")
-    assert ("[fence:linux] Warning: Skipping --unshare-net (network namespace unavailable in this environment: "
-            "bwrap: Creating new namespace failed") in r.stderr
-    assert ("direct TCP connections are blocked by Landlock, but UDP and other non-TCP traffic is NOT" in r.stderr
-            or "direct connections are NOT blocked" in r.stderr)
+    assert (
+        "[fence:linux] Warning: Skipping --unshare-net (network namespace unavailable in this environment: "
+        "bwrap: Creating new namespace failed"
+    ) in r.stderr
+    assert (
+        "direct TCP connections are blocked by Landlock, but UDP and other non-TCP traffic is NOT" in r.stderr
+        or "direct connections are NOT blocked" in r.stderr
+    )
     assert "[fence:linux] Sandbox: bwrap(pid,fs)," in r.stderr
     sandboxed = next(line for line in r.stderr.splitlines() if line.startswith("[fence] Sandboxed command:"))
     assert "--unshare-net" not in sandboxed
@@ -77,9 +84,11 @@ def test_filtered_runs_proxy_only_with_a_warning(fence, origin):
 def test_landlock_keeps_tcp_to_the_proxies(fence, origin):
     """Without a netns, a client ignoring the proxy env is stopped by Landlock's TCP rules (ABI 4+)."""
     work = workdir(fence, {"allowedDomains": ["127.0.0.1"]})
-    script = (f"curl -sS --max-time 5 --noproxy '*' http://127.0.0.1:{origin}/ && echo DIRECT; "
-              f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {origin}), 3)' && echo PY; "
-              f"NO_PROXY= no_proxy= curl -sS --max-time 10 http://127.0.0.1:{origin}/")
+    script = (
+        f"curl -sS --max-time 5 --noproxy '*' http://127.0.0.1:{origin}/ && echo DIRECT; "
+        f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {origin}), 3)' && echo PY; "
+        f"NO_PROXY= no_proxy= curl -sS --max-time 10 http://127.0.0.1:{origin}/"
+    )
     r = run_without_netns(fence, work, "-d", "-c", script)
     if "landlock-v" not in r.stderr or "(tcp-connect)" not in r.stderr:
         pytest.skip("Landlock TCP rules (ABI 4) unavailable here")
@@ -101,10 +110,14 @@ def test_no_network_policy_is_refused_unless_opted_in(fence, origin):
     assert r.returncode == 1 and "COMMAND-RAN" not in r.stdout
     assert r.stderr.startswith("Error: network namespace unavailable here (bwrap --unshare-net: ")
     assert "the policy allows no network" in r.stderr and "FENCE_ALLOW_SHARED_NETWORK=1" in r.stderr
-    assert ". Refusing to run. To run with less protection: set FENCE_ALLOW_SHARED_NETWORK=1 in fence's " \
-           "environment (the host's network;" in r.stderr  # the wording of every missing-layer refusal
-    script = (f"echo COMMAND-RAN; echo ${{HTTP_PROXY:-no-proxy}}; "
-              f"NO_PROXY= no_proxy= curl -s --max-time 10 -w '%{{http_code}}' http://localhost:{origin}/")
+    assert (
+        ". Refusing to run. To run with less protection: set FENCE_ALLOW_SHARED_NETWORK=1 in fence's "
+        "environment (the host's network;" in r.stderr
+    )  # the wording of every missing-layer refusal
+    script = (
+        f"echo COMMAND-RAN; echo ${{HTTP_PROXY:-no-proxy}}; "
+        f"NO_PROXY= no_proxy= curl -s --max-time 10 -w '%{{http_code}}' http://localhost:{origin}/"
+    )
     r = run_without_netns(fence, work, "-m", "-c", script, FENCE_ALLOW_SHARED_NETWORK="1")
     assert r.returncode == 0, r.stderr
     ran, proxy, *blocked = r.stdout.splitlines()
@@ -133,8 +146,11 @@ def test_linux_features_shows_it(fence):
         tcp_rules = abi_version() >= 4  # what runs there do: Landlock TCP rules keep TCP to the proxies
     except OSError:
         tcp_rules = False
-    escape = ("direct TCP connections are blocked by Landlock, but UDP and other non-TCP traffic is NOT filtered"
-              if tcp_rules else "programs ignoring HTTP_PROXY/ALL_PROXY are NOT filtered")
+    escape = (
+        "direct TCP connections are blocked by Landlock, but UDP and other non-TCP traffic is NOT filtered"
+        if tcp_rules
+        else "programs ignoring HTTP_PROXY/ALL_PROXY are NOT filtered"
+    )
     assert f"    fence runs proxy-only: {escape}" in r.stdout
 
 
@@ -178,8 +194,10 @@ def test_a_no_netns_answer_expires(tmp_path, monkeypatch):
     path = netns.cache_path(str(tmp_path))
     netns.write(path, netns.NetnsState(available=False, shared_ok=True, at=time.time(), **netns.key(bwrap)))
     assert netns.state(bwrap, str(tmp_path)).proxy_only  # fresh: used as is
-    netns.write(path, netns.NetnsState(available=False, shared_ok=True, at=time.time() - netns.NEGATIVE_TTL - 1,
-                                       **netns.key(bwrap)))
+    netns.write(
+        path,
+        netns.NetnsState(available=False, shared_ok=True, at=time.time() - netns.NEGATIVE_TTL - 1, **netns.key(bwrap)),
+    )
     assert netns.state(bwrap, str(tmp_path)).available  # stale: probed again (this machine has netns)
 
 
@@ -193,9 +211,12 @@ def test_fake_cached_answer_makes_a_run_proxy_only(self_runner, origin):
     bwrap = find_bwrap()
     import time
 
-    netns.write(netns.cache_path(cache), netns.NetnsState(available=False, shared_ok=True, detail="fake (test)",
-                                                          at=time.time(), **netns.key(bwrap)))
-    r = self_runner.run("-c", f"NO_PROXY= no_proxy= curl -sS --max-time 10 http://127.0.0.1:{origin}/",
-                        env=env, cwd=str(work))
+    netns.write(
+        netns.cache_path(cache),
+        netns.NetnsState(available=False, shared_ok=True, detail="fake (test)", at=time.time(), **netns.key(bwrap)),
+    )
+    r = self_runner.run(
+        "-c", f"NO_PROXY= no_proxy= curl -sS --max-time 10 http://127.0.0.1:{origin}/", env=env, cwd=str(work)
+    )
     assert (r.returncode, r.stdout) == (0, MARKER), r.stderr
     assert "unavailable in this environment: fake (test))" in r.stderr

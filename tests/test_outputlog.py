@@ -11,8 +11,11 @@ def test_chunks_are_numbered_in_order_across_streams():
     log.append("stderr", b"b")
     log.append("stdout", b"c")
     chunks = log.after(0, 1000)
-    assert [(c.seq, c.stream, c.data) for c in chunks] == [(1, "stdout", b"a"), (2, "stderr", b"b"),
-                                                            (3, "stdout", b"c")]
+    assert [(c.seq, c.stream, c.data) for c in chunks] == [
+        (1, "stdout", b"a"),
+        (2, "stderr", b"b"),
+        (3, "stdout", b"c"),
+    ]
     assert [c.seq for c in log.after(2, 1000)] == [3]
     assert log.after(3, 1000) == [] and log.after(99, 1000) == []
 

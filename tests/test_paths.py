@@ -17,9 +17,14 @@ def test_tilde_relative_glob_and_doublestar(tmp_path):
     (tmp_path / "proj").mkdir()
     (tmp_path / "proj" / ".env").write_text("x")
     got = paths.expand(["~/.ssh/id_*", "~/.gnupg/**", ".env", "~/nothing*"], str(tmp_path / "proj"), str(home))
-    assert sorted(got.paths) == sorted([(str(home / ".ssh" / "id_ed25519"), False),
-                                     (str(home / ".ssh" / "id_rsa"), False), (str(home / ".gnupg"), True),
-                                     (str(tmp_path / "proj" / ".env"), False)])
+    assert sorted(got.paths) == sorted(
+        [
+            (str(home / ".ssh" / "id_ed25519"), False),
+            (str(home / ".ssh" / "id_rsa"), False),
+            (str(home / ".gnupg"), True),
+            (str(tmp_path / "proj" / ".env"), False),
+        ]
+    )
     assert not got.truncated
 
 

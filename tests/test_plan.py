@@ -19,7 +19,7 @@ def test_namespaces_and_session():
     assert argv[0] == "/usr/bin/bwrap"
     for flag in ("--new-session", "--die-with-parent", "--unshare-pid", "--unshare-net"):
         assert flag in argv
-    assert argv[argv.index("--") + 1:] == ["echo", "hi"]
+    assert argv[argv.index("--") + 1 :] == ["echo", "hi"]
 
 
 def test_cap_drop_only_as_root():
@@ -37,10 +37,24 @@ def test_nested_user_namespaces_disabled_for_everyone():
 
 def test_filesystem_view_order():
     argv = plan(masked=["/run/user/1/fence"]).argv
-    view = argv[argv.index("--ro-bind"):argv.index("--chdir")]
-    assert view == ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--remount-ro", "/proc",
-                    "--tmpfs", "/tmp",
-                    "--dir", "/tmp/fence", "--tmpfs", "/run/user/1/fence"]
+    view = argv[argv.index("--ro-bind") : argv.index("--chdir")]
+    assert view == [
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--remount-ro",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+        "--dir",
+        "/tmp/fence",
+        "--tmpfs",
+        "/run/user/1/fence",
+    ]
     assert argv[argv.index("--chdir") + 1] == "/work"
 
 
@@ -48,9 +62,8 @@ def test_hidden_directories_are_sealed_after_every_other_mount():
     """Exec masks inside a hidden directory's grants need their mount points first: the remount comes last."""
     host = HostFacts(bwrap="/usr/bin/bwrap", is_root=False)
     view = FsView(hidden=["/run/user/1"], hidden_grants=["/run/user/1/bin"])
-    argv = render(RunPlan(command=["true"], cwd="/work", host=host, fs=view,
-                          exec_masks=["/run/user/1/bin/tool"])).argv
-    mounts = argv[:argv.index("--chdir")]
+    argv = render(RunPlan(command=["true"], cwd="/work", host=host, fs=view, exec_masks=["/run/user/1/bin/tool"])).argv
+    mounts = argv[: argv.index("--chdir")]
     assert mounts[-4:] == ["/dev/null", "/run/user/1/bin/tool", "--remount-ro", "/run/user/1"]
 
 
@@ -74,11 +87,18 @@ def test_summary_line():
 
 def test_generated_files_are_bound_read_only_after_the_masks():
     host = HostFacts(bwrap="/usr/bin/bwrap", is_root=False, masked_dirs=("/run/user/1/fence",))
-    p = render(RunPlan(command=["ssh", "h"], cwd="/work", host=host, fs=FsView(deny_read=[("/etc/ssh", True)]),
-                       files=[("/etc/ssh/ssh_config", b"ProxyCommand x %h %p\n")]))
+    p = render(
+        RunPlan(
+            command=["ssh", "h"],
+            cwd="/work",
+            host=host,
+            fs=FsView(deny_read=[("/etc/ssh", True)]),
+            files=[("/etc/ssh/ssh_config", b"ProxyCommand x %h %p\n")],
+        )
+    )
     argv = p.argv
     i = argv.index("--ro-bind-data")
-    assert argv[i - 2:i + 3] == ["--perms", "0644", "--ro-bind-data", "6", "/etc/ssh/ssh_config"]
+    assert argv[i - 2 : i + 3] == ["--perms", "0644", "--ro-bind-data", "6", "/etc/ssh/ssh_config"]
     assert argv.index("--tmpfs", argv.index("/tmp")) < argv.index("/etc/ssh") < i  # masks first: ours wins
     assert argv.index("/run/user/1/fence") < i < argv.index("--chdir")
     assert p.data_files == [(6, b"ProxyCommand x %h %p\n")]
@@ -93,29 +113,33 @@ def test_no_generated_files_by_default():
 # --- terminals: allowPty, forceNewSession -------------------------------------------------
 
 
-@pytest.mark.parametrize("allow, tty_in, tty_out, force, expected", [
-    (False, True, True, False, (False, True)),   # no allowPty: always --new-session
-    (True, True, True, False, (True, False)),    # a person at a terminal: PTY, bwrap's session is fresh anyway
-    (True, True, True, True, (True, True)),      # forced: keep --new-session
-    (True, False, True, False, (False, True)),   # piped input: no PTY
-    (True, True, False, False, (False, True)),   # piped output: no PTY
-    (True, False, False, True, (False, True)),
-    (False, True, True, True, (False, True)),
-])
+@pytest.mark.parametrize(
+    "allow, tty_in, tty_out, force, expected",
+    [
+        (False, True, True, False, (False, True)),  # no allowPty: always --new-session
+        (True, True, True, False, (True, False)),  # a person at a terminal: PTY, bwrap's session is fresh anyway
+        (True, True, True, True, (True, True)),  # forced: keep --new-session
+        (True, False, True, False, (False, True)),  # piped input: no PTY
+        (True, True, False, False, (False, True)),  # piped output: no PTY
+        (True, False, False, True, (False, True)),
+        (False, True, True, True, (False, True)),
+    ],
+)
 def test_session_mode(allow, tty_in, tty_out, force, expected):
     assert session_mode(allow, tty_in, tty_out, force) == expected
 
 
 def pty_plan(new_session):
     host = HostFacts(bwrap="/usr/bin/bwrap", is_root=False, python="/usr/bin/python3")
-    return render(RunPlan(command=["vim", "x"], cwd="/work", env={"PATH": "/bin"}, host=host,
-                          new_session=new_session, pty=True))
+    return render(
+        RunPlan(command=["vim", "x"], cwd="/work", env={"PATH": "/bin"}, host=host, new_session=new_session, pty=True)
+    )
 
 
 def test_pty_plan_runs_the_command_through_the_init_helper():
     p = pty_plan(new_session=False)
     assert p.pty and "--new-session" not in p.argv
-    tail = p.argv[p.argv.index("--") + 1:]
+    tail = p.argv[p.argv.index("--") + 1 :]
     assert tail[:3] == ["/usr/bin/python3", "-I", "-S"] and "inithelper" in tail[3]
     assert tail[4:] == ["--no-landlock", "--pty", "--", "vim", "x"] and p.command == ["vim", "x"]
     assert p.summary.endswith(", pty")
@@ -131,9 +155,10 @@ def test_no_pty_plan_is_unchanged():
 
 def test_one_helper_carries_landlock_exec_notify_and_pty():
     host = HostFacts(bwrap="/b", is_root=False, python="/py", landlock_abi=7, helper=("/py", "-I", "-S", "/h.pyc"))
-    p = render(RunPlan(command=["sh"], cwd="/w", host=host, fs=FsView(write=[("/w", True)]), exec_notify=True,
-                       pty=True))
-    tail = p.argv[p.argv.index("--") + 1:]
+    p = render(
+        RunPlan(command=["sh"], cwd="/w", host=host, fs=FsView(write=[("/w", True)]), exec_notify=True, pty=True)
+    )
+    tail = p.argv[p.argv.index("--") + 1 :]
     assert tail[:4] == ["/py", "-I", "-S", "/h.pyc"] and tail.count("/py") == 1
     assert tail[-7:] == ["-w", "/w", "--exec-notify", str(EXEC_NOTIFY_FD), "--pty", "--", "sh"]
 
@@ -144,12 +169,19 @@ def test_allow_pty_is_granted_now():
 
 def test_shared_network_gets_landlock_tcp_connect_rules_and_scope():
     host = HostFacts(bwrap="/b", is_root=False, python="/py", landlock_abi=7, helper=("/py", "-I", "-S", "/h.pyc"))
-    p = render(RunPlan(command=["curl"], cwd="/w", host=host,
-                       network=NetPlan(shared=True, connect_only=(40001, 40002))))
-    tail = p.argv[p.argv.index("--") + 1:]
+    p = render(
+        RunPlan(command=["curl"], cwd="/w", host=host, network=NetPlan(shared=True, connect_only=(40001, 40002)))
+    )
+    tail = p.argv[p.argv.index("--") + 1 :]
     for part in (["--restrict-net", "--connect-only"], ["--connect", "40001"], ["--connect", "40002"], ["--scope"]):
-        assert any(tail[i:i + len(part)] == part for i in range(len(tail))), part
+        assert any(tail[i : i + len(part)] == part for i in range(len(tail))), part
     assert "landlock-v7(tcp-connect)" in p.summary
-    old = render(RunPlan(command=["curl"], cwd="/w", host=msgspec.structs.replace(host, landlock_abi=3),
-                         network=NetPlan(shared=True, connect_only=())))
+    old = render(
+        RunPlan(
+            command=["curl"],
+            cwd="/w",
+            host=msgspec.structs.replace(host, landlock_abi=3),
+            network=NetPlan(shared=True, connect_only=()),
+        )
+    )
     assert "--restrict-net" not in old.argv and "landlock-v3" in old.summary

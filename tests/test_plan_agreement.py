@@ -29,18 +29,31 @@ COMMAND = ["true"]
 
 CONFIGS = {
     "filtered-network-and-fs": {
-        "network": {"allowedDomains": ["example.com", "*.example.org"], "deniedDomains": ["bad.example.com"],
-                    "allowLocalOutbound": True, "allowLocalOutboundPorts": [5432]},
-        "filesystem": {"allowWrite": [".", "./build/**", "~/cache"], "denyRead": ["./secret", "~/.ssh"],
-                       "denyWrite": ["./locked"]},
+        "network": {
+            "allowedDomains": ["example.com", "*.example.org"],
+            "deniedDomains": ["bad.example.com"],
+            "allowLocalOutbound": True,
+            "allowLocalOutboundPorts": [5432],
+        },
+        "filesystem": {
+            "allowWrite": [".", "./build/**", "~/cache"],
+            "denyRead": ["./secret", "~/.ssh"],
+            "denyWrite": ["./locked"],
+        },
     },
     "default-deny-read": {
-        "filesystem": {"defaultDenyRead": True, "allowRead": [".", "/usr"], "allowExecute": ["/bin/true"],
-                       "allowWrite": ["./out"]},
+        "filesystem": {
+            "defaultDenyRead": True,
+            "allowRead": [".", "/usr"],
+            "allowExecute": ["/bin/true"],
+            "allowWrite": ["./out"],
+        },
     },
     "relaxed-network": {"network": {"allowedDomains": ["*"]}, "filesystem": {"allowWrite": ["."]}},
-    "argv-exec-policy": {"command": {"deny": ["git push"], "runtimeExecPolicy": "argv"},
-                         "filesystem": {"allowWrite": ["."]}},
+    "argv-exec-policy": {
+        "command": {"deny": ["git push"], "runtimeExecPolicy": "argv"},
+        "filesystem": {"allowWrite": ["."]},
+    },
     "pty-and-devices": {"allowPty": True, "devices": {"allow": ["/dev/null"]}},
 }
 
@@ -48,7 +61,7 @@ CONFIGS = {
 def _printed_argv(stderr: str) -> list[str]:
     for line in stderr.splitlines():
         if line.startswith("[fence] Sandboxed command: "):
-            return shlex.split(line[len("[fence] Sandboxed command: "):])
+            return shlex.split(line[len("[fence] Sandboxed command: ") :])
     raise AssertionError(f"no sandboxed command in:\n{stderr}")
 
 
@@ -58,9 +71,22 @@ def _service_plan(runner, work, env, template: str = "") -> ExecPlanReply:
     resolved = resolve(ConfigResolveRequest(cwd=str(work), template=template, home=home))
     bus = InProcessBus()
     run_sync(ExecutorService().start(bus))
-    return run_sync(bus.request(EXEC_PLAN, ExecPlanRequest(
-        policy=resolved.policy, argv=COMMAND, cwd=str(work), env=env, sandbox=runner.sandbox,
-        chain=resolved.chain, config_dir=resolved.user_config_dir, debug=True), ExecPlanReply))
+    return run_sync(
+        bus.request(
+            EXEC_PLAN,
+            ExecPlanRequest(
+                policy=resolved.policy,
+                argv=COMMAND,
+                cwd=str(work),
+                env=env,
+                sandbox=runner.sandbox,
+                chain=resolved.chain,
+                config_dir=resolved.user_config_dir,
+                debug=True,
+            ),
+            ExecPlanReply,
+        )
+    )
 
 
 class _Run:
@@ -115,8 +141,13 @@ def test_a_plan_that_must_not_run_is_refused_with_the_run_s_reason(self_runner):
     policy = Policy()
     policy.filesystem.default_deny_read = True  # the working directory is then not readable
     with pytest.raises(RemoteError) as e:
-        run_sync(bus.request(EXEC_PLAN, ExecPlanRequest(policy=policy, argv=COMMAND, cwd=str(work),
-                                                        env=self_runner.env()), ExecPlanReply))
+        run_sync(
+            bus.request(
+                EXEC_PLAN,
+                ExecPlanRequest(policy=policy, argv=COMMAND, cwd=str(work), env=self_runner.env()),
+                ExecPlanReply,
+            )
+        )
     assert e.value.code == "refused" and "filesystem.defaultDenyRead" in e.value.message
     with pytest.raises(RemoteError, match="cwd must be an absolute path"):
         run_sync(bus.request(EXEC_PLAN, ExecPlanRequest(policy=Policy(), argv=COMMAND, cwd="rel"), ExecPlanReply))

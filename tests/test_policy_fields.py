@@ -53,12 +53,24 @@ DECIDED: dict[str, tuple[str, ...]] = {
     "filesystem.shmSize": ("fsfacts.gather", "mounts.filesystem_mounts"),
     "devices.mode": ("fsfacts.gather", "mounts.filesystem_mounts"),
     "devices.allow": ("fsfacts.gather", "mounts.filesystem_mounts"),
-    "command.deny": ("preflight.command_rule_hit", "preflight.check_command", "execdeny.plan_for",
-                     "execsupervisor.ExecPolicy"),
-    "command.allow": ("preflight.command_rule_hit", "preflight.check_command", "execdeny.plan_for",
-                      "execsupervisor.ExecPolicy"),
-    "command.useDefaults": ("commandrules.use_defaults", "preflight.check_command", "execdeny.plan_for",
-                            "execsupervisor.ExecPolicy"),
+    "command.deny": (
+        "preflight.command_rule_hit",
+        "preflight.check_command",
+        "execdeny.plan_for",
+        "execsupervisor.ExecPolicy",
+    ),
+    "command.allow": (
+        "preflight.command_rule_hit",
+        "preflight.check_command",
+        "execdeny.plan_for",
+        "execsupervisor.ExecPolicy",
+    ),
+    "command.useDefaults": (
+        "commandrules.use_defaults",
+        "preflight.check_command",
+        "execdeny.plan_for",
+        "execsupervisor.ExecPolicy",
+    ),
     "command.runtimeExecPolicy": ("prepare.prepare", "plan.render", "execsupervisor.Supervisor"),
     "command.acceptSharedBinaryCannotRuntimeDeny": ("execdeny.plan_for", "plan.render"),
     "ssh.allowedHosts": ("sshpolicy._Check.host_rules", "preflight.check_commands"),
@@ -165,8 +177,9 @@ def test_architecture_lists_every_field():
     assert SECTION in text
     section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
     rows = {m.group(1) for m in re.finditer(r"^\| `([^`]+)` \|", section, re.M)}
-    assert rows == set(POLICY_FIELDS), (f"ARCHITECTURE.md: missing {sorted(set(POLICY_FIELDS) - rows)}, "
-                                        f"stale {sorted(rows - set(POLICY_FIELDS))}")
+    assert rows == set(POLICY_FIELDS), (
+        f"ARCHITECTURE.md: missing {sorted(set(POLICY_FIELDS) - rows)}, stale {sorted(rows - set(POLICY_FIELDS))}"
+    )
     for path, (decides, *enforces) in DECIDED.items():
         row = next(line for line in section.splitlines() if line.startswith(f"| `{path}` |"))
         for name in (decides, *enforces):
@@ -186,5 +199,4 @@ class _Model(msgspec.Struct, rename="camel"):
 
 def test_a_new_field_would_be_found():
     """The walk sees nested, optional and listed sections, so no field hides from the table."""
-    assert field_paths(struct_info(_Model)) == ["plain", "section.newSwitch", "maybe.newSwitch",
-                                                 "many[].newSwitch"]
+    assert field_paths(struct_info(_Model)) == ["plain", "section.newSwitch", "maybe.newSwitch", "many[].newSwitch"]

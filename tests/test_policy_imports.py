@@ -35,7 +35,7 @@ def imported(name: str, path: Path) -> set[str]:
             base = node.module or ""
             if node.level:
                 parts = package.split(".")
-                parts = parts[:len(parts) - (node.level - 1)]
+                parts = parts[: len(parts) - (node.level - 1)]
                 base = ".".join(parts + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
@@ -52,7 +52,7 @@ def test_no_import_cycle_among_the_policy_modules():
     done: set[str] = set()
 
     def visit(name: str, path: list[str]) -> None:
-        assert name not in path, "import cycle: " + " -> ".join(path[path.index(name):] + [name])
+        assert name not in path, "import cycle: " + " -> ".join(path[path.index(name) :] + [name])
         if name in done:
             return
         for dep in sorted(edges[name]):
@@ -73,6 +73,5 @@ def test_only_preflight_imports_preflight():
 def test_the_parser_imports_no_other_fence_module():
     for name, path in policy_modules().items():
         if name.startswith(PARSER):
-            outside = sorted(m for m in imported(name, path)
-                             if m.split(".")[0] == "fence" and not m.startswith(PARSER))
+            outside = sorted(m for m in imported(name, path) if m.split(".")[0] == "fence" and not m.startswith(PARSER))
             assert outside == [], f"{name} imports {outside}"

@@ -10,8 +10,8 @@ from fence.defaults import DEFAULT_DENIED_COMMANDS
 from fence.executor import shellparse
 from fence.executor.commandrules import Blocked, RuleSources, matches, rule_tokens
 from fence.executor.preflight import check_command
-from fence.goquote import go_quote
 from fence.executor.shellparse import Command, ParseError, commands, commands_from_argv
+from fence.goquote import go_quote
 from fence.messages import Event, PreflightBlockedEvent
 from fence.policy import CommandConfig, Policy
 
@@ -161,8 +161,8 @@ NESTED = [
     ('dash -c -- "git push"', ["dash -c -- git push", "git push"]),
     ('fish -c "git push"', ["fish -c git push", "git push"]),
     ('fish --command="git push"', ["fish --command=git push", "git push"]),
-    ("bash -c 'bash -c \"sh -c \\\"git push\\\"\"'", None),
-    ("sh -c '\"$@\"' _ git push", ["sh -c \"$@\" _ git push", "git push"]),
+    ('bash -c \'bash -c "sh -c \\"git push\\""\'', None),
+    ("sh -c '\"$@\"' _ git push", ['sh -c "$@" _ git push', "git push"]),
     ("sh -c '$1 $2' _ git push", ["sh -c $1 $2 _ git push", "git push"]),
     ('eval "git push"', ["eval git push", "git push"]),
     ("eval git push", ["eval git push", "git push"]),
@@ -187,26 +187,74 @@ def test_nesting(text, expected):
 
 
 WRAPPERS = [
-    "sudo git push", "sudo -u root -- git push", "sudo -E VAR=1 git push", "doas -u root git push",
-    "env git push", "env -i PATH=/bin git push", "env -u HOME git push", "env - git push", "env -S 'git push'",
-    "env --split-string='git push'", "A=1 git push", "exec git push", "exec -a name git push",
-    "command git push", "builtin command git push", "nohup git push &", "nice git push", "nice -n 5 git push",
-    "nice -10 git push", "nice --adjustment=5 git push", "timeout 5 git push", "timeout -s KILL 10s git push",
-    "timeout --kill-after=1 5 git push", "timeout --foreground 5 git push", "time git push",
-    "/usr/bin/time -f %e git push", "stdbuf -oL git push", "stdbuf -o L -e0 git push", "setsid git push",
-    "setsid -f git push", "xargs git push", "xargs -0 -n1 -P4 git push", "xargs -I{} git push {}",
-    "find . -exec git push {} \\;", "find . -name x -execdir git push {} +", "find . -ok git push \\;",
-    "busybox sh -c 'git push'", "su -c 'git push' root", "su root -c 'git push'", "runuser -u bob -- git push",
-    "script -qc 'git push' /dev/null", "flock /tmp/l git push", "flock -w 5 /tmp/l -c 'git push'",
-    "watch -n1 git push", "watch -x git push", "ionice -c3 git push", "chrt -f 10 git push",
-    "taskset -c 1 git push", "taskset 0x1 git push", "sg staff -c 'git push'", "fakeroot git push",
-    "unbuffer git push", "torsocks git push", "proxychains4 -q git push", "strace -f -o /dev/null git push",
-    "systemd-run --user git push", "nohup nice -n 1 timeout 5 sudo env A=1 git push",
+    "sudo git push",
+    "sudo -u root -- git push",
+    "sudo -E VAR=1 git push",
+    "doas -u root git push",
+    "env git push",
+    "env -i PATH=/bin git push",
+    "env -u HOME git push",
+    "env - git push",
+    "env -S 'git push'",
+    "env --split-string='git push'",
+    "A=1 git push",
+    "exec git push",
+    "exec -a name git push",
+    "command git push",
+    "builtin command git push",
+    "nohup git push &",
+    "nice git push",
+    "nice -n 5 git push",
+    "nice -10 git push",
+    "nice --adjustment=5 git push",
+    "timeout 5 git push",
+    "timeout -s KILL 10s git push",
+    "timeout --kill-after=1 5 git push",
+    "timeout --foreground 5 git push",
+    "time git push",
+    "/usr/bin/time -f %e git push",
+    "stdbuf -oL git push",
+    "stdbuf -o L -e0 git push",
+    "setsid git push",
+    "setsid -f git push",
+    "xargs git push",
+    "xargs -0 -n1 -P4 git push",
+    "xargs -I{} git push {}",
+    "find . -exec git push {} \\;",
+    "find . -name x -execdir git push {} +",
+    "find . -ok git push \\;",
+    "busybox sh -c 'git push'",
+    "su -c 'git push' root",
+    "su root -c 'git push'",
+    "runuser -u bob -- git push",
+    "script -qc 'git push' /dev/null",
+    "flock /tmp/l git push",
+    "flock -w 5 /tmp/l -c 'git push'",
+    "watch -n1 git push",
+    "watch -x git push",
+    "ionice -c3 git push",
+    "chrt -f 10 git push",
+    "taskset -c 1 git push",
+    "taskset 0x1 git push",
+    "sg staff -c 'git push'",
+    "fakeroot git push",
+    "unbuffer git push",
+    "torsocks git push",
+    "proxychains4 -q git push",
+    "strace -f -o /dev/null git push",
+    "systemd-run --user git push",
+    "nohup nice -n 1 timeout 5 sudo env A=1 git push",
     "git -c 'alias.p=!git push' p",
-    "GIT_SSH_COMMAND='git push' git fetch", "GIT_PAGER='git push' git log", "git -c core.pager='git push' log",
-    "git -c core.sshCommand='git push' fetch", "ssh -o ProxyCommand='git push' host",
-    "ssh host -o LocalCommand='git push'", "scp -S 'git push' a b:c", "rsync -e 'git push' a b:c",
-    "rsync --rsh='git push' a b:c", "git clone 'ext::git push'",
+    "GIT_SSH_COMMAND='git push' git fetch",
+    "GIT_PAGER='git push' git log",
+    "git -c core.pager='git push' log",
+    "git -c core.sshCommand='git push' fetch",
+    "ssh -o ProxyCommand='git push' host",
+    "ssh host -o LocalCommand='git push'",
+    "scp -S 'git push' a b:c",
+    "rsync -e 'git push' a b:c",
+    "rsync --rsh='git push' a b:c",
+    "git clone 'ext::git push'",
 ]
 
 
@@ -216,17 +264,31 @@ def test_wrapped_commands_are_found(text):
     assert blocked(text, deny("git push")) is not None
 
 
-@pytest.mark.parametrize("text", ["git -c alias.p=push p origin", "git -c alias.p='push --force' p",
-                                  "git -c alias.x=push -C . x"])
+@pytest.mark.parametrize(
+    "text", ["git -c alias.p=push p origin", "git -c alias.p='push --force' p", "git -c alias.x=push -C . x"]
+)
 def test_git_aliases_given_on_the_command_line(text):
     b = blocked(text, deny("git push"))
     assert b is not None and b.rule == "git push", commands(text)
 
 
-NOT_RUN = ["command -v git push", "command -V git", "sudo -l git push", "sudo -e file", "echo git push",
-           "printf 'git push'", "grep 'git push' log", "man git-push", "cat <<EOF\ngit push\nEOF",
-           "echo '$(git push)'", "for x in git push; do :; done", "case git in push) ;; esac",
-           "ionice -p 1", "taskset -p 1", "sudo -V"]
+NOT_RUN = [
+    "command -v git push",
+    "command -V git",
+    "sudo -l git push",
+    "sudo -e file",
+    "echo git push",
+    "printf 'git push'",
+    "grep 'git push' log",
+    "man git-push",
+    "cat <<EOF\ngit push\nEOF",
+    "echo '$(git push)'",
+    "for x in git push; do :; done",
+    "case git in push) ;; esac",
+    "ionice -p 1",
+    "taskset -p 1",
+    "sudo -V",
+]
 
 
 @pytest.mark.parametrize("text", NOT_RUN)
@@ -235,8 +297,15 @@ def test_data_is_not_a_command(text):
 
 
 def test_unknown_until_run_is_marked_dynamic():
-    for text in ("$(echo git) push", "`which git` push", "$cmd push", '"$x" push', "read x; $x push",
-                 "for x in git; do $x push; done", "IFS=x; y=gitxpush; $y"):
+    for text in (
+        "$(echo git) push",
+        "`which git` push",
+        "$cmd push",
+        '"$x" push',
+        "read x; $x push",
+        "for x in git; do $x push; done",
+        "IFS=x; y=gitxpush; $y",
+    ):
         cmds = commands(text)
         last = cmds[-1]
         assert last.dynamic[0] and last.name == "", (text, cmds)
@@ -370,35 +439,68 @@ def test_matching_details():
 
 # --------------------------------------------------------------------------- the decision and its message
 
+
 def test_message_shapes():
     policy = deny("git push")
     b = blocked("git push origin main", policy)
     assert b is not None
     assert b.message == 'command blocked by sandbox command policy: "git push origin main" matches "git push"'
-    assert (b.command, b.rule, b.default_rule, b.kind, b.source) == ("git push origin main", "git push", False,
-                                                                    "command", "")
+    assert (b.command, b.rule, b.default_rule, b.kind, b.source) == (
+        "git push origin main",
+        "git push",
+        False,
+        "command",
+        "",
+    )
     b = blocked("shutdown -h now", Policy())
     assert b is not None
-    assert b.message == ('command blocked by default sandbox command policy: "shutdown -h now" matches "shutdown" '
-                         "(rule from built-in default deny list)")
+    assert b.message == (
+        'command blocked by default sandbox command policy: "shutdown -h now" matches "shutdown" '
+        "(rule from built-in default deny list)"
+    )
     assert b.default_rule and b.source == "built-in default deny list"
     b = check_command(None, "ls && git push", policy, RuleSources({"command.deny": "template: code"}))
     assert b is not None
-    assert b.message == ('command blocked by sandbox command policy: "git push" matches "git push" '
-                         "(rule from template: code)")
+    assert b.message == (
+        'command blocked by sandbox command policy: "git push" matches "git push" (rule from template: code)'
+    )
     assert go_quote('a "b"\n\\') == '"a \\"b\\"\\n\\\\"'
 
 
 def test_issue_examples():
     policy = deny("git push", "rm -rf", "dangerous-command")
-    for text in ("git push origin main", "ls && git push", "bash -c 'git push'", "rm -rf /tmp/test",
-                 "ls && rm -rf /tmp/test", 'bash -c "rm -rf /tmp/test"', "echo hi; git push --force",
-                 "sudo git push", "env FOO=1 git push", "$(git push)", "`git push`", "(git push)",
-                 "{ git push; }", "if git push; then :; fi", "/usr/bin/git push", "git push 2>&1 | tee log",
-                 "xargs git push", "find . -exec git push \\;", "nohup git push &", "git -C . push"):
+    for text in (
+        "git push origin main",
+        "ls && git push",
+        "bash -c 'git push'",
+        "rm -rf /tmp/test",
+        "ls && rm -rf /tmp/test",
+        'bash -c "rm -rf /tmp/test"',
+        "echo hi; git push --force",
+        "sudo git push",
+        "env FOO=1 git push",
+        "$(git push)",
+        "`git push`",
+        "(git push)",
+        "{ git push; }",
+        "if git push; then :; fi",
+        "/usr/bin/git push",
+        "git push 2>&1 | tee log",
+        "xargs git push",
+        "find . -exec git push \\;",
+        "nohup git push &",
+        "git -C . push",
+    ):
         assert blocked(text, policy) is not None, text
-    for text in ("git pushall", "echo safe command", "git status", "rmdir x", "echo 'git push'",
-                 "git log --grep push", "ls -la"):
+    for text in (
+        "git pushall",
+        "echo safe command",
+        "git status",
+        "rmdir x",
+        "echo 'git push'",
+        "git log --grep push",
+        "ls -la",
+    ):
         assert blocked(text, policy) is None, text
 
 
@@ -461,13 +563,21 @@ def test_blocked_event():
     e = b.event("abc123", ts=5.0)
     assert isinstance(e, PreflightBlockedEvent)
     assert (e.sandbox, e.ts, e.command, e.rule, e.source, e.default_rule, e.kind) == (
-        "abc123", 5.0, "git push", "git push", "template: code", False, "command")
+        "abc123",
+        5.0,
+        "git push",
+        "git push",
+        "template: code",
+        False,
+        "command",
+    )
     back = msgspec.json.decode(msgspec.json.encode(e), type=Event)
     assert back == e
     assert b.event("x").ts > 0
 
 
 # --------------------------------------------------------------------------- where a rule came from
+
 
 def _resolved(cwd, home=None):
     from fence.config.resolve import resolve

@@ -19,17 +19,20 @@ def settings(workdir: Path, config: dict) -> Path:
     return path
 
 
-@pytest.mark.parametrize("args", [
-    ["-c", "git push origin main"],
-    ["-c", "echo start > marker; git push origin main"],
-    ["-c", "ls && git push"],
-    ["-c", "bash -c 'git push'"],
-    ["-c", "if git push; then :; fi"],
-    ["-c", "echo $(git push)"],
-    ["--", "git", "push", "origin", "main"],
-    ["--", "sh", "-c", "git push"],
-    ["--", "env", "GIT_TRACE=1", "git", "push"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-c", "git push origin main"],
+        ["-c", "echo start > marker; git push origin main"],
+        ["-c", "ls && git push"],
+        ["-c", "bash -c 'git push'"],
+        ["-c", "if git push; then :; fi"],
+        ["-c", "echo $(git push)"],
+        ["--", "git", "push", "origin", "main"],
+        ["--", "sh", "-c", "git push"],
+        ["--", "env", "GIT_TRACE=1", "git", "push"],
+    ],
+)
 def test_denied_command_never_runs(fence, args):
     work = fence.workdir()
     cfg = settings(work, {"command": {"deny": ["git push"]}, "filesystem": {"allowWrite": ["."]}})
@@ -46,7 +49,8 @@ def test_reference_message_for_the_simplest_case(fence):
     r = fence.run("-s", str(cfg), "-c", "git push origin main", cwd=str(work))
     assert r.stderr.splitlines()[0] == (
         f'Error: command blocked by sandbox command policy: "git push origin main" matches "git push" '
-        f"(rule from settings: {cfg})")
+        f"(rule from settings: {cfg})"
+    )
 
 
 def test_default_list_and_use_defaults(fence):

@@ -14,16 +14,60 @@ from fence.executor.preflight import check_command
 from fence.executor.shellparse import ParseError
 from fence.policy import CommandConfig, Policy, SSHConfig
 
-POLICY = Policy(command=CommandConfig(deny=["git push", "rm -rf", "dd if=", "sudo", "docker run --privileged"],
-                                      allow=["git push --dry-run"]))
+POLICY = Policy(
+    command=CommandConfig(
+        deny=["git push", "rm -rf", "dd if=", "sudo", "docker run --privileged"], allow=["git push --dry-run"]
+    )
+)
 SOURCES = RuleSources({"command.deny": "template: code"})
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 SHELLISH = list("abcgitpushrmdfx -'\"\\$`(){}[];&|<>#=~*?!\n\t,.0123456789/:@%+^") + [
-    "$(", "${", "$((", "<<", "<<-", "<<<", "&&", "||", "|&", ";;", ">(", "<(", "EOF", "bash -c ", "eval ",
-    "sudo ", "xargs ", "find . -exec ", "git push", "if ", "then ", "fi", "case ", " in ", "esac", "for ",
-    "do ", "done", "function ", "\\\n", "$'", "\\x67", "[[ ", " ]]", "((", "))", "coproc ", "time ", "ssh ",
-    "-o ProxyCommand=", "env -S ", "{a,b}", "{1..3}", "@(", "=(",
+    "$(",
+    "${",
+    "$((",
+    "<<",
+    "<<-",
+    "<<<",
+    "&&",
+    "||",
+    "|&",
+    ";;",
+    ">(",
+    "<(",
+    "EOF",
+    "bash -c ",
+    "eval ",
+    "sudo ",
+    "xargs ",
+    "find . -exec ",
+    "git push",
+    "if ",
+    "then ",
+    "fi",
+    "case ",
+    " in ",
+    "esac",
+    "for ",
+    "do ",
+    "done",
+    "function ",
+    "\\\n",
+    "$'",
+    "\\x67",
+    "[[ ",
+    " ]]",
+    "((",
+    "))",
+    "coproc ",
+    "time ",
+    "ssh ",
+    "-o ProxyCommand=",
+    "env -S ",
+    "{a,b}",
+    "{1..3}",
+    "@(",
+    "=(",
 ]
 shellish = st.lists(st.sampled_from(SHELLISH), max_size=40).map("".join)
 
@@ -41,8 +85,7 @@ def test_parser_never_crashes(text):
 
 
 @FAST
-@given(st.one_of(shellish, st.text(max_size=120)),
-       st.lists(st.one_of(shellish, st.text(max_size=20)), max_size=6))
+@given(st.one_of(shellish, st.text(max_size=120)), st.lists(st.one_of(shellish, st.text(max_size=20)), max_size=6))
 def test_checker_never_raises(text, argv):
     for args in ((None, text), (argv, None), (argv, text)):
         result = check_command(args[0], args[1], POLICY, SOURCES)
@@ -63,9 +106,34 @@ def test_argv_mode_never_crashes(argv):
 
 # --------------------------------------------------------------------------- whitespace invariance
 
-WORDS = ["git", "push", "origin", "rm", "-rf", "/tmp/x", "ls", "echo", "dd", "if=/dev/zero", "of=x", "sudo",
-         "docker", "run", "--privileged", "--debug", "'git push'", '"a b"', "x=1", "$HOME", "--dry-run", "nice",
-         "env", "A=1", "xargs", "time"]
+WORDS = [
+    "git",
+    "push",
+    "origin",
+    "rm",
+    "-rf",
+    "/tmp/x",
+    "ls",
+    "echo",
+    "dd",
+    "if=/dev/zero",
+    "of=x",
+    "sudo",
+    "docker",
+    "run",
+    "--privileged",
+    "--debug",
+    "'git push'",
+    '"a b"',
+    "x=1",
+    "$HOME",
+    "--dry-run",
+    "nice",
+    "env",
+    "A=1",
+    "xargs",
+    "time",
+]
 OPS = ["&&", "||", ";", "|", "&", "\n"]
 
 
@@ -87,8 +155,11 @@ def command_lines(draw):
         elif shape == "bash":
             out += [("w", "bash"), ("w", "-c"), ("w", shlex.quote(" ".join(words)))]
         elif shape == "if":
-            out += [("w", "if")] + [("w", w) for w in words] + [("op", ";"), ("w", "then"), ("w", ":"),
-                                                                 ("op", ";"), ("w", "fi")]
+            out += (
+                [("w", "if")]
+                + [("w", w) for w in words]
+                + [("op", ";"), ("w", "then"), ("w", ":"), ("op", ";"), ("w", "fi")]
+            )
         else:
             out += [("w", w) for w in words]
     return out
@@ -115,8 +186,7 @@ def decision(text: str):
 
 
 @FAST
-@given(command_lines(), st.lists(st.sampled_from(["", " ", "  ", "\t", " \t ", " \\\n "]), min_size=1,
-                                 max_size=5))
+@given(command_lines(), st.lists(st.sampled_from(["", " ", "  ", "\t", " \t ", " \\\n "]), min_size=1, max_size=5))
 def test_decision_invariant_under_whitespace(tokens, gaps):
     base = render(tokens, [" "])
     other = render(tokens, gaps)
@@ -125,8 +195,15 @@ def test_decision_invariant_under_whitespace(tokens, gaps):
 
 
 @FAST
-@given(st.lists(st.sampled_from([w for w in WORDS if w.replace("-", "").replace("/", "").replace("=", "")
-                                 .replace(".", "").isalnum()]), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.sampled_from(
+            [w for w in WORDS if w.replace("-", "").replace("/", "").replace("=", "").replace(".", "").isalnum()]
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_string_and_argv_agree_on_plain_words(words):
     assume("=" not in words[0])  # NAME=value first is an assignment to a shell, a program name to exec
     assume("time" not in words)  # the shell keyword (only -p) is not /usr/bin/time (GNU options)

@@ -30,8 +30,15 @@ def sh(fence, policy: dict, script: str, *args: str, env: dict | None = None):
 
 
 def outside(fence, script: str, *args: str):
-    return subprocess.run(["sh", "-c", script, "sh", *args], user=fence.user, env=fence.env(), cwd=fence.home,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        ["sh", "-c", script, "sh", *args],
+        user=fence.user,
+        env=fence.env(),
+        cwd=fence.home,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 # --- /tmp and /dev/shm ---------------------------------------------------------------------------
@@ -44,8 +51,10 @@ def test_tmp_and_shm_hold_no_more_than_their_size(fence):
     host_dir = fence.workdir()
     assert outside(fence, FILL.format(size=5 * MIB), str(host_dir)).stdout == "wrote\n"
     policy = {"filesystem": {"tmpSize": "4M", "shmSize": 4 * MIB}}
-    script = "; ".join([FILL.format(size=5 * MIB).replace("$1", d) for d in ("/tmp", "/dev/shm")]
-                       + [FILL.format(size=3 * MIB).replace("$1", d) for d in ("/tmp", "/dev/shm")])
+    script = "; ".join(
+        [FILL.format(size=5 * MIB).replace("$1", d) for d in ("/tmp", "/dev/shm")]
+        + [FILL.format(size=3 * MIB).replace("$1", d) for d in ("/tmp", "/dev/shm")]
+    )
     r = sh(fence, policy, script)
     assert r.stdout == "refused\nrefused\nwrote\nwrote\n", r.stderr
     assert "No space left on device" in r.stderr
@@ -57,15 +66,17 @@ def test_default_size_is_a_quarter_of_ram(fence):
     expected = -(-quarter // page) * page  # tmpfs counts whole pages
     r = sh(fence, {}, 'for d in /tmp /dev/shm; do stat -f -c "%b %S" "$d"; done')
     assert r.returncode == 0, r.stderr
-    sizes = [int(blocks) * int(block_size) for blocks, block_size in (line.split() for line in r.stdout.split("\n")
-                                                                      if line)]
+    sizes = [
+        int(blocks) * int(block_size) for blocks, block_size in (line.split() for line in r.stdout.split("\n") if line)
+    ]
     assert sizes == [expected, expected]
 
 
 def test_host_devices_keep_the_hosts_shm(fence):
     """devices.mode "host": /dev/shm is the host's (what the mode is for); /tmp is still sized."""
-    r = sh(fence, {"devices": {"mode": "host"}, "filesystem": {"tmpSize": "4M"}},
-           'stat -f -c %b /tmp; stat -c %d /dev/shm')
+    r = sh(
+        fence, {"devices": {"mode": "host"}, "filesystem": {"tmpSize": "4M"}}, "stat -f -c %b /tmp; stat -c %d /dev/shm"
+    )
     assert r.returncode == 0, r.stderr
     blocks, device = r.stdout.split()
     assert int(blocks) * os.sysconf("SC_PAGE_SIZE") == 4 * MIB
@@ -73,6 +84,7 @@ def test_host_devices_keep_the_hosts_shm(fence):
 
 
 # --- /run/user/<uid> ------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def runtime_dir(fence):
@@ -112,10 +124,12 @@ def runtime_dir(fence):
             shutil.rmtree(base, ignore_errors=True)
 
 
-LOOK = ('ls -A "$1"; cat "$1/secret.txt" 2>/dev/null || echo no-secret; '
-        'cat "$1/granted.txt" 2>/dev/null || echo no-granted; '
-        'test -S "$1/agent.sock" && echo socket || echo no-socket; '
-        'touch "$1/work/new" 2>/dev/null && echo wrote || echo read-only')
+LOOK = (
+    'ls -A "$1"; cat "$1/secret.txt" 2>/dev/null || echo no-secret; '
+    'cat "$1/granted.txt" 2>/dev/null || echo no-granted; '
+    'test -S "$1/agent.sock" && echo socket || echo no-socket; '
+    'touch "$1/work/new" 2>/dev/null && echo wrote || echo read-only'
+)
 EVERYTHING = "agent.sock\ngranted.txt\nsecret.txt\nwork\nsecret.txt content\ngranted.txt content\nsocket\n"
 
 
@@ -129,8 +143,10 @@ def test_user_runtime_dir_is_hidden(fence, runtime_dir):
 
 def test_grants_inside_it_show_what_they_name(fence, runtime_dir):
     path, _ = runtime_dir
-    policy = {"filesystem": {"allowRead": [f"{path}/granted.txt"], "allowWrite": [f"{path}/work"]},
-              "network": {"allowUnixSockets": [f"{path}/agent.sock"]}}
+    policy = {
+        "filesystem": {"allowRead": [f"{path}/granted.txt"], "allowWrite": [f"{path}/work"]},
+        "network": {"allowUnixSockets": [f"{path}/agent.sock"]},
+    }
     r = sh(fence, policy, LOOK, path)
     assert r.stdout == "agent.sock\ngranted.txt\nwork\nno-secret\ngranted.txt content\nsocket\nwrote\n", r.stderr
     assert os.path.exists(f"{path}/work/new")  # the write grant is the host's directory
@@ -147,7 +163,11 @@ def test_xdg_runtime_dir_there_is_repaired(fence, runtime_dir):
     path, made = runtime_dir
     if not made:
         pytest.skip("a real runtime directory: fence would keep its own runtime files in it")
-    r = sh(fence, {}, 'echo "$XDG_RUNTIME_DIR"; touch "$XDG_RUNTIME_DIR/x" && echo usable',
-           env=fence.env(XDG_RUNTIME_DIR=path))
+    r = sh(
+        fence,
+        {},
+        'echo "$XDG_RUNTIME_DIR"; touch "$XDG_RUNTIME_DIR/x" && echo usable',
+        env=fence.env(XDG_RUNTIME_DIR=path),
+    )
     lines = r.stdout.split("\n")
     assert lines[0].startswith("/tmp/fence-runtime-") and lines[1:] == ["usable", ""], r.stderr

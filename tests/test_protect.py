@@ -7,6 +7,7 @@ import subprocess
 
 import msgspec
 import pytest
+
 from fence.config.validate import problems
 from fence.executor.protect import _git_config_refs, protected_paths
 from fence.executor.reserve import DIR, PathSwapped, Placeholder, Reservation
@@ -31,8 +32,9 @@ def test_home_persistence_paths_in_a_granted_tree_are_protected_or_reserved(tmp_
 def test_xdg_config_home_is_protected_too(tmp_path):
     xdg = tmp_path / "xdg"
     xdg.mkdir()
-    p = protected_paths([str(xdg)], str(tmp_path), str(tmp_path / "home"), str(tmp_path / "cfg"),
-                        env={"XDG_CONFIG_HOME": str(xdg)})
+    p = protected_paths(
+        [str(xdg)], str(tmp_path), str(tmp_path / "home"), str(tmp_path / "cfg"), env={"XDG_CONFIG_HOME": str(xdg)}
+    )
     assert str(xdg / "git") in {ph.path for ph in p.placeholders}
 
 
@@ -50,8 +52,13 @@ def test_allow_write_protected_opens_only_what_it_names(tmp_path):
     (home / ".claude").mkdir(parents=True)
     (home / ".claude.json").write_text("{}")
     cfg = tmp_path / "cfg"
-    p = protected_paths([str(home / ".claude"), str(home / ".claude.json"), str(tmp_path)], str(tmp_path),
-                        str(home), str(cfg), opened=[str(home / ".claude.json"), str(tmp_path / "fence.json")])
+    p = protected_paths(
+        [str(home / ".claude"), str(home / ".claude.json"), str(tmp_path)],
+        str(tmp_path),
+        str(home),
+        str(cfg),
+        opened=[str(home / ".claude.json"), str(tmp_path / "fence.json")],
+    )
     assert str(home / ".claude.json") in p.opened and str(home / ".claude.json") not in p.readonly
     assert str(tmp_path / "fence.json") in p.watch  # fence's own config is never opened
     assert str(home / ".claude" / "settings.json") in p.readonly
@@ -59,8 +66,10 @@ def test_allow_write_protected_opens_only_what_it_names(tmp_path):
 
 def test_git_config_reader_finds_hooks_and_includes(tmp_path):
     cfg = tmp_path / "config"
-    cfg.write_text('[core] hooksPath = "h d" # comment\n[include]\n\tpath = a.inc\n'
-                   '[includeIf "gitdir:~/w/"]\n  path = ~/b.inc ; c\n[user]\n\tpath = no\n')
+    cfg.write_text(
+        '[core] hooksPath = "h d" # comment\n[include]\n\tpath = a.inc\n'
+        '[includeIf "gitdir:~/w/"]\n  path = ~/b.inc ; c\n[user]\n\tpath = no\n'
+    )
     refs = _git_config_refs(str(cfg))
     assert refs.hooks_path == ["h d"]
     assert refs.includes == ["a.inc", "~/b.inc"]
@@ -104,8 +113,9 @@ def test_a_placeholder_written_by_the_user_is_kept(tmp_path):
 def test_allow_write_protected_takes_exact_paths_only():
     policy = msgspec.convert({"filesystem": {"allowWriteProtected": ["~/.claude/*", ""]}}, Policy)
     found = problems(policy)
-    assert any("allowWriteProtected[0]" in where and "name each protected path exactly" in msg
-               for where, msg in found), found
+    assert any(
+        "allowWriteProtected[0]" in where and "name each protected path exactly" in msg for where, msg in found
+    ), found
     assert any("allowWriteProtected[1]" in where for where, _ in found), found
 
 
@@ -131,12 +141,37 @@ def test_a_corrupt_or_foreign_registry_never_stops_a_run_or_removes_what_it_name
 
 # --- the table of protected names (fence.protectednames) ---------------------------------------
 
-SRT_AND_FENCE = (".gitconfig", ".gitmodules", ".bashrc", ".bash_profile", ".zshrc", ".zprofile", ".profile",
-                 ".ripgreprc", ".mcp.json", ".vscode", ".idea", ".claude/commands", ".claude/agents",
-                 ".claude/settings.json", ".claude/settings.local.json")
+SRT_AND_FENCE = (
+    ".gitconfig",
+    ".gitmodules",
+    ".bashrc",
+    ".bash_profile",
+    ".zshrc",
+    ".zprofile",
+    ".profile",
+    ".ripgreprc",
+    ".mcp.json",
+    ".vscode",
+    ".idea",
+    ".claude/commands",
+    ".claude/agents",
+    ".claude/settings.json",
+    ".claude/settings.local.json",
+)
 """The Go tool Fence's mandatory protections and srt's dangerous files (docs/filesystem.md#protected-names)."""
-ISSUE_15 = (".claude/settings.json", ".claude/settings.local.json", ".cursor", ".codex/config.toml",
-            ".gemini/settings.json", ".vscode", ".idea", ".envrc", ".devcontainer", ".github/hooks", ".mcp.json")
+ISSUE_15 = (
+    ".claude/settings.json",
+    ".claude/settings.local.json",
+    ".cursor",
+    ".codex/config.toml",
+    ".gemini/settings.json",
+    ".vscode",
+    ".idea",
+    ".envrc",
+    ".devcontainer",
+    ".github/hooks",
+    ".mcp.json",
+)
 
 
 def test_the_table_is_the_union_with_a_reason_a_row():
@@ -172,9 +207,16 @@ def test_the_working_directory_reserves_empty_directories_and_watches_files(tmp_
     reserved = {ph.path: ph.content for ph in p.placeholders}
     for rel in (".cursor", ".codex", ".gemini", ".vscode", ".idea", ".devcontainer", ".opencode", ".github/hooks"):
         assert reserved.get(str(work / rel)) == DIR and str(work / rel) in p.readonly, rel
-    for rel in (".mcp.json", ".envrc", ".devcontainer.json", "opencode.json", ".claude/settings.json",
-                ".claude/settings.local.json",  # a file placeholder is what git add -A commits
-                ".claude/commands", ".claude/hooks"):  # entries that run only when invoked or named
+    for rel in (
+        ".mcp.json",
+        ".envrc",
+        ".devcontainer.json",
+        "opencode.json",
+        ".claude/settings.json",
+        ".claude/settings.local.json",  # a file placeholder is what git add -A commits
+        ".claude/commands",
+        ".claude/hooks",
+    ):  # entries that run only when invoked or named
         assert str(work / rel) in p.watch and str(work / rel) not in reserved, rel
     assert str(work / ".github") in p.pinned  # holds a reserved directory: cannot be renamed away
 
@@ -189,15 +231,17 @@ def test_nested_repositories_watch_and_the_home_rows_stay_in_the_home_directory(
     # ~/.cursor is Cursor's own state: only its mcp.json and hooks.json are protected, not the directory
     assert str(home / ".cursor") not in p.readonly
     assert {str(home / ".cursor" / "mcp.json"), str(home / ".cursor" / "hooks.json")} <= {
-        ph.path for ph in p.placeholders}
+        ph.path for ph in p.placeholders
+    }
 
 
 def test_allow_agent_config_drops_only_the_named_tools_rows(tmp_path):
     work, home = tmp_path / "w", tmp_path / "home"
     (home / ".codex").mkdir(parents=True)
     work.mkdir()
-    p = protected_paths([str(work), str(home / ".codex")], str(work), str(home), str(tmp_path / "cfg"),
-                        open_tools=["codex", "claude"])
+    p = protected_paths(
+        [str(work), str(home / ".codex")], str(work), str(home), str(tmp_path / "cfg"), open_tools=["codex", "claude"]
+    )
     protected = set(p.readonly) | set(p.watch)
     assert not [x for x in protected if "/.codex" in x or "/.claude" in x or x.endswith(".mcp.json")], protected
     assert str(work / ".gemini") in protected and str(work / ".bashrc") in protected
@@ -207,8 +251,9 @@ def test_allow_agent_config_takes_known_tools_only():
     policy = msgspec.convert({"filesystem": {"allowAgentConfig": ["claude", "Codex", "intellij", ""]}}, Policy)
     found = dict(problems(policy))
     assert "$.filesystem.allowAgentConfig[0]" not in found
-    assert found["$.filesystem.allowAgentConfig[1]"].startswith('unknown tool "Codex" in filesystem.allowAgentConfig; '
-                                                                'did you mean "codex"? (tools: claude, codex,')
+    assert found["$.filesystem.allowAgentConfig[1]"].startswith(
+        'unknown tool "Codex" in filesystem.allowAgentConfig; did you mean "codex"? (tools: claude, codex,'
+    )
     assert "did you mean" not in found["$.filesystem.allowAgentConfig[2]"]
     assert "empty tool name" in found["$.filesystem.allowAgentConfig[3]"]
 
@@ -232,8 +277,9 @@ def test_quarantine_moves_a_link_made_in_place_of_a_watched_parent_not_what_it_l
     watched = [str(work / ".claude" / "settings.json"), str(work / ".claude" / "settings.local.json")]
     (work / ".claude").symlink_to(theirs)  # made by the sandbox during the run
     moved = quarantine(watched, "id2")
-    assert [(path, os.path.basename(to)) for path, to, _ in moved] == [(str(work / ".claude"),
-                                                                        ".claude.fence-quarantine-id2")]
+    assert [(path, os.path.basename(to)) for path, to, _ in moved] == [
+        (str(work / ".claude"), ".claude.fence-quarantine-id2")
+    ]
     assert (theirs / "settings.json").read_text() == '{"mine": 1}' and not (work / ".claude").exists()
 
 

@@ -43,14 +43,16 @@ def test_block_names_the_user_config(fence):
 @pytest.mark.sandbox
 def test_block_names_the_file_of_an_extends_chain_that_holds_the_rule(fence):
     work = fence.workdir()
-    base = _write(fence, work / "conf" / "base.json", {"extends": "code", "command": {"deny": ["make release",
-                                                                                              "shared"]}})
+    base = _write(
+        fence, work / "conf" / "base.json", {"extends": "code", "command": {"deny": ["make release", "shared"]}}
+    )
     top = _write(fence, work / "fence.json", {"extends": "./conf/base.json", "command": {"deny": ["shared"]}})
     r = fence.run("-c", "make release", cwd=str(work))
     assert _first_line(r) == f'{BLOCKED}"make release" matches "make release" (rule from file: {base})'
     r = fence.run("-c", "shared thing", cwd=str(work))
-    assert _first_line(r) == (f'{BLOCKED}"shared thing" matches "shared" '
-                              f"(rule from file: {base} + project config: {top})")
+    assert _first_line(r) == (
+        f'{BLOCKED}"shared thing" matches "shared" (rule from file: {base} + project config: {top})'
+    )
     r = fence.run("--", "git", "push", cwd=str(work))
     assert _first_line(r) == f'{BLOCKED}"git push" matches "git push" (rule from template: code)'
 
@@ -78,8 +80,12 @@ def test_debug_prints_the_chain(fence):
     r = fence.run("-d", "--", "true", cwd=str(work), env=fence.env(XDG_CONFIG_HOME=str(xdg)))
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.startswith("[fence] Config: ")]
-    assert lines == [f"[fence] Config: project config: {top}", f"[fence] Config: extends file: {mid}",
-                     f"[fence] Config: extends @base (user config): {user}", "[fence] Config: extends template: code"]
+    assert lines == [
+        f"[fence] Config: project config: {top}",
+        f"[fence] Config: extends file: {mid}",
+        f"[fence] Config: extends @base (user config): {user}",
+        "[fence] Config: extends template: code",
+    ]
     empty = work / "conf" / "empty.json"
     empty.write_text("")
     fence.own(empty)
@@ -91,12 +97,14 @@ def test_debug_prints_the_chain(fence):
 @pytest.mark.sandbox
 def test_files_of_the_chain_stay_read_only(fence):
     work = fence.workdir()
-    base = Path(_write(fence, work / "base.json", {"filesystem": {"allowWrite": ["."]},
-                                                  "command": {"useDefaults": False}}))
+    base = Path(
+        _write(fence, work / "base.json", {"filesystem": {"allowWrite": ["."]}, "command": {"useDefaults": False}})
+    )
     policy = Path(_write(fence, work / "policy.json", {"extends": "./base.json"}))
     before = (base.read_text(), policy.read_text())
-    r = fence.run("-s", str(policy), "-c", "echo '{}' > base.json; echo '{}' > policy.json; echo ok > other.txt",
-                  cwd=str(work))
+    r = fence.run(
+        "-s", str(policy), "-c", "echo '{}' > base.json; echo '{}' > policy.json; echo ok > other.txt", cwd=str(work)
+    )
     assert (base.read_text(), policy.read_text()) == before
     assert (work / "other.txt").read_text() == "ok\n", r.stderr
 
@@ -106,5 +114,6 @@ def test_a_reply_without_records_is_refused():
     with fence's own config files left writable."""
     with pytest.raises(FenceError, match="older than this fence"):
         _user_config_dir(ConfigResolveReply(policy=Policy()))
-    assert _user_config_dir(ConfigResolveReply(policy=Policy(), user_config_dir="/h/.config/fence")) == \
-        "/h/.config/fence"
+    assert (
+        _user_config_dir(ConfigResolveReply(policy=Policy(), user_config_dir="/h/.config/fence")) == "/h/.config/fence"
+    )

@@ -16,8 +16,21 @@ import time
 
 import pytest
 
-from test_proxy_support import (EchoServer, ProxyFactory, Resolver, UpstreamProxy, body_of, connect_tunnel, curl,
-                                make_cert, raw_exchange, read_response, socks_connect, start_origin, status_of)
+from test_proxy_support import (
+    EchoServer,
+    ProxyFactory,
+    Resolver,
+    UpstreamProxy,
+    body_of,
+    connect_tunnel,
+    curl,
+    make_cert,
+    raw_exchange,
+    read_response,
+    socks_connect,
+    start_origin,
+    status_of,
+)
 
 BLOCKED = "Connection blocked by network allowlist\n"
 
@@ -72,8 +85,7 @@ def test_allowed_plain_http(proxy, origin):
 
 def test_blocked_plain_http_exact_response(proxy, origin):
     port = origin.server_address[1]
-    resp = raw_exchange(proxy.http_port, f"GET http://other.test:{port}/ HTTP/1.1\r\nHost: other.test\r\n\r\n"
-                        .encode())
+    resp = raw_exchange(proxy.http_port, f"GET http://other.test:{port}/ HTTP/1.1\r\nHost: other.test\r\n\r\n".encode())
     head, body = resp.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 403 Forbidden\r\n")
     assert b"\r\nContent-Type: text/plain; charset=utf-8\r\n" in head
@@ -134,9 +146,22 @@ def test_idn(factory, origin, resolver):
 
 
 # --- canonicalisation: no spelling of a denied host gets through -------------------------------
-IP_SPELLINGS = ["127.1", "2130706433", "0x7f.1", "0x7f000001", "0177.0.0.1", "127.0.0.1.", "127.000.0.1",
-                "１２７.０.０.１", "127。0。0。1", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "127.0.0.1%00",
-                "127.0.0.1 ", "0.0.0.0.127.0.0.1"]
+IP_SPELLINGS = [
+    "127.1",
+    "2130706433",
+    "0x7f.1",
+    "0x7f000001",
+    "0177.0.0.1",
+    "127.0.0.1.",
+    "127.000.0.1",
+    "１２７.０.０.１",
+    "127。0。0。1",
+    "[::ffff:127.0.0.1]",
+    "[::ffff:7f00:1]",
+    "127.0.0.1%00",
+    "127.0.0.1 ",
+    "0.0.0.0.127.0.0.1",
+]
 
 
 @pytest.mark.parametrize("spelling", IP_SPELLINGS)
@@ -145,8 +170,10 @@ def test_ip_spellings_of_a_denied_address_are_blocked(factory, origin, spelling)
     try:
         port = origin.server_address[1]
         before = len(origin.requests)
-        for request in (f"GET http://{spelling}:{port}/ HTTP/1.1\r\n\r\n",
-                        f"CONNECT {spelling}:{port} HTTP/1.1\r\n\r\n"):
+        for request in (
+            f"GET http://{spelling}:{port}/ HTTP/1.1\r\n\r\n",
+            f"CONNECT {spelling}:{port} HTTP/1.1\r\n\r\n",
+        ):
             resp = raw_exchange(p.http_port, request.encode())
             assert status_of(resp) in (400, 403), (request, resp)
         assert len(origin.requests) == before
@@ -154,8 +181,15 @@ def test_ip_spellings_of_a_denied_address_are_blocked(factory, origin, spelling)
         factory.close(p)
 
 
-NAME_SPELLINGS = ["exa\u00admple.test", "example\u3002test", "example\uff0etest", "ｅｘａｍｐｌｅ.test",
-                  "EXAMPLE.TEST", "example.test.", "Example.Test."]
+NAME_SPELLINGS = [
+    "exa\u00admple.test",
+    "example\u3002test",
+    "example\uff0etest",
+    "ｅｘａｍｐｌｅ.test",
+    "EXAMPLE.TEST",
+    "example.test.",
+    "Example.Test.",
+]
 
 
 @pytest.mark.parametrize("spelling", NAME_SPELLINGS)
@@ -205,13 +239,17 @@ def test_resolved_address_in_denied_list_is_blocked(factory, origin, resolver):
 # --- Host header, keep-alive, bodies -----------------------------------------------------------
 def test_host_header_mismatch_bypasses_nothing(proxy, origin):
     port = origin.server_address[1]
-    resp = raw_exchange(proxy.http_port, f"GET http://a.ok.test:{port}/x HTTP/1.1\r\nHost: bad.ok.test\r\n"
-                        f"Proxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\n\r\n".encode())
+    resp = raw_exchange(
+        proxy.http_port,
+        f"GET http://a.ok.test:{port}/x HTTP/1.1\r\nHost: bad.ok.test\r\n"
+        f"Proxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\n\r\n".encode(),
+    )
     got = json.loads(body_of(resp))
     assert got["host"] == f"a.ok.test:{port}"  # the URI's host, not the header's
     assert not any(k.lower().startswith("proxy-") for k in got["headers"])
-    resp = raw_exchange(proxy.http_port, f"GET http://bad.ok.test:{port}/x HTTP/1.1\r\nHost: a.ok.test\r\n\r\n"
-                        .encode())
+    resp = raw_exchange(
+        proxy.http_port, f"GET http://bad.ok.test:{port}/x HTTP/1.1\r\nHost: a.ok.test\r\n\r\n".encode()
+    )
     assert status_of(resp) == 403
 
 
@@ -242,8 +280,15 @@ def test_request_bodies_and_chunked_responses(proxy, origin):
     port = origin.server_address[1]
     r = curl("--proxy", proxy.url, "--data-binary", "a=1&b=2", f"http://a.ok.test:{port}/post")
     assert json_body(r)["body"] == "a=1&b=2" and json_body(r)["method"] == "POST"
-    r = curl("--proxy", proxy.url, "-H", "Transfer-Encoding: chunked", "--data-binary", "chunky",
-             f"http://a.ok.test:{port}/post")
+    r = curl(
+        "--proxy",
+        proxy.url,
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        "chunky",
+        f"http://a.ok.test:{port}/post",
+    )
     assert json_body(r)["body"] == "chunky"
     r = curl("--proxy", proxy.url, f"http://a.ok.test:{port}/chunked")
     assert r.stdout == "hello chunked world\n"
@@ -345,30 +390,34 @@ def test_half_open_tunnel_is_closed_after_timeout(factory):
 
 def test_bulk_through_tunnel(proxy, origin):
     port = origin.server_address[1]
-    r = curl("-p", "--proxy", proxy.url, "-o", "/dev/null", "-w", "%{size_download}",
-             f"http://a.ok.test:{port}/big/20000000")
+    r = curl(
+        "-p", "--proxy", proxy.url, "-o", "/dev/null", "-w", "%{size_download}", f"http://a.ok.test:{port}/big/20000000"
+    )
     assert r.stdout == "20000000"
 
 
 # --- hostile input -----------------------------------------------------------------------------
-@pytest.mark.parametrize("request_bytes, status", [
-    (b"hello\r\n\r\n", 400),
-    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nHost: a.ok.test\r\n\r\n", 400),  # origin form: not a proxy request
-    (b"GET https://a.ok.test/ HTTP/1.1\r\n\r\n", 400),
-    (b"GET http://a.ok.test/ HTTP/2.0\r\n\r\n", 505),
-    (b"GET http://a.ok.test/ HTTP/1.1\r\nX: a\r\n  folded\r\n\r\n", 400),
-    (b"GET http://a.ok.test/ HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
-    (b"POST http://a.ok.test/ HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc", 400),
-    (b"POST http://a.ok.test/ HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc", 400),
-    (b"POST http://a.ok.test/ HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
-    (b"GET http://user@a.ok.test/ HTTP/1.1\r\n\r\n", 400),
-    (b"GET http://a.ok.test:99999/ HTTP/1.1\r\n\r\n", 400),
-    (b"GET http://a.ok.test:+80/ HTTP/1.1\r\n\r\n", 400),
-    (b"CONNECT a.ok.test:0x1bb HTTP/1.1\r\n\r\n", 400),
-    (b"CONNECT [::1 HTTP/1.1\r\n\r\n", 400),
-    (b"GET http://a.ok.test/ HTTP/1.1\r\nX: \x00\r\n\r\n", 400),
-])
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"hello\r\n\r\n", 400),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a.ok.test\r\n\r\n", 400),  # origin form: not a proxy request
+        (b"GET https://a.ok.test/ HTTP/1.1\r\n\r\n", 400),
+        (b"GET http://a.ok.test/ HTTP/2.0\r\n\r\n", 505),
+        (b"GET http://a.ok.test/ HTTP/1.1\r\nX: a\r\n  folded\r\n\r\n", 400),
+        (b"GET http://a.ok.test/ HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
+        (b"POST http://a.ok.test/ HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc", 400),
+        (b"POST http://a.ok.test/ HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc", 400),
+        (b"POST http://a.ok.test/ HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"GET http://user@a.ok.test/ HTTP/1.1\r\n\r\n", 400),
+        (b"GET http://a.ok.test:99999/ HTTP/1.1\r\n\r\n", 400),
+        (b"GET http://a.ok.test:+80/ HTTP/1.1\r\n\r\n", 400),
+        (b"CONNECT a.ok.test:0x1bb HTTP/1.1\r\n\r\n", 400),
+        (b"CONNECT [::1 HTTP/1.1\r\n\r\n", 400),
+        (b"GET http://a.ok.test/ HTTP/1.1\r\nX: \x00\r\n\r\n", 400),
+    ],
+)
 def test_malformed_requests(proxy, request_bytes, status):
     resp = raw_exchange(proxy.http_port, request_bytes)
     assert status_of(resp) == status, resp
@@ -517,8 +566,12 @@ def upstream():
 
 
 def test_grey_traffic_goes_through_upstream(factory, upstream, origin, resolver):
-    p = factory.open(allowed_domains=["direct.test"], denied_domains=["never.test"], default_action="proxy",
-                     upstream_proxy=f"http://user:pw@127.0.0.1:{upstream.port}")
+    p = factory.open(
+        allowed_domains=["direct.test"],
+        denied_domains=["never.test"],
+        default_action="proxy",
+        upstream_proxy=f"http://user:pw@127.0.0.1:{upstream.port}",
+    )
     try:
         port = origin.server_address[1]
         resolver.calls.clear()
@@ -605,8 +658,14 @@ def test_attach_serves_passed_in_listening_sockets(factory, origin):
     from fence.subjects import PROXY_SESSION_OPEN
 
     # a policy that allows nothing gets no listeners of its own; the bridge brings them
-    opened = run_sync(factory.bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
-        sandbox="bridged01", network=NetworkConfig(denied_domains=["x.test"])), ProxySessionOpened, timeout=10))
+    opened = run_sync(
+        factory.bus.request(
+            PROXY_SESSION_OPEN,
+            ProxySessionOpen(sandbox="bridged01", network=NetworkConfig(denied_domains=["x.test"])),
+            ProxySessionOpened,
+            timeout=10,
+        )
+    )
     assert opened.http_port == 0
     lh, ls = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
     factory.service.attach("bridged01", lh, ls)
@@ -632,8 +691,10 @@ def test_events_and_console_lines(proxy, origin):
     curl("--socks5-hostname", f"127.0.0.1:{proxy.socks_port}", f"http://bad.ok.test:{port}/")
     events = proxy.wait_events(3)
     assert [(e.proto, e.method, e.host, e.outcome, e.status) for e in events] == [
-        ("http", "GET", "a.ok.test", "allowed", 200), ("http", "CONNECT", "nope.test", "blocked", 403),
-        ("socks", "CONNECT", "bad.ok.test", "blocked", 2)]
+        ("http", "GET", "a.ok.test", "allowed", 200),
+        ("http", "CONNECT", "nope.test", "blocked", 403),
+        ("socks", "CONNECT", "bad.ok.test", "blocked", 2),
+    ]
     assert all(e.sandbox == proxy.opened.sandbox for e in events)
     debug = [line for e in events for line in net_lines(e, debug=True)]
     t = r"\d\d:\d\d:\d\d"
@@ -649,11 +710,21 @@ def test_events_and_console_lines(proxy, origin):
 
 
 def test_long_urls_are_truncated_in_lines():
-    from fence.messages import NetDecisionEvent
     from fence.eventlines import request_line
+    from fence.messages import NetDecisionEvent
 
-    ev = NetDecisionEvent(sandbox="s", ts=0, proto="http", method="GET", host="a.test", port=80,
-                          url="http://a.test/" + "x" * 100, status=403, outcome="blocked", duration_ms=0.4)
+    ev = NetDecisionEvent(
+        sandbox="s",
+        ts=0,
+        proto="http",
+        method="GET",
+        host="a.test",
+        port=80,
+        url="http://a.test/" + "x" * 100,
+        status=403,
+        outcome="blocked",
+        duration_ms=0.4,
+    )
     line = request_line(ev)
     assert line.endswith(" http://a.test/" + "x" * 43 + "... (0ms)")
 
@@ -715,8 +786,9 @@ def test_upgrade_101_becomes_a_tunnel(proxy):
     t.start()
     try:
         with socket.create_connection(("127.0.0.1", proxy.http_port), timeout=5) as s:
-            s.sendall(f"GET http://a.ok.test:{port}/ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
-                      .encode())
+            s.sendall(
+                f"GET http://a.ok.test:{port}/ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n".encode()
+            )
             head = b""
             while b"\r\n\r\n" not in head:
                 head += s.recv(4096)
@@ -731,8 +803,16 @@ def test_expect_100_continue(proxy, origin):
     port = origin.server_address[1]
     body = "z" * 5000
     start = time.monotonic()
-    r = curl("-v", "--proxy", proxy.url, "-H", "Expect: 100-continue", "--data-binary", body,
-             f"http://a.ok.test:{port}/expect")
+    r = curl(
+        "-v",
+        "--proxy",
+        proxy.url,
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        body,
+        f"http://a.ok.test:{port}/expect",
+    )
     assert r.returncode == 0, r.stderr
     assert json_body(r)["body"] == body
     assert "HTTP/1.1 100 Continue" in r.stderr
@@ -790,10 +870,21 @@ def test_loopback_relaxed_only(resolver):
     service = ProxyService(loopback="relaxed", resolver=resolver)
     run_sync(service.start(bus))
     try:
-        strict = run_sync(bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
-            sandbox="aa01", network=NetworkConfig(allowed_domains=["a.test"])), ProxySessionOpened))
-        relaxed = run_sync(bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
-            sandbox="aa02", network=NetworkConfig(allowed_domains=["*"])), ProxySessionOpened, timeout=10))
+        strict = run_sync(
+            bus.request(
+                PROXY_SESSION_OPEN,
+                ProxySessionOpen(sandbox="aa01", network=NetworkConfig(allowed_domains=["a.test"])),
+                ProxySessionOpened,
+            )
+        )
+        relaxed = run_sync(
+            bus.request(
+                PROXY_SESSION_OPEN,
+                ProxySessionOpen(sandbox="aa02", network=NetworkConfig(allowed_domains=["*"])),
+                ProxySessionOpened,
+                timeout=10,
+            )
+        )
         assert strict.http_port == 0 and not strict.relaxed
         assert relaxed.http_port and relaxed.relaxed
     finally:
@@ -813,13 +904,24 @@ def test_listeners_only_when_the_intent_lets_something_through(resolver):
     service = ProxyService(resolver=resolver)
     run_sync(service.start(bus))
     try:
-        for i, network in enumerate((NetworkConfig(), NetworkConfig(denied_domains=["a.test"]),
-                                     NetworkConfig(default_action="proxy"),  # no upstream: grey is denied
-                                     NetworkConfig(upstream_proxy="http://127.0.0.1:9"),  # no defaultAction
-                                     NetworkConfig(default_action="proxy", upstream_proxy="http://127.0.0.1:9"),
-                                     NetworkConfig(allowed_domains=["a.test"]))):
-            opened = run_sync(bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(sandbox=f"bb{i:02d}", network=network),
-                                          ProxySessionOpened, timeout=10))
+        for i, network in enumerate(
+            (
+                NetworkConfig(),
+                NetworkConfig(denied_domains=["a.test"]),
+                NetworkConfig(default_action="proxy"),  # no upstream: grey is denied
+                NetworkConfig(upstream_proxy="http://127.0.0.1:9"),  # no defaultAction
+                NetworkConfig(default_action="proxy", upstream_proxy="http://127.0.0.1:9"),
+                NetworkConfig(allowed_domains=["a.test"]),
+            )
+        ):
+            opened = run_sync(
+                bus.request(
+                    PROXY_SESSION_OPEN,
+                    ProxySessionOpen(sandbox=f"bb{i:02d}", network=network),
+                    ProxySessionOpened,
+                    timeout=10,
+                )
+            )
             assert bool(opened.http_port) == (intent(network) != NONE), network
     finally:
         run_sync(service.stop())

@@ -16,8 +16,7 @@ import tracemalloc
 
 import pytest
 
-from test_proxy_support import (EchoServer, ProxyFactory, Resolver, fd_count, read_response, start_origin,
-                                status_of)
+from test_proxy_support import EchoServer, ProxyFactory, Resolver, fd_count, read_response, start_origin, status_of
 
 TUNNELS = 1000
 

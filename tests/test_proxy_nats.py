@@ -30,12 +30,23 @@ def supervisor(tmp_path_factory):
     root = tmp_path_factory.mktemp("proxysup")
     (root / "run").mkdir(mode=0o700)
     (root / "home").mkdir()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root / "home"), "LANG": "C.UTF-8",
-           "XDG_RUNTIME_DIR": str(root / "run"), "XDG_DATA_HOME": str(root / "data")}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(root / "home"),
+        "LANG": "C.UTF-8",
+        "XDG_RUNTIME_DIR": str(root / "run"),
+        "XDG_DATA_HOME": str(root / "data"),
+    }
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "fence.supervisor", *args], env=env, capture_output=True,
-                              text=True, timeout=40, cwd=root)
+        return subprocess.run(
+            [sys.executable, "-m", "fence.supervisor", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=40,
+            cwd=root,
+        )
 
     r = cli("up", "--detach")
     assert r.returncode == 0, r.stderr
@@ -50,8 +61,14 @@ def supervisor(tmp_path_factory):
 
 
 def test_session_over_nats_events_and_metrics(supervisor):
-    from fence.messages import (Event, NetDecisionEvent, ProxySessionClose, ProxySessionClosed, ProxySessionOpen,
-                                ProxySessionOpened)
+    from fence.messages import (
+        Event,
+        NetDecisionEvent,
+        ProxySessionClose,
+        ProxySessionClosed,
+        ProxySessionOpen,
+        ProxySessionOpened,
+    )
     from fence.natsbus import NatsBus
     from fence.policy import NetworkConfig
     from fence.subjects import PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN
@@ -62,15 +79,24 @@ def test_session_over_nats_events_and_metrics(supervisor):
     events: list = []
 
     async def main():
-        bus = await NatsBus.connect(creds.url, user=creds.user, password=creds.password,
-                                    inbox_prefix=creds.inbox_prefix, name="test-proxy")
+        bus = await NatsBus.connect(
+            creds.url, user=creds.user, password=creds.password, inbox_prefix=creds.inbox_prefix, name="test-proxy"
+        )
         try:
+
             async def on_event(ev):
                 events.append(ev)
 
             sub = await bus.subscribe(f"fence.events.{sandbox}.net", Event, on_event)
-            opened = await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(sandbox=sandbox, network=NetworkConfig(
-                allowed_domains=["127.0.0.1"], denied_domains=["blocked.invalid"])), ProxySessionOpened, timeout=5)
+            opened = await bus.request(
+                PROXY_SESSION_OPEN,
+                ProxySessionOpen(
+                    sandbox=sandbox,
+                    network=NetworkConfig(allowed_domains=["127.0.0.1"], denied_domains=["blocked.invalid"]),
+                ),
+                ProxySessionOpened,
+                timeout=5,
+            )
             assert opened.http_port and opened.socks_port and opened.address == "127.0.0.1"
             loop = asyncio.get_running_loop()
 
@@ -90,8 +116,9 @@ def test_session_over_nats_events_and_metrics(supervisor):
             deadline = loop.time() + 5
             while len(events) < 3 and loop.time() < deadline:
                 await asyncio.sleep(0.02)
-            closed = await bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=sandbox), ProxySessionClosed,
-                                       timeout=5)
+            closed = await bus.request(
+                PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=sandbox), ProxySessionClosed, timeout=5
+            )
             assert closed.existed
             await sub.unsubscribe()
         finally:
@@ -102,8 +129,7 @@ def test_session_over_nats_events_and_metrics(supervisor):
     finally:
         echo.close()
     assert all(isinstance(e, NetDecisionEvent) and e.sandbox == sandbox for e in events)
-    assert [(e.proto, e.outcome) for e in events] == [("http", "allowed"), ("http", "blocked"),
-                                                       ("socks", "blocked")]
+    assert [(e.proto, e.outcome) for e in events] == [("http", "allowed"), ("http", "blocked"), ("socks", "blocked")]
     proxy = next(c for c in info.components if c.name == "proxy")
     body = ""
     deadline = time.monotonic() + 3

@@ -21,8 +21,7 @@ import threading
 import time
 
 from fence.bus import InProcessBus, run_sync
-from fence.messages import (Event, ProxySessionClose, ProxySessionClosed, ProxySessionOpen,
-                            ProxySessionOpened)
+from fence.messages import Event, ProxySessionClose, ProxySessionClosed, ProxySessionOpen, ProxySessionOpened
 from fence.policy import NetworkConfig
 from fence.proxy.service import ProxyService
 from fence.subjects import PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN
@@ -64,8 +63,14 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
         server = self.server
         assert isinstance(server, ThreadingServer)
         if server.requests is not None:
-            server.requests.append({"method": self.command, "path": self.path,
-                                         "headers": dict(self.headers.items()), "conn": id(self.connection)})
+            server.requests.append(
+                {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": dict(self.headers.items()),
+                    "conn": id(self.connection),
+                }
+            )
         if self.path.startswith("/chunked"):
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -81,8 +86,15 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"x" * n)
             return
-        data = json.dumps({"method": self.command, "path": self.path, "host": self.headers.get("Host"),
-                           "headers": dict(self.headers.items()), "body": body.decode("latin-1")}).encode()
+        data = json.dumps(
+            {
+                "method": self.command,
+                "path": self.path,
+                "host": self.headers.get("Host"),
+                "headers": dict(self.headers.items()),
+                "body": body.decode("latin-1"),
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -126,9 +138,28 @@ def start_origin(tls_context: ssl.SSLContext | None = None, record: bool = True)
 def make_cert(directory: str, name: str) -> tuple[str, str]:
     """A self-signed certificate for ``name`` (openssl CLI); returns (cert, key) paths."""
     cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-                    "-days", "2", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            f"subjectAltName=DNS:{name}",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -299,14 +330,23 @@ class ProxyFactory:
     def open(self, **network) -> Proxy:
         self._n += 1
         sandbox = f"{os.getpid():x}{self._n:04x}"
-        opened = run_sync(self.bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
-            sandbox=sandbox, network=NetworkConfig(**network)), ProxySessionOpened, timeout=10))
+        opened = run_sync(
+            self.bus.request(
+                PROXY_SESSION_OPEN,
+                ProxySessionOpen(sandbox=sandbox, network=NetworkConfig(**network)),
+                ProxySessionOpened,
+                timeout=10,
+            )
+        )
         assert self.service is not None, "start() first"
         return Proxy(self.service, self.bus, opened, self.events.setdefault(sandbox, []))
 
     def close(self, proxy: Proxy) -> ProxySessionClosed:
-        return run_sync(self.bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=proxy.opened.sandbox),
-                                         ProxySessionClosed, timeout=10))
+        return run_sync(
+            self.bus.request(
+                PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=proxy.opened.sandbox), ProxySessionClosed, timeout=10
+            )
+        )
 
     def stop(self) -> None:
         if self.service is not None:
@@ -315,8 +355,9 @@ class ProxyFactory:
 
 # --- clients ---------------------------------------------------------------------------------
 def curl(*args: str, timeout: float = 15) -> subprocess.CompletedProcess:
-    return subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True, text=True,
-                          env=CURL_ENV, timeout=timeout)
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "10", *args], capture_output=True, text=True, env=CURL_ENV, timeout=timeout
+    )
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 5.0, host: str = "127.0.0.1") -> bytes:
@@ -369,8 +410,9 @@ def connect_tunnel(port: int, target: bytes, timeout: float = 5.0) -> tuple[sock
     return s, head
 
 
-def socks_connect(port: int, atyp: int, addr: bytes, dport: int, cmd: int = 1, methods: bytes = b"\x00",
-                  timeout: float = 5.0) -> tuple[socket.socket, bytes]:
+def socks_connect(
+    port: int, atyp: int, addr: bytes, dport: int, cmd: int = 1, methods: bytes = b"\x00", timeout: float = 5.0
+) -> tuple[socket.socket, bytes]:
     """A raw SOCKS5 handshake; returns (socket, the reply bytes)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.sendall(b"\x05" + bytes([len(methods)]) + methods)

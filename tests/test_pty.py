@@ -77,8 +77,9 @@ def config(fence, text: str = PTY):
 
 def test_command_owns_a_fresh_terminal(fence):
     cfg, work = config(fence)
-    with fence.terminal("-d", "-s", cfg, "--", "sh", "-c", 'tty; exec python3 -c "$1"', "sh", TERMINAL_FACTS,
-                        cwd=work) as term:
+    with fence.terminal(
+        "-d", "-s", cfg, "--", "sh", "-c", 'tty; exec python3 -c "$1"', "sh", TERMINAL_FACTS, cwd=work
+    ) as term:
         assert term.wait() == 0
     screen = term.text.replace("\r\n", "\n")
     assert "tty-in True tty-out True" in screen

@@ -76,8 +76,7 @@ def test_tmp_is_private(fence):
 
 
 def test_environment(fence):
-    env = fence.env(LD_PRELOAD="/nonexistent/evil.so", LD_LIBRARY_PATH="/evil", ld_lower="kept",
-                    SECRET_TOKEN="passes")
+    env = fence.env(LD_PRELOAD="/nonexistent/evil.so", LD_LIBRARY_PATH="/evil", ld_lower="kept", SECRET_TOKEN="passes")
     r = fence.run("--", "env", env=env)
     assert r.returncode == 0
     names = {line.split("=", 1)[0] for line in r.stdout.splitlines()}
@@ -100,10 +99,12 @@ def test_no_network_at_all(fence):
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        script = ("import socket,sys\n"
-                  f"s=socket.socket(); s.settimeout(2)\n"
-                  f"try:\n s.connect(('127.0.0.1',{port})); print('CONNECTED')\n"
-                  "except OSError as e: print('REFUSED', e.errno)\n")
+        script = (
+            "import socket,sys\n"
+            f"s=socket.socket(); s.settimeout(2)\n"
+            f"try:\n s.connect(('127.0.0.1',{port})); print('CONNECTED')\n"
+            "except OSError as e: print('REFUSED', e.errno)\n"
+        )
         r = fence.run("--", "python3", "-c", script)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("REFUSED")
@@ -167,8 +168,7 @@ def test_signals_reach_the_command(fence, sig):
 
 
 def test_signal_kills_uncooperative_command_with_128_plus_n(fence):
-    proc = fence.popen("--", "sh", "-c", "echo ready; exec sleep 30", stdout=__import__("subprocess").PIPE,
-                       text=True)
+    proc = fence.popen("--", "sh", "-c", "echo ready; exec sleep 30", stdout=__import__("subprocess").PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"
         time.sleep(0.05)
@@ -181,6 +181,7 @@ def test_signal_kills_uncooperative_command_with_128_plus_n(fence):
 
 
 # --- fence's own errors -----------------------------------------------------------
+
 
 def test_no_command(fence):
     r = fence.run()
@@ -199,8 +200,14 @@ def test_missing_settings_file_is_refused(fence):
 def test_argv_that_is_not_utf8_runs_and_is_reported(fence):
     """Such bytes reach the command unchanged; the lifecycle event carries them escaped (it used to crash the run
     with a traceback after bwrap had started)."""
-    r = subprocess.run(fence.argv("-d", "--", "sh", "-c", 'printf "%s" "$1" | od -An -c', "sh", os.fsdecode(b"x\xff")),
-                       env=fence.env(), cwd=fence.home, user=fence.user, capture_output=True, timeout=30)
+    r = subprocess.run(
+        fence.argv("-d", "--", "sh", "-c", 'printf "%s" "$1" | od -An -c', "sh", os.fsdecode(b"x\xff")),
+        env=fence.env(),
+        cwd=fence.home,
+        user=fence.user,
+        capture_output=True,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr
     assert b"x 377" in r.stdout and b"Traceback" not in r.stderr
     assert b"exited with code 0" in r.stderr
@@ -211,9 +218,16 @@ def test_descriptors_fence_inherits_do_not_reach_the_sandbox(fence):
     marker = os.open("/dev/null", os.O_RDONLY)
     try:
         os.set_inheritable(marker, True)
-        r = subprocess.run(fence.argv("--", "sh", "-c", f"test -e /proc/self/fd/{marker} && echo LEAKED || echo ok"),
-                           env=fence.env(), cwd=fence.home, user=fence.user, capture_output=True, text=True,
-                           timeout=30, pass_fds=(marker,))
+        r = subprocess.run(
+            fence.argv("--", "sh", "-c", f"test -e /proc/self/fd/{marker} && echo LEAKED || echo ok"),
+            env=fence.env(),
+            cwd=fence.home,
+            user=fence.user,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            pass_fds=(marker,),
+        )
     finally:
         os.close(marker)
     assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
@@ -274,6 +288,7 @@ def test_signal_reaches_the_whole_process_group(fence):
 
 # --- policy fields that the foundation already honours ------------------------------
 
+
 def _write_config(fence, work, text):
     cfg = work / "fence.json"
     cfg.write_text(text)
@@ -290,8 +305,15 @@ def test_deny_read_masks_files_dirs_and_globs(fence):
     link = work / "link-to-token"
     link.symlink_to(work / "token.txt")
     cfg = _write_config(fence, work, '{"filesystem": {"denyRead": ["secret-dir", "token.txt", "id_*", "missing"]}}')
-    r = fence.run("-s", cfg, "--", "sh", "-c",
-                  "ls -A secret-dir; cat secret-dir/key token.txt id_rsa link-to-token; cat visible.txt", cwd=str(work))
+    r = fence.run(
+        "-s",
+        cfg,
+        "--",
+        "sh",
+        "-c",
+        "ls -A secret-dir; cat secret-dir/key token.txt id_rsa link-to-token; cat visible.txt",
+        cwd=str(work),
+    )
     assert "SECRET" not in r.stdout and "TOKEN" not in r.stdout and "PRIVATE" not in r.stdout
     assert "fine" in r.stdout
     assert (work / "secret-dir" / "key").read_text() == "TOP SECRET\n"  # host untouched
@@ -336,8 +358,9 @@ def test_allow_all_unix_sockets(fence):
 def test_debug_says_the_run_is_lone(fence):
     r = fence.run("-d", "--", "true", cwd=str(fence.workdir()))
     assert r.returncode == 0, r.stderr
-    assert r.stderr.splitlines()[0] == ("[fence] Lone run: no supervisor; the config, proxy and monitor services "
-                                        "run in this process"), r.stderr
+    assert r.stderr.splitlines()[0] == (
+        "[fence] Lone run: no supervisor; the config, proxy and monitor services run in this process"
+    ), r.stderr
     assert "Supervised run" not in r.stderr
     assert "Lone run" not in fence.run("--", "true", cwd=str(fence.workdir())).stderr  # -d only
 
@@ -352,7 +375,10 @@ def test_linux_features_report(fence):
 
 
 def test_no_new_user_namespaces_inside(fence):
-    r = fence.run("-c", "python3 -c 'import os; os.unshare(os.CLONE_NEWUSER)' && echo CREATED; "
-                        "python3 -c 'import os; os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNS)' && echo CREATED; "
-                        "echo end")
+    r = fence.run(
+        "-c",
+        "python3 -c 'import os; os.unshare(os.CLONE_NEWUSER)' && echo CREATED; "
+        "python3 -c 'import os; os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNS)' && echo CREATED; "
+        "echo end",
+    )
     assert "CREATED" not in r.stdout and r.stdout.strip().endswith("end"), r.stderr

@@ -32,10 +32,16 @@ def supervised():
     root = session_dir("fence-supervised-")  # not /tmp: private inside
     (root / "run").mkdir(mode=0o700)
     (root / "home").mkdir()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root / "home"), "LANG": "C.UTF-8",
-           "XDG_RUNTIME_DIR": str(root / "run"), "XDG_DATA_HOME": str(root / "data")}
-    up = subprocess.run([sys.executable, "-m", "fence", "up", "--detach"], env=env, cwd=root,
-                        capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(root / "home"),
+        "LANG": "C.UTF-8",
+        "XDG_RUNTIME_DIR": str(root / "run"),
+        "XDG_DATA_HOME": str(root / "data"),
+    }
+    up = subprocess.run(
+        [sys.executable, "-m", "fence", "up", "--detach"], env=env, cwd=root, capture_output=True, text=True, timeout=60
+    )
     assert up.returncode == 0, up.stderr
     try:
         yield root, env
@@ -55,8 +61,9 @@ def test_run_events_arrive_on_the_bus(supervised):
     creds = client_creds(root)
 
     async def scenario():
-        bus = await NatsBus.connect(creds.url, user=creds.user, password=creds.password,
-                                    inbox_prefix=creds.inbox_prefix)
+        bus = await NatsBus.connect(
+            creds.url, user=creds.user, password=creds.password, inbox_prefix=creds.inbox_prefix
+        )
         seen: list[LifecycleEvent] = []
         done = asyncio.Event()
 
@@ -68,14 +75,24 @@ def test_run_events_arrive_on_the_bus(supervised):
 
         await bus.subscribe("fence.events.>", Event, record)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "fence", "-d", "--", "sh", "-c", "echo inside; exit 3", env=env, cwd=str(root),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "fence",
+            "-d",
+            "--",
+            "sh",
+            "-c",
+            "echo inside; exit 3",
+            env=env,
+            cwd=str(root),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         await asyncio.wait_for(done.wait(), 10)
         recent = None
         for _ in range(50):  # the monitor service consumes the same events asynchronously
-            recent = await bus.request(MONITOR_RECENT, RecentEventsRequest(sandbox=seen[0].sandbox),
-                                       RecentEventsReply)
+            recent = await bus.request(MONITOR_RECENT, RecentEventsRequest(sandbox=seen[0].sandbox), RecentEventsReply)
             if len(recent.events) == 2:
                 break
             await asyncio.sleep(0.05)
@@ -95,15 +112,33 @@ def test_run_events_arrive_on_the_bus(supervised):
 def test_supervised_run_keeps_the_sandbox_contract(supervised):
     root, env = supervised
     target = root / "written-from-sandbox"
-    r = subprocess.run([sys.executable, "-m", "fence", "--", "sh", "-c", f"echo x > {target}"], env=env,
-                       cwd=root, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "fence", "--", "sh", "-c", f"echo x > {target}"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode != 0 and not target.exists()
-    r = subprocess.run([sys.executable, "-m", "fence", "--", "printf", "%s\\n", "a b", "c"], env=env, cwd=root,
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "fence", "--", "printf", "%s\\n", "a b", "c"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert (r.returncode, r.stdout) == (0, "a b\nc\n")
     # the sandbox cannot read the bus credentials
-    r = subprocess.run([sys.executable, "-m", "fence", "--", "sh", "-c", f"ls -A {root}/run/fence"], env=env,
-                       cwd=root, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "fence", "--", "sh", "-c", f"ls -A {root}/run/fence"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.stdout.strip() == ""
 
 
@@ -111,8 +146,14 @@ def test_bad_config_error_over_the_bus(supervised):
     root, env = supervised
     bad = root / "bad.json"
     bad.write_text('{"network": {"allowedDomains": ["*.com"]}}')
-    r = subprocess.run([sys.executable, "-m", "fence", "-s", str(bad), "--", "true"], env=env, cwd=root,
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "fence", "-s", str(bad), "--", "true"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 1
     assert r.stderr.startswith("Error: failed to load config:")
     assert 'invalid allowed domain "*.com": wildcard pattern too broad' in r.stderr
@@ -120,8 +161,14 @@ def test_bad_config_error_over_the_bus(supervised):
 
 def test_missing_settings_file_refused_over_the_bus(supervised):
     root, env = supervised
-    r = subprocess.run([sys.executable, "-m", "fence", "-s", "missing.json", "--", "true"], env=env, cwd=root,
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "fence", "-s", "missing.json", "--", "true"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert (r.returncode, r.stderr) == (1, "Error: settings file missing.json does not exist\n")
 
 
@@ -175,28 +222,55 @@ def test_plan_endpoint_agrees_with_a_supervised_debug_run(supervised):
     root, env = supervised
     work = root / "agree"
     (work / "out").mkdir(parents=True, exist_ok=True)
-    (work / "fence.json").write_text(json.dumps({
-        "network": {"allowedDomains": ["example.com"]},
-        "filesystem": {"allowWrite": ["./out"], "denyRead": ["~/.ssh"]}}))
-    r = subprocess.run([sys.executable, "-m", "fence", "-d", "--", "true"], env=env, cwd=work,
-                       capture_output=True, text=True, timeout=30)
+    (work / "fence.json").write_text(
+        json.dumps(
+            {
+                "network": {"allowedDomains": ["example.com"]},
+                "filesystem": {"allowWrite": ["./out"], "denyRead": ["~/.ssh"]},
+            }
+        )
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "fence", "-d", "--", "true"],
+        env=env,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr
-    printed = next(shlex.split(line.split(": ", 1)[1]) for line in r.stderr.splitlines()
-                   if line.startswith("[fence] Sandboxed command: "))
+    printed = next(
+        shlex.split(line.split(": ", 1)[1])
+        for line in r.stderr.splitlines()
+        if line.startswith("[fence] Sandboxed command: ")
+    )
     started = re.search(r"Sandbox ([0-9a-f]{12}) started", r.stderr)
     assert started is not None, r.stderr
     sandbox = started.group(1)
     creds = client_creds(root)
 
     async def ask():
-        bus = await NatsBus.connect(creds.url, user=creds.user, password=creds.password,
-                                    inbox_prefix=creds.inbox_prefix)
+        bus = await NatsBus.connect(
+            creds.url, user=creds.user, password=creds.password, inbox_prefix=creds.inbox_prefix
+        )
         try:
-            resolved = await bus.request(CONFIG_RESOLVE, ConfigResolveRequest(cwd=str(work), home=env["HOME"]),
-                                         ConfigResolveReply)
-            return await bus.request(EXEC_PLAN, ExecPlanRequest(
-                policy=resolved.policy, argv=["true"], cwd=str(work), env=env, sandbox=sandbox,
-                chain=resolved.chain, config_dir=resolved.user_config_dir, debug=True), ExecPlanReply)
+            resolved = await bus.request(
+                CONFIG_RESOLVE, ConfigResolveRequest(cwd=str(work), home=env["HOME"]), ConfigResolveReply
+            )
+            return await bus.request(
+                EXEC_PLAN,
+                ExecPlanRequest(
+                    policy=resolved.policy,
+                    argv=["true"],
+                    cwd=str(work),
+                    env=env,
+                    sandbox=sandbox,
+                    chain=resolved.chain,
+                    config_dir=resolved.user_config_dir,
+                    debug=True,
+                ),
+                ExecPlanReply,
+            )
         finally:
             await bus.close()
 

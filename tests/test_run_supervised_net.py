@@ -24,8 +24,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import FenceRunner, marker_server
 
+from conftest import FenceRunner, marker_server
 from fence.messages import ErrorReply, ProxyHandoffDone
 from fence.runtime import Credentials, SupervisorInfo
 
@@ -81,8 +81,9 @@ def sup(request):
     (root / "run").mkdir(mode=0o700)
     if runner.user:
         shutil.chown(root / "run", runner.user)
-    env = runner.env(XDG_RUNTIME_DIR=str(root / "run"), XDG_DATA_HOME=str(root / "data"),
-                     XDG_STATE_HOME=str(root / "state"), **extra)
+    env = runner.env(
+        XDG_RUNTIME_DIR=str(root / "run"), XDG_DATA_HOME=str(root / "data"), XDG_STATE_HOME=str(root / "state"), **extra
+    )
     up = runner.run("up", "--detach", env=env, cwd=str(root), timeout=60)
     assert up.returncode == 0, up.stderr
     s = Supervised(runner, root, env)
@@ -115,10 +116,12 @@ def _root_only(sup: Supervised) -> None:
 # --- the hand-off at work ---------------------------------------------------------------------
 def test_allowed_host_reached_blocked_host_403(sup, origin):
     cfg = sup.config({"allowedDomains": ["127.0.0.1"]})
-    script = (f"NO_PROXY= no_proxy= curl -sS --max-time 10 http://127.0.0.1:{origin}/; echo; "
-              f"NO_PROXY= no_proxy= curl -s --max-time 10 -w '%{{http_code}}' http://localhost:{origin}/; echo; "
-              f'curl -sS --max-time 10 --noproxy "" --proxy "$ALL_PROXY" http://127.0.0.1:{origin}/; echo; '
-              "echo $HTTP_PROXY")
+    script = (
+        f"NO_PROXY= no_proxy= curl -sS --max-time 10 http://127.0.0.1:{origin}/; echo; "
+        f"NO_PROXY= no_proxy= curl -s --max-time 10 -w '%{{http_code}}' http://localhost:{origin}/; echo; "
+        f'curl -sS --max-time 10 --noproxy "" --proxy "$ALL_PROXY" http://127.0.0.1:{origin}/; echo; '
+        "echo $HTTP_PROXY"
+    )
     r = sup.fence("-m", "-s", str(cfg), "-c", script)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
@@ -147,8 +150,9 @@ def test_debug_says_the_run_went_through_the_supervisor(sup):
     services = "; the config, proxy and monitor services are the supervisor's"
     r = sup.fence("-d", "--", "true")
     assert r.returncode == 0, r.stderr
-    assert r.stderr.splitlines()[0] == (f"[fence] Supervised run: through the bus at {info.nats_url} "
-                                        f"(supervisor pid {info.pid}){services}"), r.stderr
+    assert r.stderr.splitlines()[0] == (
+        f"[fence] Supervised run: through the bus at {info.nats_url} (supervisor pid {info.pid}){services}"
+    ), r.stderr
     r = sup.fence("-d", "--bus", info.nats_url, "--", "true")
     assert r.returncode == 0, r.stderr
     assert r.stderr.splitlines()[0] == f"[fence] Supervised run: through the bus at {info.nats_url} (--bus){services}"
@@ -157,8 +161,13 @@ def test_debug_says_the_run_went_through_the_supervisor(sup):
 
 def test_direct_connections_still_fail_and_debug_shows_netns(sup, origin):
     cfg = sup.config({"allowedDomains": ["127.0.0.1"]})
-    r = sup.fence("-d", "-s", str(cfg), "-c",
-                  f"curl -sS --max-time 5 --noproxy '*' http://127.0.0.1:{origin}/ && echo DIRECT; true")
+    r = sup.fence(
+        "-d",
+        "-s",
+        str(cfg),
+        "-c",
+        f"curl -sS --max-time 5 --noproxy '*' http://127.0.0.1:{origin}/ && echo DIRECT; true",
+    )
     assert "DIRECT" not in r.stdout
     assert "[fence:linux] Sandbox: bwrap(network,pid,fs), netns-bridges" in r.stderr
 
@@ -190,8 +199,10 @@ def _run_metrics(url: str) -> dict[str, float]:
     for m in re.finditer(r"^fence_sandbox_runs_total\{(.*)\} (\S+)$", body, re.M):
         labels = dict(re.findall(r'(\w+)="(\w*)"', m[1]))
         found[f"{labels['phase']}/{labels['outcome']}"] = float(m[2])
-    for name, key in (("fence_sandbox_run_seconds_count", "seconds_count"),
-                      ('fence_service_gauge{name="fence_sandboxes_running"}', "running")):
+    for name, key in (
+        ("fence_sandbox_run_seconds_count", "seconds_count"),
+        ('fence_service_gauge{name="fence_sandboxes_running"}', "running"),
+    ):
         value = re.search(rf"^{re.escape(name)} (\S+)$", body, re.M)
         if value:
             found[key] = float(value[1])
@@ -202,11 +213,21 @@ def test_executor_metrics_count_the_runs_clients_report(sup):
     """The executor service never runs a sandbox (fence run does); it counts what runs report on the bus."""
     executor = next(c for c in sup.info().components if c.name == "executor")
     before = _run_metrics(executor.metrics_url)
-    runs = [sup.fence("--", "true"), sup.fence("-c", "exit 3"), sup.fence("-c", "kill -9 $$"),
-            sup.fence("-c", "reboot")]
+    runs = [
+        sup.fence("--", "true"),
+        sup.fence("-c", "exit 3"),
+        sup.fence("-c", "kill -9 $$"),
+        sup.fence("-c", "reboot"),
+    ]
     assert [r.returncode for r in runs] == [0, 3, 137, 1], [r.stderr for r in runs]
-    want = {"started/started": 3, "exited/ok": 1, "exited/failed": 1, "exited/signal": 1,
-            "refused/preflight": 1, "seconds_count": 3}
+    want = {
+        "started/started": 3,
+        "exited/ok": 1,
+        "exited/failed": 1,
+        "exited/signal": 1,
+        "refused/preflight": 1,
+        "seconds_count": 3,
+    }
     deadline = time.monotonic() + 5
     while True:  # events reach the service asynchronously
         after = _run_metrics(executor.metrics_url)
@@ -261,8 +282,7 @@ def _listener() -> socket.socket:
 
 
 def _handoff(sandbox: str, token: str = "0" * 32, names=("http",)) -> bytes:
-    return json.dumps({"type": "ProxyHandoff", "sandbox": sandbox, "token": token,
-                       "listeners": list(names)}).encode()
+    return json.dumps({"type": "ProxyHandoff", "sandbox": sandbox, "token": token, "listeners": list(names)}).encode()
 
 
 def test_bad_handoffs_are_refused_and_the_proxy_keeps_serving(sup, origin):
@@ -286,8 +306,7 @@ def test_bad_handoffs_are_refused_and_the_proxy_keeps_serving(sup, origin):
     assert isinstance(reply, ErrorReply) and "not a socket" in reply.message
     os.close(r)
     os.close(w)
-    reply = _exchange(path, _handoff("feedfacecafe", names=("http", "socks", "http")),
-                      [lsock.fileno()] * 3)
+    reply = _exchange(path, _handoff("feedfacecafe", names=("http", "socks", "http")), [lsock.fileno()] * 3)
     assert isinstance(reply, ErrorReply) and "too large" in reply.message
     unbound = socket.socket()
     reply = _exchange(path, _handoff("feedfacecafe"), [unbound.fileno()])
@@ -318,14 +337,21 @@ def test_handoff_from_another_uid_is_refused(sup, unprivileged_runner):
     path = sup.rdir / "proxy.sock"
     dirs = [sup.root, sup.root / "run", sup.rdir]
     modes = [os.stat(d).st_mode & 0o777 for d in dirs]
-    script = ("import socket; c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); c.settimeout(5); "
-              f"c.connect({str(path)!r}); c.send(b'{{}}'); print(c.recv(4096).decode())")
+    script = (
+        "import socket; c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); c.settimeout(5); "
+        f"c.connect({str(path)!r}); c.send(b'{{}}'); print(c.recv(4096).decode())"
+    )
     try:
         for d in dirs:
             os.chmod(d, 0o711)
         os.chmod(path, 0o666)
-        r = subprocess.run([unprivileged_runner.argv_prefix[0], "-c", script], user=unprivileged_runner.user,
-                           capture_output=True, text=True, timeout=15)
+        r = subprocess.run(
+            [unprivileged_runner.argv_prefix[0], "-c", script],
+            user=unprivileged_runner.user,
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
     finally:
         os.chmod(path, 0o600)
         for d, mode in zip(dirs, modes, strict=True):
@@ -347,12 +373,15 @@ def test_session_lives_as_long_as_its_handoff_connection(sup):
     sandbox = os.urandom(6).hex()
 
     async def main():
-        bus = await NatsBus.connect(creds.url, user=creds.user, password=creds.password,
-                                    inbox_prefix=creds.inbox_prefix)
+        bus = await NatsBus.connect(
+            creds.url, user=creds.user, password=creds.password, inbox_prefix=creds.inbox_prefix
+        )
         try:
-            opened = await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
-                sandbox=sandbox, network=NetworkConfig(allowed_domains=["127.0.0.1"]), loopback=False),
-                ProxySessionOpened)
+            opened = await bus.request(
+                PROXY_SESSION_OPEN,
+                ProxySessionOpen(sandbox=sandbox, network=NetworkConfig(allowed_domains=["127.0.0.1"]), loopback=False),
+                ProxySessionOpened,
+            )
             assert opened.http_port == 0 and opened.handoff == str(sup.rdir / "proxy.sock") and opened.token
             lsock = _listener()
             port = lsock.getsockname()[1]

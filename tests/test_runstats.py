@@ -29,8 +29,9 @@ def started(sandbox: str, ts: float) -> LifecycleEvent:
 
 
 def exited(sandbox: str, ts: float, code: int) -> LifecycleEvent:
-    return LifecycleEvent(sandbox=sandbox, phase="exited", ts=ts, pid=10, exit_code=code,
-                          signal=code - 128 if code > 128 else None)
+    return LifecycleEvent(
+        sandbox=sandbox, phase="exited", ts=ts, pid=10, exit_code=code, signal=code - 128 if code > 128 else None
+    )
 
 
 def test_outcome_of_an_exit():
@@ -48,8 +49,14 @@ def test_runs_are_counted_with_their_duration_and_the_running_gauge():
     stats.record(PreflightBlockedEvent(sandbox="c", ts=103.0, command="reboot", rule="reboot"))
     stats.record(exited("never-started", 104.0, 1))  # its start was not seen: counted, no duration
     stats.record(NetDecisionEvent(sandbox="a", ts=105.0, proto="http"))  # not a run report: ignored
-    assert metrics.runs == [("started", "started"), ("started", "started"), ("exited", "ok"), ("exited", "signal"),
-                            ("refused", "preflight"), ("exited", "failed")]
+    assert metrics.runs == [
+        ("started", "started"),
+        ("started", "started"),
+        ("exited", "ok"),
+        ("exited", "signal"),
+        ("refused", "preflight"),
+        ("exited", "failed"),
+    ]
     assert metrics.seconds == [2.5, 0.25] and metrics.gauges[RUNNING_GAUGE] == 0
 
 

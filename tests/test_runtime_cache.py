@@ -75,8 +75,7 @@ def test_nothing_to_trust_reads_as_none(cache):
 def test_a_planted_fifo_neither_blocks_nor_reads(cache):
     os.mkfifo(cache / "fifo.json", 0o600)
     result = []
-    reader = threading.Thread(target=lambda: result.append(read_cache(str(cache / "fifo.json"), bytes)),
-                              daemon=True)
+    reader = threading.Thread(target=lambda: result.append(read_cache(str(cache / "fifo.json"), bytes)), daemon=True)
     reader.start()
     reader.join(5)
     if reader.is_alive():  # unblock it before failing

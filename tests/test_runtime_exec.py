@@ -65,8 +65,15 @@ def test_path_policy_masks_a_denied_program_for_every_descendant(fence):
     cfg = settings(work, {"command": {"deny": ["chroot"], "useDefaults": False}})
     r = fence.run("--settings", str(cfg), "-d", "--", "bash", script(work, CHROOT_SCRIPT), cwd=str(work))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["sandbox ok", "rc=126", "abs=126", "usrmerge=126", "symlink=126", "nested=126",
-                                   "python=1"]
+    assert r.stdout.splitlines() == [
+        "sandbox ok",
+        "rc=126",
+        "abs=126",
+        "usrmerge=126",
+        "symlink=126",
+        "nested=126",
+        "python=1",
+    ]
     assert "Permission denied" in r.stderr
     chroot = shutil.which("chroot", path="/usr/sbin:/sbin")
     assert chroot is not None
@@ -108,15 +115,26 @@ def test_shared_binary_is_masked_with_a_warning(fence):
     bindir = multicall_dir(work)
     env = fence.env(PATH=f"{bindir}:{fence.env()['PATH']}")
     cfg = settings(work, {"command": {"deny": ["chroot"], "useDefaults": False}})
-    r = fence.run("--settings", str(cfg), "-d", "--", "sh", "-c", f"frob; echo rc=$?; {bindir}/head; echo rc=$?",
-                  env=env, cwd=str(work))
+    r = fence.run(
+        "--settings",
+        str(cfg),
+        "-d",
+        "--",
+        "sh",
+        "-c",
+        f"frob; echo rc=$?; {bindir}/head; echo rc=$?",
+        env=env,
+        cwd=str(work),
+    )
     # (a PATH search skips the masked file, a device, and may find another one further on: hence frob;
     # dash then says 127, "Permission denied")
     assert r.stdout.splitlines()[1] == "rc=126" and "frob: Permission denied" in r.stderr, r.stderr
-    assert (f"runtime exec deny warning for {bindir}/chroot (requested: chroot): shared binary also implements "
-            "critical commands [cat head ls +3 more detected aliases, use --debug for expanded details], which will "
-            "be collaterally blocked. To skip runtime blocking of \"chroot\" and silence this warning, add it to "
-            "\"acceptSharedBinaryCannotRuntimeDeny\" in your command config.") in r.stderr
+    assert (
+        f"runtime exec deny warning for {bindir}/chroot (requested: chroot): shared binary also implements "
+        "critical commands [cat head ls +3 more detected aliases, use --debug for expanded details], which will "
+        'be collaterally blocked. To skip runtime blocking of "chroot" and silence this warning, add it to '
+        '"acceptSharedBinaryCannotRuntimeDeny" in your command config.'
+    ) in r.stderr
     for name in ("multi", "cat", "head", "chroot"):  # every hard link: each is its own dentry
         assert f"--ro-bind /dev/null {bindir}/{name}" in r.stderr
     assert f"--ro-bind /dev/null {bindir}/tail" not in r.stderr  # symlinks land on the masked file
@@ -127,8 +145,9 @@ def test_accepted_shared_binary_is_left_alone(fence):
     work = fence.workdir()
     bindir = multicall_dir(work)
     env = fence.env(PATH=f"{bindir}:{fence.env()['PATH']}")
-    cfg = settings(work, {"command": {"deny": ["chroot"], "useDefaults": False,
-                                      "acceptSharedBinaryCannotRuntimeDeny": ["chroot"]}})
+    cfg = settings(
+        work, {"command": {"deny": ["chroot"], "useDefaults": False, "acceptSharedBinaryCannotRuntimeDeny": ["chroot"]}}
+    )
     r = fence.run("--settings", str(cfg), "--", "sh", "-c", "head; c=$(echo chr)oot; $c", env=env, cwd=str(work))
     assert r.returncode == 0, r.stderr
     assert r.stdout == "multi as head\nmulti as chroot\n"
@@ -136,6 +155,7 @@ def test_accepted_shared_binary_is_left_alone(fence):
 
 
 # --------------------------------------------------------------------------- argv
+
 
 def argv_settings(work: Path, deny: list[str], **extra) -> Path:
     return settings(work, {"command": {"deny": deny, "useDefaults": False, "runtimeExecPolicy": "argv", **extra}})
@@ -152,8 +172,10 @@ def test_argv_policy_blocks_a_multi_token_rule_at_run_time(fence):
     assert "STATUS_OK" in r.stdout and "PUSH_UNEXPECTED" not in r.stdout
     assert "Runtime exec policy blocked" in r.stderr
     assert "blocked by sandbox command policy" not in r.stderr
-    assert f'Runtime exec policy blocked: "git push origin main" matches "git push" (rule from settings: {cfg})' \
+    assert (
+        f'Runtime exec policy blocked: "git push origin main" matches "git push" (rule from settings: {cfg})'
         in r.stderr
+    )
 
 
 @needs_usernotif
@@ -185,8 +207,14 @@ def test_argv_policy_sees_nested_shells_python_fexecve_and_renamed_programs(fenc
     cfg = argv_settings(work, ["git push"])
     r = fence.run("--settings", str(cfg), "-m", "--", "bash", script(work, NESTED), cwd=str(work))
     lines = dict(line.split("=") for line in r.stdout.splitlines())
-    assert lines == {"nested": "126", "python": "1", "fexecve": "1", "renamed": "126", "symlink": "126",
-                     "version": "0"}, r.stderr
+    assert lines == {
+        "nested": "126",
+        "python": "1",
+        "fexecve": "1",
+        "renamed": "126",
+        "symlink": "126",
+        "version": "0",
+    }, r.stderr
     blocked = [line for line in r.stderr.splitlines() if line.startswith("Runtime exec policy blocked")]
     assert len(blocked) == 5, r.stderr
     assert '"ls push" (/usr/bin/git is git) matches "git push"' in r.stderr
@@ -199,10 +227,12 @@ def test_argv_policy_sees_nested_shells_python_fexecve_and_renamed_programs(fenc
 def test_argv_policy_fails_closed_on_unreadable_arguments(fence):
     work = fence.workdir()
     cfg = argv_settings(work, ["git push"])
-    code = ("import ctypes, ctypes.util\n"
-            "libc = ctypes.CDLL(None, use_errno=True)\n"
-            "libc.execve(b'/bin/true', ctypes.c_void_p(8), None)\n"
-            "print('errno', ctypes.get_errno())\n")
+    code = (
+        "import ctypes, ctypes.util\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "libc.execve(b'/bin/true', ctypes.c_void_p(8), None)\n"
+        "print('errno', ctypes.get_errno())\n"
+    )
     r = fence.run("--settings", str(cfg), "--", "python3", script(work, code, "bad.py"), cwd=str(work))
     assert r.stdout == "errno 1\n", r.stderr  # EPERM, not EFAULT: refused without being checked
     assert "Runtime exec policy blocked: cannot check an exec by pid" in r.stderr
@@ -213,13 +243,15 @@ def test_the_sandbox_cannot_install_a_listener_of_its_own(fence):
     """A second listener would let the sandbox answer its own execs; the kernel refuses it (EBUSY)."""
     work = fence.workdir()
     cfg = argv_settings(work, ["git push"])
-    code = ("import ctypes, os, struct\n"
-            "libc = ctypes.CDLL(None, use_errno=True)\n"
-            "prog = ctypes.create_string_buffer(struct.pack('HBBI', 0x06, 0, 0, 0x7fff0000))\n"
-            "fprog = struct.pack('HxxxxxxQ', 1, ctypes.addressof(prog))\n"
-            "nr = {'x86_64': 317, 'aarch64': 277}[os.uname().machine]\n"
-            "libc.syscall.restype = ctypes.c_long\n"
-            "print(libc.syscall(ctypes.c_long(nr), ctypes.c_long(1), ctypes.c_long(8), fprog), ctypes.get_errno())\n")
+    code = (
+        "import ctypes, os, struct\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "prog = ctypes.create_string_buffer(struct.pack('HBBI', 0x06, 0, 0, 0x7fff0000))\n"
+        "fprog = struct.pack('HxxxxxxQ', 1, ctypes.addressof(prog))\n"
+        "nr = {'x86_64': 317, 'aarch64': 277}[os.uname().machine]\n"
+        "libc.syscall.restype = ctypes.c_long\n"
+        "print(libc.syscall(ctypes.c_long(nr), ctypes.c_long(1), ctypes.c_long(8), fprog), ctypes.get_errno())\n"
+    )
     r = fence.run("--settings", str(cfg), "--", "python3", script(work, code, "listen.py"), cwd=str(work))
     assert r.stdout == "-1 16\n", r.stderr
 
@@ -229,8 +261,15 @@ def test_argv_policy_also_keeps_the_path_masks(fence):
     work = fence.workdir()
     cfg = argv_settings(work, ["chroot"])
     r = fence.run("--settings", str(cfg), "-d", "--", "bash", script(work, CHROOT_SCRIPT), cwd=str(work))
-    assert r.stdout.splitlines() == ["sandbox ok", "rc=126", "abs=126", "usrmerge=126", "symlink=126", "nested=126",
-                                   "python=1"], r.stderr
+    assert r.stdout.splitlines() == [
+        "sandbox ok",
+        "rc=126",
+        "abs=126",
+        "usrmerge=126",
+        "symlink=126",
+        "nested=126",
+        "python=1",
+    ], r.stderr
     assert "--ro-bind /dev/null /usr/sbin/chroot" in r.stderr and "--exec-notify " in r.stderr
     assert 'Runtime exec policy blocked: "chroot --version" matches "chroot"' in r.stderr
 
@@ -249,8 +288,13 @@ def test_a_blocked_exec_is_an_event_on_the_bus(tmp_path_factory):
     cfg = argv_settings(work, ["git push"])
     bus, seen, attach = lone_bus("fence.events.*.exec")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8"}
-    req = RunRequest(command=["sh", "-c", "g=$(echo gi)t; $g push origin; exit 0"], cwd="/", env=env,
-                     sandbox=new_sandbox_id(), settings=str(cfg))
+    req = RunRequest(
+        command=["sh", "-c", "g=$(echo gi)t; $g push origin; exit 0"],
+        cwd="/",
+        env=env,
+        sandbox=new_sandbox_id(),
+        settings=str(cfg),
+    )
     assert run_sync(run(bus, req, host_facts(), attach=attach)) == 0
     (event,) = seen
     assert isinstance(event, ExecBlockedEvent) and event.sandbox == req.sandbox
@@ -258,5 +302,6 @@ def test_a_blocked_exec_is_an_event_on_the_bus(tmp_path_factory):
     assert event.path.endswith("/git") and event.pid > 0 and event.source == f"settings: {cfg}"
     (line,) = console_lines(event, debug=False, monitor=True)
     assert line.startswith("[fence:exec] ") and line.endswith(
-        f'✗ exec "git push origin" (pid {event.pid}) matches "git push"')
+        f'✗ exec "git push origin" (pid {event.pid}) matches "git push"'
+    )
     assert console_lines(event, debug=False, monitor=False) == []

@@ -134,7 +134,7 @@ def test_plants_in_tmpdir_are_never_followed(fence):
     ``XDG_RUNTIME_DIR``, is a tmpfs of its own): ``$TMPDIR/fence*`` entries change nothing and are not
     followed, even when that TMPDIR is writable inside; as ``XDG_RUNTIME_DIR`` it is the runtime dir and stops
     the run naming it."""
-    work, home, env = home_of(fence)
+    work, _home, env = home_of(fence)
     tmpdir = work / "tmp"
     tmpdir.mkdir(mode=0o700)
     target = decoy(fence, work)

@@ -135,8 +135,9 @@ print(json.dumps(out))
 '''
 
 
-def run_probe(program: bytes | None, request: dict, *, caps: bool = False, user: str | None = None,
-              python: str = sys.executable) -> dict:
+def run_probe(
+    program: bytes | None, request: dict, *, caps: bool = False, user: str | None = None, python: str = sys.executable
+) -> dict:
     """Run PROBE in a sandbox shaped like fence's, with ``program`` loaded by bwrap."""
     argv = [BWRAP, "--new-session", "--die-with-parent", "--unshare-pid", "--unshare-net"]
     if caps:
@@ -168,8 +169,7 @@ def default_program(**kw) -> bytes:
 
 def marker_program(ruleset) -> bytes:
     """The same rules with a recognisable errno instead of EPERM."""
-    marked = tuple(seccomp.Rule(name, MARKER if err == seccomp.EPERM else err, *conds)
-                   for name, err, conds in ruleset)
+    marked = tuple(seccomp.Rule(name, MARKER if err == seccomp.EPERM else err, *conds) for name, err, conds in ruleset)
     return seccomp.compile_rules(marked)
 
 
@@ -189,10 +189,35 @@ def syscall_numbers(names) -> dict[str, int]:
 # the list -------------------------------------------------------------------------------
 def test_reference_list_is_the_27():
     assert len(seccomp.REFERENCE_DENIED) == len(set(seccomp.REFERENCE_DENIED)) == 27
-    assert {"ptrace", "process_vm_readv", "process_vm_writev", "keyctl", "add_key", "request_key", "personality",
-            "userfaultfd", "perf_event_open", "bpf", "kexec_load", "kexec_file_load", "reboot", "syslog", "acct",
-            "mount", "umount2", "pivot_root", "swapon", "swapoff", "sethostname", "setdomainname",
-            "init_module", "finit_module", "delete_module", "ioperm", "iopl"} == set(seccomp.REFERENCE_DENIED)
+    assert {
+        "ptrace",
+        "process_vm_readv",
+        "process_vm_writev",
+        "keyctl",
+        "add_key",
+        "request_key",
+        "personality",
+        "userfaultfd",
+        "perf_event_open",
+        "bpf",
+        "kexec_load",
+        "kexec_file_load",
+        "reboot",
+        "syslog",
+        "acct",
+        "mount",
+        "umount2",
+        "pivot_root",
+        "swapon",
+        "swapoff",
+        "sethostname",
+        "setdomainname",
+        "init_module",
+        "finit_module",
+        "delete_module",
+        "ioperm",
+        "iopl",
+    } == set(seccomp.REFERENCE_DENIED)
 
 
 def test_unix_sockets_follow_the_policy():
@@ -216,20 +241,64 @@ def test_every_unconditional_rule_hits_its_call():
 
 
 def test_conditional_rules_hit_only_their_arguments():
-    got = run_probe(marker_program(seccomp.rules(deny_unix=True)), {"named": [
-        "socket_unix", "socket_unix_hibits", "socketpair_unix", "socket_inet", "socket_inet6",
-        "unshare_user", "unshare_net", "unshare_mnt", "unshare_files", "clone_newuser", "clone_plain", "fork",
-        "tiocsti", "tiocsti_hibits", "tcgets", "clone3"]})
+    got = run_probe(
+        marker_program(seccomp.rules(deny_unix=True)),
+        {
+            "named": [
+                "socket_unix",
+                "socket_unix_hibits",
+                "socketpair_unix",
+                "socket_inet",
+                "socket_inet6",
+                "unshare_user",
+                "unshare_net",
+                "unshare_mnt",
+                "unshare_files",
+                "clone_newuser",
+                "clone_plain",
+                "fork",
+                "tiocsti",
+                "tiocsti_hibits",
+                "tcgets",
+                "clone3",
+            ]
+        },
+    )
     m = str(MARKER)
-    assert got == {"socket_unix": m, "socket_unix_hibits": m, "socketpair_unix": m, "socket_inet": "ok",
-                   "socket_inet6": "ok", "unshare_user": m, "unshare_net": m, "unshare_mnt": m,
-                   "unshare_files": "ok", "clone_newuser": m, "clone_plain": "ok", "fork": "ok",
-                   "tiocsti": m, "tiocsti_hibits": m, "tcgets": "ok", "clone3": "ENOSYS"}
+    assert got == {
+        "socket_unix": m,
+        "socket_unix_hibits": m,
+        "socketpair_unix": m,
+        "socket_inet": "ok",
+        "socket_inet6": "ok",
+        "unshare_user": m,
+        "unshare_net": m,
+        "unshare_mnt": m,
+        "unshare_files": "ok",
+        "clone_newuser": m,
+        "clone_plain": "ok",
+        "fork": "ok",
+        "tiocsti": m,
+        "tiocsti_hibits": m,
+        "tcgets": "ok",
+        "clone3": "ENOSYS",
+    }
 
 
 # the production program ---------------------------------------------------------------------
-DISTINGUISHABLE = ["socket_unix", "socket_unix_hibits", "socketpair_unix", "ptrace_traceme", "io_uring_setup",
-                   "unshare_user", "unshare_net", "clone_newuser", "tiocsti", "fsopen", "mount"]
+DISTINGUISHABLE = [
+    "socket_unix",
+    "socket_unix_hibits",
+    "socketpair_unix",
+    "ptrace_traceme",
+    "io_uring_setup",
+    "unshare_user",
+    "unshare_net",
+    "clone_newuser",
+    "tiocsti",
+    "fsopen",
+    "mount",
+]
 
 
 def test_program_denies_with_eperm_what_the_baseline_allows():
@@ -252,7 +321,7 @@ def test_x32_numbers_go_to_the_bad_arch_action():
     import struct
 
     program = default_program()
-    insns = [struct.unpack("<HBBI", program[i:i + 8]) for i in range(0, len(program), 8)]
+    insns = [struct.unpack("<HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
     jge = 0x05 | 0x30  # BPF_JMP | BPF_JGE | BPF_K
     assert any(code == jge and k == 0x40000000 for code, _, _, k in insns)
 
@@ -267,15 +336,32 @@ def test_ordinary_work_still_runs():
             argv = [BWRAP, "--new-session", "--die-with-parent", "--unshare-pid", "--unshare-net"]
             if os.geteuid() == 0:
                 argv += ["--unshare-user", "--cap-drop", "ALL"]
-            script = ("set -e; git --version >/dev/null; echo hi | tr h H; ls / >/dev/null; "
-                      "python3 -c 'import socket,threading,subprocess; "
-                      "s=socket.socket(); s.bind((\"127.0.0.1\",0)); s.listen(); "
-                      "c=socket.create_connection(s.getsockname()); a,_=s.accept(); c.send(b\"x\"); "
-                      "assert a.recv(1)==b\"x\"; "
-                      "t=threading.Thread(target=lambda: None); t.start(); t.join(); "
-                      "print(subprocess.run([\"echo\",\"sub\"],capture_output=True,text=True).stdout.strip())'")
-            argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-                     "--seccomp", str(SECCOMP_FD), "--", "sh", "-c", script]
+            script = (
+                "set -e; git --version >/dev/null; echo hi | tr h H; ls / >/dev/null; "
+                "python3 -c 'import socket,threading,subprocess; "
+                's=socket.socket(); s.bind(("127.0.0.1",0)); s.listen(); '
+                'c=socket.create_connection(s.getsockname()); a,_=s.accept(); c.send(b"x"); '
+                'assert a.recv(1)==b"x"; '
+                "t=threading.Thread(target=lambda: None); t.start(); t.join(); "
+                'print(subprocess.run(["echo","sub"],capture_output=True,text=True).stdout.strip())\''
+            )
+            argv += [
+                "--ro-bind",
+                "/",
+                "/",
+                "--dev",
+                "/dev",
+                "--proc",
+                "/proc",
+                "--tmpfs",
+                "/tmp",
+                "--seccomp",
+                str(SECCOMP_FD),
+                "--",
+                "sh",
+                "-c",
+                script,
+            ]
             r = subprocess.run(argv, capture_output=True, text=True, timeout=30, pass_fds=(SECCOMP_FD,))
         finally:
             os.close(SECCOMP_FD)
@@ -299,8 +385,10 @@ def test_socketpair_can_be_left_open():
 @pytest.mark.skipif(not shutil.which("node"), reason="needs node")
 def test_socketpair_denial_breaks_node_child_processes():
     """Evidence for the trade-off in docs/linux-layers.md: libuv makes child stdio pipes with socketpair."""
-    script = ('const r = require("child_process").spawnSync("echo", ["child ok"]); '
-              'console.log(r.error ? "error: " + r.error.code : r.stdout.toString().trim())')
+    script = (
+        'const r = require("child_process").spawnSync("echo", ["child ok"]); '
+        'console.log(r.error ? "error: " + r.error.code : r.stdout.toString().trim())'
+    )
     outputs = []
     for program in (default_program(), default_program(deny_socketpair=False)):
         with tempfile.TemporaryFile() as f:
@@ -310,8 +398,23 @@ def test_socketpair_denial_breaks_node_child_processes():
             try:
                 argv = [BWRAP, "--die-with-parent", "--unshare-pid", "--unshare-net"]
                 argv += ["--unshare-user", "--cap-drop", "ALL"] if os.geteuid() == 0 else []
-                argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-                         "--seccomp", str(SECCOMP_FD), "--", "node", "-e", script]
+                argv += [
+                    "--ro-bind",
+                    "/",
+                    "/",
+                    "--dev",
+                    "/dev",
+                    "--proc",
+                    "/proc",
+                    "--tmpfs",
+                    "/tmp",
+                    "--seccomp",
+                    str(SECCOMP_FD),
+                    "--",
+                    "node",
+                    "-e",
+                    script,
+                ]
                 r = subprocess.run(argv, capture_output=True, text=True, timeout=30, pass_fds=(SECCOMP_FD,))
             finally:
                 os.close(SECCOMP_FD)
@@ -325,8 +428,12 @@ def test_program_works_for_an_unprivileged_user():
     if os.geteuid() != 0:
         pytest.skip("not root: the current user is already unprivileged")
     _ensure_test_user()
-    got = run_probe(default_program(), {"named": ["socket_unix", "ptrace_traceme", "unshare_user", "socket_inet"]},
-                    user=TEST_USER, python=_interpreter_for_others())
+    got = run_probe(
+        default_program(),
+        {"named": ["socket_unix", "ptrace_traceme", "unshare_user", "socket_inet"]},
+        user=TEST_USER,
+        python=_interpreter_for_others(),
+    )
     assert got == {"socket_unix": "EPERM", "ptrace_traceme": "EPERM", "unshare_user": "EPERM", "socket_inet": "ok"}
 
 
@@ -338,9 +445,11 @@ def test_cache_is_written_private_and_reused_without_pyseccomp(tmp_path):
     (entry,) = cache.iterdir()
     assert entry.name.startswith("seccomp-") and entry.suffix == ".bpf"
     assert stat.S_IMODE(entry.stat().st_mode) == 0o600 and stat.S_IMODE(cache.stat().st_mode) == 0o700
-    code = ("import sys, time; from fence.executor import seccomp; from fence.policy import Policy; "
-            f"t = time.perf_counter(); p = seccomp.build_program(Policy(), cache_dir={str(cache)!r}); "
-            "print(len(p), 'pyseccomp' in sys.modules, time.perf_counter() - t)")
+    code = (
+        "import sys, time; from fence.executor import seccomp; from fence.policy import Policy; "
+        f"t = time.perf_counter(); p = seccomp.build_program(Policy(), cache_dir={str(cache)!r}); "
+        "print(len(p), 'pyseccomp' in sys.modules, time.perf_counter() - t)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[:2] == [str(len(first)), "False"]
     assert float(out[2]) < 0.002
@@ -379,8 +488,19 @@ def test_build_program_cost_is_small_when_cached(tmp_path):
 
 PROBE_SOURCE = Path(__file__).with_name("syscallprobe.c")
 
-KERNEL_INTERFACES = ["uselib", "quotactl", "quotactl_fd", "mbind", "set_mempolicy", "set_mempolicy_home_node",
-                     "migrate_pages", "move_pages", "vsock", "pidfd_getfd", "process_vm_writev"]
+KERNEL_INTERFACES = [
+    "uselib",
+    "quotactl",
+    "quotactl_fd",
+    "mbind",
+    "set_mempolicy",
+    "set_mempolicy_home_node",
+    "migrate_pages",
+    "move_pages",
+    "vsock",
+    "pidfd_getfd",
+    "process_vm_writev",
+]
 KERNEL_INTERFACES += ["modify_ldt"] if X86_64 else []
 ANSWERED_OUTSIDE = {"uselib", "set_mempolicy_home_node", "vsock"}
 """Outside, the kernel may refuse these for its own reasons (no uselib, no bind policy to give a home node,
@@ -402,8 +522,9 @@ def syscall_probe():
 
 
 def outside(fence, probe: str, checks: list[str]) -> dict:
-    r = subprocess.run([probe, *checks], user=fence.user, env=fence.env(), cwd=fence.home, capture_output=True,
-                       text=True, timeout=30)
+    r = subprocess.run(
+        [probe, *checks], user=fence.user, env=fence.env(), cwd=fence.home, capture_output=True, text=True, timeout=30
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -425,7 +546,8 @@ LANDLOCKED = {"filesystem": {"allowWrite": ["."]}}
 def test_kernel_interfaces_fail_inside_and_work_outside(fence, syscall_probe, config):
     out = outside(fence, syscall_probe, KERNEL_INTERFACES)
     assert {name: value for name, value in out.items() if name not in ANSWERED_OUTSIDE} == {
-        name: "ok" for name in KERNEL_INTERFACES if name not in ANSWERED_OUTSIDE}
+        name: "ok" for name in KERNEL_INTERFACES if name not in ANSWERED_OUTSIDE
+    }
     assert all(out[name] != "EPERM" for name in ANSWERED_OUTSIDE), out
     assert inside(fence, syscall_probe, KERNEL_INTERFACES, config) == dict.fromkeys(KERNEL_INTERFACES, "EPERM")
 
@@ -439,15 +561,28 @@ def test_writes_through_proc_fail_inside(fence, syscall_probe, config):
     it), the process's own, and /proc/sys (which root could write outside)."""
     root = fence.user is None and os.geteuid() == 0
     assert outside(fence, syscall_probe, PROC_WRITES) == {
-        "proc_mem_write": "ok", "proc_self_mem_write": "ok", "proc_sys_mount": "ok",
-        "proc_sys_write": "ok" if root else "EACCES"}
+        "proc_mem_write": "ok",
+        "proc_self_mem_write": "ok",
+        "proc_sys_mount": "ok",
+        "proc_sys_write": "ok" if root else "EACCES",
+    }
     assert inside(fence, syscall_probe, PROC_WRITES, config) == {
-        "proc_mem_write": "EROFS", "proc_self_mem_write": "EROFS", "proc_sys_mount": "EROFS",
-        "proc_sys_write": "EROFS" if root else "EACCES"}  # the file's own permission is checked first
+        "proc_mem_write": "EROFS",
+        "proc_self_mem_write": "EROFS",
+        "proc_sys_mount": "EROFS",
+        "proc_sys_write": "EROFS" if root else "EACCES",
+    }  # the file's own permission is checked first
 
 
-TTY_CONTROL = ["tiocsctty", "tiocsctty_steal", "tiocsetd", "tioccons_badfd", "tiocsctty_badfd", "tiocsetd_badfd",
-               "tcgets"]
+TTY_CONTROL = [
+    "tiocsctty",
+    "tiocsctty_steal",
+    "tiocsetd",
+    "tioccons_badfd",
+    "tiocsctty_badfd",
+    "tiocsetd_badfd",
+    "tcgets",
+]
 
 
 def test_tty_control_ioctls_fail_inside(fence, syscall_probe):
@@ -455,17 +590,34 @@ def test_tty_control_ioctls_fail_inside(fence, syscall_probe):
     first); TIOCSCTTY in its steal form too, while taking a terminal the command opened itself still works
     (forkpty: tmux, pexpect)."""
     assert outside(fence, syscall_probe, TTY_CONTROL) == {
-        "tiocsctty": "ok", "tiocsctty_steal": "ok", "tiocsetd": "ok", "tioccons_badfd": "EBADF",
-        "tiocsctty_badfd": "EBADF", "tiocsetd_badfd": "EBADF", "tcgets": "ok"}
+        "tiocsctty": "ok",
+        "tiocsctty_steal": "ok",
+        "tiocsetd": "ok",
+        "tioccons_badfd": "EBADF",
+        "tiocsctty_badfd": "EBADF",
+        "tiocsetd_badfd": "EBADF",
+        "tcgets": "ok",
+    }
     assert inside(fence, syscall_probe, TTY_CONTROL) == {
-        "tiocsctty": "ok", "tiocsctty_steal": "EPERM", "tiocsetd": "EPERM", "tioccons_badfd": "EPERM",
-        "tiocsctty_badfd": "EBADF", "tiocsetd_badfd": "EPERM", "tcgets": "ok"}
+        "tiocsctty": "ok",
+        "tiocsctty_steal": "EPERM",
+        "tiocsetd": "EPERM",
+        "tioccons_badfd": "EPERM",
+        "tiocsctty_badfd": "EBADF",
+        "tiocsetd_badfd": "EPERM",
+        "tcgets": "ok",
+    }
 
 
 def test_a_terminal_program_gives_its_child_a_terminal(fence):
     """forkpty inside works (Python's pty.fork: what pexpect, script and tmux do)."""
-    r = fence.run("--", "python3", "-c", "import os, pty\npid, fd = pty.fork()\nif pid == 0:\n    os.execvp('tty', ['tty'])\n"
-                  "print(os.read(fd, 100).decode().strip().startswith('/dev/pts/'))\nos.waitpid(pid, 0)")
+    r = fence.run(
+        "--",
+        "python3",
+        "-c",
+        "import os, pty\npid, fd = pty.fork()\nif pid == 0:\n    os.execvp('tty', ['tty'])\n"
+        "print(os.read(fd, 100).decode().strip().startswith('/dev/pts/'))\nos.waitpid(pid, 0)",
+    )
     assert (r.returncode, r.stdout) == (0, "True\n"), r.stderr
 
 
@@ -475,10 +627,13 @@ def test_a_pty_run_keeps_its_terminal_without_tiocsctty(fence, syscall_probe):
     work = fence.workdir()
     (work / "fence.json").write_text('{"allowPty": true}')
     fence.own(work)
-    with fence.terminal("-s", str(work / "fence.json"), "--", syscall_probe, "controlling_terminal",
-                        "tiocsctty_stdin", cwd=str(work)) as term:
+    with fence.terminal(
+        "-s", str(work / "fence.json"), "--", syscall_probe, "controlling_terminal", "tiocsctty_stdin", cwd=str(work)
+    ) as term:
         term.expect("}")
         assert term.wait() == 0, term.text
-    assert json.loads(term.text[term.text.index("{"):term.text.index("}") + 1]) == {
-        "controlling_terminal": "ok", "tiocsctty_stdin": "EPERM"}
+    assert json.loads(term.text[term.text.index("{") : term.text.index("}") + 1]) == {
+        "controlling_terminal": "ok",
+        "tiocsctty_stdin": "EPERM",
+    }
     assert "Warning" not in term.text, term.text

@@ -40,7 +40,10 @@ def test_service_answers_ping_info_and_stats(kind):
             for verb in ("PING", "INFO", "STATS"):
                 reply = msgspec.json.decode(await bus.request_raw(f"$SRV.{verb}.{svc.name}", b"", timeout=2))
                 assert (reply["type"], reply["name"], reply["id"]) == (
-                    f"io.nats.micro.v1.{verb.lower()}_response", svc.name, svc.id)
+                    f"io.nats.micro.v1.{verb.lower()}_response",
+                    svc.name,
+                    svc.id,
+                )
         finally:
             await svc.stop()
             await bus.close()

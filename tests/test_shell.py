@@ -14,10 +14,16 @@ def test_bash_by_default():
         select_shell("bash", {"PATH": "/nonexistent"}, which)
 
 
-@pytest.mark.parametrize("shell,problem", [("", "not set"), ("sh", "absolute path"),
-                                           ("/nonexistent/sh", "not an executable"),
-                                           ("/etc/passwd", "not an executable"),
-                                           ("/usr/bin/env", "not listed in")])
+@pytest.mark.parametrize(
+    "shell,problem",
+    [
+        ("", "not set"),
+        ("sh", "absolute path"),
+        ("/nonexistent/sh", "not an executable"),
+        ("/etc/passwd", "not an executable"),
+        ("/usr/bin/env", "not listed in"),
+    ],
+)
 def test_user_shell_is_validated(shell, problem):
     with pytest.raises(ShellError, match=problem):
         select_shell("user", {"SHELL": shell} if shell else {}, which)

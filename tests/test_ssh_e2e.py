@@ -121,17 +121,24 @@ Subsystem sftp internal-sftp
 """)
     # a bare repository with one commit, reached as gitbox:<root>/repo.git
     repo = root / "repo.git"
-    git_env = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
-               "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-               "GIT_COMMITTER_EMAIL": "t@t"}
+    git_env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     src = root / "src"
     subprocess.run(["git", "init", "-q", "-b", "main", str(src)], check=True, env=git_env)
     (src / "README").write_text(MARKER + "\n")
     subprocess.run(["git", "-C", str(src), "add", "README"], check=True, env=git_env)
     subprocess.run(["git", "-C", str(src), "commit", "-q", "-m", "first"], check=True, env=git_env)
     subprocess.run(["git", "clone", "-q", "--bare", str(src), str(repo)], check=True, env=git_env)
-    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, env=git_env,
-                            capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, env=git_env, capture_output=True, text=True
+    ).stdout.strip()
     log = root / "sshd.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stdout=out, stderr=out)
@@ -252,8 +259,10 @@ def test_a_remote_command_not_allowed_never_runs(client, sshd):
     victim = sshd.root / f"touched-{client.fence.name}"
     r = client.run(f"ssh gitbox touch {victim}")
     assert r.returncode == 1
-    assert (f'Error: SSH command blocked: command "touch {victim}" not in ssh.allowedCommands '
-            f"(host: gitbox -> 127.0.0.1, command: touch {victim})") in r.stderr
+    assert (
+        f'Error: SSH command blocked: command "touch {victim}" not in ssh.allowedCommands '
+        f"(host: gitbox -> 127.0.0.1, command: touch {victim})"
+    ) in r.stderr
     assert not victim.exists()
 
 
@@ -264,10 +273,13 @@ def test_a_denied_remote_command_inside_an_allowed_line_is_blocked(client):
     assert 'matches ssh.deniedCommands "rm"' in r.stderr
 
 
-@pytest.mark.parametrize("option, why", [
-    ("-o ProxyCommand='nc %h %p'", "-o ProxyCommand runs a local command"),
-    ("-F /etc/ssh/ssh_config", "-F /etc/ssh/ssh_config reads another ssh config file"),
-])
+@pytest.mark.parametrize(
+    "option, why",
+    [
+        ("-o ProxyCommand='nc %h %p'", "-o ProxyCommand runs a local command"),
+        ("-F /etc/ssh/ssh_config", "-F /etc/ssh/ssh_config reads another ssh config file"),
+    ],
+)
 def test_refused_options_are_blocked(client, option, why):
     client.policy(ssh=ALLOW)
     r = client.run(f"ssh {option} gitbox echo {MARKER}")
@@ -278,8 +290,9 @@ def test_refused_options_are_blocked(client, option, why):
 def test_git_ls_remote_and_clone_over_ssh_when_allowed(client, sshd):
     client.policy(ssh=ALLOW)
     url = f"gitbox:{sshd.repo}"
-    r = client.run(f"git ls-remote {url} && git clone -q {url} /tmp/c && cat /tmp/c/README "
-                   "&& git -C /tmp/c rev-parse HEAD")
+    r = client.run(
+        f"git ls-remote {url} && git clone -q {url} /tmp/c && cat /tmp/c/README && git -C /tmp/c rev-parse HEAD"
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert f"{sshd.commit}\trefs/heads/main" in lines  # ls-remote
@@ -304,8 +317,10 @@ def test_scp_and_sftp_use_the_same_route(client, sshd):
     # scp and sftp run /usr/bin/ssh by absolute path (not the PATH wrapper): -S points them at it
     client.policy(ssh={"allowedHosts": ["127.0.0.1"]})
     wrapper = client.work / "bin" / "ssh"
-    r = client.run(f"scp -q -S {wrapper} gitbox:{sshd.repo}/HEAD /tmp/h && cat /tmp/h && "
-                   f"echo 'get {sshd.repo}/description /tmp/d' | sftp -q -S {wrapper} -b - gitbox >/dev/null "
-                   "&& test -s /tmp/d && echo sftp-ok")
+    r = client.run(
+        f"scp -q -S {wrapper} gitbox:{sshd.repo}/HEAD /tmp/h && cat /tmp/h && "
+        f"echo 'get {sshd.repo}/description /tmp/d' | sftp -q -S {wrapper} -b - gitbox >/dev/null "
+        "&& test -s /tmp/d && echo sftp-ok"
+    )
     assert r.returncode == 0, r.stderr
     assert "ref: refs/heads/main" in r.stdout and "sftp-ok" in r.stdout

@@ -80,15 +80,22 @@ def calls(env) -> list[str]:
 
 POLICY = Policy(
     command=CommandConfig(deny=["git push"]),
-    ssh=SSHConfig(allowed_hosts=["127.0.0.1", "*.example.com", "github.com"],
-                  denied_hosts=["*.evil.example.org", "blocked.example.com"],
-                  allowed_commands=["ls", "git-upload-pack", "rsync --server", "uptime"],
-                  denied_commands=["ls /root"]))
-SOURCES = RuleSources({"ssh.allowedHosts": "project config: /p/fence.json",
-                       "ssh.deniedHosts": "template: ops",
-                       "ssh.allowedCommands": "project config: /p/fence.json",
-                       "ssh.deniedCommands": "project config: /p/fence.json",
-                       "command.deny": "template: code"})
+    ssh=SSHConfig(
+        allowed_hosts=["127.0.0.1", "*.example.com", "github.com"],
+        denied_hosts=["*.evil.example.org", "blocked.example.com"],
+        allowed_commands=["ls", "git-upload-pack", "rsync --server", "uptime"],
+        denied_commands=["ls /root"],
+    ),
+)
+SOURCES = RuleSources(
+    {
+        "ssh.allowedHosts": "project config: /p/fence.json",
+        "ssh.deniedHosts": "template: ops",
+        "ssh.allowedCommands": "project config: /p/fence.json",
+        "ssh.deniedCommands": "project config: /p/fence.json",
+        "command.deny": "template: code",
+    }
+)
 
 
 def check(text: str, env, policy: Policy = POLICY):
@@ -97,10 +104,15 @@ def check(text: str, env, policy: Policy = POLICY):
 
 # --------------------------------------------------------------------------- opt-in
 
+
 def test_no_ssh_policy_means_no_ssh_checks(sshenv):
     policy = Policy(ssh=SSHConfig(allowed_commands=["ls"], denied_commands=["rm"]))
-    for text in ("ssh anywhere.example.net rm -rf /", "ssh -o ProxyCommand='nc x 1' h", "scp f far:/x",
-                 "git clone git@far.example.net:a/b"):
+    for text in (
+        "ssh anywhere.example.net rm -rf /",
+        "ssh -o ProxyCommand='nc x 1' h",
+        "scp f far:/x",
+        "git clone git@far.example.net:a/b",
+    ):
         assert check(text, sshenv, policy) is None, text
     assert calls(sshenv) == []  # ssh -G is never even run
     assert check("ssh h", sshenv, Policy(ssh=SSHConfig(denied_hosts=["x"]))) is None
@@ -112,11 +124,14 @@ def test_denied_hosts_alone_allows_other_hosts(sshenv):
     assert check("ssh sneaky", sshenv, policy).rule == "*.evil.example.org"
     # a remote command with no allowedCommands and no allowAllCommands: allowlist mode, nothing allowed
     b = check("ssh ok.example.net uptime", sshenv, policy)
-    assert b.message == ("SSH command blocked: no ssh.allowedCommands configured (allowlist mode requires explicit "
-                         "commands) (host: ok.example.net, command: uptime) (fence ssh policy)")
+    assert b.message == (
+        "SSH command blocked: no ssh.allowedCommands configured (allowlist mode requires explicit "
+        "commands) (host: ok.example.net, command: uptime) (fence ssh policy)"
+    )
 
 
 # --------------------------------------------------------------------------- hosts, aliases, ssh -G
+
 
 @needs_ssh
 def test_hosts_are_decided_on_what_ssh_would_do(sshenv):
@@ -126,14 +141,17 @@ def test_hosts_are_decided_on_what_ssh_would_do(sshenv):
     assert check("ssh build.example.com", sshenv) is None
     assert check("ssh GitHub.com", sshenv) is None  # host patterns are case-insensitive
     b = check("ssh sneaky", sshenv)
-    assert b.message == ('SSH blocked: host matches denied pattern "*.evil.example.org" '
-                         "(host: sneaky -> box.evil.example.org) (rule from template: ops)")
+    assert b.message == (
+        'SSH blocked: host matches denied pattern "*.evil.example.org" '
+        "(host: sneaky -> box.evil.example.org) (rule from template: ops)"
+    )
     assert (b.kind, b.rule, b.source, b.command) == ("ssh", "*.evil.example.org", "template: ops", "ssh sneaky")
     b = check("ssh -o HostName=blocked.example.com myalias", sshenv)
     assert b.rule == "blocked.example.com"
     b = check("ssh other.example.net", sshenv)
-    assert b.message == ("SSH blocked: host not in allowedHosts (host: other.example.net) "
-                         "(rule from project config: /p/fence.json)")
+    assert b.message == (
+        "SSH blocked: host not in allowedHosts (host: other.example.net) (rule from project config: /p/fence.json)"
+    )
     assert b.rule == "" and b.source == "project config: /p/fence.json"
     assert any("-G" in line and "myalias" in line for line in calls(sshenv))
 
@@ -157,14 +175,17 @@ def test_options_after_the_host_count(sshenv):
 
 # --------------------------------------------------------------------------- remote commands, in order
 
+
 @needs_ssh
 def test_remote_command_evaluation_order(sshenv):
     assert check("ssh myalias", sshenv) is None  # no remote command: allowed
     assert check("ssh myalias ls -la", sshenv) is None
     assert check("ssh myalias 'ls && uptime'", sshenv) is None
     b = check("ssh myalias ls /root", sshenv)  # deniedCommands before allowedCommands
-    assert b.message == ('SSH command blocked: command "ls /root" matches ssh.deniedCommands "ls /root" '
-                         "(host: myalias -> 127.0.0.1, command: ls /root) (rule from project config: /p/fence.json)")
+    assert b.message == (
+        'SSH command blocked: command "ls /root" matches ssh.deniedCommands "ls /root" '
+        "(host: myalias -> 127.0.0.1, command: ls /root) (rule from project config: /p/fence.json)"
+    )
     b = check("ssh myalias 'ls; rm -rf /'", sshenv)
     assert b.message.startswith('SSH command blocked: command "rm -rf /" not in ssh.allowedCommands')
     b = check("ssh myalias 'ls $(rm -rf /)'", sshenv)
@@ -240,10 +261,17 @@ def test_refused(sshenv, text, rule):
 
 @needs_ssh
 def test_harmless_settings_are_accepted(sshenv):
-    for text in ("ssh -o ProxyCommand=none myalias", "ssh -o proxycommand=NONE myalias", "ssh -F none 127.0.0.1",
-                 "ssh -J jump.example.com 127.0.0.1", "ssh viagoodjump", "ssh -o PermitLocalCommand=no myalias",
-                 "ssh -S none myalias", "ssh -v -4 -C -i ~/.ssh/id -L 8080:localhost:80 myalias",
-                 "scp -S ssh f myalias:/x"):
+    for text in (
+        "ssh -o ProxyCommand=none myalias",
+        "ssh -o proxycommand=NONE myalias",
+        "ssh -F none 127.0.0.1",
+        "ssh -J jump.example.com 127.0.0.1",
+        "ssh viagoodjump",
+        "ssh -o PermitLocalCommand=no myalias",
+        "ssh -S none myalias",
+        "ssh -v -4 -C -i ~/.ssh/id -L 8080:localhost:80 myalias",
+        "scp -S ssh f myalias:/x",
+    ):
         assert check(text, sshenv) is None, (text, check(text, sshenv))
 
 
@@ -261,6 +289,7 @@ def test_no_connection_no_check(sshenv):
 
 
 # --------------------------------------------------------------------------- scp, sftp, rsync, git
+
 
 @needs_ssh
 def test_copy_programs(sshenv):
@@ -307,33 +336,50 @@ def test_git_ssh_transport(sshenv):
     # pushing runs git-receive-pack remotely (and "git push" is denied locally first)
     b = check_command(None, "git push git@github.com:org/repo", Policy(ssh=POLICY.ssh), SOURCES, env=sshenv)
     assert b is not None
-    assert b.message.startswith("SSH command blocked: command \"git-receive-pack org/repo\" not in")
+    assert b.message.startswith('SSH command blocked: command "git-receive-pack org/repo" not in')
     b = check("git clone --upload-pack='rm -rf /' git@github.com:o/r", sshenv)
     assert b is not None and "rm -rf /" in b.message
     b = check("GIT_SSH_COMMAND='ssh -o ProxyCommand=x' git fetch git@github.com:o/r", sshenv)
     assert b is not None and b.rule == "ProxyCommand"
     b = check("git -c core.sshCommand='ssh -F /tmp/c' clone git@github.com:o/r", sshenv)
     assert b is not None and b.rule == "-F"
-    b = check_command(None, "git fetch git@github.com:o/r", POLICY, SOURCES,
-                      env={**sshenv, "GIT_SSH_COMMAND": "ssh -o ProxyCommand=x"})
+    b = check_command(
+        None,
+        "git fetch git@github.com:o/r",
+        POLICY,
+        SOURCES,
+        env={**sshenv, "GIT_SSH_COMMAND": "ssh -o ProxyCommand=x"},
+    )
     assert b is not None and b.rule == "ProxyCommand"
-    b = check("git -c url.git@other.example.net:.insteadOf=https://github.com/ clone https://github.com/o/r",
-              sshenv)
+    b = check("git -c url.git@other.example.net:.insteadOf=https://github.com/ clone https://github.com/o/r", sshenv)
     assert b is not None and "other.example.net" in b.message
-    for text in ("git clone https://other.example.net/r", "git fetch origin", "git clone /local/path",
-                 "git clone ./a:b", "git status", "git remote add x git@other.example.net:r"):
+    for text in (
+        "git clone https://other.example.net/r",
+        "git fetch origin",
+        "git clone /local/path",
+        "git clone ./a:b",
+        "git status",
+        "git remote add x git@other.example.net:r",
+    ):
         assert check(text, sshenv) is None, text
 
 
 @needs_ssh
 def test_found_anywhere_in_the_command_line(sshenv):
-    for text in ("ls && ssh other.example.net", "bash -c 'ssh other.example.net'", "echo $(ssh sneaky)",
-                 "sudo -u bob ssh sneaky", "timeout 5 scp f other.example.net:x", "xargs -I{} ssh sneaky {}"):
+    for text in (
+        "ls && ssh other.example.net",
+        "bash -c 'ssh other.example.net'",
+        "echo $(ssh sneaky)",
+        "sudo -u bob ssh sneaky",
+        "timeout 5 scp f other.example.net:x",
+        "xargs -I{} ssh sneaky {}",
+    ):
         b = check(text, sshenv)
         assert b is not None and b.kind == "ssh", text
 
 
 # --------------------------------------------------------------------------- ssh -G itself
+
 
 def test_without_ssh_the_textual_host_is_used(tmp_path):
     env = {"PATH": str(tmp_path), "HOME": str(tmp_path)}

@@ -22,6 +22,7 @@ SCRIPT = sshproxy.script_path()
 
 # --------------------------------------------------------------------------- the generated ssh_config
 
+
 def test_proxy_command_runs_the_script_isolated_and_quotes_paths():
     cmd = sshproxy.proxy_command("/usr/bin/python3", "/opt/fence/socksconnect.py")
     assert cmd == "/usr/bin/python3 -I -S /opt/fence/socksconnect.py %h %p"
@@ -57,11 +58,9 @@ def test_route_without_a_system_config_falls_back_to_git_ssh_command(tmp_path):
     assert route.files == []
     assert route.env == {"GIT_SSH_COMMAND": "ssh -o 'ProxyCommand=/py -I -S /s.py %h %p'"}
     # the user's own choice of ssh for git is left alone
-    assert sshproxy.route({"GIT_SSH_COMMAND": "ssh -i k"}, python="/py", script="/s.py",
-                          config_path=missing).env == {}
+    assert sshproxy.route({"GIT_SSH_COMMAND": "ssh -i k"}, python="/py", script="/s.py", config_path=missing).env == {}
     # inside a masked (tmpfs) directory bwrap can create the file
-    assert sshproxy.route({}, [(str(tmp_path), True)], python="/py", script="/s.py",
-                          config_path=missing).files
+    assert sshproxy.route({}, [(str(tmp_path), True)], python="/py", script="/s.py", config_path=missing).files
 
 
 def test_route_skips_an_oversized_config(tmp_path):
@@ -72,13 +71,13 @@ def test_route_skips_an_oversized_config(tmp_path):
 
 
 def test_filtered_runs_only_import_it():
-    code = ("import sys; from fence.executor import runner; "
-            "print('fence.executor.sshproxy' in sys.modules)")
+    code = "import sys; from fence.executor import runner; print('fence.executor.sshproxy' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.stdout.strip() == "False", r.stderr
 
 
 # --------------------------------------------------------------------------- socksconnect.py
+
 
 class FakeSocks:
     """SOCKS5 server on 127.0.0.1: records requests; CONNECT to 'echo' answers what it read after EOF."""
@@ -136,8 +135,12 @@ class FakeSocks:
 
 
 def socksconnect(proxy: FakeSocks, host: str, port: str, data: bytes, timeout: float = 20):
-    return subprocess.run([sys.executable, "-I", "-S", SCRIPT, "-x", f"127.0.0.1:{proxy.port}", host, port],
-                          input=data, capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-I", "-S", SCRIPT, "-x", f"127.0.0.1:{proxy.port}", host, port],
+        input=data,
+        capture_output=True,
+        timeout=timeout,
+    )
 
 
 def test_socksconnect_keeps_the_reply_direction_after_stdin_ends():
@@ -177,16 +180,20 @@ def test_socksconnect_reports_a_refusal():
 def test_socksconnect_without_a_proxy_and_bad_arguments():
     with socket.create_server(("127.0.0.1", 0)) as s:
         port = s.getsockname()[1]
-    r = subprocess.run([sys.executable, "-I", "-S", SCRIPT, "-x", f"127.0.0.1:{port}", "h", "22"],
-                       capture_output=True, text=True, timeout=20)
+    r = subprocess.run(
+        [sys.executable, "-I", "-S", SCRIPT, "-x", f"127.0.0.1:{port}", "h", "22"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert r.returncode == 1 and "Connection refused" in r.stderr
     for args in ([], ["h"], ["h", "x"], ["h", "70000"], ["", "22"]):
-        r = subprocess.run([sys.executable, "-I", "-S", SCRIPT, *args], capture_output=True, text=True,
-                           timeout=20)
+        r = subprocess.run([sys.executable, "-I", "-S", SCRIPT, *args], capture_output=True, text=True, timeout=20)
         assert r.returncode == 2 and r.stderr.startswith("socksconnect:")
 
 
 # --------------------------------------------------------------------------- in a sandbox
+
 
 @pytest.mark.sandbox
 @pytest.mark.skipif(not os.path.isfile(sshproxy.SYSTEM_CONFIG), reason="no /etc/ssh/ssh_config to overlay")
@@ -195,8 +202,11 @@ def test_only_filtered_runs_see_the_generated_config(fence):
 
     with open(sshproxy.SYSTEM_CONFIG, "rb") as f:
         host_config = f.read()
-    for network, generated in (({"allowedDomains": ["127.0.0.1"]}, True), ({}, False),
-                               ({"allowedDomains": ["*"]}, False)):
+    for network, generated in (
+        ({"allowedDomains": ["127.0.0.1"]}, True),
+        ({}, False),
+        ({"allowedDomains": ["*"]}, False),
+    ):
         work = fence.workdir()
         (work / "fence.json").write_text(json.dumps({"network": network}))
         r = fence.run("--", "cat", sshproxy.SYSTEM_CONFIG, cwd=str(work))

@@ -57,9 +57,11 @@ OUTSIDE = ["fence.other", f"fence.events.{SANDBOX}.unknown", "fence.config.resol
 
 # --- what the table says (the test's own reading, independent of the generator) --------------
 
+
 def may_publish(user: str, subject: str) -> bool:
-    return any(user in r.asked_by and matches(r.subject, subject) for r in REQUESTS) or \
-        any(user in e.published_by and matches(e.subject, subject) for e in EVENTS)
+    return any(user in r.asked_by and matches(r.subject, subject) for r in REQUESTS) or any(
+        user in e.published_by and matches(e.subject, subject) for e in EVENTS
+    )
 
 
 def may_subscribe(user: str, subject: str) -> bool:
@@ -67,12 +69,15 @@ def may_subscribe(user: str, subject: str) -> bool:
         return True  # who watches every kind gets fence.events.> (to follow one sandbox: SUB_WILDCARD)
     if subject == SUB_WILDCARD:
         return False
-    return matches(f"_INBOX.{user}.>", subject) or \
-        any(user in r.answered_by and matches(r.subject, subject) for r in REQUESTS) or \
-        any(user in e.watched_by and matches(e.subject, subject) for e in EVENTS)
+    return (
+        matches(f"_INBOX.{user}.>", subject)
+        or any(user in r.answered_by and matches(r.subject, subject) for r in REQUESTS)
+        or any(user in e.watched_by and matches(e.subject, subject) for e in EVENTS)
+    )
 
 
 # --- the table itself ------------------------------------------------------------------------
+
 
 def test_table_names_real_messages_and_identities():
     for r in REQUESTS:
@@ -88,8 +93,13 @@ def test_table_names_real_messages_and_identities():
     every = [r.subject for r in REQUESTS] + [e.kind for e in EVENTS]
     assert len(every) == len(set(every))
     # the constants the services serve are the table's
-    assert {subjects.CONFIG_RESOLVE, subjects.PROXY_SESSION_OPEN, subjects.PROXY_SESSION_CLOSE,
-            subjects.EXEC_PLAN, subjects.MONITOR_RECENT} <= {r.subject for r in REQUESTS}
+    assert {
+        subjects.CONFIG_RESOLVE,
+        subjects.PROXY_SESSION_OPEN,
+        subjects.PROXY_SESSION_CLOSE,
+        subjects.EXEC_PLAN,
+        subjects.MONITOR_RECENT,
+    } <= {r.subject for r in REQUESTS}
 
 
 def test_every_event_kind_the_code_publishes_is_in_the_table_and_back():
@@ -109,14 +119,16 @@ def test_event_refuses_a_kind_the_table_does_not_know():
 
 
 def test_subjects_is_cheap_to_import():
-    code = "import sys, fence.subjects; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
-           "('asyncio', 'nats', 'json5', 'subprocess', 'dataclasses', 'prometheus_client') or m == 'fence.messages'))"
-    out = subprocess.run([sys.executable, "-c", code],
-                         capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys, fence.subjects; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('asyncio', 'nats', 'json5', 'subprocess', 'dataclasses', 'prometheus_client') or m == 'fence.messages'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 # --- the generated permissions -----------------------------------------------------------------
+
 
 def allowed(allow: tuple[str, ...], deny: tuple[str, ...], subject: str) -> bool:
     return any(matches(a, subject) for a in allow) and not any(matches(d, subject) for d in deny)
@@ -158,9 +170,13 @@ def test_forbidden_cases_stay_forbidden():
     # publishes their events (never .net)
     executor_asks = {subjects.CONFIG_RESOLVE, subjects.PROXY_SESSION_OPEN, subjects.PROXY_SESSION_CLOSE}
     for user in SERVICES:
-        expected = {net} if user == PROXY else \
-            executor_asks | {f"fence.events.{SANDBOX}.{e.kind}" for e in EVENTS if e.kind != "net"} \
-            if user == EXECUTOR else set()
+        expected = (
+            {net}
+            if user == PROXY
+            else executor_asks | {f"fence.events.{SANDBOX}.{e.kind}" for e in EVENTS if e.kind != "net"}
+            if user == EXECUTOR
+            else set()
+        )
         assert {s for s in TABLE_SUBJECTS if pub(user, s)} == expected, user
     # only the executor answers the detached-sandbox API, and only clients ask it
     for subject in subjects.EXEC_FLEET:
@@ -193,6 +209,7 @@ def test_the_deploy_example_shows_the_generated_permissions():
 
 # --- the same, enforced by a real nats-server ---------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def server():
     from fence.supervisor import PERMISSIONS, NatsPorts, nats_config, nats_server_binary, permissions_of
@@ -202,8 +219,9 @@ def server():
     passwords = {u: f"pw-{u}" for u in users}
     conf = root / "nats.conf"
     conf.write_text(nats_config(passwords, str(root), str(root / "store"), permissions=users))
-    proc = subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [nats_server_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 10
         url = ""
@@ -230,8 +248,9 @@ async def refusals(url: str, user: str, password: str) -> tuple[set[str], set[st
     async def on_error(e):
         errors.append(str(e))
 
-    nc = await nats.connect(url, user=user, password=password, allow_reconnect=False, connect_timeout=2,
-                            error_cb=on_error)
+    nc = await nats.connect(
+        url, user=user, password=password, allow_reconnect=False, connect_timeout=2, error_cb=on_error
+    )
     try:
         for subject in TABLE_SUBJECTS + OUTSIDE:
             await nc.publish(subject, b"{}")

@@ -43,8 +43,13 @@ class Supervised:
     def __init__(self, root: Path):
         self.root = root
         self.home = root / "home"
-        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.home), "LANG": "C.UTF-8",
-                    "XDG_RUNTIME_DIR": str(root / "run"), "XDG_DATA_HOME": str(root / "data")}
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.home),
+            "LANG": "C.UTF-8",
+            "XDG_RUNTIME_DIR": str(root / "run"),
+            "XDG_DATA_HOME": str(root / "data"),
+        }
         self.log = self.home / ".local" / "state" / "fence" / "supervisor.log"
 
     def creds(self, user: str) -> Credentials:
@@ -53,12 +58,14 @@ class Supervised:
 
     async def connect(self, user: str) -> NatsBus:
         c = self.creds(user)
-        return await NatsBus.connect(c.url, user=c.user, password=c.password, inbox_prefix=c.inbox_prefix,
-                                     name=f"test-{user}")
+        return await NatsBus.connect(
+            c.url, user=c.user, password=c.password, inbox_prefix=c.inbox_prefix, name=f"test-{user}"
+        )
 
     def fence(self, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "fence", *args], env=self.env, cwd=cwd, capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "fence", *args], env=self.env, cwd=cwd, capture_output=True, text=True, timeout=60
+        )
 
     def violations(self) -> list[str]:
         """nats-server's permission refusals, as the supervisor forwarded them to its log."""
@@ -67,13 +74,15 @@ class Supervised:
 
     def recent(self, sandbox: str = "", want=lambda events: False, timeout: float = 5.0) -> list:
         """The monitor's recent events (of one sandbox), polled until ``want`` accepts them or time is up."""
+
         async def poll() -> list:
             bus = await self.connect("client")
             try:
                 deadline = time.monotonic() + timeout
                 while True:
-                    reply = await bus.request(MONITOR_RECENT, RecentEventsRequest(sandbox=sandbox, limit=1000),
-                                              RecentEventsReply)
+                    reply = await bus.request(
+                        MONITOR_RECENT, RecentEventsRequest(sandbox=sandbox, limit=1000), RecentEventsReply
+                    )
                     if want(reply.events) or time.monotonic() > deadline:
                         return reply.events
                     await asyncio.sleep(0.05)
@@ -100,7 +109,10 @@ def supervised():
         locks = set(os.listdir(root / "run" / "fence")) if leftover == ["fence"] else set()
         shutil.rmtree(root, ignore_errors=True)
         assert down.returncode == 0 and (leftover == [] or locks <= {"reserve.lock", "placeholders.lock"}), (
-            down.stderr, leftover, locks)
+            down.stderr,
+            leftover,
+            locks,
+        )
 
 
 def sample(kind: str, sandbox: str) -> messages.Message:
@@ -108,14 +120,25 @@ def sample(kind: str, sandbox: str) -> messages.Message:
     now = time.time()
     return {
         "lifecycle": lambda: messages.LifecycleEvent(sandbox=sandbox, phase="started", ts=now, pid=1, argv=["true"]),
-        "preflight": lambda: messages.PreflightBlockedEvent(sandbox=sandbox, ts=now, command="reboot", rule="reboot",
-                                                            default_rule=True),
-        "net": lambda: messages.NetDecisionEvent(sandbox=sandbox, ts=now, proto="http", host="example.com",
-                                                 port=443, decision="deny", reason="nomatch", outcome="blocked"),
-        "exec": lambda: messages.ExecBlockedEvent(sandbox=sandbox, ts=now, pid=2, path="/usr/bin/git",
-                                                  argv=["git", "push"], rule="git push"),
-        "fs": lambda: messages.ProtectedPathEvent(sandbox=sandbox, ts=now, path="/var/tmp/x/.mcp.json",
-                                                  moved_to="/var/tmp/x/.mcp.json.fence-quarantine-1"),
+        "preflight": lambda: messages.PreflightBlockedEvent(
+            sandbox=sandbox, ts=now, command="reboot", rule="reboot", default_rule=True
+        ),
+        "net": lambda: messages.NetDecisionEvent(
+            sandbox=sandbox,
+            ts=now,
+            proto="http",
+            host="example.com",
+            port=443,
+            decision="deny",
+            reason="nomatch",
+            outcome="blocked",
+        ),
+        "exec": lambda: messages.ExecBlockedEvent(
+            sandbox=sandbox, ts=now, pid=2, path="/usr/bin/git", argv=["git", "push"], rule="git push"
+        ),
+        "fs": lambda: messages.ProtectedPathEvent(
+            sandbox=sandbox, ts=now, path="/var/tmp/x/.mcp.json", moved_to="/var/tmp/x/.mcp.json.fence-quarantine-1"
+        ),
     }[kind]()
 
 
@@ -165,8 +188,9 @@ def test_quarantined_path_reaches_the_monitor(supervised):
         assert "created protected path" in r.stderr
 
         def found(events):
-            return [e for e in events if isinstance(e, messages.ProtectedPathEvent)
-                    and e.path == str(work / ".mcp.json")]
+            return [
+                e for e in events if isinstance(e, messages.ProtectedPathEvent) and e.path == str(work / ".mcp.json")
+            ]
 
         assert found(supervised.recent(want=found)), "the quarantine event never reached the monitor"
         assert supervised.violations() == []

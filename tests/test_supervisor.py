@@ -45,18 +45,33 @@ class Env:
         self.home = root / "home"
         self.home.mkdir()
         self.vars = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.home), "LANG": "C.UTF-8",
-            "XDG_RUNTIME_DIR": str(self.run_dir), "XDG_DATA_HOME": str(root / "data"),
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.home),
+            "LANG": "C.UTF-8",
+            "XDG_RUNTIME_DIR": str(self.run_dir),
+            "XDG_DATA_HOME": str(root / "data"),
         }
         self.rdir = self.run_dir / "fence"
 
     def cli(self, *args: str, timeout: float = 40) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "fence.supervisor", *args], env=self.vars, capture_output=True,
-                              text=True, timeout=timeout, cwd=self.root)
+        return subprocess.run(
+            [sys.executable, "-m", "fence.supervisor", *args],
+            env=self.vars,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+        )
 
     def popen(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "fence.supervisor", *args], env=self.vars, cwd=self.root,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "fence.supervisor", *args],
+            env=self.vars,
+            cwd=self.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def info(self) -> SupervisorInfo | None:
         try:
@@ -114,8 +129,9 @@ async def nats_connect(env: Env, user: str | None):
     if user is not None:
         c = env.creds(user)
         kw = {"user": c.user, "password": c.password, "inbox_prefix": c.inbox_prefix}
-    nc = await nats.connect(info.nats_url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2,
-                            error_cb=on_error, **kw)
+    nc = await nats.connect(
+        info.nats_url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2, error_cb=on_error, **kw
+    )
     return nc, errors
 
 
@@ -232,11 +248,16 @@ def test_permissions_are_least_privilege(up):
 
         # no anonymous access, no wrong password
         with pytest.raises(Exception, match=r"(?i)authorization"):
-            await nats.connect(up.first.nats_url, allow_reconnect=False, max_reconnect_attempts=0,
-                               connect_timeout=2)
+            await nats.connect(up.first.nats_url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
         with pytest.raises(Exception, match=r"(?i)authorization"):
-            await nats.connect(up.first.nats_url, user="client", password="guess", allow_reconnect=False,
-                               max_reconnect_attempts=0, connect_timeout=2)
+            await nats.connect(
+                up.first.nats_url,
+                user="client",
+                password="guess",
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                connect_timeout=2,
+            )
 
     asyncio.run(main())
 
@@ -248,11 +269,13 @@ def test_client_resolves_a_policy_through_the_bus(up):
 
     async def main():
         c = up.creds("client")
-        bus = await NatsBus.connect(c.url, user=c.user, password=c.password, inbox_prefix=c.inbox_prefix,
-                                    name="test-client")
+        bus = await NatsBus.connect(
+            c.url, user=c.user, password=c.password, inbox_prefix=c.inbox_prefix, name="test-client"
+        )
         try:
-            return await bus.request(CONFIG_RESOLVE, ConfigResolveRequest(cwd=str(up.root), home=str(up.home)),
-                                     ConfigResolveReply, timeout=5)
+            return await bus.request(
+                CONFIG_RESOLVE, ConfigResolveRequest(cwd=str(up.root), home=str(up.home)), ConfigResolveReply, timeout=5
+            )
         finally:
             await bus.close()
 
@@ -265,8 +288,12 @@ def test_killed_service_is_restarted(up):
     victim = before["proxy"]
     t0 = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)
-    info = up.wait_info(lambda i: any(c.name == "proxy" and c.pid != victim.pid and c.healthy and c.restarts == 1
-                                      for c in i.components), timeout=8)
+    info = up.wait_info(
+        lambda i: any(
+            c.name == "proxy" and c.pid != victim.pid and c.healthy and c.restarts == 1 for c in i.components
+        ),
+        timeout=8,
+    )
     print(f"\nproxy restarted and healthy in {time.monotonic() - t0:.2f}s")
     proxy = next(c for c in info.components if c.name == "proxy")
     assert pid_alive(proxy.pid) and not pid_alive(victim.pid)
@@ -354,11 +381,13 @@ def test_killed_supervisor_leaves_no_orphans(tmp_path):
 
 def test_service_process_fails_clearly():
     env = {k: v for k, v in os.environ.items() if k != "FENCE_BUS_CREDS"}
-    r = subprocess.run([sys.executable, "-m", "fence.serve", "config"], env=env, capture_output=True, text=True,
-                       timeout=20)
+    r = subprocess.run(
+        [sys.executable, "-m", "fence.serve", "config"], env=env, capture_output=True, text=True, timeout=20
+    )
     assert r.returncode == 1 and "Error:" in r.stderr and "FENCE_BUS_CREDS" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "fence.serve", "nonesuch"], env=env, capture_output=True, text=True,
-                       timeout=20)
+    r = subprocess.run(
+        [sys.executable, "-m", "fence.serve", "nonesuch"], env=env, capture_output=True, text=True, timeout=20
+    )
     assert r.returncode == 1 and "unknown component" in r.stderr
 
 

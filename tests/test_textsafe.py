@@ -9,9 +9,18 @@ import pytest
 from fence.goquote import go_quote
 from fence.textsafe import printable, printable_message
 
-ORDINARY = ["", "example.com:443", "/home/me/проект/файл.txt", "git push origin main", "日本語 ✓ ✗ 🙂",
-            "C:\\path\\x1b (a backslash stays)", "[fence] Sandbox 0123456789ab started (pid 42)",
-            "non\u00a0breaking space", "e\u0301 combining", "zero\u200bwidth"]
+ORDINARY = [
+    "",
+    "example.com:443",
+    "/home/me/проект/файл.txt",
+    "git push origin main",
+    "日本語 ✓ ✗ 🙂",
+    "C:\\path\\x1b (a backslash stays)",
+    "[fence] Sandbox 0123456789ab started (pid 42)",
+    "non\u00a0breaking space",
+    "e\u0301 combining",
+    "zero\u200bwidth",
+]
 
 
 @pytest.mark.parametrize("text", ORDINARY)
@@ -20,11 +29,26 @@ def test_ordinary_text_is_unchanged(text):
     assert printable_message(text) == text
 
 
-@pytest.mark.parametrize("char, shown", [
-    ("\x00", "\\x00"), ("\x1b", "\\x1b"), ("\r", "\\x0d"), ("\n", "\\x0a"), ("\t", "\\x09"), ("\x7f", "\\x7f"),
-    ("\x85", "\\x85"), ("\x9b", "\\x9b"), ("\u202e", "\\u202e"), ("\u2066", "\\u2066"), ("\u200f", "\\u200f"),
-    ("\u061c", "\\u061c"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"), ("\ud800", "\\ud800"),
-])
+@pytest.mark.parametrize(
+    "char, shown",
+    [
+        ("\x00", "\\x00"),
+        ("\x1b", "\\x1b"),
+        ("\r", "\\x0d"),
+        ("\n", "\\x0a"),
+        ("\t", "\\x09"),
+        ("\x7f", "\\x7f"),
+        ("\x85", "\\x85"),
+        ("\x9b", "\\x9b"),
+        ("\u202e", "\\u202e"),
+        ("\u2066", "\\u2066"),
+        ("\u200f", "\\u200f"),
+        ("\u061c", "\\u061c"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+        ("\ud800", "\\ud800"),
+    ],
+)
 def test_controls_are_escaped(char, shown):
     assert printable(f"a{char}b") == f"a{shown}b"
 

@@ -40,9 +40,9 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
-from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -65,6 +65,7 @@ DRAIN_GRACE = 2.0
 
 
 # --- errors -------------------------------------------------------------------
+
 
 class BusError(Exception):
     """Base of every bus failure."""
@@ -138,11 +139,20 @@ class Bus(Protocol):
 
     async def publish(self, subject: str, msg: Message) -> None: ...
 
-    async def serve(self, subject: str, request_type: Any, handler: Handler, *, queue: str = "",
-                    max_request: int = MAX_REQUEST, observe: Observer | None = None) -> Subscription: ...
+    async def serve(
+        self,
+        subject: str,
+        request_type: Any,
+        handler: Handler,
+        *,
+        queue: str = "",
+        max_request: int = MAX_REQUEST,
+        observe: Observer | None = None,
+    ) -> Subscription: ...
 
-    async def subscribe(self, subject: str, msg_type: Any, handler: EventHandler, *,
-                        queue: str = "") -> Subscription: ...
+    async def subscribe(
+        self, subject: str, msg_type: Any, handler: EventHandler, *, queue: str = ""
+    ) -> Subscription: ...
 
     async def publish_raw(self, subject: str, data: bytes) -> None: ...
 
@@ -195,8 +205,9 @@ def check_subject(subject: str, wildcards: bool = False) -> None:
     for i, tok in enumerate(tokens):
         if not tok:
             raise BadSubject(f"invalid subject {subject!r}: empty token")
-        if ("*" in tok or ">" in tok) and (not wildcards or tok not in ("*", ">")
-                                             or (tok == ">" and i != len(tokens) - 1)):
+        if ("*" in tok or ">" in tok) and (
+            not wildcards or tok not in ("*", ">") or (tok == ">" and i != len(tokens) - 1)
+        ):
             raise BadSubject(f"invalid subject {subject!r}: misplaced wildcard")
 
 
@@ -232,8 +243,9 @@ def fit_reply(subject: str, data: bytes, limit: int) -> bytes:
     return _error("too_large", f"{subject}: reply is {len(data)} bytes; the limit is {limit}")
 
 
-def make_responder(subject: str, request_type: Any, handler: Handler, max_request: int,
-                   observe: Observer | None) -> Callable[[bytes], Awaitable[bytes]]:
+def make_responder(
+    subject: str, request_type: Any, handler: Handler, max_request: int, observe: Observer | None
+) -> Callable[[bytes], Awaitable[bytes]]:
     """Wrap a typed handler into bytes -> bytes, turning every failure into an ErrorReply.
 
     This is the one place where bad input meets a service, for both transports.
@@ -318,10 +330,19 @@ class TypedBus:
         data = await self.request_raw(subject, encode(msg, self.max_payload), timeout)
         return decode_reply(subject, data, reply_type)
 
-    async def serve(self, subject: str, request_type: Any, handler: Handler, *, queue: str = "",
-                    max_request: int = MAX_REQUEST, observe: Observer | None = None):
-        return await self.serve_raw(subject, make_responder(subject, request_type, handler, max_request, observe),
-                                    queue=queue)
+    async def serve(
+        self,
+        subject: str,
+        request_type: Any,
+        handler: Handler,
+        *,
+        queue: str = "",
+        max_request: int = MAX_REQUEST,
+        observe: Observer | None = None,
+    ):
+        return await self.serve_raw(
+            subject, make_responder(subject, request_type, handler, max_request, observe), queue=queue
+        )
 
     async def subscribe(self, subject: str, msg_type: Any, handler: EventHandler, *, queue: str = ""):
         decoder = decoder_for(msg_type)
@@ -358,11 +379,17 @@ class TypedBus:
 
 # --- in-process transport ----------------------------------------------------------
 
+
 class _Sub:
     """One in-process subscription: a callback on (bytes, reply), with its ordered backlog."""
 
-    def __init__(self, bus: InProcessBus, pattern: str, queue: str,
-                 deliver: Callable[[bytes, Callable[[bytes], None] | None], Awaitable[None]]):
+    def __init__(
+        self,
+        bus: InProcessBus,
+        pattern: str,
+        queue: str,
+        deliver: Callable[[bytes, Callable[[bytes], None] | None], Awaitable[None]],
+    ):
         self.bus, self.pattern, self.queue, self.deliver = bus, pattern, queue, deliver
         self.pending: deque = deque()
         self.worker = None

@@ -87,14 +87,35 @@ class RunOptions:
         self.tail = 0
 
 
-_VALUE_FLAGS = {"-c": "command_string", "-s": "settings", "--settings": "settings", "-t": "template",
-                "--template": "template", "--bus": "bus_url", "--shell": "shell", "-p": "ports", "--port": "ports",
-                "--label": "labels", "--tail": "tail"}
-_BOOL_FLAGS = {"-d": "debug", "--debug": "debug", "-m": "monitor", "--monitor": "monitor",
-               "--force-new-session": "force_new_session", "-v": "version", "--version": "version",
-               "--linux-features": "linux_features", "--detach": "detach", "-i": "interactive",
-               "--interactive": "interactive", "--tty": "tty",
-               "-h": "help", "--help": "help"}
+_VALUE_FLAGS = {
+    "-c": "command_string",
+    "-s": "settings",
+    "--settings": "settings",
+    "-t": "template",
+    "--template": "template",
+    "--bus": "bus_url",
+    "--shell": "shell",
+    "-p": "ports",
+    "--port": "ports",
+    "--label": "labels",
+    "--tail": "tail",
+}
+_BOOL_FLAGS = {
+    "-d": "debug",
+    "--debug": "debug",
+    "-m": "monitor",
+    "--monitor": "monitor",
+    "--force-new-session": "force_new_session",
+    "-v": "version",
+    "--version": "version",
+    "--linux-features": "linux_features",
+    "--detach": "detach",
+    "-i": "interactive",
+    "--interactive": "interactive",
+    "--tty": "tty",
+    "-h": "help",
+    "--help": "help",
+}
 
 
 def parse_run_args(args: list[str]) -> RunOptions:
@@ -103,7 +124,7 @@ def parse_run_args(args: list[str]) -> RunOptions:
     while i < len(args):
         arg = args[i]
         if arg == "--":
-            opts.command = args[i + 1:]
+            opts.command = args[i + 1 :]
             return opts
         if not arg.startswith("-") or arg == "-":
             opts.command = args[i:]
@@ -295,10 +316,18 @@ def run_command(opts: RunOptions) -> int:
         host = host_facts(masked_dirs=_private_dirs())
     except HostError as e:
         return error(str(e))
-    req = RunRequest(command=command, sandbox=new_sandbox_id(), command_string=opts.command_string or "",
-                     cwd=os.getcwd(), env=env, settings=opts.settings,
-                     template=opts.template, debug=opts.debug, ports=opts.ports,
-                     force_new_session=opts.force_new_session)
+    req = RunRequest(
+        command=command,
+        sandbox=new_sandbox_id(),
+        command_string=opts.command_string or "",
+        cwd=os.getcwd(),
+        env=env,
+        settings=opts.settings,
+        template=opts.template,
+        debug=opts.debug,
+        ports=opts.ports,
+        force_new_session=opts.force_new_session,
+    )
     try:
         bus_url, supervisor = _find_bus(opts)
         if opts.debug:
@@ -323,10 +352,21 @@ def _start_detached(opts: RunOptions, command: list[str], env: dict[str, str]) -
         url = fleetcli.bus_url(opts.bus_url)
     except fleetcli.CliError as e:
         return error(f"fence run --detach: {e}")
-    return fleetcli.start_detached(url, ExecStartRequest(
-        argv=command, cwd=os.getcwd(), env=env, template=opts.template, settings=opts.settings,
-        command_string=opts.command_string or "", stdin=opts.interactive, tty=opts.tty, labels=opts.labels,
-        tail_bytes=opts.tail))
+    return fleetcli.start_detached(
+        url,
+        ExecStartRequest(
+            argv=command,
+            cwd=os.getcwd(),
+            env=env,
+            template=opts.template,
+            settings=opts.settings,
+            command_string=opts.command_string or "",
+            stdin=opts.interactive,
+            tty=opts.tty,
+            labels=opts.labels,
+            tail_bytes=opts.tail,
+        ),
+    )
 
 
 def _run_lone(req, host, monitor: bool) -> int:
@@ -375,8 +415,10 @@ def route_line(bus_url: str, supervisor) -> str:
     if not bus_url:
         return "[fence] Lone run: no supervisor; the config, proxy and monitor services run in this process"
     where = f"supervisor pid {supervisor.pid}" if supervisor is not None else "--bus"
-    return (f"[fence] Supervised run: through the bus at {bus_url} ({where}); the config, proxy and monitor "
-            "services are the supervisor's")
+    return (
+        f"[fence] Supervised run: through the bus at {bus_url} ({where}); the config, proxy and monitor "
+        "services are the supervisor's"
+    )
 
 
 def _find_bus(opts: RunOptions):

@@ -46,8 +46,21 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["HostError", "canonical_host", "split_host_port", "is_ip", "display_host", "Decision",
-           "DomainFilter", "ALLOW", "DENY", "PROXY", "block_hint", "pattern_problem", "pattern_error"]
+__all__ = [
+    "HostError",
+    "canonical_host",
+    "split_host_port",
+    "is_ip",
+    "display_host",
+    "Decision",
+    "DomainFilter",
+    "ALLOW",
+    "DENY",
+    "PROXY",
+    "block_hint",
+    "pattern_problem",
+    "pattern_error",
+]
 
 ALLOW, DENY, PROXY = "allow", "deny", "proxy"
 
@@ -91,8 +104,7 @@ def _canonical_v4(host: str) -> str:
     parts = host.split(".")
     if len(parts) == 4 and all(_quad_part(p) for p in parts):
         return host
-    raise HostError(f'"{host}" is not a canonical IPv4 address; write it as four decimal numbers '
-                    f'(e.g. 127.0.0.1)')
+    raise HostError(f'"{host}" is not a canonical IPv4 address; write it as four decimal numbers (e.g. 127.0.0.1)')
 
 
 def _canonical_v6(text: str) -> str:
@@ -145,8 +157,9 @@ def canonical_host(raw: str) -> str:
     if _numeric_label(last):
         # an IPv4 spelling: only the canonical dotted quad, written in ASCII as it is matched
         if not was_ascii or host != raw:
-            raise HostError(f'"{raw}" is not a canonical IPv4 address; write it as four decimal numbers '
-                            f'(e.g. 127.0.0.1)')
+            raise HostError(
+                f'"{raw}" is not a canonical IPv4 address; write it as four decimal numbers (e.g. 127.0.0.1)'
+            )
         return _canonical_v4(host)
     if not _name_match(host):
         raise HostError(f"{raw!r} is not a valid host name (letters, digits, '-', '_' and dots only)")
@@ -179,7 +192,7 @@ def split_host_port(authority: str, default_port: int | None = None) -> tuple[st
         end = authority.find("]")
         if end < 0:
             raise HostError(f'"{authority}": unclosed "["')
-        host, rest = authority[:end + 1], authority[end + 1:]
+        host, rest = authority[: end + 1], authority[end + 1 :]
         if rest and rest[0] != ":":
             raise HostError(f'"{authority}" is not host:port')
         port_text = rest[1:] if rest else None
@@ -200,6 +213,7 @@ def split_host_port(authority: str, default_port: int | None = None) -> tuple[st
 
 # --- the filter ---------------------------------------------------------------------------
 
+
 class Decision:
     """What the filter decided for one host: ``action`` (allow/deny/proxy), why, and the rule."""
 
@@ -213,7 +227,10 @@ class Decision:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Decision) and (self.action, self.reason, self.rule) == (
-            other.action, other.reason, other.rule)
+            other.action,
+            other.reason,
+            other.rule,
+        )
 
 
 def _canonical_pattern(pattern: str) -> str | None:
@@ -276,7 +293,7 @@ class _Rules:
         if self.suffix and ":" not in host:
             i = host.find(".")
             while i >= 0:
-                rule = self.suffix.get(host[i + 1:])
+                rule = self.suffix.get(host[i + 1 :])
                 if rule is not None:
                     return rule
                 i = host.find(".", i + 1)
@@ -345,7 +362,7 @@ PATTERN_HELP = {
     TOO_BROAD: 'list the domains you need, e.g. "*.example.com"',
     ONE_WILDCARD: 'a wildcard is a single leading "*." (e.g. "*.example.com") or "*" alone',
     BAD_FORMAT: 'a domain has a dot and no leading or trailing dot (e.g. "example.com"); "localhost" and "*" are '
-                "also accepted",
+    "also accepted",
 }
 """What to do about each reason (the second half of a config validation message)."""
 

@@ -77,6 +77,7 @@ def exec_line(event: ExecBlockedEvent) -> str:
 
 # --- proxy decisions ----------------------------------------------------------------------
 
+
 def net_lines(event: NetDecisionEvent, debug: bool = False, monitor: bool = False) -> list[str]:
     """The stderr lines for one ``NetDecisionEvent`` at this verbosity (maybe none)."""
     if debug:
@@ -137,8 +138,10 @@ def request_line(event: NetDecisionEvent) -> str:
     host = event.host or "-"
     if ":" in host:
         host = f"[{host}]"
-    return printable(f"[fence:http] {clock} {icon} {event.method or '-':<7} {event.status} {host} {url} "
-                     f"({round(event.duration_ms)}ms)")
+    return printable(
+        f"[fence:http] {clock} {icon} {event.method or '-':<7} {event.status} {host} {url} "
+        f"({round(event.duration_ms)}ms)"
+    )
 
 
 def listening_lines(http_port: int, socks_port: int) -> list[str]:

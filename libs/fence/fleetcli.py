@@ -29,9 +29,20 @@ import msgspec
 import uvloop
 
 from fence.bus import BusError, NoResponders, RemoteError, RequestTimeout
-from fence.messages import (ExecAck, ExecListReply, ExecListRequest, ExecOutputReply, ExecOutputRequest,
-                            ExecSandboxRequest, ExecSignalRequest, ExecStartReply, ExecStdinRequest, ExecWaitReply,
-                            ExecWaitRequest, SandboxInfo)
+from fence.messages import (
+    ExecAck,
+    ExecListReply,
+    ExecListRequest,
+    ExecOutputReply,
+    ExecOutputRequest,
+    ExecSandboxRequest,
+    ExecSignalRequest,
+    ExecStartReply,
+    ExecStdinRequest,
+    ExecWaitReply,
+    ExecWaitRequest,
+    SandboxInfo,
+)
 from fence.natsbus import NatsBus
 from fence.runtime import client_credentials, find_supervisor, read_credentials, uptime
 from fence.subjects import EXEC_INFO, EXEC_KILL, EXEC_LIST, EXEC_OUTPUT, EXEC_SIGNAL, EXEC_START, EXEC_STDIN, EXEC_WAIT
@@ -81,6 +92,7 @@ def main(command: str, args: list[str]) -> int:
 
 def start_detached(bus_url: str, start) -> int:
     """``fence run --detach``: start ``start`` (an ``ExecStartRequest``), print its id, return."""
+
     async def go(bus) -> int:
         reply = await _ask(bus, EXEC_START, start, ExecStartReply, START_TIMEOUT)
         for line in reply.warnings:
@@ -96,6 +108,7 @@ def start_detached(bus_url: str, start) -> int:
 
 
 # --- parsing ------------------------------------------------------------------------
+
 
 def _parse(command: str, args: list[str]) -> dict:
     opts: dict = {"bus": "", "json": False, "follow": False, "signal": "", "id": "", "help": False}
@@ -140,12 +153,15 @@ def bus_url(flag: str) -> str:
 
     info = find_supervisor()
     if info is None:
-        raise CliError("no supervisor is running (start one with: fence up --detach); detached sandboxes "
-                       "live in the supervisor's executor")
+        raise CliError(
+            "no supervisor is running (start one with: fence up --detach); detached sandboxes "
+            "live in the supervisor's executor"
+        )
     return info.nats_url
 
 
 # --- the commands -----------------------------------------------------------------------
+
 
 def _session(opts: dict, command: str):
     async def go(bus) -> int:
@@ -180,13 +196,21 @@ def format_table(sandboxes, now: float) -> str:
     rows = [("ID", "TENANT", "LABELS", "COMMAND", "STATE", "AGE", "EXIT")]
     for info in sandboxes:
         command = shlex.join(info.argv)
-        rows.append((info.sandbox, info.tenant or "-",
-                     ",".join(f"{k}={v}" for k, v in sorted(info.labels.items())) or "-",
-                     command if len(command) <= 40 else command[:37] + "...", info.state,
-                     uptime(info.started, now), "-" if info.exit_code is None else str(info.exit_code)))
+        rows.append(
+            (
+                info.sandbox,
+                info.tenant or "-",
+                ",".join(f"{k}={v}" for k, v in sorted(info.labels.items())) or "-",
+                command if len(command) <= 40 else command[:37] + "...",
+                info.state,
+                uptime(info.started, now),
+                "-" if info.exit_code is None else str(info.exit_code),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n"
-                   for row in rows)
+    return "".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in rows
+    )
 
 
 async def _logs(bus, sandbox: str, follow: bool) -> int:
@@ -197,8 +221,14 @@ async def _logs(bus, sandbox: str, follow: bool) -> int:
 async def _wait(bus, sandbox: str) -> int:
     await _known(bus, sandbox)
     while True:
-        reply = await _ask(bus, EXEC_WAIT, ExecWaitRequest(sandbox=sandbox, timeout=FOLLOW_WAIT), ExecWaitReply,
-                           FOLLOW_WAIT + GRACE, lost=sandbox)
+        reply = await _ask(
+            bus,
+            EXEC_WAIT,
+            ExecWaitRequest(sandbox=sandbox, timeout=FOLLOW_WAIT),
+            ExecWaitReply,
+            FOLLOW_WAIT + GRACE,
+            lost=sandbox,
+        )
         if reply.info.state == "exited":
             return reply.info.exit_code if reply.info.exit_code is not None else 1
 
@@ -218,8 +248,7 @@ async def _attach(bus, sandbox: str) -> int:
     tasks: set = set()
 
     def forward(signum: int) -> None:
-        task = loop.create_task(_ask(bus, EXEC_SIGNAL, ExecSignalRequest(sandbox=sandbox, signal=str(signum)),
-                                     ExecAck))
+        task = loop.create_task(_ask(bus, EXEC_SIGNAL, ExecSignalRequest(sandbox=sandbox, signal=str(signum)), ExecAck))
         tasks.add(task)
         task.add_done_callback(_forgotten(tasks))
 
@@ -245,8 +274,7 @@ async def _attach(bus, sandbox: str) -> int:
                 data = await queue.get()
                 while True:
                     try:
-                        await _ask(bus, EXEC_STDIN, ExecStdinRequest(sandbox=sandbox, data=data, eof=not data),
-                                   ExecAck)
+                        await _ask(bus, EXEC_STDIN, ExecStdinRequest(sandbox=sandbox, data=data, eof=not data), ExecAck)
                         break
                     except CliError as e:
                         if "is not reading" not in str(e):
@@ -286,6 +314,7 @@ def _raw_terminal():
 
 def _forgotten(tasks: set):
     """A done callback: drop the task, and read its outcome (a signal that could not go is not an error)."""
+
     def done(task) -> None:
         tasks.discard(task)
         if not task.cancelled():
@@ -308,13 +337,21 @@ async def _follow(bus, sandbox: str, live: bool):
     out, err = sys.stdout.buffer, sys.stderr.buffer
     while True:
         wait = FOLLOW_WAIT if live else 0.0
-        reply = await _ask(bus, EXEC_OUTPUT, ExecOutputRequest(sandbox=sandbox, after=after, wait=wait),
-                           ExecOutputReply, wait + GRACE, lost=sandbox)
+        reply = await _ask(
+            bus,
+            EXEC_OUTPUT,
+            ExecOutputRequest(sandbox=sandbox, after=after, wait=wait),
+            ExecOutputReply,
+            wait + GRACE,
+            lost=sandbox,
+        )
         for chunk in reply.chunks:
             if chunk.stream == "dropped":
                 out.flush()
-                err.write(f"[fence] {chunk.count} output chunk(s) of sandbox {sandbox} were dropped "
-                          "(not retained: read too slowly or attached late)\n".encode())
+                err.write(
+                    f"[fence] {chunk.count} output chunk(s) of sandbox {sandbox} were dropped "
+                    "(not retained: read too slowly or attached late)\n".encode()
+                )
                 err.flush()
             else:
                 target = out if chunk.stream == "stdout" else err
@@ -327,6 +364,7 @@ async def _follow(bus, sandbox: str, live: bool):
 
 # --- the bus ------------------------------------------------------------------------------
 
+
 def _run(coro) -> int:
     return uvloop.run(coro)
 
@@ -335,8 +373,13 @@ async def _with_bus(flag: str, go) -> int:
     url = bus_url(flag)
     creds = _credentials()
     try:
-        bus = await NatsBus.connect(url, user=creds.user, password=creds.password, inbox_prefix=creds.inbox_prefix,
-                                    name=f"fence-cli-{os.getpid()}")
+        bus = await NatsBus.connect(
+            url,
+            user=creds.user,
+            password=creds.password,
+            inbox_prefix=creds.inbox_prefix,
+            name=f"fence-cli-{os.getpid()}",
+        )
     except BusError as e:
         raise CliError(f"cannot reach the supervisor's bus at {url}: {e}") from None
     try:

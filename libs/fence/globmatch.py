@@ -69,8 +69,7 @@ class _Segment:
     def __init__(self, pieces: tuple):
         self.pieces = pieces
         self.size = sum(len(p) if p.__class__ is str else 1 for p in pieces)
-        self.literal = pieces[0] if len(pieces) == 1 and pieces[0].__class__ is str else (
-            "" if not pieces else None)
+        self.literal = pieces[0] if len(pieces) == 1 and pieces[0].__class__ is str else ("" if not pieces else None)
         # the longest literal run, to jump between candidate starts with str.find
         self.anchor, self.anchor_at = "", 0
         offset = 0

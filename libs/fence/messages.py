@@ -32,6 +32,7 @@ class Message(msgspec.Struct, kw_only=True, tag=True, tag_field="type", omit_def
 
 # --- errors -----------------------------------------------------------------
 
+
 class ErrorReply(Message):
     """A typed failure in place of a reply.
 
@@ -48,6 +49,7 @@ class ErrorReply(Message):
 
 
 # --- config service ----------------------------------------------------------
+
 
 class ConfigResolveRequest(Message):
     """Resolve the policy for a run: explicit file or template, else discovery."""
@@ -122,6 +124,7 @@ class ConfigResolveReply(Message):
 
 # --- proxy service -----------------------------------------------------------
 
+
 class ProxySessionOpen(Message):
     """Ask the proxy service to serve one sandbox with this network policy.
 
@@ -189,6 +192,7 @@ class ProxySessionClosed(Message):
 
 # --- executor service ----------------------------------------------------------
 
+
 class ExecPlanRequest(Message):
     """Plan (without running) the sandbox for ``argv`` under ``policy``, as ``fence run`` would.
 
@@ -227,6 +231,7 @@ class ExecPlanReply(Message):
 # --- executor service: detached sandboxes (docs/fleet.md) -------------------------
 # Every request names the sandbox by id and carries ``tenant`` ("" until tenants exist):
 # a sandbox of another tenant is answered exactly like an unknown id (no oracle).
+
 
 class ExecStartRequest(Message):
     """Start a detached sandbox: the executor service owns it, its client may leave and come back.
@@ -382,6 +387,7 @@ class ExecAck(Message):
 
 
 # --- monitor service -----------------------------------------------------------
+
 
 class LifecycleEvent(Message):
     """A sandbox started or ended.  Published on ``fence.events.<sandbox>.lifecycle``."""

@@ -17,18 +17,27 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-REQUESTS = Counter("fence_requests_total", "Requests handled, by service, endpoint and outcome",
-                   ["service", "endpoint", "outcome"])
-LATENCY = Histogram("fence_request_duration_seconds", "Request handling time, by service and endpoint",
-                    ["service", "endpoint"],
-                    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+REQUESTS = Counter(
+    "fence_requests_total", "Requests handled, by service, endpoint and outcome", ["service", "endpoint", "outcome"]
+)
+LATENCY = Histogram(
+    "fence_request_duration_seconds",
+    "Request handling time, by service and endpoint",
+    ["service", "endpoint"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
 EVENTS = Counter("fence_events_total", "Events received by the monitor, by kind", ["kind"])
 GAUGES = Gauge("fence_service_gauge", "Service-specific levels (sessions open, ...)", ["name"])
-RUNS = Counter("fence_sandbox_runs_total",
-               "Sandbox runs clients reported on the bus, by phase (started, exited, refused) and outcome",
-               ["phase", "outcome"])
-RUN_SECONDS = Histogram("fence_sandbox_run_seconds", "Time from a sandbox's started event to its exited event",
-                        buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0))
+RUNS = Counter(
+    "fence_sandbox_runs_total",
+    "Sandbox runs clients reported on the bus, by phase (started, exited, refused) and outcome",
+    ["phase", "outcome"],
+)
+RUN_SECONDS = Histogram(
+    "fence_sandbox_run_seconds",
+    "Time from a sandbox's started event to its exited event",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0),
+)
 
 
 class Metrics:

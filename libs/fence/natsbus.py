@@ -77,13 +77,26 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
-from typing import Any, TypeVar
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import uvloop
 
-from fence.bus import (DRAIN_GRACE, PENDING_LIMIT, BadSubject, BusError, NoResponders, PayloadTooLarge,
-                       PermissionDenied, RawHandler, RawResponder, RequestTimeout, TypedBus, check_subject, fit_reply)
+from fence.bus import (
+    DRAIN_GRACE,
+    PENDING_LIMIT,
+    BadSubject,
+    BusError,
+    NoResponders,
+    PayloadTooLarge,
+    PermissionDenied,
+    RawHandler,
+    RawResponder,
+    RequestTimeout,
+    TypedBus,
+    check_subject,
+    fit_reply,
+)
 from fence.textsafe import printable
 
 T = TypeVar("T")
@@ -182,8 +195,16 @@ class NatsBus(TypedBus):
         self._next = 0
 
     @classmethod
-    async def connect(cls, url: str, *, user: str = "", password: str = "", inbox_prefix: str = "_INBOX",
-                      name: str = "fence", max_reconnect_attempts: int = 60) -> NatsBus:
+    async def connect(
+        cls,
+        url: str,
+        *,
+        user: str = "",
+        password: str = "",
+        inbox_prefix: str = "_INBOX",
+        name: str = "fence",
+        max_reconnect_attempts: int = 60,
+    ) -> NatsBus:
         """Connect (one attempt, failing fast with ``BusError``) and set up the reply inbox."""
         check_subject(inbox_prefix)
         # lazy: nats-py (~60 ms) only once connecting: importing fence.natsbus stays cheap
@@ -192,20 +213,31 @@ class NatsBus(TypedBus):
         nc = Client()
         bus = cls(nc, url, name)
         try:
-            await nc.connect(url, user=user or None, password=password or None, name=name,
-                             inbox_prefix=inbox_prefix, error_cb=bus._on_error,
-                             disconnected_cb=bus._on_disconnected, reconnected_cb=bus._on_reconnected,
-                             # nats-py annotates connect_timeout as int, but only passes it to wait_for
-                             closed_cb=bus._on_closed, connect_timeout=CONNECT_TIMEOUT,  # type: ignore[arg-type]
-                             # fail fast on the first connect; reconnection is enabled below
-                             allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0)
+            await nc.connect(
+                url,
+                user=user or None,
+                password=password or None,
+                name=name,
+                inbox_prefix=inbox_prefix,
+                error_cb=bus._on_error,
+                disconnected_cb=bus._on_disconnected,
+                reconnected_cb=bus._on_reconnected,
+                # nats-py annotates connect_timeout as int, but only passes it to wait_for
+                closed_cb=bus._on_closed,
+                connect_timeout=CONNECT_TIMEOUT,  # type: ignore[arg-type]
+                # fail fast on the first connect; reconnection is enabled below
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0,
+            )
         except Exception as e:
             cause = bus._connect_error if type(e).__name__ == "NoServersError" and bus._connect_error else e
             await bus._abort()
             detail = str(_bus_error(cause)) if not isinstance(cause, OSError) else f"{type(cause).__name__}: {cause}"
             raise BusError(f"cannot connect to {url}" + (f" as {user}" if user else "") + f": {detail}") from None
-        nc.options.update(allow_reconnect=True, max_reconnect_attempts=max_reconnect_attempts,
-                          reconnect_time_wait=RECONNECT_WAIT)
+        nc.options.update(
+            allow_reconnect=True, max_reconnect_attempts=max_reconnect_attempts, reconnect_time_wait=RECONNECT_WAIT
+        )
         bus._connecting = False
         bus.max_payload = nc.max_payload
         bus._mux = nc.new_inbox() + "."
@@ -214,8 +246,9 @@ class NatsBus(TypedBus):
         except BusError as e:
             await bus._abort()
             if isinstance(e, PermissionDenied):
-                raise PermissionDenied(f"{user or 'this user'} may not subscribe to its reply inbox "
-                                       f"{inbox_prefix}.>: {e}") from None
+                raise PermissionDenied(
+                    f"{user or 'this user'} may not subscribe to its reply inbox {inbox_prefix}.>: {e}"
+                ) from None
             raise
         bus._subs.pop(bus._mux_sub._sub, None)  # close() unsubscribes the reply inbox last
         return bus
@@ -314,8 +347,9 @@ class NatsBus(TypedBus):
         self._sub_checks.append(check)
         sub = wrapper = None
         try:
-            sub = await self._nc.subscribe(subject, queue=queue, cb=cb, pending_msgs_limit=PENDING_LIMIT,
-                                           pending_bytes_limit=PENDING_BYTES)
+            sub = await self._nc.subscribe(
+                subject, queue=queue, cb=cb, pending_msgs_limit=PENDING_LIMIT, pending_bytes_limit=PENDING_BYTES
+            )
             wrapper = NatsSubscription(self, sub, subject, queue)
             self._subs[sub] = wrapper
             await self._roundtrip()
@@ -327,8 +361,9 @@ class NatsBus(TypedBus):
             self._sub_checks.remove(check)
         if refused:
             await wrapper.unsubscribe(_confirm=False)
-            raise PermissionDenied(f"subscribe to {subject}" + (f" (queue {queue})" if queue else "")
-                                   + " refused by the server")
+            raise PermissionDenied(
+                f"subscribe to {subject}" + (f" (queue {queue})" if queue else "") + " refused by the server"
+            )
         return wrapper
 
     async def _roundtrip(self) -> None:
@@ -349,7 +384,7 @@ class NatsBus(TypedBus):
     # --- nats-py callbacks -----------------------------------------------------------------
 
     async def _on_reply(self, msg: Any) -> None:
-        entry = self._waiting.get(msg.subject[len(self._mux):])
+        entry = self._waiting.get(msg.subject[len(self._mux) :])
         if entry is None or entry[0].done():
             return  # late reply to a request that timed out
         headers = msg.headers

@@ -187,8 +187,18 @@ class Policy(_Part):
     """macOS-only settings."""
 
 
-AGENT_TOOLS = ("claude", "codex", "copilot", "cursor", "devcontainer", "direnv", "gemini", "jetbrains", "opencode",
-               "vscode")
+AGENT_TOOLS = (
+    "claude",
+    "codex",
+    "copilot",
+    "cursor",
+    "devcontainer",
+    "direnv",
+    "gemini",
+    "jetbrains",
+    "opencode",
+    "vscode",
+)
 """The names ``filesystem.allowAgentConfig`` takes: the tools of ``fence.protectednames``' table."""
 
 _ENTRY = {"items": {"type": "string", "minLength": 1}}

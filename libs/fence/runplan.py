@@ -70,6 +70,7 @@ class FsView(msgspec.Struct, frozen=True):
     hidden_grants: list[str] = []
     """Readable grants (allowRead, allowExecute, allowUnixSockets) inside a hidden directory, bound back
     read-only over it (writable ones are allowWrite binds already)."""
+
     def writable_roots(self) -> list[str]:
         return [p for p, _ in self.write]
 
@@ -180,5 +181,3 @@ class SandboxPlan(msgspec.Struct):
     @property
     def summary(self) -> str:
         return "[fence:linux] Sandbox: " + ", ".join(self.layers)
-
-

@@ -24,8 +24,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Mapping
 import time
+from collections.abc import Mapping
 from typing import TypeVar, cast
 
 import msgspec
@@ -133,8 +133,10 @@ def ensure_private_dir(path: str) -> str:
     try:
         st = os.fstat(fd)
         if st.st_uid != os.geteuid():
-            raise UnsafeDir(f"{path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}): fence keeps "
-                            "its private files only in a directory of yours; remove it and fence makes it again")
+            raise UnsafeDir(
+                f"{path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}): fence keeps "
+                "its private files only in a directory of yours; remove it and fence makes it again"
+            )
         if st.st_mode & 0o077:
             os.chmod(f"/proc/self/fd/{fd}", 0o700)  # the directory checked, not whatever the name is by now
     finally:
@@ -154,18 +156,30 @@ def _unsafe(path: str, error: OSError) -> OSError:
             target = os.readlink(path)
         except OSError:
             target = "?"
-        return UnsafeDir(f"{path} is a symlink (to {target}): fence never follows a link in place of its private "
-                         "directory; remove it and fence makes the directory again")
+        return UnsafeDir(
+            f"{path} is a symlink (to {target}): fence never follows a link in place of its private "
+            "directory; remove it and fence makes the directory again"
+        )
     if not stat.S_ISDIR(st.st_mode):
-        return UnsafeDir(f"{path} is not a directory ({_kind(st.st_mode)}): fence keeps its private files there; "
-                         "remove it and fence makes the directory again")
+        return UnsafeDir(
+            f"{path} is not a directory ({_kind(st.st_mode)}): fence keeps its private files there; "
+            "remove it and fence makes the directory again"
+        )
     return error
 
 
 def _kind(mode: int) -> str:
-    return ("a regular file" if stat.S_ISREG(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "not a directory")
+    return (
+        "a regular file"
+        if stat.S_ISREG(mode)
+        else "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "not a directory"
+    )
 
 
 def masked_path(path: str) -> str:
@@ -330,7 +344,7 @@ def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-        return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+        return stat[stat.rindex(b")") + 2 :][:1] not in (b"Z", b"X")
     except (OSError, ValueError):
         return True  # no /proc (macOS): kill(0) is all we know
 

@@ -89,13 +89,17 @@ async def _serve(component: str, service_cls, creds) -> int:
     service.metadata["pid"] = str(os.getpid())
     service.metadata["component"] = component
     try:
-        bus = await NatsBus.connect(creds.url, user=creds.user, password=creds.password,
-                                    inbox_prefix=creds.inbox_prefix, name=f"fence-{component}-{os.getpid()}")
+        bus = await NatsBus.connect(
+            creds.url,
+            user=creds.user,
+            password=creds.password,
+            inbox_prefix=creds.inbox_prefix,
+            name=f"fence-{component}-{os.getpid()}",
+        )
     except (BusError, OSError) as e:
         raise StartError(f"cannot connect to the bus at {creds.url} as {creds.user}: {e}") from None
     except Exception as e:  # nats-py raises its own errors (no servers, auth): report them all the same
-        raise StartError(f"cannot connect to the bus at {creds.url} as {creds.user}: "
-                         f"{type(e).__name__}: {e}") from None
+        raise StartError(f"cannot connect to the bus at {creds.url} as {creds.user}: {type(e).__name__}: {e}") from None
     try:
         try:
             await service.start(bus)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, UTC
-from typing import Any
 from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
@@ -76,8 +76,14 @@ class Service:
         self.started = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         self._endpoints = self.endpoints()
         for ep in self._endpoints:
-            sub = await bus.serve(ep.subject, ep.request_type, ep.handler, queue=QUEUE,
-                                  max_request=ep.max_request, observe=self._observer(ep))
+            sub = await bus.serve(
+                ep.subject,
+                ep.request_type,
+                ep.handler,
+                queue=QUEUE,
+                max_request=ep.max_request,
+                observe=self._observer(ep),
+            )
             self._subs.append(sub)
         for verb, answer in (("PING", self._ping), ("INFO", self._info), ("STATS", self._stats)):
             for subject in (f"$SRV.{verb}", f"$SRV.{verb}.{self.name}", f"$SRV.{verb}.{self.name}.{self.id}"):
@@ -107,8 +113,13 @@ class Service:
 
     # NATS micro discovery ----------------------------------------------------------
     def _identity(self, kind: str) -> dict:
-        return {"type": f"io.nats.micro.v1.{kind}_response", "name": self.name, "id": self.id,
-                "version": __version__, "metadata": self.metadata}
+        return {
+            "type": f"io.nats.micro.v1.{kind}_response",
+            "name": self.name,
+            "id": self.id,
+            "version": __version__,
+            "metadata": self.metadata,
+        }
 
     async def _ping(self, _: bytes) -> bytes:
         return msgspec.json.encode(self._identity("ping"))
@@ -116,19 +127,27 @@ class Service:
     async def _info(self, _: bytes) -> bytes:
         info = self._identity("info")
         info["description"] = self.description
-        info["endpoints"] = [{"name": ep.name, "subject": ep.subject, "queue_group": QUEUE, "metadata": None}
-                             for ep in self._endpoints]
+        info["endpoints"] = [
+            {"name": ep.name, "subject": ep.subject, "queue_group": QUEUE, "metadata": None} for ep in self._endpoints
+        ]
         return msgspec.json.encode(info)
 
     async def _stats(self, _: bytes) -> bytes:
         stats = self._identity("stats")
         stats["started"] = self.started
-        stats["endpoints"] = [{
-            "name": ep.name, "subject": ep.subject, "queue_group": QUEUE,
-            "num_requests": ep.num_requests, "num_errors": ep.num_errors, "last_error": ep.last_error,
-            "processing_time": ep.processing_ns,
-            "average_processing_time": ep.processing_ns // ep.num_requests if ep.num_requests else 0,
-        } for ep in self._endpoints]
+        stats["endpoints"] = [
+            {
+                "name": ep.name,
+                "subject": ep.subject,
+                "queue_group": QUEUE,
+                "num_requests": ep.num_requests,
+                "num_errors": ep.num_errors,
+                "last_error": ep.last_error,
+                "processing_time": ep.processing_ns,
+                "average_processing_time": ep.processing_ns // ep.num_requests if ep.num_requests else 0,
+            }
+            for ep in self._endpoints
+        ]
         return msgspec.json.encode(stats)
 
 

@@ -81,33 +81,74 @@ class EventKind(msgspec.Struct, frozen=True, kw_only=True):
 REQUESTS: tuple[Request, ...] = (
     # `fence run` resolves its policy and opens/closes its proxy session, and so does the executor
     # service for the detached sandboxes it starts; tools ask the rest.  The supervisor only checks health.
-    Request(subject=CONFIG_RESOLVE, request="ConfigResolveRequest", reply="ConfigResolveReply",
-            answered_by=(CONFIG,), asked_by=(CLIENT, EXECUTOR)),
-    Request(subject=PROXY_SESSION_OPEN, request="ProxySessionOpen", reply="ProxySessionOpened",
-            answered_by=(PROXY,), asked_by=(CLIENT, EXECUTOR)),
-    Request(subject=PROXY_SESSION_CLOSE, request="ProxySessionClose", reply="ProxySessionClosed",
-            answered_by=(PROXY,), asked_by=(CLIENT, EXECUTOR)),
-    Request(subject=EXEC_PLAN, request="ExecPlanRequest", reply="ExecPlanReply",
-            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
+    Request(
+        subject=CONFIG_RESOLVE,
+        request="ConfigResolveRequest",
+        reply="ConfigResolveReply",
+        answered_by=(CONFIG,),
+        asked_by=(CLIENT, EXECUTOR),
+    ),
+    Request(
+        subject=PROXY_SESSION_OPEN,
+        request="ProxySessionOpen",
+        reply="ProxySessionOpened",
+        answered_by=(PROXY,),
+        asked_by=(CLIENT, EXECUTOR),
+    ),
+    Request(
+        subject=PROXY_SESSION_CLOSE,
+        request="ProxySessionClose",
+        reply="ProxySessionClosed",
+        answered_by=(PROXY,),
+        asked_by=(CLIENT, EXECUTOR),
+    ),
+    Request(
+        subject=EXEC_PLAN, request="ExecPlanRequest", reply="ExecPlanReply", answered_by=(EXECUTOR,), asked_by=(CLIENT,)
+    ),
     # detached sandboxes (docs/fleet.md): clients start, feed, signal, follow and wait for them
-    Request(subject=EXEC_START, request="ExecStartRequest", reply="ExecStartReply",
-            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
-    Request(subject=EXEC_STDIN, request="ExecStdinRequest", reply="ExecAck",
-            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
-    Request(subject=EXEC_SIGNAL, request="ExecSignalRequest", reply="ExecAck",
-            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
-    Request(subject=EXEC_KILL, request="ExecSandboxRequest", reply="ExecAck",
-            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
-    Request(subject=EXEC_WAIT, request="ExecWaitRequest", reply="ExecWaitReply",
-            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
-    Request(subject=EXEC_LIST, request="ExecListRequest", reply="ExecListReply",
-            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
-    Request(subject=EXEC_INFO, request="ExecSandboxRequest", reply="SandboxInfo",
-            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
-    Request(subject=EXEC_OUTPUT, request="ExecOutputRequest", reply="ExecOutputReply",
-            answered_by=(EXECUTOR,), asked_by=(CLIENT,)),
-    Request(subject=MONITOR_RECENT, request="RecentEventsRequest", reply="RecentEventsReply",
-            answered_by=(MONITOR,), asked_by=(CLIENT,)),
+    Request(
+        subject=EXEC_START,
+        request="ExecStartRequest",
+        reply="ExecStartReply",
+        answered_by=(EXECUTOR,),
+        asked_by=(CLIENT,),
+    ),
+    Request(
+        subject=EXEC_STDIN, request="ExecStdinRequest", reply="ExecAck", answered_by=(EXECUTOR,), asked_by=(CLIENT,)
+    ),
+    Request(
+        subject=EXEC_SIGNAL, request="ExecSignalRequest", reply="ExecAck", answered_by=(EXECUTOR,), asked_by=(CLIENT,)
+    ),
+    Request(
+        subject=EXEC_KILL, request="ExecSandboxRequest", reply="ExecAck", answered_by=(EXECUTOR,), asked_by=(CLIENT,)
+    ),
+    Request(
+        subject=EXEC_WAIT, request="ExecWaitRequest", reply="ExecWaitReply", answered_by=(EXECUTOR,), asked_by=(CLIENT,)
+    ),
+    Request(
+        subject=EXEC_LIST, request="ExecListRequest", reply="ExecListReply", answered_by=(EXECUTOR,), asked_by=(CLIENT,)
+    ),
+    Request(
+        subject=EXEC_INFO,
+        request="ExecSandboxRequest",
+        reply="SandboxInfo",
+        answered_by=(EXECUTOR,),
+        asked_by=(CLIENT,),
+    ),
+    Request(
+        subject=EXEC_OUTPUT,
+        request="ExecOutputRequest",
+        reply="ExecOutputReply",
+        answered_by=(EXECUTOR,),
+        asked_by=(CLIENT,),
+    ),
+    Request(
+        subject=MONITOR_RECENT,
+        request="RecentEventsRequest",
+        reply="RecentEventsReply",
+        answered_by=(MONITOR,),
+        asked_by=(CLIENT,),
+    ),
     Request(subject=DISCOVERY, request="", reply="", answered_by=SERVICES, asked_by=(SUPERVISOR, CLIENT)),
 )
 
@@ -116,15 +157,21 @@ EVENTS: tuple[EventKind, ...] = (
     # sandbox, the executor service; only the proxy decides network verdicts.
     # The monitor collects them all; `fence run -d/-m` watches its own sandbox's; the executor service
     # counts the runs reported (started, exited, refused by preflight) in its /metrics.
-    EventKind(kind="lifecycle", message="LifecycleEvent", published_by=(CLIENT, EXECUTOR),
-              watched_by=(MONITOR, CLIENT, EXECUTOR)),
-    EventKind(kind="preflight", message="PreflightBlockedEvent", published_by=(CLIENT, EXECUTOR),
-              watched_by=(MONITOR, CLIENT, EXECUTOR)),
+    EventKind(
+        kind="lifecycle",
+        message="LifecycleEvent",
+        published_by=(CLIENT, EXECUTOR),
+        watched_by=(MONITOR, CLIENT, EXECUTOR),
+    ),
+    EventKind(
+        kind="preflight",
+        message="PreflightBlockedEvent",
+        published_by=(CLIENT, EXECUTOR),
+        watched_by=(MONITOR, CLIENT, EXECUTOR),
+    ),
     EventKind(kind="net", message="NetDecisionEvent", published_by=(PROXY,), watched_by=(MONITOR, CLIENT)),
-    EventKind(kind="exec", message="ExecBlockedEvent", published_by=(CLIENT, EXECUTOR),
-              watched_by=(MONITOR, CLIENT)),
-    EventKind(kind="fs", message="ProtectedPathEvent", published_by=(CLIENT, EXECUTOR),
-              watched_by=(MONITOR, CLIENT)),
+    EventKind(kind="exec", message="ExecBlockedEvent", published_by=(CLIENT, EXECUTOR), watched_by=(MONITOR, CLIENT)),
+    EventKind(kind="fs", message="ProtectedPathEvent", published_by=(CLIENT, EXECUTOR), watched_by=(MONITOR, CLIENT)),
 )
 
 EVENT_KINDS = frozenset(e.kind for e in EVENTS)

@@ -69,9 +69,13 @@ def _handle(handler, args) -> int:
 
 
 def _request(settings: str = "", template: str = "") -> ConfigResolveRequest:
-    return ConfigResolveRequest(cwd=os.getcwd(), settings=settings, template=template,
-                                home=os.environ.get("HOME", ""),
-                                env_xdg_config_home=os.environ.get("XDG_CONFIG_HOME", ""))
+    return ConfigResolveRequest(
+        cwd=os.getcwd(),
+        settings=settings,
+        template=template,
+        home=os.environ.get("HOME", ""),
+        env_xdg_config_home=os.environ.get("XDG_CONFIG_HOME", ""),
+    )
 
 
 def _user_config_path() -> str:
@@ -96,6 +100,7 @@ def policy_json(policy) -> str:
 
 # --- fence config -------------------------------------------------------------------
 
+
 def main_config(argv: list[str]) -> int:
     parser = _Parser(prog="fence config", description="Show, initialise or describe fence's configuration.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -116,8 +121,9 @@ def main_config(argv: list[str]) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    handler = {"show": _config_show, "init": _config_init, "schema": _config_schema,
-               "templates": _config_templates}[args.command]
+    handler = {"show": _config_show, "init": _config_init, "schema": _config_schema, "templates": _config_templates}[
+        args.command
+    ]
     return _handle(handler, args)
 
 
@@ -180,11 +186,12 @@ STARTER = """\
 
 def starter(template: str = "") -> str:
     if template:
-        extends = (f'  // Start from the built-in "{template}" template: lists below are added to its lists.\n'
-                   f'  "extends": "{template}",\n')
+        extends = (
+            f'  // Start from the built-in "{template}" template: lists below are added to its lists.\n'
+            f'  "extends": "{template}",\n'
+        )
     else:
-        extends = ('  // Build on a built-in template (lists are appended, switches ORed):\n'
-                   '  // "extends": "code",\n')
+        extends = '  // Build on a built-in template (lists are appended, switches ORed):\n  // "extends": "code",\n'
     return STARTER.format(schema=SCHEMA_ID, extends=extends)
 
 
@@ -228,17 +235,20 @@ def _config_templates(args) -> int:
 
 # --- fence import -----------------------------------------------------------------------
 
+
 def main_import(argv: list[str]) -> int:
     parser = _Parser(prog="fence import", description="Import another tool's permission rules as a fence config.")
     parser.add_argument("--claude", action="store_true", help="import Claude Code settings (permissions)")
-    parser.add_argument("-f", "--file", default="", metavar="FILE",
-                        help="settings file to read (default: ~/.claude/settings.json)")
+    parser.add_argument(
+        "-f", "--file", default="", metavar="FILE", help="settings file to read (default: ~/.claude/settings.json)"
+    )
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--save", action="store_true", help="write the result to the user config path")
     out.add_argument("-o", "--output", default="", metavar="FILE", help="write the result to FILE")
     base = parser.add_mutually_exclusive_group()
-    base.add_argument("--extend", default="code", metavar="TEMPLATE",
-                      help="template the result extends (default: code)")
+    base.add_argument(
+        "--extend", default="code", metavar="TEMPLATE", help="template the result extends (default: code)"
+    )
     base.add_argument("--no-extend", action="store_true", help="do not extend a template")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
     return _run(parser, argv, _import)
@@ -272,8 +282,10 @@ def _import(args) -> int:
     text = json.dumps(config, indent=2) + "\n"
     parse(text.encode(), "the imported config")  # the translation must give a config fence accepts
     rules = sum(len(v) for section in result.sections.values() for v in section.values())
-    _say(f"Imported {rules} rule{'s' if rules != 1 else ''} from {path}"
-         + (f" on top of template {extends!r}" if extends else ""))
+    _say(
+        f"Imported {rules} rule{'s' if rules != 1 else ''} from {path}"
+        + (f" on top of template {extends!r}" if extends else "")
+    )
     if result.skipped:
         _say(f"Not translated ({len(result.skipped)}):")
         for line in result.skipped:
@@ -290,6 +302,7 @@ def _import(args) -> int:
 
 
 # --- fence completion ----------------------------------------------------------------------
+
 
 def main_completion(argv: list[str]) -> int:
     parser = _Parser(prog="fence completion", description="Print a shell completion script.")

@@ -108,9 +108,13 @@ def translate_claude(settings: dict, settings_path: str = "") -> ImportResult:
             _translate_rule(result, rule, kind, allow, root)
     for key in ("additionalDirectories", "defaultMode"):
         if permissions.get(key):
-            result.skip(f"permissions.{key}", "setting", "no fence equivalent (add paths to filesystem.allowWrite "
-                        "by hand if the agent must write there)" if key == "additionalDirectories" else
-                        "no fence equivalent")
+            result.skip(
+                f"permissions.{key}",
+                "setting",
+                "no fence equivalent (add paths to filesystem.allowWrite by hand if the agent must write there)"
+                if key == "additionalDirectories"
+                else "no fence equivalent",
+            )
     return result
 
 
@@ -145,7 +149,7 @@ def _translate_rule(result: ImportResult, rule: str, kind: str, allow: bool, roo
         if not spec.startswith("domain:"):
             result.skip(rule, kind, 'only "domain:" WebFetch rules can be translated')
             return
-        domain = spec[len("domain:"):].strip()
+        domain = spec[len("domain:") :].strip()
         reason = domain_pattern_error(domain)
         if reason:
             result.skip(rule, kind, f"domain {domain!r}: {reason}")

@@ -113,7 +113,7 @@ def syntax_error(original: bytes, stripped: bytes, message: str) -> JSONCSyntaxE
         what, offset = _unclosed(stripped)
         return JSONCSyntaxError(what, *position(original, offset))
     what, offset = describe(stripped, int(m.group(1)), reason)
-    at = stripped[offset:offset + 1]
+    at = stripped[offset : offset + 1]
     json5_syntax = at in (b"'", b"+", b".") or at.isalnum() or reason.startswith("object keys")
     hint = _json5_hint(original) if json5_syntax else ""
     if hint:
@@ -145,13 +145,15 @@ def describe(stripped: bytes, offset: int, reason: str) -> tuple[str, int]:
     """What is wrong at ``offset`` and where exactly, in words a config author can act on."""
     if reason.startswith("trailing characters"):
         at = len(stripped[:offset].rstrip()) - 1
-        while at > 0 and stripped[at - 1:at] not in b" \t\r\n}]":
+        while at > 0 and stripped[at - 1 : at] not in b" \t\r\n}]":
             at -= 1
-        shown = stripped[at:at + 1].decode("utf-8", "replace")
+        shown = stripped[at : at + 1].decode("utf-8", "replace")
         return f"unexpected {shown!r} after the end of the config (a file holds one JSON object)", at
     if reason == "invalid character" and offset < len(stripped) and stripped[offset] < 0x20:
-        return (f"raw control character 0x{stripped[offset]:02x} (a line break or tab inside a string must be "
-                f"written as \\n or \\t)"), offset
+        return (
+            f"raw control character 0x{stripped[offset]:02x} (a line break or tab inside a string must be "
+            f"written as \\n or \\t)"
+        ), offset
     if reason.startswith("object keys must be strings"):
         near = _word_near(stripped, offset)
         if near is not None and near[1] <= offset:
@@ -169,14 +171,14 @@ def describe(stripped: bytes, offset: int, reason: str) -> tuple[str, int]:
         return f"{reason} (in a string)", min(offset, len(stripped.rstrip()) - 1)
     if offset >= len(stripped.rstrip()):
         return "unexpected end of file", len(stripped.rstrip())
-    ch = stripped[offset:offset + 1]
-    shown = stripped[offset:offset + 4].decode("utf-8", "replace")[:1]
+    ch = stripped[offset : offset + 1]
+    shown = stripped[offset : offset + 4].decode("utf-8", "replace")[:1]
     if ch == b"/":
-        if stripped[offset:offset + 2] == b"/*":
+        if stripped[offset : offset + 2] == b"/*":
             return "unterminated /* comment (no closing */)", offset
         return "unexpected '/' (comments are // to the end of the line or /* ... */)", offset
     if ch == b"'":
-        return "unexpected \"'\": strings and keys need double quotes", offset
+        return 'unexpected "\'": strings and keys need double quotes', offset
     if ch == b",":
         return "unexpected ',' (a value is missing)", offset
     if ch in b"}]":
@@ -196,7 +198,7 @@ def _unclosed(stripped: bytes) -> tuple[str, int]:
         if tok == b'"':
             line_end = stripped.find(b"\n", m.start())
             if line_end == -1 or stripped.find(b'"', m.start() + 1, line_end) == -1:
-                return "unterminated string (missing closing \")", m.start()
+                return 'unterminated string (missing closing ")', m.start()
             continue
         if tok in (b"{", b"["):
             stack.append((tok, m.start()))
@@ -224,5 +226,7 @@ def _json5_hint(original: bytes) -> str:
         json5.loads(original.decode("utf-8"))
     except Exception:  # json5 rejects it too (or cannot tell): our message stands
         return ""
-    return ("the file is valid JSON5 but fence reads JSONC (JSON plus comments and trailing commas): "
-            "double-quote every key and string, no single quotes, hex numbers, NaN or Infinity")
+    return (
+        "the file is valid JSON5 but fence reads JSONC (JSON plus comments and trailing commas): "
+        "double-quote every key and string, no single quotes, hex numbers, NaN or Infinity"
+    )

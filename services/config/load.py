@@ -48,21 +48,27 @@ def read_bytes(path: str, label: str | None = None) -> bytes | None:
     except NotADirectoryError:
         return None  # a path component is a file: nothing there
     except IsADirectoryError:
-        raise ConfigError(f"failed to read config file {label}: it is a directory; give the path of a "
-                          "fence.json or fence.jsonc file") from None
+        raise ConfigError(
+            f"failed to read config file {label}: it is a directory; give the path of a fence.json or fence.jsonc file"
+        ) from None
     except PermissionError:
-        raise ConfigError(f"failed to read config file {label}: permission denied; make it readable "
-                          f"(chmod u+r) or use another file") from None
+        raise ConfigError(
+            f"failed to read config file {label}: permission denied; make it readable (chmod u+r) or use another file"
+        ) from None
     except OSError as e:
         raise ConfigError(f"failed to read config file {label}: {e.strerror or e}") from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            raise ConfigError(f"failed to read config file {label}: it is a directory; give the path of a "
-                              "fence.json or fence.jsonc file")
+            raise ConfigError(
+                f"failed to read config file {label}: it is a directory; give the path of a "
+                "fence.json or fence.jsonc file"
+            )
         if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"failed to read config file {label}: not a regular file (a FIFO, device or "
-                              "socket); fence reads configs from regular files only")
+            raise ConfigError(
+                f"failed to read config file {label}: not a regular file (a FIFO, device or "
+                "socket); fence reads configs from regular files only"
+            )
         if st.st_size > MAX_CONFIG_BYTES:
             raise _too_large(label, st.st_size)
         chunks = []
@@ -83,9 +89,11 @@ def read_bytes(path: str, label: str | None = None) -> bytes | None:
 
 
 def _too_large(label: str, size: int) -> ConfigError:
-    return ConfigError(f"failed to read config file {label}: it is larger than {MAX_CONFIG_BYTES // 1024} KiB "
-                       f"({size} bytes or more); fence stops reading configs at {MAX_CONFIG_BYTES} bytes. "
-                       "Is this the right file?")
+    return ConfigError(
+        f"failed to read config file {label}: it is larger than {MAX_CONFIG_BYTES // 1024} KiB "
+        f"({size} bytes or more); fence stops reading configs at {MAX_CONFIG_BYTES} bytes. "
+        "Is this the right file?"
+    )
 
 
 def load_file(path: str, label: str | None = None) -> Policy | None:
@@ -105,14 +113,18 @@ def parse(data: bytes, label: str) -> Policy | None:
     nul = data.find(b"\0")
     if nul != -1:
         line, col = jsonc.position(data, nul)
-        raise ConfigError(f"invalid JSON in config file {label}: line {line}, column {col}: NUL byte: this looks "
-                          "like a binary file, not a JSON config")
+        raise ConfigError(
+            f"invalid JSON in config file {label}: line {line}, column {col}: NUL byte: this looks "
+            "like a binary file, not a JSON config"
+        )
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
         line, col = jsonc.position(data, e.start)
-        raise ConfigError(f"invalid JSON in config file {label}: line {line}, column {col}: not UTF-8 text "
-                          f"(byte 0x{data[e.start]:02x}); save the file as UTF-8") from None
+        raise ConfigError(
+            f"invalid JSON in config file {label}: line {line}, column {col}: not UTF-8 text "
+            f"(byte 0x{data[e.start]:02x}); save the file as UTF-8"
+        ) from None
     try:
         policy = jsonc.decode(data, Policy)
     except jsonc.JSONCSyntaxError as e:
@@ -146,8 +158,10 @@ def _fields(cls) -> dict[str, tuple[str, object]]:
     names = cls.__struct_fields__
     defaults = cls.__struct_defaults__
     pad = len(names) - len(defaults)
-    return {enc: (name, defaults[i - pad] if i >= pad else None)
-            for i, (name, enc) in enumerate(zip(names, cls.__struct_encode_fields__, strict=True))}
+    return {
+        enc: (name, defaults[i - pad] if i >= pad else None)
+        for i, (name, enc) in enumerate(zip(names, cls.__struct_encode_fields__, strict=True))
+    }
 
 
 def _sub_struct(default):
@@ -222,8 +236,16 @@ def _unknown_keys(value, cls, path: list[str], out: list[Problem]) -> None:
             _unknown_keys(sub_value, sub, [*path, key], out)
 
 
-_TYPE_WORDS = {"str": "a string", "int": "an integer", "bool": "true or false", "array": "a list",
-               "object": "an object", "null": "null", "float": "a number", "bool | null": "true, false or null"}
+_TYPE_WORDS = {
+    "str": "a string",
+    "int": "an integer",
+    "bool": "true or false",
+    "array": "a list",
+    "object": "an object",
+    "null": "null",
+    "float": "a number",
+    "bool | null": "true, false or null",
+}
 
 
 def _describe_field(path: str) -> str:
@@ -275,6 +297,5 @@ def _explain_validation(data: bytes, message: str) -> list[Problem]:
     if described:
         text = f"{text}; {described}"
     elif at == "$":
-        text = (f"{text}; a fence config is a JSON object, "
-                'e.g. {"network": {"allowedDomains": ["example.com"]}}')
+        text = f'{text}; a fence config is a JSON object, e.g. {{"network": {{"allowedDomains": ["example.com"]}}}}'
     return [(at, text)]

@@ -35,8 +35,16 @@ from fence.config.merge import field_sources, merge, provenance_labels
 from fence.messages import ConfigResolveReply, ConfigResolveRequest, SourceRef
 from fence.policy import Policy
 
-__all__ = ["ConfigError", "MAX_CONFIG_BYTES", "MAX_EXTENDS_DEPTH", "Source", "resolve", "resolve_source",
-           "root_source", "load_file"]
+__all__ = [
+    "ConfigError",
+    "MAX_CONFIG_BYTES",
+    "MAX_EXTENDS_DEPTH",
+    "Source",
+    "resolve",
+    "resolve_source",
+    "root_source",
+    "load_file",
+]
 
 MAX_EXTENDS_DEPTH = 10
 
@@ -103,9 +111,15 @@ class Source:
 
     def ref(self) -> SourceRef:
         """The record the reply carries (a template's file stays out: nothing outside resolving needs it)."""
-        return SourceRef(kind=self.kind, via=self.via, extends=self.extends,
-                         path=self.path if self.kind == "file" else "",
-                         name=self.name if self.kind == "template" else "", empty=self.empty, label=self.label)
+        return SourceRef(
+            kind=self.kind,
+            via=self.via,
+            extends=self.extends,
+            path=self.path if self.kind == "file" else "",
+            name=self.name if self.kind == "template" else "",
+            empty=self.empty,
+            label=self.label,
+        )
 
     def __repr__(self) -> str:
         return f"Source({self.chain_line!r})"
@@ -174,13 +188,23 @@ def _extends_target(value: str, source: Source, env: _Env) -> Source:
         base_dir = os.path.dirname(source.path) if source.path else env.cwd
         path = env.expand(value, base_dir)
         if not os.path.lexists(path):
-            raise invalid(source.where, [("$.extends", f'extends "{value}": file not found: {path} '
-                                          "(a relative path is relative to this file's directory)")])
+            raise invalid(
+                source.where,
+                [
+                    (
+                        "$.extends",
+                        f'extends "{value}": file not found: {path} '
+                        "(a relative path is relative to this file's directory)",
+                    )
+                ],
+            )
         return Source("file", "extends", value, path)
     target = _template_source(value, "extends", value)
     if target is None:
-        raise invalid(source.where, [("$.extends", templates.unknown_message(value) +
-                                      '; a file path must contain "/" or start with "."')])
+        raise invalid(
+            source.where,
+            [("$.extends", templates.unknown_message(value) + '; a file path must contain "/" or start with "."')],
+        )
     return target
 
 
@@ -201,14 +225,17 @@ def resolve_source(root: Source, req: ConfigResolveRequest) -> tuple[Policy, lis
             break
         if len(chain) > MAX_EXTENDS_DEPTH:
             names = " -> ".join(s.short for s, _ in chain)
-            raise invalid(source.where, [("$.extends", f"extends chain is deeper than {MAX_EXTENDS_DEPTH} levels: "
-                                          f"{names} -> ...; flatten it")])
+            raise invalid(
+                source.where,
+                [("$.extends", f"extends chain is deeper than {MAX_EXTENDS_DEPTH} levels: {names} -> ...; flatten it")],
+            )
         target = _extends_target(policy.extends, source, env)
         seen = [s.key for s, _ in chain]
         if target.key in seen:
-            loop = [s.short for s, _ in chain[seen.index(target.key):]] + [target.short]
-            raise invalid(source.where, [("$.extends", f"extends cycle: {' -> '.join(loop)}; remove one of "
-                                          "these extends")])
+            loop = [s.short for s, _ in chain[seen.index(target.key) :]] + [target.short]
+            raise invalid(
+                source.where, [("$.extends", f"extends cycle: {' -> '.join(loop)}; remove one of these extends")]
+            )
         source = target
     merged = chain[-1][1]
     for _, policy in reversed(chain[:-1]):
@@ -230,6 +257,11 @@ def resolve(req: ConfigResolveRequest) -> ConfigResolveReply:
         policy.schema = ""
     refs = [s.ref() for s, _ in chain]
     env = _Env(req)
-    return ConfigResolveReply(policy=policy, sources=[s.chain_line for s, _ in chain],
-                              provenance=provenance_labels(fields, [r.label for r in refs]), chain=refs,
-                              fields=fields, user_config_dir=discover.user_config_dir(env.home, env.xdg))
+    return ConfigResolveReply(
+        policy=policy,
+        sources=[s.chain_line for s, _ in chain],
+        provenance=provenance_labels(fields, [r.label for r in refs]),
+        chain=refs,
+        fields=fields,
+        user_config_dir=discover.user_config_dir(env.home, env.xdg),
+    )

@@ -18,7 +18,7 @@ SUFFIX = ".jsonc"
 
 def names() -> list[str]:
     try:
-        return sorted(n[:-len(SUFFIX)] for n in os.listdir(DIR) if n.endswith(SUFFIX) and not n.startswith("."))
+        return sorted(n[: -len(SUFFIX)] for n in os.listdir(DIR) if n.endswith(SUFFIX) and not n.startswith("."))
     except OSError:
         return []
 
@@ -26,7 +26,7 @@ def names() -> list[str]:
 def canonical(name: str) -> str:
     for suffix in (".jsonc", ".json"):
         if name.endswith(suffix):
-            return name[:-len(suffix)]
+            return name[: -len(suffix)]
     return name
 
 

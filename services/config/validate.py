@@ -38,7 +38,7 @@ def upstream_proxy_error(url: str) -> str | None:
 
 def ssh_host_error(pattern: str) -> str | None:
     if "://" in pattern or "/" in pattern:
-        return "a host pattern cannot contain a scheme or a path; write the host only, e.g. \"*.example.com\""
+        return 'a host pattern cannot contain a scheme or a path; write the host only, e.g. "*.example.com"'
     if "@" in pattern:
         return "a host pattern cannot contain a user (user@host); write the host only"
     if ":" in pattern and pattern.count(":") < 2:
@@ -60,16 +60,18 @@ def mach_error(name: str) -> str | None:
 def _empty_paths(problems: list[Problem], section: str, field: str, values: list[str]) -> None:
     for i, v in enumerate(values):
         if v == "":
-            problems.append((f"$.{section}.{field}[{i}]",
-                             f"{section}.{field} contains empty path; remove the empty entry"))
+            problems.append(
+                (f"$.{section}.{field}[{i}]", f"{section}.{field} contains empty path; remove the empty entry")
+            )
 
 
 def _empty_commands(problems: list[Problem], section: str, field: str, values: list[str]) -> bool:
     bad = False
     for i, v in enumerate(values):
         if not v.strip():
-            problems.append((f"$.{section}.{field}[{i}]",
-                             f"{section}.{field} contains empty command; remove the empty entry"))
+            problems.append(
+                (f"$.{section}.{field}[{i}]", f"{section}.{field} contains empty command; remove the empty entry")
+            )
             bad = True
     return bad
 
@@ -81,8 +83,10 @@ def problems(policy: Policy) -> list[Problem]:
     if net.allowed_domains or net.denied_domains:
         from fence.domains import pattern_problem  # lazy: configs listing no domain never load fence.domains (~0.3 ms)
 
-        for kind, field, values in (("allowed", "allowedDomains", net.allowed_domains),
-                                    ("denied", "deniedDomains", net.denied_domains)):
+        for kind, field, values in (
+            ("allowed", "allowedDomains", net.allowed_domains),
+            ("denied", "deniedDomains", net.denied_domains),
+        ):
             for i, pattern in enumerate(values):
                 message = pattern_problem(kind, pattern)
                 if message:
@@ -90,25 +94,37 @@ def problems(policy: Policy) -> list[Problem]:
     _empty_paths(out, "network", "allowUnixSockets", net.allow_unix_sockets)
     for i, port in enumerate(net.allow_local_outbound_ports):
         if not 1 <= port <= 65535:
-            out.append((f"$.network.allowLocalOutboundPorts[{i}]",
-                        f"invalid network.allowLocalOutboundPorts entry {port} (expected 1-65535)"))
+            out.append(
+                (
+                    f"$.network.allowLocalOutboundPorts[{i}]",
+                    f"invalid network.allowLocalOutboundPorts entry {port} (expected 1-65535)",
+                )
+            )
     for field, port in (("httpProxyPort", net.http_proxy_port), ("socksProxyPort", net.socks_proxy_port)):
         if not 0 <= port <= 65535:
-            out.append((f"$.network.{field}",
-                        f"invalid network.{field} {port} (expected 0-65535; 0 picks a free port)"))
+            out.append(
+                (f"$.network.{field}", f"invalid network.{field} {port} (expected 0-65535; 0 picks a free port)")
+            )
     if net.upstream_proxy:
         reason = upstream_proxy_error(net.upstream_proxy)
         if reason:
-            out.append(("$.network.upstreamProxy",
-                        f"invalid network.upstreamProxy: {reason}; use http://host:port"))
+            out.append(("$.network.upstreamProxy", f"invalid network.upstreamProxy: {reason}; use http://host:port"))
     if net.default_action not in ("", "deny", "proxy"):
-        out.append(("$.network.defaultAction",
-                    f'invalid network.defaultAction "{net.default_action}": must be "deny" or "proxy"'))
+        out.append(
+            (
+                "$.network.defaultAction",
+                f'invalid network.defaultAction "{net.default_action}": must be "deny" or "proxy"',
+            )
+        )
 
     fs = policy.filesystem
-    for field, values in (("allowRead", fs.allow_read), ("allowExecute", fs.allow_execute),
-                          ("denyRead", fs.deny_read), ("allowWrite", fs.allow_write),
-                          ("denyWrite", fs.deny_write)):
+    for field, values in (
+        ("allowRead", fs.allow_read),
+        ("allowExecute", fs.allow_execute),
+        ("denyRead", fs.deny_read),
+        ("allowWrite", fs.allow_write),
+        ("denyWrite", fs.deny_write),
+    ):
         if "" in values:
             _empty_paths(out, "filesystem", field, values)
     _empty_paths(out, "filesystem", "allowWriteProtected", fs.allow_write_protected)
@@ -118,9 +134,13 @@ def problems(policy: Policy) -> list[Problem]:
             out.append((f"$.filesystem.{field}", f"invalid filesystem.{field}: {reason}"))
     for i, path in enumerate(fs.allow_write_protected):
         if any(c in path for c in "*?["):
-            out.append((f"$.filesystem.allowWriteProtected[{i}]",
-                        f'filesystem.allowWriteProtected entry "{path}" is a pattern: name each protected path '
-                        'exactly (e.g. "~/.claude.json"), so no protection is opened by accident'))
+            out.append(
+                (
+                    f"$.filesystem.allowWriteProtected[{i}]",
+                    f'filesystem.allowWriteProtected entry "{path}" is a pattern: name each protected path '
+                    'exactly (e.g. "~/.claude.json"), so no protection is opened by accident',
+                )
+            )
 
     _agent_tools(out, fs.allow_agent_config)
 
@@ -141,11 +161,14 @@ def problems(policy: Policy) -> list[Problem]:
     cmd = policy.command
     _empty_commands(out, "command", "deny", cmd.deny)
     _empty_commands(out, "command", "allow", cmd.allow)
-    _empty_commands(out, "command", "acceptSharedBinaryCannotRuntimeDeny",
-                    cmd.accept_shared_binary_cannot_runtime_deny)
+    _empty_commands(out, "command", "acceptSharedBinaryCannotRuntimeDeny", cmd.accept_shared_binary_cannot_runtime_deny)
     if cmd.runtime_exec_policy not in ("", "path", "argv"):
-        out.append(("$.command.runtimeExecPolicy",
-                    f'invalid command.runtimeExecPolicy "{cmd.runtime_exec_policy}" (expected one of: path, argv)'))
+        out.append(
+            (
+                "$.command.runtimeExecPolicy",
+                f'invalid command.runtimeExecPolicy "{cmd.runtime_exec_policy}" (expected one of: path, argv)',
+            )
+        )
 
     ssh = policy.ssh
     for field, values in (("allowedHosts", ssh.allowed_hosts), ("deniedHosts", ssh.denied_hosts)):
@@ -171,8 +194,9 @@ def _agent_tools(out: list[Problem], tools: list[str]) -> None:
 
             hint = suggest(tool.lower(), list(AGENT_TOOLS))
             did = f'; did you mean "{hint}"?' if hint else ""
-            out.append((where, f'unknown tool "{tool}" in filesystem.allowAgentConfig{did} '
-                               f'(tools: {", ".join(AGENT_TOOLS)})'))
+            out.append(
+                (where, f'unknown tool "{tool}" in filesystem.allowAgentConfig{did} (tools: {", ".join(AGENT_TOOLS)})')
+            )
 
 
 def _checked_entries(out: list, label: str, values: list[str], what: str, error) -> None:
@@ -198,7 +222,11 @@ def cross_problems(policy: Policy) -> list[Problem]:
     """Rules spanning fields that an ``extends`` chain may set in different files."""
     out: list[Problem] = []
     if policy.network.default_action == "proxy" and not policy.network.upstream_proxy:
-        out.append(("$.network.defaultAction",
-                    'network.defaultAction "proxy" requires network.upstreamProxy to be set; add '
-                    '"upstreamProxy": "http://host:port" or remove defaultAction'))
+        out.append(
+            (
+                "$.network.defaultAction",
+                'network.defaultAction "proxy" requires network.upstreamProxy to be set; add '
+                '"upstreamProxy": "http://host:port" or remove defaultAction',
+            )
+        )
     return out

@@ -148,7 +148,7 @@ def _wait_loopback_up(timeout: float = 2.0) -> None:
         while True:
             try:
                 req = fcntl.ioctl(probe.fileno(), SIOCGIFFLAGS, ifreq)
-                if int.from_bytes(req[IFNAMSIZ:IFNAMSIZ + 2], sys.byteorder) & IFF_UP:
+                if int.from_bytes(req[IFNAMSIZ : IFNAMSIZ + 2], sys.byteorder) & IFF_UP:
                     return
             except OSError:
                 return  # no lo to ask about: nothing to wait for
@@ -200,13 +200,12 @@ def _send_fds(sock, message: bytes, fds: list[int]) -> None:
 def _recv_fds(sock, size: int, most: int) -> tuple[bytes, list[int]]:
     """``socket.recv_fds`` without the ``socket`` module: the message and the descriptors that came
     (close-on-exec, as every descriptor Python makes)."""
-    message, ancillary, _flags, _addr = sock.recvmsg(size, _socket.CMSG_LEN(most * FD_SIZE),
-                                                      _socket.MSG_CMSG_CLOEXEC)
+    message, ancillary, _flags, _addr = sock.recvmsg(size, _socket.CMSG_LEN(most * FD_SIZE), _socket.MSG_CMSG_CLOEXEC)
     fds = []
     for level, kind, data in ancillary:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             whole = len(data) - len(data) % FD_SIZE
-            fds += [int.from_bytes(data[i:i + FD_SIZE], sys.byteorder) for i in range(0, whole, FD_SIZE)]
+            fds += [int.from_bytes(data[i : i + FD_SIZE], sys.byteorder) for i in range(0, whole, FD_SIZE)]
     return message, fds
 
 

@@ -52,12 +52,19 @@ class Blocked(msgspec.Struct, frozen=True, kw_only=True):
 
     def event(self, sandbox: str, ts: float | None = None):
         """The bus event for this block (``fence.events.<sandbox>.preflight``)."""
-        return PreflightBlockedEvent(sandbox=sandbox, ts=time.time() if ts is None else ts, command=self.command,
-                                     rule=self.rule, source=self.source, default_rule=self.default_rule,
-                                     kind=self.kind)
+        return PreflightBlockedEvent(
+            sandbox=sandbox,
+            ts=time.time() if ts is None else ts,
+            command=self.command,
+            rule=self.rule,
+            source=self.source,
+            default_rule=self.default_rule,
+            kind=self.kind,
+        )
 
 
 # --------------------------------------------------------------------------- where rules came from
+
 
 class RuleSources:
     """Which config file or template each rule came from, as the config service recorded it.
@@ -104,8 +111,8 @@ class RuleSources:
         return self._join(record.owners.get(rule) or record.sources)
 
 
-
 # --------------------------------------------------------------------------- rules and matching
+
 
 def rule_tokens(rule: str) -> list[str]:
     """Tokens of a rule as Fence splits them: on blanks outside quotes, quotes removed;
@@ -163,8 +170,14 @@ def _skip_flags(argv: Sequence[str], pos: int, want: str, deny: bool) -> int:
     return pos
 
 
-def matches(argv: Sequence[str], rule: Sequence[str], *, deny: bool = True,
-            dynamic: Sequence[bool] | None = None, open_tail: bool = False) -> bool:
+def matches(
+    argv: Sequence[str],
+    rule: Sequence[str],
+    *,
+    deny: bool = True,
+    dynamic: Sequence[bool] | None = None,
+    open_tail: bool = False,
+) -> bool:
     """Does the command ``argv`` match the tokenized ``rule``?  (``rule_tokens``; heads compared by basename.)
 
     ``deny`` selects the generous reading (deny rules) or the strict one (allow rules).
@@ -245,7 +258,6 @@ def ruleset(rules: Sequence[str]) -> RuleSet:
             _CACHE.clear()
         found = _CACHE[key] = RuleSet(key)
     return found
-
 
 
 def use_defaults(policy: Policy) -> bool:

@@ -35,10 +35,12 @@ def refused(policy: Policy, wsl_interop: bool | None = None) -> list[str]:
     ``wsl_interop``: whether this host has WSL interop (None: look, only when it matters).
     """
     if policy.filesystem.wsl_interop is not True and _interop_open(policy, wsl_interop):
-        return [f"filesystem.wslInterop (unset or false, yet Windows programs could start: the WSL interop "
-                f"server in {WSL_INTEROP_SERVERS} is reachable because network.allowUnixSockets or "
-                f'allowAllUnixSockets lets unix sockets through; add "{WSL_INTEROP_SERVERS}" to '
-                "filesystem.denyRead)"]
+        return [
+            f"filesystem.wslInterop (unset or false, yet Windows programs could start: the WSL interop "
+            f"server in {WSL_INTEROP_SERVERS} is reachable because network.allowUnixSockets or "
+            f'allowAllUnixSockets lets unix sockets through; add "{WSL_INTEROP_SERVERS}" to '
+            "filesystem.denyRead)"
+        ]
     return []
 
 

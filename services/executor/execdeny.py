@@ -35,8 +35,8 @@ hard links (``st_nlink > 1``) or when a warning has to count aliases.
 
 import os
 import stat as stat_mod
-from typing import Protocol, TypeGuard
 from collections.abc import Iterable, Sequence
+from typing import Protocol, TypeGuard
 
 import msgspec
 
@@ -45,10 +45,44 @@ from fence.executor.commandrules import rule_tokens, use_defaults
 from fence.runtime import cache_dir as default_cache_dir
 from fence.runtime import read_cache, write_cache
 
-CRITICAL_COMMANDS = ("awk", "basename", "bash", "cat", "chmod", "cp", "cut", "date", "dirname", "echo", "env",
-                     "find", "grep", "head", "id", "ln", "ls", "mkdir", "mv", "printf", "pwd", "readlink", "rm",
-                     "sed", "sh", "sleep", "sort", "tail", "tee", "test", "touch", "tr", "true", "uname", "wc",
-                     "xargs")
+CRITICAL_COMMANDS = (
+    "awk",
+    "basename",
+    "bash",
+    "cat",
+    "chmod",
+    "cp",
+    "cut",
+    "date",
+    "dirname",
+    "echo",
+    "env",
+    "find",
+    "grep",
+    "head",
+    "id",
+    "ln",
+    "ls",
+    "mkdir",
+    "mv",
+    "printf",
+    "pwd",
+    "readlink",
+    "rm",
+    "sed",
+    "sh",
+    "sleep",
+    "sort",
+    "tail",
+    "tee",
+    "test",
+    "touch",
+    "tr",
+    "true",
+    "uname",
+    "wc",
+    "xargs",
+)
 """Commands so basic that losing them breaks ordinary scripts: sharing a file with one of them is a
 shared binary."""
 
@@ -127,10 +161,12 @@ class SharedBinary(msgspec.Struct, frozen=True):
         listed = " ".join(shown)
         if more:
             listed += f" +{more} more detected aliases, use --debug for expanded details"
-        return (f"runtime exec deny warning for {self.path} (requested: {self.command}): shared binary also "
-                f"implements critical commands [{listed}], which will be collaterally blocked. To skip runtime "
-                f"blocking of \"{self.command}\" and silence this warning, add it to "
-                f"\"acceptSharedBinaryCannotRuntimeDeny\" in your command config.")
+        return (
+            f"runtime exec deny warning for {self.path} (requested: {self.command}): shared binary also "
+            f"implements critical commands [{listed}], which will be collaterally blocked. To skip runtime "
+            f'blocking of "{self.command}" and silence this warning, add it to '
+            f'"acceptSharedBinaryCannotRuntimeDeny" in your command config.'
+        )
 
 
 class ExecDeny(msgspec.Struct, frozen=True):
@@ -154,6 +190,7 @@ class ExecDeny(msgspec.Struct, frozen=True):
 
 
 # --------------------------------------------------------------------------- rules
+
 
 def deny_names(policy) -> list[str]:
     """The single-token deny rules that apply to ``policy``, as executable names, in rule order.
@@ -202,6 +239,7 @@ def path_dirs(path: str, cwd: str, fs: FS) -> list[str]:
 
 
 # --------------------------------------------------------------------------- planning
+
 
 class _Target:
     __slots__ = ("names", "paths", "nlink", "critical")
@@ -256,8 +294,9 @@ def plan_masks(names: Sequence[str], dirs: Sequence[str], fs: FS, accept: Sequen
 
     # Only a file known under another name (a symlink to it, a hard link) can be shared; the
     # critical commands are resolved only when such a file is about to be masked.
-    suspects = {key for key, t in targets.items()
-                if t.nlink > 1 or any(p.rsplit("/", 1)[-1] not in t.names for p in t.paths)}
+    suspects = {
+        key for key, t in targets.items() if t.nlink > 1 or any(p.rsplit("/", 1)[-1] not in t.names for p in t.paths)
+    }
     if suspects:
         for name in CRITICAL_COMMANDS:
             st = first_on_path(name, dirs, fs)
@@ -279,8 +318,14 @@ def plan_masks(names: Sequence[str], dirs: Sequence[str], fs: FS, accept: Sequen
                 continue
             aliases = _aliases(key, dirs, fs)
             for name in kept:
-                shared.append(SharedBinary(command=name, path=target.paths[0], critical=tuple(sorted(collateral)),
-                                           aliases=tuple(a for a in aliases if a != name)))
+                shared.append(
+                    SharedBinary(
+                        command=name,
+                        path=target.paths[0],
+                        critical=tuple(sorted(collateral)),
+                        aliases=tuple(a for a in aliases if a != name),
+                    )
+                )
         if target.nlink > 1:
             for path in _hard_links(key, dirs, fs):
                 if path not in target.paths:
@@ -291,10 +336,15 @@ def plan_masks(names: Sequence[str], dirs: Sequence[str], fs: FS, accept: Sequen
         for name in target.names:
             if name not in accept or not collateral:
                 by_command.setdefault(name, []).extend(target.paths)
-    return ExecDeny(masks=tuple(masks), by_command={k: tuple(v) for k, v in by_command.items()},
-                    shared=tuple(shared), accepted=tuple(accepted),
-                    not_found=tuple(n for n in names if n not in found), shared_keys=tuple(shared_keys),
-                    hits=tuple(hits))
+    return ExecDeny(
+        masks=tuple(masks),
+        by_command={k: tuple(v) for k, v in by_command.items()},
+        shared=tuple(shared),
+        accepted=tuple(accepted),
+        not_found=tuple(n for n in names if n not in found),
+        shared_keys=tuple(shared_keys),
+        hits=tuple(hits),
+    )
 
 
 def _hard_links(key: tuple[int, int], dirs: Sequence[str], fs: FS) -> list[str]:
@@ -323,8 +373,9 @@ def _aliases(key: tuple[int, int], dirs: Sequence[str], fs: FS) -> list[str]:
     return sorted(names)
 
 
-def identities(heads: Sequence[str], dirs: Sequence[str], fs: FS,
-               exclude: Iterable[tuple[int, int]] = ()) -> dict[tuple[int, int], tuple[str, ...]]:
+def identities(
+    heads: Sequence[str], dirs: Sequence[str], fs: FS, exclude: Iterable[tuple[int, int]] = ()
+) -> dict[tuple[int, int], tuple[str, ...]]:
     """(dev, ino) -> rule heads that name that file on PATH; for the argv layer.
 
     An exec of the file under another name (a symlink or hard link:
@@ -346,6 +397,7 @@ def identities(heads: Sequence[str], dirs: Sequence[str], fs: FS,
 
 
 # --------------------------------------------------------------------------- for the runner
+
 
 def plan_for(policy, path: str, cwd: str, fs: FS | None = None, cache_dir: str | None = None) -> ExecDeny:
     """The masks for one run: ``policy``'s single-token deny rules on the sandbox's ``PATH``.
@@ -432,8 +484,9 @@ def _cached(names: list[str], accept: tuple[str, ...], path: str, cwd: str, cach
 
 def debug_lines(result: ExecDeny) -> list[str]:
     """``-d`` lines: each masked name, each accepted shared binary, and every alias of a warned one."""
-    lines = [f"[fence:linux] Runtime exec deny: {name} -> {' '.join(paths)}"
-             for name, paths in result.by_command.items()]
+    lines = [
+        f"[fence:linux] Runtime exec deny: {name} -> {' '.join(paths)}" for name, paths in result.by_command.items()
+    ]
     for name in result.accepted:
         lines.append(f"[fence:linux] Runtime exec deny: {name} skipped (acceptSharedBinaryCannotRuntimeDeny)")
     for item in result.shared:

@@ -112,6 +112,7 @@ class Unreadable(Exception):
 
 # --------------------------------------------------------------------------- reading the target
 
+
 class ExecCall:
     """One exec as the target asked for it."""
 
@@ -251,15 +252,20 @@ def read_call(pid: int, nr: int, args: Sequence[int], execveat: int, still_valid
 
 # --------------------------------------------------------------------------- the decision
 
+
 class Verdict:
     """Why an exec is refused: the rule, where it came from, the line for stderr."""
 
     __slots__ = ("rule", "source", "default_rule", "message", "reason")
 
-    def __init__(self, message: str, rule: str = "", source: str = "", default_rule: bool = False,
-                 reason: str = ""):
-        self.message, self.rule, self.source, self.default_rule, self.reason = (message, rule, source,
-                                                                                default_rule, reason)
+    def __init__(self, message: str, rule: str = "", source: str = "", default_rule: bool = False, reason: str = ""):
+        self.message, self.rule, self.source, self.default_rule, self.reason = (
+            message,
+            rule,
+            source,
+            default_rule,
+            reason,
+        )
 
 
 class ExecPolicy:
@@ -302,10 +308,14 @@ class ExecPolicy:
             rule, default = hit
             source = DEFAULT_DENY_SOURCE if default else self.sources.rule_label("command.deny", rule)
             shown = " ".join(call.argv) if call.argv else call.path
-            via = ("" if call.argv and basename(call.argv[0]) == name
-                   else f" ({printable(call.path or call.program())} is {printable(name)})")
-            message = (f"Runtime exec policy blocked: {go_quote(shown[:500])}{via} matches {go_quote(rule)}"
-                       + (f" (rule from {source})" if source else ""))
+            via = (
+                ""
+                if call.argv and basename(call.argv[0]) == name
+                else f" ({printable(call.path or call.program())} is {printable(name)})"
+            )
+            message = f"Runtime exec policy blocked: {go_quote(shown[:500])}{via} matches {go_quote(rule)}" + (
+                f" (rule from {source})" if source else ""
+            )
             # Always EPERM, even where the file does not exist: the existence check would be resolved
             # by this (host) process, and its answer would tell the sandbox whether a host path it cannot
             # see (a denyRead directory) exists.
@@ -322,11 +332,11 @@ def _file_key(path: str) -> tuple[int, int] | None:
 
 
 def unreadable_verdict(pid: int, why: str) -> Verdict:
-    return Verdict(f"Runtime exec policy blocked: cannot check an exec by pid {pid} ({why}); refused",
-                   reason=why)
+    return Verdict(f"Runtime exec policy blocked: cannot check an exec by pid {pid} ({why}); refused", reason=why)
 
 
 # --------------------------------------------------------------------------- the supervisor
+
 
 class Supervisor:
     """One sandbox's exec supervisor: a thread answering every exec notification.
@@ -337,8 +347,13 @@ class Supervisor:
     for every refused exec, after the exec has been answered.
     """
 
-    def __init__(self, policy: ExecPolicy, report: Callable[[Verdict, ExecCall | None], None] | None = None,
-                 say: Callable[[str], None] | None = None, machine: str | None = None):
+    def __init__(
+        self,
+        policy: ExecPolicy,
+        report: Callable[[Verdict, ExecCall | None], None] | None = None,
+        say: Callable[[str], None] | None = None,
+        machine: str | None = None,
+    ):
         self.policy = policy
         self.report = report
         self.say = say or _stderr
@@ -394,8 +409,10 @@ class Supervisor:
                 self.listener_received.set()
                 self._serve(listener)
         except BaseException as e:  # whatever it was, execs from now on fail (the listener closes)
-            self.say(f"[fence] Error: the exec supervisor stopped ({type(e).__name__}: {e}); "
-                     "every further exec in the sandbox fails")
+            self.say(
+                f"[fence] Error: the exec supervisor stopped ({type(e).__name__}: {e}); "
+                "every further exec in the sandbox fails"
+            )
         finally:
             if listener >= 0:
                 os.close(listener)
@@ -417,7 +434,7 @@ class Supervisor:
         fds = []
         for level, kind, payload in ancillary:
             if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                fds += [int.from_bytes(payload[i:i + 4], sys.byteorder) for i in range(0, len(payload) - 3, 4)]
+                fds += [int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, len(payload) - 3, 4)]
         if not fds:
             return -1  # EOF: the helper never sent one (it refuses to run the command then)
         listener, extra = fds[0], fds[1:]
@@ -520,13 +537,21 @@ def _stderr(line: str) -> None:
 def event_for(sandbox: str, verdict: Verdict, call: ExecCall | None, pid: int = 0):
     """The bus event for a refused exec."""
     argv = [a[:256] for a in call.argv[:ARGV_SHOWN]] if call is not None else []
-    return ExecBlockedEvent(sandbox=sandbox, ts=time.time(), pid=call.pid if call is not None else pid,
-                            path=call.path if call is not None else "", argv=argv, rule=verdict.rule,
-                            source=verdict.source, default_rule=verdict.default_rule, reason=verdict.reason)
+    return ExecBlockedEvent(
+        sandbox=sandbox,
+        ts=time.time(),
+        pid=call.pid if call is not None else pid,
+        path=call.path if call is not None else "",
+        argv=argv,
+        rule=verdict.rule,
+        source=verdict.source,
+        default_rule=verdict.default_rule,
+        reason=verdict.reason,
+    )
 
 
 def supported(machine: str | None = None) -> str:
-    """"" when this kernel and architecture can run the argv policy, else why not."""
+    """ "" when this kernel and architecture can run the argv policy, else why not."""
     uname = os.uname()
     machine = machine or uname.machine
     if machine not in EXEC_SYSCALLS:

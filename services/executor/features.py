@@ -101,10 +101,16 @@ def detect(*, probe: bool = False, bwrap: str | None = None, cache_dir: str | No
     uname = os.uname()
     version = kernel_version(uname.release)
     caps = effective_caps()
-    f = Features(kernel=f"{version[0]}.{version[1]}", kernel_version=version, machine=uname.machine,
-                 bwrap=_find_bwrap() if bwrap is None else bwrap, root=os.geteuid() == 0,
-                 cap_bpf=bool(caps >> CAP_BPF & 1), cap_audit_read=bool(caps >> CAP_AUDIT_READ & 1),
-                 audit=os.path.exists("/proc/self/loginuid"))
+    f = Features(
+        kernel=f"{version[0]}.{version[1]}",
+        kernel_version=version,
+        machine=uname.machine,
+        bwrap=_find_bwrap() if bwrap is None else bwrap,
+        root=os.geteuid() == 0,
+        cap_bpf=bool(caps >> CAP_BPF & 1),
+        cap_audit_read=bool(caps >> CAP_AUDIT_READ & 1),
+        audit=os.path.exists("/proc/self/loginuid"),
+    )
     f.seccomp, f.seccomp_usernotif = seccomp_support(uname.machine, version)
     if f.seccomp:
         f.seccomp_log_level = 2 if version >= USERNOTIF_KERNEL else 1 if version >= SECCOMP_LOG_KERNEL else 0
@@ -183,8 +189,10 @@ def userns_sysctls() -> tuple[bool, str]:
     if _read_int("/proc/sys/kernel/unprivileged_userns_clone", 1) == 0:
         return False, "kernel.unprivileged_userns_clone is 0"
     if _read_int("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", 0) == 1:
-        return False, ("AppArmor restricts unprivileged user namespaces "
-                       "(kernel.apparmor_restrict_unprivileged_userns=1): bwrap needs a profile allowing userns")
+        return False, (
+            "AppArmor restricts unprivileged user namespaces "
+            "(kernel.apparmor_restrict_unprivileged_userns=1): bwrap needs a profile allowing userns"
+        )
     return True, ""
 
 
@@ -248,8 +256,11 @@ def run_quiet(argv: list[str]) -> tuple[int, str]:
     posix_spawn, not subprocess: subprocess costs ~10 ms of imports.
     """
     read_end, write_end = os.pipe()
-    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-               (os.POSIX_SPAWN_DUP2, write_end, 1), (os.POSIX_SPAWN_DUP2, write_end, 2)]
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, write_end, 1),
+        (os.POSIX_SPAWN_DUP2, write_end, 2),
+    ]
     try:
         pid = os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions)
     except OSError as e:
@@ -313,38 +324,57 @@ def _status(f: Features) -> list[str]:
     if f.netns is None:
         out.append("  ? Network namespace isolation not probed")
     elif f.netns:
-        out.append('  ✓ Network namespace isolation: each sandbox (but relaxed "*") has its own network, '
-                   "reached only through fence's proxies")
+        out.append(
+            '  ✓ Network namespace isolation: each sandbox (but relaxed "*") has its own network, '
+            "reached only through fence's proxies"
+        )
     else:
-        out += ["  ⚠ Network namespace unavailable (containerized environment?)",
-                f"    bwrap --unshare-net failed: {f.netns_detail or 'unknown error'}"]
+        out += [
+            "  ⚠ Network namespace unavailable (containerized environment?)",
+            f"    bwrap --unshare-net failed: {f.netns_detail or 'unknown error'}",
+        ]
         if f.netns_shared_ok:
-            escape = ("direct TCP connections are blocked by Landlock, but UDP and other non-TCP traffic is NOT "
-                      "filtered" if tcp_rules else "programs ignoring HTTP_PROXY/ALL_PROXY are NOT filtered")
-            out += [f"    fence runs proxy-only: {escape}, and a policy allowing no network is refused unless "
-                    "FENCE_ALLOW_SHARED_NETWORK=1"]
+            escape = (
+                "direct TCP connections are blocked by Landlock, but UDP and other non-TCP traffic is NOT filtered"
+                if tcp_rules
+                else "programs ignoring HTTP_PROXY/ALL_PROXY are NOT filtered"
+            )
+            out += [
+                f"    fence runs proxy-only: {escape}, and a policy allowing no network is refused unless "
+                "FENCE_ALLOW_SHARED_NETWORK=1"
+            ]
         else:
-            out += ["    bwrap does not run without it either; allow user namespaces in the container or run "
-                    "on the host"]
+            out += [
+                "    bwrap does not run without it either; allow user namespaces in the container or run on the host"
+            ]
     if not f.userns and not f.root:
         out.append(f"  ⚠ Unprivileged user namespaces unavailable: {f.userns_detail}")
-    out.append("  ✓ Seccomp: every sandbox runs under fence's syscall filter (denied calls fail with EPERM)"
-               if f.seccomp else "  ✗ Seccomp unavailable: fence's syscall filter cannot be applied on this kernel")
-    out.append(f"  ✓ Landlock v{f.landlock_abi}: fence adds filesystem rules inside the sandbox when something is "
-               "writable or execute-only, or under defaultDenyRead" if f.landlock_abi
-               else f"  ○ Landlock not available ({f.landlock_detail}): filesystem rules rest on bubblewrap's "
-                    "mounts alone")
+    out.append(
+        "  ✓ Seccomp: every sandbox runs under fence's syscall filter (denied calls fail with EPERM)"
+        if f.seccomp
+        else "  ✗ Seccomp unavailable: fence's syscall filter cannot be applied on this kernel"
+    )
+    out.append(
+        f"  ✓ Landlock v{f.landlock_abi}: fence adds filesystem rules inside the sandbox when something is "
+        "writable or execute-only, or under defaultDenyRead"
+        if f.landlock_abi
+        else f"  ○ Landlock not available ({f.landlock_detail}): filesystem rules rest on bubblewrap's mounts alone"
+    )
     argv_policy = f.seccomp_usernotif and f.machine in EXEC_SYSCALLS  # as execsupervisor.supported
     if argv_policy:
-        out.append('  ✓ Runtime exec policy "argv" available (seccomp user notification): every exec checked, '
-                   "refusals shown by -m")
+        out.append(
+            '  ✓ Runtime exec policy "argv" available (seccomp user notification): every exec checked, '
+            "refusals shown by -m"
+        )
     elif f.seccomp_usernotif:
         out.append(f"  ○ Runtime argv exec policy unavailable (not built for {f.machine})")
     else:
         out.append("  ○ Runtime argv exec policy unavailable (kernel 5.0+ for seccomp user notification)")
     execs = ', and execs refused under runtimeExecPolicy "argv"' if argv_policy else ""
-    out.append(f"  ○ Violation reporting: -m shows blocked network requests{execs}; filesystem and syscall "
-               "denials are not reported")
+    out.append(
+        f"  ○ Violation reporting: -m shows blocked network requests{execs}; filesystem and syscall "
+        "denials are not reported"
+    )
     out.append("  ○ eBPF monitoring: not implemented by fence")
     return out
 

@@ -41,11 +41,22 @@ from fence.executor.errors import FenceError
 from fence.executor.host import HostError, host_facts, which
 from fence.executor.launch import exit_code
 from fence.executor.outputlog import DEFAULT_TAIL, MAX_TAIL, OutputLog
-from fence.messages import (ExecAck, ExecListReply, ExecListRequest, ExecOutputReply, ExecOutputRequest,
-                            ExecSandboxRequest, ExecSignalRequest, ExecStartReply, ExecStartRequest,
-                            ExecStdinRequest, ExecWaitReply, ExecWaitRequest, SandboxInfo)
-from fence.runtime import (UnsafeDir, ensure_private_dir, masked_path, private_runtime_dirs, runtime_dir,
-                           write_private)
+from fence.messages import (
+    ExecAck,
+    ExecListReply,
+    ExecListRequest,
+    ExecOutputReply,
+    ExecOutputRequest,
+    ExecSandboxRequest,
+    ExecSignalRequest,
+    ExecStartReply,
+    ExecStartRequest,
+    ExecStdinRequest,
+    ExecWaitReply,
+    ExecWaitRequest,
+    SandboxInfo,
+)
+from fence.runtime import UnsafeDir, ensure_private_dir, masked_path, private_runtime_dirs, runtime_dir, write_private
 
 MAX_SANDBOXES = 512
 """Running detached sandboxes one executor holds at most (each holds a few fds and a proxy session)."""
@@ -92,8 +103,9 @@ def check_start(req: ExecStartRequest, env: dict[str, str]) -> None:
         raise ServiceError(f"env adds {size} bytes; the limit is {ENV_LIMIT}", "invalid", "env")
     bad = next((k for k, v in req.env.items() if not k or "=" in k or "\0" in k or "\0" in v), None)
     if bad is not None:
-        raise ServiceError(f"env: invalid variable {bad!r} (a name holds no '=' or NUL, a value no NUL)",
-                           "invalid", "env")
+        raise ServiceError(
+            f"env: invalid variable {bad!r} (a name holds no '=' or NUL, a value no NUL)", "invalid", "env"
+        )
     if req.config is not None and (req.template or req.settings):
         raise ServiceError("give the policy as one of template, settings or config", "invalid", "config")
     if req.tail_bytes < 0 or req.tail_bytes > MAX_TAIL:
@@ -172,8 +184,11 @@ class Detached:
         if eof and self.tty >= 0:  # a terminal stays open: its end of input is the EOF character (Ctrl-D)
             data, eof = data + b"\x04", False
         if len(self.stdin_buffer) + len(data) > STDIN_BUFFER:
-            raise ServiceError(f"stdin of sandbox {self.id}: the command is not reading; "
-                               f"{len(self.stdin_buffer)} bytes wait already", "busy", "stdin")
+            raise ServiceError(
+                f"stdin of sandbox {self.id}: the command is not reading; {len(self.stdin_buffer)} bytes wait already",
+                "busy",
+                "stdin",
+            )
         self.stdin_buffer += data
         self.stdin_eof = eof
         self._flush_stdin()
@@ -279,12 +294,23 @@ class Detached:
 
     def info(self) -> SandboxInfo:
         code = self.exit_code
-        return SandboxInfo(sandbox=self.id, argv=self.req.argv, cwd=self.req.cwd, state=self.state,
-                           started=self.started, pid=self.running.pid if self.running is not None else 0,
-                           tenant=self.req.tenant, labels=self.req.labels, ended=self.ended, exit_code=code,
-                           signal=code - 128 if code is not None and code > 128 else None,
-                           output_chunks=self.log.last, output_bytes=self.log.total_bytes,
-                           stdin=self.req.stdin or self.req.tty, tty=self.req.tty)
+        return SandboxInfo(
+            sandbox=self.id,
+            argv=self.req.argv,
+            cwd=self.req.cwd,
+            state=self.state,
+            started=self.started,
+            pid=self.running.pid if self.running is not None else 0,
+            tenant=self.req.tenant,
+            labels=self.req.labels,
+            ended=self.ended,
+            exit_code=code,
+            signal=code - 128 if code is not None and code > 128 else None,
+            output_chunks=self.log.last,
+            output_bytes=self.log.total_bytes,
+            stdin=self.req.stdin or self.req.tty,
+            tty=self.req.tty,
+        )
 
 
 class Fleet:
@@ -312,18 +338,35 @@ class Fleet:
         sandbox = runner.new_sandbox_id()
         detached = Detached(sandbox, req)
         inline = _write_inline(req.config, sandbox) if req.config is not None else ""
-        run_req = runner.RunRequest(command=list(req.argv), cwd=req.cwd, env=env, sandbox=sandbox,
-                                    command_string=req.command_string, settings=inline or req.settings,
-                                    template=req.template, terminal=req.tty)
+        run_req = runner.RunRequest(
+            command=list(req.argv),
+            cwd=req.cwd,
+            env=env,
+            sandbox=sandbox,
+            command_string=req.command_string,
+            settings=inline or req.settings,
+            template=req.template,
+            terminal=req.tty,
+        )
         theirs, ours = _stdio(req.stdin, req.tty)
         warnings: list[str] = []
         try:
-            detached.running = await runner.start(bus, run_req, host, relay_signals=False, stdio=theirs,
-                                                  report=warnings.extend)
+            detached.running = await runner.start(
+                bus, run_req, host, relay_signals=False, stdio=theirs, report=warnings.extend
+            )
         except runner.StartRefused as e:
             _close(ours)
-            field = e.field if e.field != "policy" else "template" if req.template else \
-                "settings" if req.settings else "config" if inline else "policy"
+            field = (
+                e.field
+                if e.field != "policy"
+                else "template"
+                if req.template
+                else "settings"
+                if req.settings
+                else "config"
+                if inline
+                else "policy"
+            )
             message = str(e).replace(inline, "the inline config") if inline else str(e)
             raise ServiceError(message, "refused", field) from None
         except FenceError as e:
@@ -361,7 +404,7 @@ class Fleet:
     def ended(self, detached: Detached) -> None:
         """Forget the oldest ended sandboxes beyond ``MAX_ENDED``."""
         done = [k for k, d in self.sandboxes.items() if d.state == "exited"]
-        for key in done[:max(0, len(done) - MAX_ENDED)]:
+        for key in done[: max(0, len(done) - MAX_ENDED)]:
             del self.sandboxes[key]
 
     async def output(self, req: ExecOutputRequest) -> ExecOutputReply:
@@ -375,8 +418,9 @@ class Fleet:
             left = deadline - time.monotonic()
             if chunks or exited or left <= 0:
                 last = chunks[-1].seq if chunks else req.after
-                return ExecOutputReply(sandbox=detached.id, chunks=chunks, info=detached.info(),
-                                       ended=exited and last >= detached.log.last)
+                return ExecOutputReply(
+                    sandbox=detached.id, chunks=chunks, info=detached.info(), ended=exited and last >= detached.log.last
+                )
             try:
                 await asyncio.wait_for(changed.wait(), left)
             except TimeoutError:
@@ -408,8 +452,13 @@ class Fleet:
         return self.get(req.sandbox, req.tenant).info()
 
     def list(self, req: ExecListRequest) -> ExecListReply:
-        return ExecListReply(sandboxes=[d.info() for d in self.sandboxes.values() if d.req.tenant == req.tenant
-                                        and all(d.req.labels.get(k) == v for k, v in req.labels.items())])
+        return ExecListReply(
+            sandboxes=[
+                d.info()
+                for d in self.sandboxes.values()
+                if d.req.tenant == req.tenant and all(d.req.labels.get(k) == v for k, v in req.labels.items())
+            ]
+        )
 
     async def stop(self) -> None:
         """The service stops: every sandbox goes with it (as it would if this process died)."""

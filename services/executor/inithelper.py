@@ -68,19 +68,33 @@ PR_SET_NO_NEW_PRIVS = 38
 KNOWN_ABI = 7
 
 FS_RIGHTS = {
-    "execute": 1 << 0, "write_file": 1 << 1, "read_file": 1 << 2, "read_dir": 1 << 3,
-    "remove_dir": 1 << 4, "remove_file": 1 << 5, "make_char": 1 << 6, "make_dir": 1 << 7,
-    "make_reg": 1 << 8, "make_sock": 1 << 9, "make_fifo": 1 << 10, "make_block": 1 << 11,
+    "execute": 1 << 0,
+    "write_file": 1 << 1,
+    "read_file": 1 << 2,
+    "read_dir": 1 << 3,
+    "remove_dir": 1 << 4,
+    "remove_file": 1 << 5,
+    "make_char": 1 << 6,
+    "make_dir": 1 << 7,
+    "make_reg": 1 << 8,
+    "make_sock": 1 << 9,
+    "make_fifo": 1 << 10,
+    "make_block": 1 << 11,
     "make_sym": 1 << 12,
-    "refer": 1 << 13,      # ABI 2: rename/link across directories
-    "truncate": 1 << 14,   # ABI 3
+    "refer": 1 << 13,  # ABI 2: rename/link across directories
+    "truncate": 1 << 14,  # ABI 3
     "ioctl_dev": 1 << 15,  # ABI 5: ioctl on device files
 }
 FS_ABI1 = (1 << 13) - 1
 FS_BY_ABI = {1: FS_ABI1, 2: FS_ABI1 | 1 << 13, 3: FS_ABI1 | 3 << 13, 4: FS_ABI1 | 3 << 13}
 FS_LATEST = FS_ABI1 | 7 << 13  # ABI 5 and later
-FILE_RIGHTS = (FS_RIGHTS["execute"] | FS_RIGHTS["write_file"] | FS_RIGHTS["read_file"] | FS_RIGHTS["truncate"]
-               | FS_RIGHTS["ioctl_dev"])
+FILE_RIGHTS = (
+    FS_RIGHTS["execute"]
+    | FS_RIGHTS["write_file"]
+    | FS_RIGHTS["read_file"]
+    | FS_RIGHTS["truncate"]
+    | FS_RIGHTS["ioctl_dev"]
+)
 """What a rule on a non-directory may grant (more gives EINVAL)."""
 
 EXEC = FS_RIGHTS["execute"] | FS_RIGHTS["read_file"]
@@ -115,6 +129,7 @@ def _load_libc():
 
     errno_access = {"get_errno": _ctypes.get_errno, "set_errno": _ctypes.set_errno}
     try:
+
         class Long(_ctypes._SimpleCData):
             _type_ = "l"
 
@@ -137,9 +152,15 @@ def _load_libc():
             # CFuncPtr takes any object with a _handle, not only the CDLL its stub names
             return Func((name, Libc))  # type: ignore[arg-type]
 
-        return {"long": Long, "syscall": function("syscall"), "prctl": function("prctl"),
-                "sendmsg": function("sendmsg"), "ioctl": function("ioctl"), "buffer": buffer,
-                **errno_access}
+        return {
+            "long": Long,
+            "syscall": function("syscall"),
+            "prctl": function("prctl"),
+            "sendmsg": function("sendmsg"),
+            "ioctl": function("ioctl"),
+            "buffer": buffer,
+            **errno_access,
+        }
     except (AttributeError, TypeError):  # a CPython that reshaped _ctypes: pay for the public module
         import ctypes  # lazy: only a CPython whose _ctypes lacks these names pays for ctypes (~3.5 ms)
 
@@ -150,8 +171,15 @@ def _load_libc():
             copy = (ctypes.c_char * len(data)).from_buffer_copy(data)
             return copy, ctypes.addressof(copy)
 
-        return {"long": ctypes.c_long, "syscall": libc.syscall, "prctl": libc.prctl, "sendmsg": libc.sendmsg,
-                "ioctl": libc.ioctl, "buffer": buffer, **errno_access}
+        return {
+            "long": ctypes.c_long,
+            "syscall": libc.syscall,
+            "prctl": libc.prctl,
+            "sendmsg": libc.sendmsg,
+            "ioctl": libc.ioctl,
+            "buffer": buffer,
+            **errno_access,
+        }
 
 
 def _call(name, *args):
@@ -205,7 +233,7 @@ def parse(argv):
     while i < len(argv):
         opt = argv[i]
         if opt == "--":
-            req.command = argv[i + 1:]
+            req.command = argv[i + 1 :]
             break
         if opt in TIER_OPTIONS:
             req.paths.append((_value(argv, i), TIER_OPTIONS[opt]))
@@ -223,8 +251,16 @@ def parse(argv):
         elif opt == "--close-fd":
             req.close_fds.append(_fd(_value(argv, i)))
             i += 2
-        elif opt in ("--restrict-net", "--scope", "--audit", "--strict", "--debug", "--no-landlock", "--pty",
-                     "--connect-only"):
+        elif opt in (
+            "--restrict-net",
+            "--scope",
+            "--audit",
+            "--strict",
+            "--debug",
+            "--no-landlock",
+            "--pty",
+            "--connect-only",
+        ):
             setattr(req, opt[2:].replace("-", "_"), True)
             i += 1
         else:
@@ -289,8 +325,9 @@ def apply(req, abi):
             _add_path_rule(ruleset, path, rights & fs, req.debug)
         if net:
             for port in sorted(set(req.connect) | set(req.bind)):
-                allowed = ((NET_CONNECT_TCP if port in req.connect else 0)
-                           | (NET_BIND_TCP if port in req.bind else 0)) & net
+                allowed = (
+                    (NET_CONNECT_TCP if port in req.connect else 0) | (NET_BIND_TCP if port in req.bind else 0)
+                ) & net
                 if not allowed:
                     continue
                 syscall(SYS_ADD_RULE, ruleset, RULE_NET_PORT, _u64(allowed) + _u64(port), 0)
@@ -436,8 +473,10 @@ def main(argv):
             _say(f"[fence:linux] Error: {argv_refusal(e.strerror)}")
             return 126
         except OSError as e:  # the layer is there, fence's end of the socket is not
-            _say(f"[fence:linux] Error: runtime exec policy \"argv\": the exec listener could not be handed to "
-                 f"fence ({e.strerror}): refusing to run")
+            _say(
+                f'[fence:linux] Error: runtime exec policy "argv": the exec listener could not be handed to '
+                f"fence ({e.strerror}): refusing to run"
+            )
             return 126
     if req.pty:
         take_terminal()
@@ -445,8 +484,10 @@ def main(argv):
     for problem in problems:
         lost = "filesystem enforcement is bubblewrap-only" if problem.startswith("Landlock") else "not enforced"
         if req.strict:
-            _say(f"[fence:linux] Error: {problem}: --strict needs every requested Landlock restriction. Refusing "
-                 f"to run (strict mode). To run with less protection: leave out --strict ({lost})")
+            _say(
+                f"[fence:linux] Error: {problem}: --strict needs every requested Landlock restriction. Refusing "
+                f"to run (strict mode). To run with less protection: leave out --strict ({lost})"
+            )
             return 126
         if problem.startswith("Landlock"):
             _say(f"[fence:linux] Warning: {problem}: {lost}")
@@ -458,10 +499,12 @@ def main(argv):
 def argv_refusal(why):
     """The argv policy's listener cannot be had here: ``refusal.argv_unavailable``'s wording (this file
     imports nothing of fence's; a test holds the two equal)."""
-    return (f"seccomp user notification unavailable here ({why}): command.runtimeExecPolicy \"argv\" needs it "
-            "to check every exec. Refusing to run. To run with less protection: set command.runtimeExecPolicy "
-            "to \"path\", the default (while the command runs, only the programs that single-token deny rules "
-            "name are masked)")
+    return (
+        f'seccomp user notification unavailable here ({why}): command.runtimeExecPolicy "argv" needs it '
+        "to check every exec. Refusing to run. To run with less protection: set command.runtimeExecPolicy "
+        'to "path", the default (while the command runs, only the programs that single-token deny rules '
+        "name are masked)"
+    )
 
 
 def _landlock(req):
@@ -507,12 +550,20 @@ def exec_notify_program(machine):
     filter does anyway.  ``seccomp_data``: ``nr`` at offset 0, ``arch`` at 4.
     """
     arch, execve, execveat = EXEC_SYSCALLS[machine]
-    code = [_bpf(BPF_LD_W_ABS, 0, 0, 4), _bpf(BPF_JEQ_K, 1, 0, arch), _bpf(BPF_RET_K, 0, 0, RET_KILL_PROCESS),
-            _bpf(BPF_LD_W_ABS, 0, 0, 0)]
+    code = [
+        _bpf(BPF_LD_W_ABS, 0, 0, 4),
+        _bpf(BPF_JEQ_K, 1, 0, arch),
+        _bpf(BPF_RET_K, 0, 0, RET_KILL_PROCESS),
+        _bpf(BPF_LD_W_ABS, 0, 0, 0),
+    ]
     if machine == "x86_64":
         code += [_bpf(BPF_JGE_K, 0, 1, X32_SYSCALL_BIT), _bpf(BPF_RET_K, 0, 0, RET_KILL_PROCESS)]
-    code += [_bpf(BPF_JEQ_K, 2, 0, execve), _bpf(BPF_JEQ_K, 1, 0, execveat), _bpf(BPF_RET_K, 0, 0, RET_ALLOW),
-             _bpf(BPF_RET_K, 0, 0, RET_USER_NOTIF)]
+    code += [
+        _bpf(BPF_JEQ_K, 2, 0, execve),
+        _bpf(BPF_JEQ_K, 1, 0, execveat),
+        _bpf(BPF_RET_K, 0, 0, RET_ALLOW),
+        _bpf(BPF_RET_K, 0, 0, RET_USER_NOTIF),
+    ]
     return b"".join(code)
 
 
@@ -537,8 +588,13 @@ def send_fd(sock, fd):
     payload, payload_at = buffer(b"x")
     iov, iov_at = buffer(_u64(payload_at) + _u64(1))  # struct iovec
     # struct cmsghdr: size_t len (16 + 4), int level, int type, then the fd; CMSG_SPACE(4) = 24
-    control, control_at = buffer(_u64(20) + SOL_SOCKET.to_bytes(4, sys.byteorder)
-                                 + SCM_RIGHTS.to_bytes(4, sys.byteorder) + fd.to_bytes(4, sys.byteorder) + bytes(4))
+    control, control_at = buffer(
+        _u64(20)
+        + SOL_SOCKET.to_bytes(4, sys.byteorder)
+        + SCM_RIGHTS.to_bytes(4, sys.byteorder)
+        + fd.to_bytes(4, sys.byteorder)
+        + bytes(4)
+    )
     # struct msghdr: name, namelen (+pad), iov, iovlen, control, controllen, flags (+pad)
     header, _ = buffer(bytes(16) + _u64(iov_at) + _u64(1) + _u64(control_at) + _u64(24) + bytes(8))
     _call("sendmsg", sock, header, 0)
@@ -595,9 +651,13 @@ def _pyc_is_current(cached, source):
         header = posix.read(fd, 16)
     finally:
         posix.close(fd)
-    return (len(header) == 16 and header[:4] == bootstrap.MAGIC_NUMBER and header[4:8] == b"\0\0\0\0"
-            and int.from_bytes(header[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
-            and int.from_bytes(header[12:16], "little") == st.st_size & 0xFFFFFFFF)
+    return (
+        len(header) == 16
+        and header[:4] == bootstrap.MAGIC_NUMBER
+        and header[4:8] == b"\0\0\0\0"
+        and int.from_bytes(header[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
+        and int.from_bytes(header[12:16], "little") == st.st_size & 0xFFFFFFFF
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,15 @@ from fence.executor.plan import SECCOMP_FD, SandboxPlan
 if TYPE_CHECKING:
     from fence.executor.ptyrelay import PtyRelay
 
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+FORWARDED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
 
 
 class LaunchError(Exception):
@@ -49,8 +56,13 @@ class LaunchError(Exception):
 class Sandbox:
     """A running sandbox: bwrap's pid, the sandbox init's pid, and signal relaying."""
 
-    def __init__(self, plan: SandboxPlan, relay_signals: bool = True, inherit: dict[int, int] | None = None,
-                 stdio: tuple[int, int, int] | None = None):
+    def __init__(
+        self,
+        plan: SandboxPlan,
+        relay_signals: bool = True,
+        inherit: dict[int, int] | None = None,
+        stdio: tuple[int, int, int] | None = None,
+    ):
         """``inherit``: more fds for bwrap, ``{number in bwrap: our fd}`` (our fds above 10, close-on-exec;
         bwrap passes inherited fds on to the sandbox's command).  ``{fd: fd}`` keeps the number: a dup2
         onto itself clears close-on-exec (glibc 2.29+).  ``stdio``: our fds to become bwrap's 0, 1, 2
@@ -142,8 +154,9 @@ class Sandbox:
             # controlling terminal: nothing in the sandbox shares the user's terminal session
             group: dict[str, Any] = {"setsid": True} if self.plan.pty else {"setpgroup": 0}
             try:
-                self.pid = os.posix_spawn(self.plan.argv[0], self.plan.argv, self.plan.env,
-                                          file_actions=actions, **group)
+                self.pid = os.posix_spawn(
+                    self.plan.argv[0], self.plan.argv, self.plan.env, file_actions=actions, **group
+                )
             except OSError as e:
                 self._restore_signals()
                 self._close_relay()
@@ -342,8 +355,10 @@ def _clear_of_targets(inherit: dict[int, int]) -> dict[int, int]:
         return {}
     targets = set(inherit)
     floor = max(targets) + 1
-    return {target: ours if ours == target or ours not in targets else fcntl.fcntl(ours, fcntl.F_DUPFD_CLOEXEC, floor)
-            for target, ours in inherit.items()}
+    return {
+        target: ours if ours == target or ours not in targets else fcntl.fcntl(ours, fcntl.F_DUPFD_CLOEXEC, floor)
+        for target, ours in inherit.items()
+    }
 
 
 def _close_moved(moved: dict[int, int], inherit: dict[int, int]) -> None:
@@ -390,7 +405,7 @@ def _process_group(pid: int) -> int:
             stat = f.read()
     except OSError:
         return 0
-    fields = stat[stat.rfind(b")") + 2:].split()
+    fields = stat[stat.rfind(b")") + 2 :].split()
     return int(fields[2]) if len(fields) > 2 else 0
 
 
@@ -411,5 +426,5 @@ def _read_child_pid(fd: int) -> int:
     key = text.find('"child-pid"')
     if key < 0:
         return 0
-    digits = "".join(c for c in text[key + 11:].split(",")[0].split("}")[0] if c.isdigit())
+    digits = "".join(c for c in text[key + 11 :].split(",")[0].split("}")[0] if c.isdigit())
     return int(digits) if digits else 0

@@ -35,8 +35,18 @@ from __future__ import annotations
 from fence.mountops import Bind, BindFd, DevFs, Dir, Mount, ProcFs, RemountRo, Symlink, Tmpfs, render_all
 from fence.runplan import FsView, Paths
 
-__all__ = ["FsView", "Paths", "filesystem_args", "filesystem_mounts", "landlock_options", "pinned_sources",
-           "repair_runtime_env", "sealing", "under", "writable_inside"]
+__all__ = [
+    "FsView",
+    "Paths",
+    "filesystem_args",
+    "filesystem_mounts",
+    "landlock_options",
+    "pinned_sources",
+    "repair_runtime_env",
+    "sealing",
+    "under",
+    "writable_inside",
+]
 
 SYSTEM_READ_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 """Readable under defaultDenyRead unless strictDenyRead (Fence's essential system paths)."""
@@ -51,6 +61,7 @@ PINNED_FD_BASE = 11
 """Writable sources reach bwrap as fds ``PINNED_FD_BASE + i`` (the i-th of ``pinned_sources``): numbers the
 plan decides, so a plan is the same wherever it is made; the launcher moves the fds it opened onto them
 (10 is the exec supervisor's socket, 3-9 bwrap's fixed inputs)."""
+
 
 def under(path: str, root: str) -> bool:
     return path == root or root == "/" or path.startswith(root + "/")
@@ -105,8 +116,9 @@ def _in_path_order(view: FsView) -> list[Mount]:
     it, and the grants inside come back over the tmpfs.  A hidden tmpfs stays
     writable here (bwrap makes those mount points in it) until ``RemountRo``.
     """
-    ops: list[tuple[str, Mount]] = [(path, BindFd(dest=path, fd=PINNED_FD_BASE + i))
-                                    for i, path in enumerate(pinned_sources(view))]
+    ops: list[tuple[str, Mount]] = [
+        (path, BindFd(dest=path, fd=PINNED_FD_BASE + i)) for i, path in enumerate(pinned_sources(view))
+    ]
     ops += [(path, Tmpfs(dest=path)) for path in view.hidden]
     ops += [(path, Bind(src=path, dest=path)) for path in view.hidden_grants]
     return [op for _, op in sorted(ops, key=lambda item: item[0])]

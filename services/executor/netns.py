@@ -71,8 +71,11 @@ def state(bwrap: str, cache_dir: str | None = None) -> NetnsState:
     want = key(bwrap)
     path = cache_path(cache_dir, want["userns"])
     cached = read_cache(path, NetnsState)  # only our own, private answer is trusted
-    if (cached is not None and all(getattr(cached, k) == v for k, v in want.items())
-            and (cached.available or 0 <= time.time() - cached.at < NEGATIVE_TTL)):
+    if (
+        cached is not None
+        and all(getattr(cached, k) == v for k, v in want.items())
+        and (cached.available or 0 <= time.time() - cached.at < NEGATIVE_TTL)
+    ):
         return cached
     found = probe(want)
     if path:
@@ -137,4 +140,3 @@ def cache_path(cache_dir: str | None = None, userns: int | None = None) -> str:
     if userns is None:
         userns = _userns()
     return os.path.join(cache_dir, f"netns-{bid}-{userns}.json") if cache_dir and bid else ""
-

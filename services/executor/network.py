@@ -74,10 +74,12 @@ def outbound_listeners(ports: list[int]) -> list[tuple[str, int]]:
     return [(host, port) for port in ports for host in ("127.0.0.1", "::1")]
 
 
-OUTBOUND_WITHOUT_PORTS = ("[fence:linux] Warning: network.allowLocalOutbound is set but "
-                          "network.allowLocalOutboundPorts is empty: on Linux the sandbox has its own "
-                          "loopback, so no host port is reachable; list the host ports to reach in "
-                          "network.allowLocalOutboundPorts")
+OUTBOUND_WITHOUT_PORTS = (
+    "[fence:linux] Warning: network.allowLocalOutbound is set but "
+    "network.allowLocalOutboundPorts is empty: on Linux the sandbox has its own "
+    "loopback, so no host port is reachable; list the host ports to reach in "
+    "network.allowLocalOutboundPorts"
+)
 
 
 def outbound_warning(shared: bool, network: NetworkConfig) -> str:
@@ -93,11 +95,16 @@ def no_netns_warning(detail: str, tcp_blocked: bool = False) -> str:
     ``tcp_blocked``: Landlock (ABI 4+) limits TCP connects to the proxies, so
     only UDP (and other non-TCP traffic) escapes the filter.
     """
-    escape = ("direct TCP connections are blocked by Landlock, but UDP and other non-TCP traffic is NOT"
-              if tcp_blocked else "direct connections are NOT blocked")
-    return ("[fence:linux] Warning: Skipping --unshare-net (network namespace unavailable in this environment"
-            f"{': ' + detail if detail else ''}): only programs that use HTTP_PROXY/ALL_PROXY are filtered; "
-            f"{escape}")
+    escape = (
+        "direct TCP connections are blocked by Landlock, but UDP and other non-TCP traffic is NOT"
+        if tcp_blocked
+        else "direct connections are NOT blocked"
+    )
+    return (
+        "[fence:linux] Warning: Skipping --unshare-net (network namespace unavailable in this environment"
+        f"{': ' + detail if detail else ''}): only programs that use HTTP_PROXY/ALL_PROXY are filtered; "
+        f"{escape}"
+    )
 
 
 def shared_network_refusal(net_mode: str, detail: str, env: dict[str, str]) -> str:
@@ -112,11 +119,14 @@ def shared_network_refusal(net_mode: str, detail: str, env: dict[str, str]) -> s
 
     if net_mode != NONE or env.get(ALLOW_SHARED_ENV) == "1":
         return ""
-    return missing_layer("network namespace", f"bwrap --unshare-net: {detail or 'failed'}",
-                         "the policy allows no network, and without a namespace of its own the sandbox would "
-                         "have the host's network", f"set {ALLOW_SHARED_ENV}=1 in fence's environment",
-                         "the host's network; Landlock then blocks direct TCP connections where the kernel has "
-                         "ABI 4, but never UDP", instead="run where network namespaces can be created")
+    return missing_layer(
+        "network namespace",
+        f"bwrap --unshare-net: {detail or 'failed'}",
+        "the policy allows no network, and without a namespace of its own the sandbox would have the host's network",
+        f"set {ALLOW_SHARED_ENV}=1 in fence's environment",
+        "the host's network; Landlock then blocks direct TCP connections where the kernel has ABI 4, but never UDP",
+        instead="run where network namespaces can be created",
+    )
 
 
 def proxy_env(net_mode: str, opened: ProxySessionOpened, shared: bool = False) -> dict[str, str]:

@@ -60,7 +60,7 @@ def expand(patterns: list[str], cwd: str, home: str, contained: bool = False) ->
                 out.truncated = True
                 continue
             if contained:
-                literal = path[:min(path.find(c) for c in "*?[" if c in path)].rsplit("/", 1)[0] or "/"
+                literal = path[: min(path.find(c) for c in "*?[" if c in path)].rsplit("/", 1)[0] or "/"
                 base = os.path.realpath(literal)
         else:
             matches = [path] if os.path.lexists(path) else []
@@ -102,8 +102,11 @@ def _glob(pattern: str, deadline: float, budget: list[int]) -> list[str] | None:
             except OSError:
                 continue
             budget[0] -= len(names)
-            nxt.extend(os.path.join(base, n) for n in names if fnmatch_case(n, part)
-                       and (not n.startswith(".") or part.startswith(".")))
+            nxt.extend(
+                os.path.join(base, n)
+                for n in names
+                if fnmatch_case(n, part) and (not n.startswith(".") or part.startswith("."))
+            )
         current = nxt
     return current
 

@@ -14,13 +14,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-
 from fence.executor.mounts import PINNED_FD_BASE, filesystem_mounts, landlock_options, pinned_sources, sealing
 from fence.mountops import Bind, DataFile, render_all
 from fence.runplan import INFO_FD, FsView, HostFacts, NetPlan, RunPlan, SandboxPlan
 
-__all__ = ["BLOCK_FD", "DATA_FD", "EXEC_NOTIFY_FD", "INFO_FD", "SECCOMP_FD", "FsView", "HostFacts", "NetPlan",
-           "RunPlan", "SandboxPlan", "render", "sanitize_env", "session_mode", "wants_landlock"]
+__all__ = [
+    "BLOCK_FD",
+    "DATA_FD",
+    "EXEC_NOTIFY_FD",
+    "INFO_FD",
+    "SECCOMP_FD",
+    "FsView",
+    "HostFacts",
+    "NetPlan",
+    "RunPlan",
+    "SandboxPlan",
+    "render",
+    "sanitize_env",
+    "session_mode",
+    "wants_landlock",
+]
 
 DANGEROUS_ENV_PREFIXES = ("LD_",)
 """Dynamic-loader variables never reach the sandbox (write-a-.so-then-LD_PRELOAD)."""
@@ -141,13 +154,24 @@ def render(plan: RunPlan) -> SandboxPlan:
     clean, stripped = sanitize_env(plan.env)
     clean.update(plan.extra_env)
     clean["FENCE_SANDBOX"] = "1"
-    return SandboxPlan(argv=args, env=clean, command=list(command), stripped_env=stripped,
-                       layers=layers(plan, exec_denied),
-                       mounts=mounts, block_fd=BLOCK_FD if listen_inside else 0, listen_inside=listen_inside,
-                       seccomp_program=plan.seccomp_program, data_files=data_files, pty=plan.pty,
-                       exec_denied=exec_denied, exec_notify_fd=EXEC_NOTIFY_FD if plan.exec_notify else 0,
-                       pinned=pinned, interpreter_fd=interpreter_fd,
-                       interpreter=_interpreter(plan) if interpreter_fd else "")
+    return SandboxPlan(
+        argv=args,
+        env=clean,
+        command=list(command),
+        stripped_env=stripped,
+        layers=layers(plan, exec_denied),
+        mounts=mounts,
+        block_fd=BLOCK_FD if listen_inside else 0,
+        listen_inside=listen_inside,
+        seccomp_program=plan.seccomp_program,
+        data_files=data_files,
+        pty=plan.pty,
+        exec_denied=exec_denied,
+        exec_notify_fd=EXEC_NOTIFY_FD if plan.exec_notify else 0,
+        pinned=pinned,
+        interpreter_fd=interpreter_fd,
+        interpreter=_interpreter(plan) if interpreter_fd else "",
+    )
 
 
 def uses_landlock(plan: RunPlan) -> bool:
@@ -256,4 +280,3 @@ def _init_helper(python: str = "") -> list[str]:
     if python:
         command[0] = python
     return command
-

@@ -133,8 +133,9 @@ class Forwarder:
                 listener.close()
                 return
             self._listeners.append(listener)
-        threading.Thread(target=self._accept_loop, args=(listener, dial, label), daemon=True,
-                         name=f"fence-{label}").start()
+        threading.Thread(
+            target=self._accept_loop, args=(listener, dial, label), daemon=True, name=f"fence-{label}"
+        ).start()
 
     def _accept_loop(self, listener: socket.socket, dial, label: str) -> None:
         while True:

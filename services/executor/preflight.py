@@ -46,6 +46,7 @@ def _from(label: str) -> str:
 
 # --------------------------------------------------------------------------- the decision
 
+
 def command_rule_hit(cmd: Command, policy: Policy) -> tuple[str, bool] | None:
     """(rule, is default) of the first deny rule blocking ``cmd``, honouring ``command.allow``; or None."""
     allow = policy.command.allow
@@ -64,12 +65,16 @@ def command_rule_hit(cmd: Command, policy: Policy) -> tuple[str, bool] | None:
 
 
 def _unparseable(text: str, why: str) -> Blocked:
-    return Blocked(message=f"command blocked by sandbox command policy: cannot check {go_quote(text[:200])}: {why}",
-                   command=text, kind="command")
+    return Blocked(
+        message=f"command blocked by sandbox command policy: cannot check {go_quote(text[:200])}: {why}",
+        command=text,
+        kind="command",
+    )
 
 
-def check_commands(cmds: Sequence[Command], policy: Policy, sources: RuleSources | None = None,
-                   env: Mapping[str, str] | None = None) -> Blocked | None:
+def check_commands(
+    cmds: Sequence[Command], policy: Policy, sources: RuleSources | None = None, env: Mapping[str, str] | None = None
+) -> Blocked | None:
     """Check already-parsed commands (``shellparse``); see ``check_command``."""
     sources = sources or RuleSources()
     for cmd in cmds:
@@ -79,13 +84,22 @@ def check_commands(cmds: Sequence[Command], policy: Policy, sources: RuleSources
         rule, default = hit
         shown = cmd.text()
         if default:
-            return Blocked(message=f"command blocked by default sandbox command policy: {go_quote(shown)} matches "
-                                   f"{go_quote(rule)}{_from(DEFAULT_DENY_SOURCE)}",
-                           command=shown, rule=rule, source=DEFAULT_DENY_SOURCE, default_rule=True)
+            return Blocked(
+                message=f"command blocked by default sandbox command policy: {go_quote(shown)} matches "
+                f"{go_quote(rule)}{_from(DEFAULT_DENY_SOURCE)}",
+                command=shown,
+                rule=rule,
+                source=DEFAULT_DENY_SOURCE,
+                default_rule=True,
+            )
         label = sources.rule_label("command.deny", rule)
-        return Blocked(message=f"command blocked by sandbox command policy: {go_quote(shown)} matches "
-                               f"{go_quote(rule)}{_from(label)}",
-                       command=shown, rule=rule, source=label)
+        return Blocked(
+            message=f"command blocked by sandbox command policy: {go_quote(shown)} matches "
+            f"{go_quote(rule)}{_from(label)}",
+            command=shown,
+            rule=rule,
+            source=label,
+        )
     ssh = policy.ssh
     if ssh.allowed_hosts or ssh.denied_hosts:
         from fence.executor import sshpolicy  # lazy: only runs with an SSH policy need it (hot path)
@@ -97,8 +111,14 @@ def check_commands(cmds: Sequence[Command], policy: Policy, sources: RuleSources
     return None
 
 
-def check_command(argv: list[str] | None, command_string: str | None, policy: Policy,
-                  sources: RuleSources | None = None, *, env: Mapping[str, str] | None = None) -> Blocked | None:
+def check_command(
+    argv: list[str] | None,
+    command_string: str | None,
+    policy: Policy,
+    sources: RuleSources | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Blocked | None:
     """May this run?  ``None`` when allowed, else a ``Blocked``.
 
     ``argv``: the exact argv of ``fence -- cmd args...`` (checked as one

@@ -36,14 +36,32 @@ class RunFacts:
 
     __slots__ = ("fs", "host", "net_mode", "shared", "masks", "seccomp", "warnings", "trace")
 
-    def __init__(self, fs: FsFacts, host: HostFacts, net_mode: str, shared: bool, masks: ExecDeny,
-                 seccomp: tuple[bytes, str], warnings: list[str], trace: list[str]):
+    def __init__(
+        self,
+        fs: FsFacts,
+        host: HostFacts,
+        net_mode: str,
+        shared: bool,
+        masks: ExecDeny,
+        seccomp: tuple[bytes, str],
+        warnings: list[str],
+        trace: list[str],
+    ):
         self.fs, self.host, self.net_mode, self.shared = fs, host, net_mode, shared
         self.masks, self.seccomp, self.warnings, self.trace = masks, seccomp, warnings, trace
 
 
-def gather(policy: Policy, command: list[str], cwd: str, env: dict[str, str], sandbox: str, host: HostFacts,
-           chain: Sequence[SourceRef], config_dir: str, debug: bool = False) -> RunFacts:
+def gather(
+    policy: Policy,
+    command: list[str],
+    cwd: str,
+    env: dict[str, str],
+    sandbox: str,
+    host: HostFacts,
+    chain: Sequence[SourceRef],
+    config_dir: str,
+    debug: bool = False,
+) -> RunFacts:
     """Read every fact the plan needs; raises ``FenceError`` for a run that must not start.
 
     ``chain``: the config's sources (its files stay read-only in the sandbox),
@@ -57,8 +75,9 @@ def gather(policy: Policy, command: list[str], cwd: str, env: dict[str, str], sa
     if policy.filesystem.default_deny_read or policy.filesystem.strict_deny_read:
         helper = _helper()
     try:
-        fs = fsfacts.gather(policy, cwd, env, sandbox, chain, config_dir=config_dir,
-                            helper_paths=fsfacts.helper_read_paths(helper))
+        fs = fsfacts.gather(
+            policy, cwd, env, sandbox, chain, config_dir=config_dir, helper_paths=fsfacts.helper_read_paths(helper)
+        )
     except fsfacts.FsError as e:
         raise FenceError(str(e)) from None
     if wants_landlock(fs.view):
@@ -77,15 +96,25 @@ def gather(policy: Policy, command: list[str], cwd: str, env: dict[str, str], sa
 
             raise FenceError(argv_unavailable(why))
         if debug:
-            trace.append("[fence:linux] Runtime exec policy argv: every exec is checked by fence "
-                         "(seccomp user notification)")
+            trace.append(
+                "[fence:linux] Runtime exec policy argv: every exec is checked by fence (seccomp user notification)"
+            )
     return RunFacts(fs, host, net_mode, shared, masks, seccomp_for(policy, warnings), warnings, trace)
 
 
-def prepare(policy: Policy, command: list[str], cwd: str, env: dict[str, str], sandbox: str, facts: RunFacts,
-            session: ProxySessionOpened, ports: Sequence[tuple[str, int]] = (),
-            terminal: tuple[bool, bool] = (False, False),
-            force_new_session: bool = False, debug: bool = False) -> RunPlan:
+def prepare(
+    policy: Policy,
+    command: list[str],
+    cwd: str,
+    env: dict[str, str],
+    sandbox: str,
+    facts: RunFacts,
+    session: ProxySessionOpened,
+    ports: Sequence[tuple[str, int]] = (),
+    terminal: tuple[bool, bool] = (False, False),
+    force_new_session: bool = False,
+    debug: bool = False,
+) -> RunPlan:
     """Every decision for the run, from its facts: pure (reads nothing, changes nothing).
 
     ``session``: the proxy session's reply (its host ports matter only on a
@@ -109,19 +138,36 @@ def prepare(policy: Policy, command: list[str], cwd: str, env: dict[str, str], s
         files += ssh_route.files
         extra_env.update(ssh_route.env)
     if net.connect_only is not None:
-        net = msgspec.structs.replace(net, connect_only=tuple(
-            p for p in (session.http_port, session.socks_port) if p) + net.connect_only)
+        net = msgspec.structs.replace(
+            net, connect_only=tuple(p for p in (session.http_port, session.socks_port) if p) + net.connect_only
+        )
     force = force_new_session or bool(policy.force_new_session)
     pty, new_session = session_mode(policy.allow_pty and bool(facts.host.python), *terminal, force)
     protection = facts.fs.protection
-    return RunPlan(command=list(command), cwd=cwd, host=facts.host, env=dict(env), extra_env=extra_env,
-                   sandbox=sandbox, policy=policy, fs=facts.fs.view, network=net, files=files,
-                   seccomp_program=facts.seccomp[0], seccomp_label=facts.seccomp[1],
-                   exec_masks=list(facts.masks.masks),
-                   exec_notify=(policy.command.runtime_exec_policy or "path") == "argv",
-                   pty=pty, new_session=new_session, debug=debug, warnings=facts.warnings + warnings,
-                   trace=notes + facts.trace, notes=_notes(policy, facts),
-                   watch=list(protection.watch), reserve=[ph.path for ph in protection.placeholders])
+    return RunPlan(
+        command=list(command),
+        cwd=cwd,
+        host=facts.host,
+        env=dict(env),
+        extra_env=extra_env,
+        sandbox=sandbox,
+        policy=policy,
+        fs=facts.fs.view,
+        network=net,
+        files=files,
+        seccomp_program=facts.seccomp[0],
+        seccomp_label=facts.seccomp[1],
+        exec_masks=list(facts.masks.masks),
+        exec_notify=(policy.command.runtime_exec_policy or "path") == "argv",
+        pty=pty,
+        new_session=new_session,
+        debug=debug,
+        warnings=facts.warnings + warnings,
+        trace=notes + facts.trace,
+        notes=_notes(policy, facts),
+        watch=list(protection.watch),
+        reserve=[ph.path for ph in protection.placeholders],
+    )
 
 
 def network_plan(policy: Policy, facts: RunFacts, ports: Sequence[tuple[str, int]] = ()) -> NetPlan:
@@ -135,22 +181,32 @@ def network_plan(policy: Policy, facts: RunFacts, ports: Sequence[tuple[str, int
     out_ports = network.outbound_ports(shared, policy.network)
     clash = sorted({port for _, port in proxy_listen} & set(out_ports))
     if clash:
-        raise FenceError(f"network.allowLocalOutboundPorts: port {clash[0]} is the sandbox's own proxy port "
-                         "(every sandbox with its own network has one); it cannot also be relayed to the host")
+        raise FenceError(
+            f"network.allowLocalOutboundPorts: port {clash[0]} is the sandbox's own proxy port "
+            "(every sandbox with its own network has one); it cannot also be relayed to the host"
+        )
     connect_only = None
     if shared and net_mode != "relaxed":  # no netns: Landlock keeps TCP to the proxies (and listed ports)
         local = policy.network.allow_local_outbound_ports if network.local_outbound(policy.network) else []
         connect_only = tuple(local)
-    return NetPlan(intent=net_mode, shared=shared, proxy_listen=tuple(proxy_listen), outbound_ports=tuple(out_ports),
-                   published=tuple(ports) if not shared else (), connect_only=connect_only)
+    return NetPlan(
+        intent=net_mode,
+        shared=shared,
+        proxy_listen=tuple(proxy_listen),
+        outbound_ports=tuple(out_ports),
+        published=tuple(ports) if not shared else (),
+        connect_only=connect_only,
+    )
 
 
 def _notes(policy: Policy, facts: RunFacts) -> list[str]:
     """The ``-d`` lines after the sandbox's summary: repaired variables, filesystem notes, ungranted fields."""
     out = [f"[fence] {name} is not usable inside the sandbox: set to {value}" for name, value in facts.fs.env.items()]
     out += [f"[fence] Note: {note}" for note in facts.fs.notes]
-    out += [f"[fence] Note: {name} is not granted by this build yet; the sandbox stays stricter"
-            for name in ungranted(policy)]
+    out += [
+        f"[fence] Note: {name} is not granted by this build yet; the sandbox stays stricter"
+        for name in ungranted(policy)
+    ]
     return out
 
 
@@ -215,6 +271,8 @@ def seccomp_for(policy: Policy, warnings: list[str]) -> tuple[bytes, str]:
     try:
         return seccomp.build_program(policy, deny_socketpair=False), seccomp.summary(policy)
     except Exception as e:  # libseccomp missing or broken: degrade as documented, loudly
-        warnings.append(f"[fence:linux] Warning: seccomp filter unavailable ({type(e).__name__}: {e}): "
-                        "running without syscall filtering")
+        warnings.append(
+            f"[fence:linux] Warning: seccomp filter unavailable ({type(e).__name__}: {e}): "
+            "running without syscall filtering"
+        )
         return b"", ""

@@ -99,9 +99,11 @@ class Protection:
             if path not in self.watch:
                 self.watch.append(path)
         self.pinned = [p for p in self.pinned if os.path.isdir(p)]
-        return [f"cannot reserve protected {'paths' if len(paths) > 1 else 'path'} {', '.join(paths)} ({why}): "
-                "watched instead, and quarantined after the run if the sandbox creates them"
-                for why, paths in unreserved.items()]
+        return [
+            f"cannot reserve protected {'paths' if len(paths) > 1 else 'path'} {', '.join(paths)} ({why}): "
+            "watched instead, and quarantined after the run if the sandbox creates them"
+            for why, paths in unreserved.items()
+        ]
 
     def release(self) -> None:
         """After the run: the last run of this user out removes every placeholder still as it was made."""
@@ -110,9 +112,17 @@ class Protection:
             self.reservation = None
 
 
-def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, config_sources: Sequence[str] = (),
-                    allow_git_config: bool = False, env: Mapping[str, str] | None = None,
-                    opened: Sequence[str] = (), open_tools: Collection[str] = ()) -> Protection:
+def protected_paths(
+    writable: list[str],
+    cwd: str,
+    home: str,
+    config_dir: str,
+    config_sources: Sequence[str] = (),
+    allow_git_config: bool = False,
+    env: Mapping[str, str] | None = None,
+    opened: Sequence[str] = (),
+    open_tools: Collection[str] = (),
+) -> Protection:
     """Everything under a writable path that must stay read-only.
 
     ``writable`` are the canonical writable roots (allowWrite after
@@ -176,11 +186,17 @@ def protected_paths(writable: list[str], cwd: str, home: str, config_dir: str, c
             except OSError:
                 pass
 
-    def protect(path: str, watch_if_missing: bool = True, openable: bool = True,
-                placeholder: bytes | None = None, base: str = "", watch_reserved: bool = False) -> None:
+    def protect(
+        path: str,
+        watch_if_missing: bool = True,
+        openable: bool = True,
+        placeholder: bytes | None = None,
+        base: str = "",
+        watch_reserved: bool = False,
+    ) -> None:
         if base:  # a table row under ``base``: a symlinked parent must stay the link it is
             parent = base
-            for part in path[len(base):].lstrip("/").split("/")[:-1]:
+            for part in path[len(base) :].lstrip("/").split("/")[:-1]:
                 parent = os.path.join(parent, part)
                 if parent in checked:
                     continue
@@ -264,8 +280,10 @@ def agent_config_notes(tools: Sequence[str]) -> list[str]:
     notes = []
     for tool in dict.fromkeys(tools):
         paths = ", ".join(n.path for n in PROTECTED_NAMES if n.tool == tool)
-        notes.append(f'mandatory protection: {TOOL_NAMES.get(tool, tool)} files are left writable where allowWrite '
-                     f'grants them (filesystem.allowAgentConfig "{tool}"): {paths}')
+        notes.append(
+            f"mandatory protection: {TOOL_NAMES.get(tool, tool)} files are left writable where allowWrite "
+            f'grants them (filesystem.allowAgentConfig "{tool}"): {paths}'
+        )
     return notes
 
 
@@ -298,7 +316,7 @@ def _home_bases(rel: str, home: str, env: Mapping[str, str]) -> list[tuple[str, 
     for prefix, var in XDG_BASES:
         base = env.get(var, "")
         if rel.startswith(prefix) and base.startswith("/"):
-            out.append((base.rstrip("/") or "/", rel[len(prefix):]))
+            out.append((base.rstrip("/") or "/", rel[len(prefix) :]))
     return out
 
 
@@ -454,7 +472,7 @@ def _read_gitdir_file(path: str) -> str:
         return ""
     if not line.startswith("gitdir:"):
         return ""
-    target = line[len("gitdir:"):].strip()
+    target = line[len("gitdir:") :].strip()
     return os.path.normpath(os.path.join(os.path.dirname(path), target))
 
 
@@ -500,7 +518,7 @@ def _git_config_refs(config: str) -> GitConfigRefs:
             end = line.find("]")
             name = line[1:end].split(None, 1) if end > 0 else []
             section = name[0].lower() if name else ""  # [includeIf "gitdir:~/w/"] -> includeif
-            line = line[end + 1:].strip() if end > 0 else ""  # "[core] hooksPath = x" on one line
+            line = line[end + 1 :].strip() if end > 0 else ""  # "[core] hooksPath = x" on one line
             if not line:
                 continue
         if "=" not in line:
@@ -582,8 +600,7 @@ def quarantine(watch: list[str], sandbox: str) -> list[tuple[str, str, str]]:
             continue
         if os.path.basename(path) == "hooks" and os.path.isfile(os.path.join(os.path.dirname(path), "HEAD")):
             # a new git hooks directory (``git init`` makes one): only real hooks go, samples stay
-            moved += quarantine([os.path.join(path, n) for n in _listing(path) if not n.endswith(".sample")],
-                                sandbox)
+            moved += quarantine([os.path.join(path, n) for n in _listing(path) if not n.endswith(".sample")], sandbox)
             continue
         if live is None:
             live = live_entries()

@@ -202,7 +202,7 @@ class PtyRelay:
                 elif fd == self.master:
                     if events & select.POLLOUT and to_pty:
                         try:
-                            del to_pty[:os.write(self.master, to_pty)]
+                            del to_pty[: os.write(self.master, to_pty)]
                         except BlockingIOError:
                             pass
                         except OSError:  # nobody reads the PTY any more
@@ -276,8 +276,16 @@ def raw_mode(attrs: list) -> list:
     The PTY's own line discipline inside does all of that for the command.
     """
     iflag, oflag, cflag, lflag, ispeed, ospeed, cc = attrs
-    iflag &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP | termios.INLCR
-               | termios.IGNCR | termios.ICRNL | termios.IXON)
+    iflag &= ~(
+        termios.IGNBRK
+        | termios.BRKINT
+        | termios.PARMRK
+        | termios.ISTRIP
+        | termios.INLCR
+        | termios.IGNCR
+        | termios.ICRNL
+        | termios.IXON
+    )
     oflag &= ~termios.OPOST
     lflag &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
     cflag = (cflag & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
@@ -313,7 +321,7 @@ def _write_all(fd: int, data: bytes) -> bool:
     view = memoryview(data)
     while view:
         try:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         except BlockingIOError:
             select.select([], [fd], [])
         except OSError:

@@ -16,8 +16,10 @@ from __future__ import annotations
 def missing_layer(layer: str, why: str, needed_by: str, setting: str, less: str, instead: str = "") -> str:
     """``<layer> unavailable here (<why>): <needed_by>. Refusing to run. To run with less protection:
     <setting> (<less>)[; or <instead>]``."""
-    return (f"{layer} unavailable here ({why}): {needed_by}. Refusing to run. "
-            f"To run with less protection: {setting} ({less}){'; or ' + instead if instead else ''}")
+    return (
+        f"{layer} unavailable here ({why}): {needed_by}. Refusing to run. "
+        f"To run with less protection: {setting} ({less}){'; or ' + instead if instead else ''}"
+    )
 
 
 ARGV_LAYER = "seccomp user notification"

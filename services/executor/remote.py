@@ -28,7 +28,6 @@ from fence.messages import Event, LifecycleEvent
 from fence.natsbus import NatsBus
 from fence.runtime import Credentials, client_credentials
 
-
 EVENT_ECHO_WAIT = 1.0
 """How long a supervised run with -d/-m waits for its own "exited" event to come back before it leaves."""
 
@@ -39,8 +38,13 @@ def run_over_nats(url: str, supervisor, req: RunRequest, host: HostFacts, monito
     async def main() -> int:
         loop = asyncio.get_running_loop()
         try:
-            bus = await NatsBus.connect(url, user=creds.user, password=creds.password,
-                                        inbox_prefix=creds.inbox_prefix, name=f"fence-run-{req.sandbox}")
+            bus = await NatsBus.connect(
+                url,
+                user=creds.user,
+                password=creds.password,
+                inbox_prefix=creds.inbox_prefix,
+                name=f"fence-run-{req.sandbox}",
+            )
         except BusError as e:
             raise FenceError(f"cannot reach the supervisor's bus at {url}: {e}") from None
         current: list[Sandbox] = []
@@ -65,6 +69,7 @@ def run_over_nats(url: str, supervisor, req: RunRequest, host: HostFacts, monito
         started, ended = asyncio.Event(), asyncio.Event()
         try:
             if req.debug or monitor:
+
                 async def show(event: Event) -> None:
                     for line in console_lines(event, req.debug, monitor):
                         print(line, file=sys.stderr, flush=True)

@@ -30,6 +30,7 @@ import fcntl
 import os
 
 import msgspec
+
 from fence.protectednames import DIR
 from fence.runtime import ensure_private_dir, read_cache, runtime_dir, write_private
 
@@ -89,8 +90,9 @@ class Placeholder:
                 except FileExistsError:
                     fresh = False
                 if os.path.islink(where):
-                    raise PathSwapped(f"{where}, a parent of protected path {self.path}, became a symlink "
-                                      "while the run started")
+                    raise PathSwapped(
+                        f"{where}, a parent of protected path {self.path}, became a symlink while the run started"
+                    )
                 child = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
                 os.close(fd)
                 fd = child
@@ -105,8 +107,9 @@ class Placeholder:
 
     def _file(self, dir_fd: int, name: str, where: str, made: list[Made]) -> str:
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=dir_fd)
+            fd = os.open(
+                name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
+            )
         except FileExistsError:  # made meanwhile by someone else: bound as the existing file it is
             if os.path.islink(where):
                 raise PathSwapped(f"protected path {self.path} became a symlink while the run started") from None
@@ -125,8 +128,9 @@ class Reservation:
 
     def __init__(self, directory: str | None = None):
         self.dir = ensure_private_dir(directory or runtime_dir())
-        self.lock = os.open(os.path.join(self.dir, RUNS_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                            0o600)
+        self.lock = os.open(
+            os.path.join(self.dir, RUNS_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
         fcntl.flock(self.lock, fcntl.LOCK_SH)  # waits only while a finishing run removes placeholders
 
     def make(self, placeholders: list[Placeholder]) -> dict[str, str]:
@@ -161,8 +165,9 @@ class Reservation:
 
     def _update(self, change) -> None:
         path = os.path.join(self.dir, REGISTRY)
-        lock = os.open(os.path.join(self.dir, REGISTRY_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                       0o600)
+        lock = os.open(
+            os.path.join(self.dir, REGISTRY_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             entries = read_cache(path, list[Made]) or []

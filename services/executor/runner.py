@@ -19,17 +19,25 @@ import msgspec
 
 from fence.bus import Bus, BusError
 from fence.executor import network
+from fence.executor.commandrules import RuleSources
 from fence.executor.coverage import refused
 from fence.executor.errors import FenceError
 from fence.executor.fsfacts import FsError
 from fence.executor.launch import LaunchError, Sandbox
 from fence.executor.plan import HostFacts, RunPlan, SandboxPlan, render
+from fence.executor.preflight import check_command
 from fence.executor.prepare import RunFacts, gather, prepare
 from fence.executor.protect import quarantine, restore_links
-from fence.executor.commandrules import RuleSources
-from fence.executor.preflight import check_command
-from fence.messages import (ConfigResolveReply, ConfigResolveRequest, LifecycleEvent, ProtectedPathEvent,
-                            ProxySessionClose, ProxySessionClosed, ProxySessionOpen, ProxySessionOpened)
+from fence.messages import (
+    ConfigResolveReply,
+    ConfigResolveRequest,
+    LifecycleEvent,
+    ProtectedPathEvent,
+    ProxySessionClose,
+    ProxySessionClosed,
+    ProxySessionOpen,
+    ProxySessionOpened,
+)
 from fence.subjects import CONFIG_RESOLVE, PROXY_SESSION_CLOSE, PROXY_SESSION_OPEN, event
 from fence.textsafe import printable
 
@@ -76,9 +84,14 @@ async def blocking_wait(sandbox: Sandbox) -> int:
     return sandbox.wait()
 
 
-async def run(bus: Bus, req: RunRequest, host: HostFacts,
-              wait: Callable[[Sandbox], Awaitable[int]] = blocking_wait, relay_signals: bool = True,
-              attach: Callable[..., None] | None = None) -> int:
+async def run(
+    bus: Bus,
+    req: RunRequest,
+    host: HostFacts,
+    wait: Callable[[Sandbox], Awaitable[int]] = blocking_wait,
+    relay_signals: bool = True,
+    attach: Callable[..., None] | None = None,
+) -> int:
     """Run ``req`` to completion and return its exit code: ``start``, wait, ``exited``, ``close``.
 
     ``attach(sandbox, *listeners)`` hands the sockets made inside the
@@ -95,12 +108,18 @@ async def run(bus: Bus, req: RunRequest, host: HostFacts,
         await running.exited(code)
         return code
     finally:
-        await running.close()                                   # placeholders, quarantine, relays, session
+        await running.close()  # placeholders, quarantine, relays, session
 
 
-async def start(bus: Bus, req: RunRequest, host: HostFacts, relay_signals: bool = True,
-                attach: Callable[..., None] | None = None, stdio: tuple[int, int, int] | None = None,
-                report: Callable[[list[str]], None] | None = None) -> Running:
+async def start(
+    bus: Bus,
+    req: RunRequest,
+    host: HostFacts,
+    relay_signals: bool = True,
+    attach: Callable[..., None] | None = None,
+    stdio: tuple[int, int, int] | None = None,
+    report: Callable[[list[str]], None] | None = None,
+) -> Running:
     """Every step up to a running command, one line per layer; the ``Running`` it returns must be closed.
 
     The one start sequence of both ``fence run`` (``run``) and a detached
@@ -109,17 +128,17 @@ async def start(bus: Bus, req: RunRequest, host: HostFacts, relay_signals: bool 
     stderr).  Whatever fails on the way is undone before the error leaves.
     """
     report = report or say
-    resolved = await resolve(bus, req)                          # config service: policy + provenance
-    await admit(bus, req, resolved)                             # refused fields, command/SSH preflight
-    facts = gather_facts(req, resolved, host)                   # filesystem, netns, Landlock, exec masks, seccomp
+    resolved = await resolve(bus, req)  # config service: policy + provenance
+    await admit(bus, req, resolved)  # refused fields, command/SSH preflight
+    facts = gather_facts(req, resolved, host)  # filesystem, netns, Landlock, exec masks, seccomp
     report(facts.warnings)
     opened = await open_session(bus, req, resolved.policy, facts)  # proxy session (denying all without network)
     running = Running(bus, req, resolved, facts, opened, report)
     try:
-        plan = decide(req, resolved, facts, opened)             # every decision, pure: the RunPlan
+        plan = decide(req, resolved, facts, opened)  # every decision, pure: the RunPlan
         report(plan.warnings)
-        plan = running.reserve_placeholders(plan)               # missing protected paths made inert, bound ro
-        rendered = render(plan)                                 # the bwrap invocation
+        plan = running.reserve_placeholders(plan)  # missing protected paths made inert, bound ro
+        rendered = render(plan)  # the bwrap invocation
         if req.debug:
             debug_plan(plan, rendered)
         running.launch(plan, rendered, relay_signals, attach, stdio)  # exec supervisor, pinned fds, bwrap, bridges
@@ -141,10 +160,17 @@ def _collect_from_now_on() -> None:
 async def resolve(bus: Bus, req: RunRequest) -> ConfigResolveReply:
     """The policy for ``req`` from the config service (``-d``: where it came from)."""
     try:
-        resolved = await bus.request(CONFIG_RESOLVE, ConfigResolveRequest(
-            cwd=req.cwd, settings=req.settings, template=req.template, home=req.env.get("HOME", ""),
-            env_xdg_config_home=req.env.get("XDG_CONFIG_HOME", "")),
-            ConfigResolveReply)
+        resolved = await bus.request(
+            CONFIG_RESOLVE,
+            ConfigResolveRequest(
+                cwd=req.cwd,
+                settings=req.settings,
+                template=req.template,
+                home=req.env.get("HOME", ""),
+                env_xdg_config_home=req.env.get("XDG_CONFIG_HOME", ""),
+            ),
+            ConfigResolveReply,
+        )
     except BusError as e:
         if getattr(e, "code", "") == "settings_missing":  # nothing was loaded: the message says it all
             raise StartRefused(getattr(e, "message", str(e)), "policy") from None
@@ -155,22 +181,45 @@ async def resolve(bus: Bus, req: RunRequest) -> ConfigResolveReply:
 
 
 def gather_facts(req: RunRequest, resolved: ConfigResolveReply, host: HostFacts) -> RunFacts:
-    return gather(resolved.policy, req.command, req.cwd, req.env, req.sandbox, host, resolved.chain,
-                  _user_config_dir(resolved), debug=req.debug)
+    return gather(
+        resolved.policy,
+        req.command,
+        req.cwd,
+        req.env,
+        req.sandbox,
+        host,
+        resolved.chain,
+        _user_config_dir(resolved),
+        debug=req.debug,
+    )
 
 
 def decide(req: RunRequest, resolved: ConfigResolveReply, facts: RunFacts, opened: ProxySessionOpened) -> RunPlan:
     terminal = (_isatty(0), _isatty(1)) if req.terminal is None else (req.terminal, req.terminal)
-    return prepare(resolved.policy, req.command, req.cwd, req.env, req.sandbox, facts, opened, ports=req.ports,
-                   terminal=terminal, force_new_session=req.force_new_session, debug=req.debug)
+    return prepare(
+        resolved.policy,
+        req.command,
+        req.cwd,
+        req.env,
+        req.sandbox,
+        facts,
+        opened,
+        ports=req.ports,
+        terminal=terminal,
+        force_new_session=req.force_new_session,
+        debug=req.debug,
+    )
 
 
 async def open_session(bus: Bus, req: RunRequest, policy, facts: RunFacts) -> ProxySessionOpened:
     """The proxy session for the sandbox, for every run: without allowed domains its filter denies
     everything, so a blocked request is answered (403) and reported like any other.  In a lone run
     it is a name until the sandbox first connects (``network.attach_on_first_connection``)."""
-    return await bus.request(PROXY_SESSION_OPEN, ProxySessionOpen(
-        sandbox=req.sandbox, network=policy.network, loopback=facts.shared), ProxySessionOpened)
+    return await bus.request(
+        PROXY_SESSION_OPEN,
+        ProxySessionOpen(sandbox=req.sandbox, network=policy.network, loopback=facts.shared),
+        ProxySessionOpened,
+    )
 
 
 def say(lines: list[str]) -> None:
@@ -183,8 +232,15 @@ def say(lines: list[str]) -> None:
 class Running:
     """The side effects of one run, and their undoing in ``close`` (whatever stage the run reached)."""
 
-    def __init__(self, bus: Bus, req: RunRequest, resolved: ConfigResolveReply, facts: RunFacts,
-                 opened: ProxySessionOpened, report: Callable[[list[str]], None] = say):
+    def __init__(
+        self,
+        bus: Bus,
+        req: RunRequest,
+        resolved: ConfigResolveReply,
+        facts: RunFacts,
+        opened: ProxySessionOpened,
+        report: Callable[[list[str]], None] = say,
+    ):
         self.bus, self.req, self.facts, self.opened, self.report = bus, req, facts, opened, report
         self.sandbox: Sandbox | None = None
         """The launched sandbox (set by ``launch``)."""
@@ -206,18 +262,24 @@ class Running:
             return plan
         self.report([f"[fence] Warning: {w}" for w in warnings])
         protection = self.facts.fs.protection
-        return msgspec.structs.replace(plan, fs=self.facts.fs.view, watch=list(protection.watch),
-                                       reserve=[p for p in plan.reserve if p in protection.readonly])
+        return msgspec.structs.replace(
+            plan,
+            fs=self.facts.fs.view,
+            watch=list(protection.watch),
+            reserve=[p for p in plan.reserve if p in protection.readonly],
+        )
 
-    def launch(self, plan: RunPlan, rendered, relay_signals: bool, attach,
-               stdio: tuple[int, int, int] | None = None) -> Sandbox:
+    def launch(
+        self, plan: RunPlan, rendered, relay_signals: bool, attach, stdio: tuple[int, int, int] | None = None
+    ) -> Sandbox:
         """Start the exec supervisor and the local-port relays, pin the writable sources, start bwrap,
         then hand the proxy listeners over and start the relays."""
         from fence.executor import runtimeexec  # lazy: a run refused before launch never loads it (~0.1 ms)
 
         req, net = self.req, plan.network
-        runtime = self.runtime = runtimeexec.start(plan.policy, req.env, req.cwd, req.sandbox, self.bus,
-                                                   self.facts.masks, self.sources)
+        runtime = self.runtime = runtimeexec.start(
+            plan.policy, req.env, req.cwd, req.sandbox, self.bus, self.facts.masks, self.sources
+        )
         host_listeners = []
         if net.outbound_ports or net.published:
             from fence.executor import portfwd  # lazy: only runs with local ports relay them (socket, threads, ~4 ms)
@@ -243,12 +305,17 @@ class Running:
         finally:
             runtime.spawned()
             self.facts.fs.close()  # bwrap has its own copies (and closes them once mounted)
-        proxy_socks = sandbox.listeners[:len(net.proxy_listen)]
+        proxy_socks = sandbox.listeners[: len(net.proxy_listen)]
         if proxy_socks and attach is not None:  # connections queue in the backlog until the proxy serves them
             self.finish_attach = network.attach_on_first_connection(attach, req.sandbox, proxy_socks)
         if self.forwarder is not None:  # local ports: relayed by this process, no proxy (works supervised too)
-            _forward(self.forwarder, sandbox, network.outbound_listeners(list(net.outbound_ports)),
-                     sandbox.listeners[len(net.proxy_listen):], list(zip(net.published, host_listeners, strict=True)))
+            _forward(
+                self.forwarder,
+                sandbox,
+                network.outbound_listeners(list(net.outbound_ports)),
+                sandbox.listeners[len(net.proxy_listen) :],
+                list(zip(net.published, host_listeners, strict=True)),
+            )
         self.sandbox = sandbox
         return sandbox
 
@@ -263,13 +330,25 @@ class Running:
             self.sandbox.kill()
 
     async def started(self) -> None:
-        await self.bus.publish(self.lifecycle, LifecycleEvent(sandbox=self.req.sandbox, phase="started",
-                                                              ts=time.time(), pid=self.pid, argv=self.req.command))
+        await self.bus.publish(
+            self.lifecycle,
+            LifecycleEvent(
+                sandbox=self.req.sandbox, phase="started", ts=time.time(), pid=self.pid, argv=self.req.command
+            ),
+        )
 
     async def exited(self, code: int) -> None:
-        await self.bus.publish(self.lifecycle, LifecycleEvent(sandbox=self.req.sandbox, phase="exited", ts=time.time(),
-                                                              pid=self.pid, exit_code=code,
-                                                              signal=code - 128 if code > 128 else None))
+        await self.bus.publish(
+            self.lifecycle,
+            LifecycleEvent(
+                sandbox=self.req.sandbox,
+                phase="exited",
+                ts=time.time(),
+                pid=self.pid,
+                exit_code=code,
+                signal=code - 128 if code > 128 else None,
+            ),
+        )
 
     async def close(self) -> None:
         """Undo what the run did; a second call does nothing."""
@@ -287,8 +366,7 @@ class Running:
         if self.forwarder is not None:
             self.forwarder.close()
         try:
-            await self.bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=self.req.sandbox),
-                                   ProxySessionClosed)
+            await self.bus.request(PROXY_SESSION_CLOSE, ProxySessionClose(sandbox=self.req.sandbox), ProxySessionClosed)
         except BusError as e:
             say([f"[fence] Warning: closing proxy session {self.req.sandbox} failed: {e}"])
         for conn in self.handed:  # the proxy also ends the session when this closes (if the request above failed)
@@ -298,6 +376,7 @@ class Running:
 def _hand_over_to(opened: ProxySessionOpened, count: int, handed: list, field: str):
     """``Sandbox.start``'s ``prepare``: the first ``count`` listeners go to the supervisor's proxy process
     (``field`` names the setting that asked for them in the error)."""
+
     def prepare(listeners: list) -> None:
         # lazy: only a supervised run with a netns hands listeners over (~3 ms)
         from fence.executor.handoff import HandoffError, hand_over
@@ -310,8 +389,7 @@ def _hand_over_to(opened: ProxySessionOpened, count: int, handed: list, field: s
     return prepare
 
 
-def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_socks: list,
-             published: list) -> None:
+def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_socks: list, published: list) -> None:
     """Start the local-port relays; a -p helper that cannot enter the sandbox is a warning."""
     # lazy: only port relays get here (portfwd has loaded bridge then)
     from fence.executor.bridge import BridgeError, as_socket
@@ -327,7 +405,6 @@ def _forward(forwarder, sandbox: Sandbox, inside: list[tuple[str, int]], inside_
             say([f"[fence] Warning: --port {port} is not forwarded: {e}"])
 
 
-
 async def admit(bus: Bus, req: RunRequest, resolved: ConfigResolveReply) -> None:
     """Every check that must pass before anything starts.
 
@@ -337,10 +414,18 @@ async def admit(bus: Bus, req: RunRequest, resolved: ConfigResolveReply) -> None
     policy = resolved.policy
     missing = refused(policy)
     if missing:
-        raise StartRefused(f"this fence cannot enforce {', '.join(missing)} yet; refusing to run with less "
-                           "protection than the config asks for (remove the field or pick another template)", "policy")
-    blocked = check_command(None if req.command_string else req.command, req.command_string or None, policy,
-                            RuleSources.from_reply(resolved), env=req.env)
+        raise StartRefused(
+            f"this fence cannot enforce {', '.join(missing)} yet; refusing to run with less "
+            "protection than the config asks for (remove the field or pick another template)",
+            "policy",
+        )
+    blocked = check_command(
+        None if req.command_string else req.command,
+        req.command_string or None,
+        policy,
+        RuleSources.from_reply(resolved),
+        env=req.env,
+    )
     if blocked is not None:  # nothing starts; the block is an event like any other
         await bus.publish(event(req.sandbox, "preflight"), blocked.event(req.sandbox))
         raise StartRefused(blocked.message, "argv")
@@ -349,8 +434,10 @@ async def admit(bus: Bus, req: RunRequest, resolved: ConfigResolveReply) -> None
 def _user_config_dir(resolved: ConfigResolveReply) -> str:
     """The user config directory every sandbox protects, as the config service looked for it."""
     if not resolved.user_config_dir:  # an older config service: it sends neither this nor the chain's files
-        raise FenceError("the config service did not say where the config came from (it is older than this "
-                         "fence); restart it: fence down, then fence up")
+        raise FenceError(
+            "the config service did not say where the config came from (it is older than this "
+            "fence); restart it: fence down, then fence up"
+        )
     return resolved.user_config_dir
 
 
@@ -360,15 +447,22 @@ async def _quarantine(bus: Bus, protection, sandbox_id: str) -> None:
     found = quarantine(protection.watch, sandbox_id) + restore_links(protection.links, sandbox_id)
     for path, target, error in found:
         if error:  # the path's name may be the sandbox's choice (a file in a new .git/hooks): say() escapes it
-            say([f"[fence] Warning: the sandbox created protected path {path}, and it could not be moved "
-                 f"aside ({error}): remove it before using this directory"])
+            say(
+                [
+                    f"[fence] Warning: the sandbox created protected path {path}, and it could not be moved "
+                    f"aside ({error}): remove it before using this directory"
+                ]
+            )
         else:
             say([f"[fence] Warning: the sandbox created protected path {path}: moved to {target}"])
         try:
-            await bus.publish(event(sandbox_id, "fs"), ProtectedPathEvent(
-                sandbox=sandbox_id, ts=time.time(), path=path, moved_to=target, error=error))
+            await bus.publish(
+                event(sandbox_id, "fs"),
+                ProtectedPathEvent(sandbox=sandbox_id, ts=time.time(), path=path, moved_to=target, error=error),
+            )
         except BusError as e:
             say([f"[fence] Warning: cannot publish the quarantine event: {e}"])
+
 
 def _isatty(fd: int) -> bool:
     try:

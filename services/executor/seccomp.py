@@ -59,27 +59,52 @@ EPERM = errno.EPERM
 ENOSYS = errno.ENOSYS
 
 REFERENCE_DENIED = (
-    "ptrace", "process_vm_readv", "process_vm_writev",
-    "keyctl", "add_key", "request_key",
-    "personality", "userfaultfd", "perf_event_open", "bpf",
-    "kexec_load", "kexec_file_load", "reboot", "syslog", "acct",
-    "mount", "umount2", "pivot_root", "swapon", "swapoff",
-    "sethostname", "setdomainname",
-    "init_module", "finit_module", "delete_module",
-    "ioperm", "iopl",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "personality",
+    "userfaultfd",
+    "perf_event_open",
+    "bpf",
+    "kexec_load",
+    "kexec_file_load",
+    "reboot",
+    "syslog",
+    "acct",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "swapon",
+    "swapoff",
+    "sethostname",
+    "setdomainname",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "ioperm",
+    "iopl",
 )
 """The Go tool Fence's 27 (docs/compatibility.md#seccomp); ioperm/iopl exist on x86 only."""
 
 IO_URING = ("io_uring_setup", "io_uring_enter", "io_uring_register")
 
-MOUNT_API = ("fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "open_tree_attr",
-             "mount_setattr")
+MOUNT_API = ("fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "open_tree_attr", "mount_setattr")
 
 NAMESPACE_CALLS = ("setns",)
 
 KERNEL_INTERFACES = (
-    "modify_ldt", "uselib", "quotactl", "quotactl_fd",
-    "mbind", "set_mempolicy", "set_mempolicy_home_node", "migrate_pages", "move_pages",
+    "modify_ldt",
+    "uselib",
+    "quotactl",
+    "quotactl_fd",
+    "mbind",
+    "set_mempolicy",
+    "set_mempolicy_home_node",
+    "migrate_pages",
+    "move_pages",
     "pidfd_getfd",
 )
 """x86 segment tables (modify_ldt) and a.out libraries (uselib): old, exploit-prone; quotas of the host's
@@ -117,8 +142,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWTIME = 0x00000080
-CLONE_NAMESPACES = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID,
-                    CLONE_NEWNET)
+CLONE_NAMESPACES = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET)
 """For clone(); CLONE_NEWTIME is only for unshare/clone3 (bit 7 of clone's flags is the exit signal)."""
 
 COMPAT_ARCHES = {"x86_64": ("X86", "X32"), "aarch64": ("ARM",)}
@@ -177,8 +201,9 @@ def rules(*, deny_unix: bool, deny_socketpair: bool = True) -> tuple[Rule, ...]:
     return ALWAYS + tuple(unix)
 
 
-def build_program(policy, *, arch_native_only: bool = True, deny_socketpair: bool = True,
-                  cache_dir: str | None = None) -> bytes:
+def build_program(
+    policy, *, arch_native_only: bool = True, deny_socketpair: bool = True, cache_dir: str | None = None
+) -> bytes:
     """The BPF program for ``policy``: bytes to feed ``bwrap --seccomp FD``.
 
     ``cache_dir``: where compiled programs are kept (default: ``cache/`` in

@@ -24,13 +24,34 @@ from fence.executor.host import HostError, host_facts
 from fence.executor.plan import render
 from fence.executor.prepare import gather, prepare
 from fence.executor.runstats import RunStats
-from fence.messages import (Event, ExecListRequest, ExecOutputRequest, ExecPlanReply, ExecPlanRequest,
-                            ExecSandboxRequest, ExecSignalRequest, ExecStartRequest, ExecStdinRequest, ExecWaitRequest,
-                            ProxySessionOpened)
+from fence.messages import (
+    Event,
+    ExecListRequest,
+    ExecOutputRequest,
+    ExecPlanReply,
+    ExecPlanRequest,
+    ExecSandboxRequest,
+    ExecSignalRequest,
+    ExecStartRequest,
+    ExecStdinRequest,
+    ExecWaitRequest,
+    ProxySessionOpened,
+)
 from fence.runtime import masked_path, runtime_dir
 from fence.service import Endpoint, Service
-from fence.subjects import (EVENTS, EXEC_INFO, EXEC_KILL, EXEC_LIST, EXEC_OUTPUT, EXEC_PLAN, EXEC_SIGNAL, EXEC_START,
-                            EXEC_STDIN, EXEC_WAIT, EXECUTOR)
+from fence.subjects import (
+    EVENTS,
+    EXEC_INFO,
+    EXEC_KILL,
+    EXEC_LIST,
+    EXEC_OUTPUT,
+    EXEC_PLAN,
+    EXEC_SIGNAL,
+    EXEC_START,
+    EXEC_STDIN,
+    EXEC_WAIT,
+    EXECUTOR,
+)
 
 
 class ExecutorService(Service):
@@ -50,15 +71,17 @@ class ExecutorService(Service):
         return self._fleet
 
     def endpoints(self) -> list[Endpoint]:
-        return [Endpoint("plan", EXEC_PLAN, ExecPlanRequest, self.plan),
-                Endpoint("start", EXEC_START, ExecStartRequest, self.start_detached),
-                Endpoint("stdin", EXEC_STDIN, ExecStdinRequest, self.stdin),
-                Endpoint("signal", EXEC_SIGNAL, ExecSignalRequest, self.signal),
-                Endpoint("kill", EXEC_KILL, ExecSandboxRequest, self.kill),
-                Endpoint("wait", EXEC_WAIT, ExecWaitRequest, self.wait),
-                Endpoint("list", EXEC_LIST, ExecListRequest, self.list),
-                Endpoint("info", EXEC_INFO, ExecSandboxRequest, self.info),
-                Endpoint("output", EXEC_OUTPUT, ExecOutputRequest, self.output)]
+        return [
+            Endpoint("plan", EXEC_PLAN, ExecPlanRequest, self.plan),
+            Endpoint("start", EXEC_START, ExecStartRequest, self.start_detached),
+            Endpoint("stdin", EXEC_STDIN, ExecStdinRequest, self.stdin),
+            Endpoint("signal", EXEC_SIGNAL, ExecSignalRequest, self.signal),
+            Endpoint("kill", EXEC_KILL, ExecSandboxRequest, self.kill),
+            Endpoint("wait", EXEC_WAIT, ExecWaitRequest, self.wait),
+            Endpoint("list", EXEC_LIST, ExecListRequest, self.list),
+            Endpoint("info", EXEC_INFO, ExecSandboxRequest, self.info),
+            Endpoint("output", EXEC_OUTPUT, ExecOutputRequest, self.output),
+        ]
 
     async def on_stop(self) -> None:
         if self._fleet is not None:
@@ -105,16 +128,24 @@ class ExecutorService(Service):
             raise ServiceError(f"cwd must be an absolute path, got {req.cwd!r}", "bad_request")
         try:
             host = host_facts(masked_dirs=_runtime_dirs(req.env))
-            facts = gather(req.policy, req.argv, req.cwd, req.env, req.sandbox, host, req.chain, req.config_dir,
-                           debug=req.debug)
+            facts = gather(
+                req.policy, req.argv, req.cwd, req.env, req.sandbox, host, req.chain, req.config_dir, debug=req.debug
+            )
             session = req.session or ProxySessionOpened(sandbox=req.sandbox)
-            plan = prepare(req.policy, req.argv, req.cwd, req.env, req.sandbox, facts, session, ports=req.ports,
-                           debug=req.debug)
+            plan = prepare(
+                req.policy, req.argv, req.cwd, req.env, req.sandbox, facts, session, ports=req.ports, debug=req.debug
+            )
         except (FenceError, HostError) as e:
             raise ServiceError(str(e), "refused") from None
         rendered = render(plan)
-        return ExecPlanReply(bwrap_argv=rendered.argv, env=rendered.env, summary=rendered.summary,
-                             stripped_env=rendered.stripped_env, plan=plan, rendered=rendered)
+        return ExecPlanReply(
+            bwrap_argv=rendered.argv,
+            env=rendered.env,
+            summary=rendered.summary,
+            stripped_env=rendered.stripped_env,
+            plan=plan,
+            rendered=rendered,
+        )
 
 
 def _runtime_dirs(env: dict[str, str]) -> tuple[str, ...]:

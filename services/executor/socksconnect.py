@@ -34,7 +34,7 @@ CHUNK = 65536
 REPLIES = {
     1: "general SOCKS server failure",
     2: "connection not allowed by ruleset (fence network policy: the host is not in network.allowedDomains, "
-       "or is denied)",
+    "or is denied)",
     3: "network unreachable",
     4: "host unreachable",
     5: "connection refused",
@@ -123,7 +123,7 @@ def downstream(sock: socket.socket) -> None:
                 break
             view = memoryview(data)
             while view:
-                view = view[os.write(1, view):]
+                view = view[os.write(1, view) :]
     except OSError:  # ssh went away (EPIPE) or the connection was reset
         pass
     try:
@@ -145,8 +145,7 @@ def main(argv: list) -> int:
         sock.settimeout(None)
     except (OSError, Failed) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        print(f"fence: cannot reach {shown} through the SOCKS proxy at {proxy[0]}:{proxy[1]}: {why}",
-              file=sys.stderr)
+        print(f"fence: cannot reach {shown} through the SOCKS proxy at {proxy[0]}:{proxy[1]}: {why}", file=sys.stderr)
         return 1
     up = threading.Thread(target=upstream, args=(sock,), daemon=True)
     up.start()

@@ -38,14 +38,31 @@ from collections.abc import Mapping
 from fence.defaults import DEFAULT_DENIED_COMMANDS, DEFAULT_DENY_SOURCE
 from fence.executor import shellparse
 from fence.executor.commandrules import Blocked, RuleSources, ruleset, use_defaults
-from fence.executor.shellparse import (Command, ParseError, basename, git_globals, option_cluster, split_words,
-                                       ssh_option)
+from fence.executor.shellparse import (
+    Command,
+    ParseError,
+    basename,
+    git_globals,
+    option_cluster,
+    split_words,
+    ssh_option,
+)
 from fence.globmatch import star_match
 from fence.goquote import go_quote
 from fence.policy import Policy
 
-__all__ = ["Target", "Resolved", "ResolveError", "check", "targets", "host_matches", "resolve", "ssh_binary",
-           "RESOLVE_TIMEOUT", "FENCE_POLICY"]
+__all__ = [
+    "Target",
+    "Resolved",
+    "ResolveError",
+    "check",
+    "targets",
+    "host_matches",
+    "resolve",
+    "ssh_binary",
+    "RESOLVE_TIMEOUT",
+    "FENCE_POLICY",
+]
 
 RESOLVE_TIMEOUT = 3.0
 """Seconds ``ssh -G`` may take (it does not connect; canonicalisation may look up DNS)."""
@@ -59,9 +76,22 @@ _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?\Z")
 _PORT = re.compile(r"[0-9]{1,5}\Z")
 _OPTION_VALUE = re.compile(r"[A-Za-z0-9_.:%,@*\[\] /+-]*\Z")
 
-_PASSED_OPTIONS = frozenset({"hostname", "port", "user", "proxyjump", "canonicalizehostname", "canonicaldomains",
-                             "canonicalizemaxdots", "canonicalizefallbacklocal", "canonicalizepermittedcnames",
-                             "addressfamily", "tag", "hostkeyalias"})
+_PASSED_OPTIONS = frozenset(
+    {
+        "hostname",
+        "port",
+        "user",
+        "proxyjump",
+        "canonicalizehostname",
+        "canonicaldomains",
+        "canonicalizemaxdots",
+        "canonicalizefallbacklocal",
+        "canonicalizepermittedcnames",
+        "addressfamily",
+        "tag",
+        "hostkeyalias",
+    }
+)
 """``-o`` options that change where ssh connects: handed to ``ssh -G`` (after a character check)."""
 
 _SSH_FLAGS_NO_CONNECT = "GV"
@@ -83,8 +113,19 @@ class ResolveError(Exception):
 class Target:
     """One ssh connection a command would open, as far as the command line says."""
 
-    __slots__ = ("program", "dest", "host", "user", "port", "options", "jumps", "remote", "refused",
-                 "refused_rule", "unknown")
+    __slots__ = (
+        "program",
+        "dest",
+        "host",
+        "user",
+        "port",
+        "options",
+        "jumps",
+        "remote",
+        "refused",
+        "refused_rule",
+        "unknown",
+    )
 
     def __init__(self, program: str):
         self.program = program
@@ -104,8 +145,10 @@ class Target:
             self.refused, self.refused_rule = why, rule
 
     def __repr__(self) -> str:
-        return (f"Target({self.program} dest={self.dest!r} opts={self.options} jumps={self.jumps} "
-                f"remote={self.remote!r} refused={self.refused!r} unknown={self.unknown!r})")
+        return (
+            f"Target({self.program} dest={self.dest!r} opts={self.options} jumps={self.jumps} "
+            f"remote={self.remote!r} refused={self.refused!r} unknown={self.unknown!r})"
+        )
 
 
 class Resolved:
@@ -127,6 +170,7 @@ class Resolved:
 
 # --------------------------------------------------------------------------- reading command lines
 
+
 def _set_dest(t: Target, text: str, dynamic: bool) -> None:
     """``[user@]host``, ``ssh://[user@]host[:port][/path]`` (also for scp/sftp URLs)."""
     if dynamic:
@@ -137,7 +181,7 @@ def _set_dest(t: Target, text: str, dynamic: bool) -> None:
     rest = text
     m = re.match(r"(?:ssh|scp|sftp|git\+ssh|ssh\+git)://", text, re.I)
     if m:
-        rest = text[m.end():]
+        rest = text[m.end() :]
         rest = rest.split("/", 1)[0]
         if "@" in rest:
             user, _, rest = rest.rpartition("@")
@@ -153,11 +197,13 @@ def _set_dest(t: Target, text: str, dynamic: bool) -> None:
     if not host:
         t.unknown = f"no host in {go_quote(text)}"
         return
-    if not (_HOST.match(host) or _ipv6_like(host)) or (user and not _USER.match(user)) or \
-            (port and not _PORT.match(port)):
+    if (
+        not (_HOST.match(host) or _ipv6_like(host))
+        or (user and not _USER.match(user))
+        or (port and not _PORT.match(port))
+    ):
         t.host = text
-        t.refuse(f"destination {go_quote(text)} has characters ssh would not accept in a host or user name",
-                 text)
+        t.refuse(f"destination {go_quote(text)} has characters ssh would not accept in a host or user name", text)
         return
     t.host = host
     t.user = user
@@ -241,8 +287,9 @@ def _ssh_short(t: Target, ch: str, value: str, program: str) -> None:
             t.refuse(f"-P {go_quote(value)} has characters fence does not pass to ssh", "-P")
 
 
-def _walk_options(t: Target, argv: list[str], dyn: list[bool], i: int, arg_chars: str, program: str,
-                  flags: dict) -> int:
+def _walk_options(
+    t: Target, argv: list[str], dyn: list[bool], i: int, arg_chars: str, program: str, flags: dict
+) -> int:
     """Parse one run of ssh-style options from ``argv[i]``; return the index of the first operand."""
     n = len(argv)
     while i < n:
@@ -301,19 +348,19 @@ def _colon_host(operand: str) -> tuple[str, str] | None:
     """scp/rsync ``[user@]host:path`` -> (``[user@]host``, path); None for a local path."""
     if operand.startswith("["):
         end = operand.find("]")
-        if end > 0 and operand[end + 1:end + 2] == ":":
-            return operand[:end + 1], operand[end + 2:]
+        if end > 0 and operand[end + 1 : end + 2] == ":":
+            return operand[: end + 1], operand[end + 2 :]
     at = operand.find("@")
     start = at + 1 if at >= 0 and "/" not in operand[:at] else 0
-    if operand[start:start + 1] == "[":
+    if operand[start : start + 1] == "[":
         end = operand.find("]", start)
-        if end > 0 and operand[end + 1:end + 2] == ":":
-            return operand[:end + 1], operand[end + 2:]
+        if end > 0 and operand[end + 1 : end + 2] == ":":
+            return operand[: end + 1], operand[end + 2 :]
     colon = operand.find(":")
     slash = operand.find("/")
     if colon <= 0 or (0 <= slash < colon):
         return None
-    return operand[:colon], operand[colon + 1:]
+    return operand[:colon], operand[colon + 1 :]
 
 
 def _copy_targets(argv: list[str], dyn: list[bool], program: str) -> list[Target]:
@@ -353,16 +400,66 @@ def _copy_targets(argv: list[str], dyn: list[bool], program: str) -> list[Target
     return out
 
 
-_RSYNC_LONG_ARG = frozenset({
-    "--rsh", "--rsync-path", "--filter", "--exclude", "--include", "--exclude-from", "--include-from",
-    "--files-from", "--temp-dir", "--compare-dest", "--copy-dest", "--link-dest", "--partial-dir", "--backup-dir",
-    "--suffix", "--chmod", "--chown", "--usermap", "--groupmap", "--timeout", "--contimeout", "--port",
-    "--password-file", "--log-file", "--log-file-format", "--out-format", "--bwlimit", "--max-size", "--min-size",
-    "--max-delete", "--block-size", "--modify-window", "--compress-level", "--compress-choice",
-    "--checksum-choice", "--skip-compress", "--iconv", "--remote-option", "--sockopts", "--protocol", "--outbuf",
-    "--address", "--info", "--debug", "--stop-after", "--stop-at", "--write-batch", "--only-write-batch",
-    "--read-batch", "--checksum-seed", "--early-input", "--config", "--dparam", "--log-format", "--zc", "--cc",
-})
+_RSYNC_LONG_ARG = frozenset(
+    {
+        "--rsh",
+        "--rsync-path",
+        "--filter",
+        "--exclude",
+        "--include",
+        "--exclude-from",
+        "--include-from",
+        "--files-from",
+        "--temp-dir",
+        "--compare-dest",
+        "--copy-dest",
+        "--link-dest",
+        "--partial-dir",
+        "--backup-dir",
+        "--suffix",
+        "--chmod",
+        "--chown",
+        "--usermap",
+        "--groupmap",
+        "--timeout",
+        "--contimeout",
+        "--port",
+        "--password-file",
+        "--log-file",
+        "--log-file-format",
+        "--out-format",
+        "--bwlimit",
+        "--max-size",
+        "--min-size",
+        "--max-delete",
+        "--block-size",
+        "--modify-window",
+        "--compress-level",
+        "--compress-choice",
+        "--checksum-choice",
+        "--skip-compress",
+        "--iconv",
+        "--remote-option",
+        "--sockopts",
+        "--protocol",
+        "--outbuf",
+        "--address",
+        "--info",
+        "--debug",
+        "--stop-after",
+        "--stop-at",
+        "--write-batch",
+        "--only-write-batch",
+        "--read-batch",
+        "--checksum-seed",
+        "--early-input",
+        "--config",
+        "--dparam",
+        "--log-format",
+        "--zc",
+        "--cc",
+    }
+)
 
 
 def _rsync_targets(cmd: Command) -> list[Target]:
@@ -376,7 +473,7 @@ def _rsync_targets(cmd: Command) -> list[Target]:
     while i < n:
         w = argv[i]
         if w == "--":
-            operands += list(zip(argv[i + 1:], dyn[i + 1:], strict=True))
+            operands += list(zip(argv[i + 1 :], dyn[i + 1 :], strict=True))
             break
         if w.startswith("--"):
             name, eq, value = w.partition("=")
@@ -392,7 +489,7 @@ def _rsync_targets(cmd: Command) -> list[Target]:
         if w.startswith("-") and len(w) > 1:
             for j in range(1, len(w)):
                 if w[j] in "efBTM@":
-                    value = w[j + 1:]
+                    value = w[j + 1 :]
                     if not value:
                         value = argv[i + 1] if i + 1 < n else ""
                         i += 1
@@ -430,30 +527,92 @@ def _rsync_targets(cmd: Command) -> list[Target]:
 
 
 _GIT_SUB_ARG = {
-    "clone": {"-o", "--origin", "-b", "--branch", "-u", "--upload-pack", "--reference", "--reference-if-able",
-              "--separate-git-dir", "--depth", "--shallow-since", "--shallow-exclude", "-c", "--config",
-              "--template", "-j", "--jobs", "--filter", "--bundle-uri", "--server-option", "--ref-format"},
-    "fetch": {"--upload-pack", "--depth", "--deepen", "--shallow-since", "--shallow-exclude", "-j", "--jobs",
-              "--refmap", "-o", "--server-option", "--negotiation-tip", "--filter", "--recurse-submodules-default",
-              "--submodule-prefix"},
-    "pull": {"--upload-pack", "--depth", "--deepen", "--shallow-since", "--shallow-exclude", "-j", "--jobs",
-             "-o", "--server-option", "--negotiation-tip", "-s", "--strategy", "-X", "--strategy-option"},
+    "clone": {
+        "-o",
+        "--origin",
+        "-b",
+        "--branch",
+        "-u",
+        "--upload-pack",
+        "--reference",
+        "--reference-if-able",
+        "--separate-git-dir",
+        "--depth",
+        "--shallow-since",
+        "--shallow-exclude",
+        "-c",
+        "--config",
+        "--template",
+        "-j",
+        "--jobs",
+        "--filter",
+        "--bundle-uri",
+        "--server-option",
+        "--ref-format",
+    },
+    "fetch": {
+        "--upload-pack",
+        "--depth",
+        "--deepen",
+        "--shallow-since",
+        "--shallow-exclude",
+        "-j",
+        "--jobs",
+        "--refmap",
+        "-o",
+        "--server-option",
+        "--negotiation-tip",
+        "--filter",
+        "--recurse-submodules-default",
+        "--submodule-prefix",
+    },
+    "pull": {
+        "--upload-pack",
+        "--depth",
+        "--deepen",
+        "--shallow-since",
+        "--shallow-exclude",
+        "-j",
+        "--jobs",
+        "-o",
+        "--server-option",
+        "--negotiation-tip",
+        "-s",
+        "--strategy",
+        "-X",
+        "--strategy-option",
+    },
     "push": {"--receive-pack", "--exec", "--repo", "-o", "--push-option"},
     "ls-remote": {"--upload-pack", "--exec", "--sort", "-o", "--server-option"},
-    "archive": {"--remote", "--exec", "--format", "--prefix", "-o", "--output", "--add-file", "--add-virtual-file",
-                "--mtime"},
+    "archive": {
+        "--remote",
+        "--exec",
+        "--format",
+        "--prefix",
+        "-o",
+        "--output",
+        "--add-file",
+        "--add-virtual-file",
+        "--mtime",
+    },
 }
-_GIT_SERVICE = {"clone": "git-upload-pack", "fetch": "git-upload-pack", "pull": "git-upload-pack",
-                "ls-remote": "git-upload-pack", "push": "git-receive-pack", "archive": "git-upload-archive"}
+_GIT_SERVICE = {
+    "clone": "git-upload-pack",
+    "fetch": "git-upload-pack",
+    "pull": "git-upload-pack",
+    "ls-remote": "git-upload-pack",
+    "push": "git-receive-pack",
+    "archive": "git-upload-archive",
+}
 
 
 def _git_url_host(url: str) -> tuple[str, str] | None:
     """An ssh-transport git URL -> (``ssh://...`` or ``[user@]host`` for ``_set_dest``, path)."""
     m = re.match(r"(ssh|git\+ssh|ssh\+git)://", url, re.I)
     if m:
-        rest = url[m.end():]
+        rest = url[m.end() :]
         authority, slash, path = rest.partition("/")
-        return url[:m.end()] + authority, slash + path
+        return url[: m.end()] + authority, slash + path
     if "://" in url or url.startswith(("/", ".", "~")):
         return None
     if url.lower().startswith("ext::"):
@@ -522,7 +681,7 @@ def _git_targets(cmd: Command) -> list[Target]:
         if repo.startswith(prefix) and (best is None or len(prefix) > len(best[0])):
             best = (prefix, base)
     if best is not None:
-        repo = best[1] + repo[len(best[0]):]
+        repo = best[1] + repo[len(best[0]) :]
     found = _git_url_host(repo)
     if found is None:
         return []
@@ -560,6 +719,7 @@ def targets(cmd: Command) -> list[Target]:
 
 # --------------------------------------------------------------------------- ssh -G
 
+
 def ssh_binary(env: Mapping[str, str] | None = None) -> str | None:
     """``ssh`` on ``env``'s PATH (the one the sandboxed command would find), or None."""
     env = os.environ if env is None else env
@@ -577,9 +737,13 @@ def _run(argv: list[str], env: Mapping[str, str], timeout: float) -> tuple[int, 
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
-        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                   (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2),
-                   (os.POSIX_SPAWN_CLOSE, out_r), (os.POSIX_SPAWN_CLOSE, err_r)]
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, out_w, 1),
+            (os.POSIX_SPAWN_DUP2, err_w, 2),
+            (os.POSIX_SPAWN_CLOSE, out_r),
+            (os.POSIX_SPAWN_CLOSE, err_r),
+        ]
         pid = os.posix_spawn(argv[0], argv, dict(env), file_actions=actions, setsid=True)
     except OSError as e:
         for fd in (out_r, out_w, err_r, err_w):
@@ -638,12 +802,16 @@ def _run(argv: list[str], env: Mapping[str, str], timeout: float) -> tuple[int, 
     finally:
         os.close(out_r)
         os.close(err_r)
-    return (os.waitstatus_to_exitcode(status), b"".join(chunks[out_r]).decode("utf-8", "replace"),
-            b"".join(chunks[err_r]).decode("utf-8", "replace"))
+    return (
+        os.waitstatus_to_exitcode(status),
+        b"".join(chunks[out_r]).decode("utf-8", "replace"),
+        b"".join(chunks[err_r]).decode("utf-8", "replace"),
+    )
 
 
-def resolve(target: Target, env: Mapping[str, str] | None = None, ssh: str | None = None,
-            timeout: float | None = None) -> Resolved | None:
+def resolve(
+    target: Target, env: Mapping[str, str] | None = None, ssh: str | None = None, timeout: float | None = None
+) -> Resolved | None:
     """``ssh -G [options] -- dest``: the effective settings; None when no ssh is installed."""
     env = os.environ if env is None else env
     timeout = RESOLVE_TIMEOUT if timeout is None else timeout
@@ -664,6 +832,7 @@ def resolve(target: Target, env: Mapping[str, str] | None = None, ssh: str | Non
 
 # --------------------------------------------------------------------------- the decision
 
+
 def host_matches(host: str, pattern: str) -> bool:
     """Case-insensitive glob, ``*`` anywhere (as Fence matches hosts); ``[v6]`` compared without brackets.
 
@@ -679,8 +848,7 @@ def host_matches(host: str, pattern: str) -> bool:
 class _Check:
     """One ``check`` call: the policy, where rules came from, a cache of ``ssh -G`` answers."""
 
-    def __init__(self, cmd: Command, policy: Policy, sources: RuleSources, env: Mapping[str, str] | None,
-                 resolver):
+    def __init__(self, cmd: Command, policy: Policy, sources: RuleSources, env: Mapping[str, str] | None, resolver):
         self.cmd = cmd
         self.policy = policy
         self.sources = sources
@@ -688,16 +856,18 @@ class _Check:
         self.resolver = resolver
         self.cache: dict[tuple, Resolved | None] = {}
 
-    def blocked(self, reason: str, host: str, rule: str = "", source: str = "", remote: str | None = None,
-                default: bool = False) -> Blocked:
+    def blocked(
+        self, reason: str, host: str, rule: str = "", source: str = "", remote: str | None = None, default: bool = False
+    ) -> Blocked:
         if remote is not None:
             text = f"SSH command blocked: {reason} (host: {host}, command: {remote})"
         else:
             text = f"SSH blocked: {reason} (host: {host})"
         if source:
             text += f" (rule from {source})" if source != FENCE_POLICY else f" ({FENCE_POLICY})"
-        return Blocked(message=text, command=self.cmd.text(), rule=rule, source=source, default_rule=default,
-                       kind="ssh")
+        return Blocked(
+            message=text, command=self.cmd.text(), rule=rule, source=source, default_rule=default, kind="ssh"
+        )
 
     def resolved(self, t: Target) -> Resolved | None:
         key = (t.dest, tuple(t.options))
@@ -710,11 +880,14 @@ class _Check:
         for pattern in ssh.denied_hosts:
             for name in names:
                 if name and host_matches(name, pattern):
-                    return self.blocked(f"host matches denied pattern {go_quote(pattern)}", shown, pattern,
-                                        self.sources.rule_label("ssh.deniedHosts", pattern))
+                    return self.blocked(
+                        f"host matches denied pattern {go_quote(pattern)}",
+                        shown,
+                        pattern,
+                        self.sources.rule_label("ssh.deniedHosts", pattern),
+                    )
         if ssh.allowed_hosts and not any(host_matches(real, p) for p in ssh.allowed_hosts):
-            return self.blocked("host not in allowedHosts", shown, "",
-                                self.sources.list_label("ssh.allowedHosts"))
+            return self.blocked("host not in allowedHosts", shown, "", self.sources.list_label("ssh.allowedHosts"))
         return None
 
     def target(self, t: Target, depth: int = 0) -> Blocked | None:
@@ -736,13 +909,18 @@ class _Check:
         jumps = list(t.jumps)
         if res is not None:
             if res.get("proxycommand"):
-                return self.blocked("ssh config sets a ProxyCommand (a local command that decides where the "
-                                    "connection goes)", shown, "ProxyCommand", FENCE_POLICY)
+                return self.blocked(
+                    "ssh config sets a ProxyCommand (a local command that decides where the connection goes)",
+                    shown,
+                    "ProxyCommand",
+                    FENCE_POLICY,
+                )
             if res.get("permitlocalcommand").lower() == "yes" and res.get("localcommand"):
                 return self.blocked("ssh config sets a LocalCommand", shown, "LocalCommand", FENCE_POLICY)
             if res.get("knownhostscommand"):
-                return self.blocked("ssh config sets a KnownHostsCommand (a local command)", shown,
-                                    "KnownHostsCommand", FENCE_POLICY)
+                return self.blocked(
+                    "ssh config sets a KnownHostsCommand (a local command)", shown, "KnownHostsCommand", FENCE_POLICY
+                )
             jumps = [res.get("proxyjump")] if res.get("proxyjump") else []
         for spec in jumps:
             for hop in spec.split(","):
@@ -750,8 +928,9 @@ class _Check:
                 if not hop or hop.lower() == "none":
                     continue
                 if depth >= MAX_JUMP_DEPTH:
-                    return self.blocked(f"more than {MAX_JUMP_DEPTH} levels of jump hosts", shown, "ProxyJump",
-                                        FENCE_POLICY)
+                    return self.blocked(
+                        f"more than {MAX_JUMP_DEPTH} levels of jump hosts", shown, "ProxyJump", FENCE_POLICY
+                    )
                 jt = Target("ssh")
                 text = hop
                 if "://" not in hop and re.search(r":[0-9]+\Z", hop):
@@ -759,9 +938,14 @@ class _Check:
                 _set_dest(jt, text, False)
                 blocked = self.target(jt, depth + 1)
                 if blocked is not None:
-                    return Blocked(message=blocked.message.replace("(host: ", f"(jump host for {t.host}: ", 1),
-                                   command=blocked.command, rule=blocked.rule, source=blocked.source,
-                                   default_rule=blocked.default_rule, kind="ssh")
+                    return Blocked(
+                        message=blocked.message.replace("(host: ", f"(jump host for {t.host}: ", 1),
+                        command=blocked.command,
+                        rule=blocked.rule,
+                        source=blocked.source,
+                        default_rule=blocked.default_rule,
+                        kind="ssh",
+                    )
         if depth:
             return None
         remote = t.remote
@@ -782,28 +966,54 @@ class _Check:
             if ssh.denied_commands:
                 hit = ruleset(ssh.denied_commands).first_match(rc, deny=True)
                 if hit is not None:
-                    return self.blocked(f"command {sub} matches ssh.deniedCommands {go_quote(hit)}", shown, hit,
-                                        self.sources.rule_label("ssh.deniedCommands", hit), remote)
+                    return self.blocked(
+                        f"command {sub} matches ssh.deniedCommands {go_quote(hit)}",
+                        shown,
+                        hit,
+                        self.sources.rule_label("ssh.deniedCommands", hit),
+                        remote,
+                    )
             if ssh.inherit_deny:
                 if self.policy.command.deny:
                     hit = ruleset(self.policy.command.deny).first_match(rc, deny=True)
                     if hit is not None:
-                        return self.blocked(f"command {sub} matches inherited global deny {go_quote(hit)}", shown,
-                                            hit, self.sources.rule_label("command.deny", hit), remote)
+                        return self.blocked(
+                            f"command {sub} matches inherited global deny {go_quote(hit)}",
+                            shown,
+                            hit,
+                            self.sources.rule_label("command.deny", hit),
+                            remote,
+                        )
                 if use_defaults(self.policy):
                     hit = ruleset(DEFAULT_DENIED_COMMANDS).first_match(rc, deny=True)
                     if hit is not None:
-                        return self.blocked(f"command {sub} matches inherited default deny {go_quote(hit)}", shown,
-                                            hit, DEFAULT_DENY_SOURCE, remote, default=True)
+                        return self.blocked(
+                            f"command {sub} matches inherited default deny {go_quote(hit)}",
+                            shown,
+                            hit,
+                            DEFAULT_DENY_SOURCE,
+                            remote,
+                            default=True,
+                        )
             if ssh.allow_all_commands:
                 continue
             if ssh.allowed_commands:
                 if ruleset(ssh.allowed_commands).first_match(rc, deny=False) is not None:
                     continue
-                return self.blocked(f"command {sub} not in ssh.allowedCommands", shown, "",
-                                    self.sources.list_label("ssh.allowedCommands"), remote)
-            return self.blocked("no ssh.allowedCommands configured (allowlist mode requires explicit commands)",
-                                shown, "", FENCE_POLICY, remote)
+                return self.blocked(
+                    f"command {sub} not in ssh.allowedCommands",
+                    shown,
+                    "",
+                    self.sources.list_label("ssh.allowedCommands"),
+                    remote,
+                )
+            return self.blocked(
+                "no ssh.allowedCommands configured (allowlist mode requires explicit commands)",
+                shown,
+                "",
+                FENCE_POLICY,
+                remote,
+            )
         return None
 
 
@@ -811,8 +1021,14 @@ def _default_resolver(target: Target, env: Mapping[str, str] | None) -> Resolved
     return resolve(target, env)
 
 
-def check(cmd: Command, policy: Policy, sources: RuleSources | None = None, *,
-          env: Mapping[str, str] | None = None, resolver=None) -> Blocked | None:
+def check(
+    cmd: Command,
+    policy: Policy,
+    sources: RuleSources | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    resolver=None,
+) -> Blocked | None:
     """Apply the SSH policy to one command (``None`` when allowed or not an ssh command).
 
     Callers check that an SSH policy is configured (``preflight`` does);

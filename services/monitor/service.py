@@ -48,4 +48,4 @@ class MonitorService(Service):
 
     async def query(self, req: RecentEventsRequest) -> RecentEventsReply:
         events = [e for e in self.recent if not req.sandbox or e.sandbox == req.sandbox]
-        return RecentEventsReply(events=events[-max(0, req.limit):] if req.limit else [])
+        return RecentEventsReply(events=events[-max(0, req.limit) :] if req.limit else [])

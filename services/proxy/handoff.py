@@ -41,8 +41,17 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from fence.handoffwire import (LISTENER_NAMES, MAX_FDS, MAX_MESSAGE, SOCK_TYPE, TIMEOUT, decode_handoff,
-                               encode_answer, peer_uid, trusted_uids)
+from fence.handoffwire import (
+    LISTENER_NAMES,
+    MAX_FDS,
+    MAX_MESSAGE,
+    SOCK_TYPE,
+    TIMEOUT,
+    decode_handoff,
+    encode_answer,
+    peer_uid,
+    trusted_uids,
+)
 from fence.messages import ErrorReply, ProxyHandoff, ProxyHandoffDone
 from fence.textsafe import printable
 
@@ -76,8 +85,16 @@ class _Client:
 class HandoffServer:
     """Accepts hand-offs on ``path`` (a SOCK_SEQPACKET unix socket) on ``loop``; ``accept`` decides."""
 
-    def __init__(self, path: str, accept: Accept, *, loop, timeout: float = TIMEOUT,
-                 max_clients: int = MAX_CLIENTS, uids: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        path: str,
+        accept: Accept,
+        *,
+        loop,
+        timeout: float = TIMEOUT,
+        max_clients: int = MAX_CLIENTS,
+        uids: tuple[int, ...] | None = None,
+    ):
         self.path = path
         self.accept = accept
         self.loop = loop
@@ -142,8 +159,9 @@ class HandoffServer:
                 continue
             refusal = None
             if uid not in self.uids:
-                refusal = HandoffRefused(f"permission denied: uid {uid} may not hand sockets to this proxy "
-                                         f"(only uid {self.uids[0]} or root)")
+                refusal = HandoffRefused(
+                    f"permission denied: uid {uid} may not hand sockets to this proxy (only uid {self.uids[0]} or root)"
+                )
             client = _Client(conn, refusal)
             self.clients[conn.fileno()] = client
             client.timer = self.loop.call_later(self.timeout, self._expire, client)
@@ -207,8 +225,10 @@ class HandoffServer:
             return
         except Exception as e:  # a bug in accept must not take the proxy down
             _close_all(named.values())
-            print(printable(f"[fence:proxy] Warning: hand-off for {req.sandbox} failed: {type(e).__name__}: {e}"),
-                  file=sys.stderr)
+            print(
+                printable(f"[fence:proxy] Warning: hand-off for {req.sandbox} failed: {type(e).__name__}: {e}"),
+                file=sys.stderr,
+            )
             self._refuse(client, HandoffRefused(f"hand-off failed: {type(e).__name__}: {e}", "internal"))
             return
         if self.clients.get(client.conn.fileno()) is not client:  # the server closed meanwhile
@@ -261,13 +281,13 @@ def _parse(msg: bytes, socks: list[socket.socket]) -> tuple[ProxyHandoff, dict[s
     if req.v != 1:
         raise HandoffRefused(f"unsupported ProxyHandoff version {req.v}")
     if len(req.listeners) != len(socks):
-        raise HandoffRefused(f"the message names {len(req.listeners)} listener(s) but {len(socks)} descriptor(s) "
-                             "came with it")
+        raise HandoffRefused(
+            f"the message names {len(req.listeners)} listener(s) but {len(socks)} descriptor(s) came with it"
+        )
     if not socks:
         raise HandoffRefused("no listening socket passed")
     if len(set(req.listeners)) != len(req.listeners) or not set(req.listeners) <= set(LISTENER_NAMES):
-        raise HandoffRefused(f"listeners must be distinct names among {', '.join(LISTENER_NAMES)}; "
-                             f"got {req.listeners}")
+        raise HandoffRefused(f"listeners must be distinct names among {', '.join(LISTENER_NAMES)}; got {req.listeners}")
     return req, dict(zip(req.listeners, socks, strict=True))
 
 
@@ -313,8 +333,10 @@ async def _quietly(coro) -> None:
     try:
         await coro
     except Exception as e:
-        print(printable(f"[fence:proxy] Warning: closing a handed-over session failed: {type(e).__name__}: {e}"),
-              file=sys.stderr)
+        print(
+            printable(f"[fence:proxy] Warning: closing a handed-over session failed: {type(e).__name__}: {e}"),
+            file=sys.stderr,
+        )
 
 
 def _remove_stale(path: str) -> None:

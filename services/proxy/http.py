@@ -37,8 +37,15 @@ from fence.proxy.session import DialError
 
 BLOCKED = "Connection blocked by network allowlist\n"
 ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
-REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 431: "Request Header Fields Too Large",
-           501: "Not Implemented", 502: "Bad Gateway", 505: "HTTP Version Not Supported"}
+REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    505: "HTTP Version Not Supported",
+}
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -58,9 +65,11 @@ def _date() -> str:
 
 def error_response(status: int, body: str, close: bool = False) -> bytes:
     data = body.encode()
-    head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
-            f"Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n"
-            f"Date: {_date()}\r\nContent-Length: {len(data)}\r\n")
+    head = (
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
+        f"Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n"
+        f"Date: {_date()}\r\nContent-Length: {len(data)}\r\n"
+    )
     if close:
         head += "Connection: close\r\n"
     return head.encode() + b"\r\n" + data
@@ -146,6 +155,7 @@ def _has_token(headers, lname: bytes, token: bytes) -> bool:
 
 
 # --- the connection loop --------------------------------------------------------------------
+
 
 async def handle_http(session, sock) -> None:
     """Serve one client connection (closes it unless a tunnel took it over)."""
@@ -237,8 +247,19 @@ class _Exchange:
         try:
             host, decision = session.check(raw_host)
         except HostError as e:
-            session.record("http", "CONNECT", raw_host, port, f"https://{raw_host}:{port}", None, 403, "blocked",
-                           started, str(e), reason="invalid")
+            session.record(
+                "http",
+                "CONNECT",
+                raw_host,
+                port,
+                f"https://{raw_host}:{port}",
+                None,
+                403,
+                "blocked",
+                started,
+                str(e),
+                reason="invalid",
+            )
             await self._reply(error_response(403, BLOCKED + f"{e}\n"))
             return "keep"
         url = f"https://{display_host(host)}:{port}"
@@ -271,15 +292,27 @@ class _Exchange:
         session.relay(conn.sock, upstream)
         return "handed"
 
-    async def _dial_failed(self, method: str, host: str, port: int, url: str, decision, e: DialError,
-                           started: float) -> str:
+    async def _dial_failed(
+        self, method: str, host: str, port: int, url: str, decision, e: DialError, started: float
+    ) -> str:
         session = self.session
         if e.kind == "denied":
             blocked = Decision(DENY, "denied", e.rule)
-            session.record("http", method, host, port, url, decision, 403, "blocked", started, e.message,
-                           reason="resolved-denied", rule=e.rule)
-            await self._reply(error_response(403, BLOCKED + f"{e.message}: "
-                                             f"{block_hint(host, blocked)}\n"))
+            session.record(
+                "http",
+                method,
+                host,
+                port,
+                url,
+                decision,
+                403,
+                "blocked",
+                started,
+                e.message,
+                reason="resolved-denied",
+                rule=e.rule,
+            )
+            await self._reply(error_response(403, BLOCKED + f"{e.message}: {block_hint(host, blocked)}\n"))
             return "keep"
         session.record("http", method, host, port, url, decision, 502, "error", started, e.message)
         await self._reply(error_response(502, f"Bad Gateway\n{e.message}\n"))
@@ -300,16 +333,18 @@ class _Exchange:
             return await self._upstream_unreachable("CONNECT", host, port, url, decision, e.message, started)
         try:
             async with asyncio.timeout(session.response_timeout):
-                await upc.sendall(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (hostport, hostport,
-                                                                                  session.upstream.auth))
+                await upc.sendall(
+                    b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (hostport, hostport, session.upstream.auth)
+                )
                 head = await upc.read_until(b"\r\n\r\n", session.max_head)
             if head is None:
                 raise PeerClosed("upstream proxy closed the connection")
             status = _status_of(head)
         except (OSError, TimeoutError, PeerClosed, ProtocolError) as e:
             upc.close()
-            return await self._upstream_unreachable("CONNECT", host, port, url, decision,
-                                                    f"upstream proxy: {e or type(e).__name__}", started)
+            return await self._upstream_unreachable(
+                "CONNECT", host, port, url, decision, f"upstream proxy: {e or type(e).__name__}", started
+            )
         if not 200 <= status < 300:
             upc.close()
             return await self._upstream_refused("CONNECT", host, port, url, decision, status, started)
@@ -317,15 +352,17 @@ class _Exchange:
 
     async def _upstream_unreachable(self, method, host, port, url, decision, message, started) -> str:
         self.session.record("http", method, host, port, url, decision, 502, "error", started, message)
-        await self._reply(error_response(502, f"Bad Gateway\nupstream proxy {self.session.upstream.url}: "
-                                         f"{message}\n"))
+        await self._reply(error_response(502, f"Bad Gateway\nupstream proxy {self.session.upstream.url}: {message}\n"))
         return "keep"
 
     async def _upstream_refused(self, method, host, port, url, decision, status, started) -> str:
-        text = (BLOCKED + f'The upstream proxy (network.upstreamProxy) refused "{display_host(host)}:{port}" '
-                f"(HTTP {status}).\n")
-        self.session.record("http", method, host, port, url, decision, 403, "blocked", started,
-                            f"upstream proxy answered {status}")
+        text = (
+            BLOCKED + f'The upstream proxy (network.upstreamProxy) refused "{display_host(host)}:{port}" '
+            f"(HTTP {status}).\n"
+        )
+        self.session.record(
+            "http", method, host, port, url, decision, 403, "blocked", started, f"upstream proxy answered {status}"
+        )
         await self._reply(error_response(403, text))
         return "keep"
 
@@ -359,8 +396,9 @@ class _Exchange:
         try:
             host, decision = session.check(raw_host)
         except HostError as e:
-            session.record("http", req.method, raw_host, port, target, None, 403, "blocked", started, str(e),
-                           reason="invalid")
+            session.record(
+                "http", req.method, raw_host, port, target, None, 403, "blocked", started, str(e), reason="invalid"
+            )
             await self._reply(error_response(403, BLOCKED + f"{e}\n", close=has_body))
             return "close" if has_body else "keep"
         if decision.action == DENY:
@@ -370,13 +408,19 @@ class _Exchange:
 
         via_upstream = decision.action != ALLOW
         hostport = display_host(host) + (f":{port}" if port != 80 else "")
-        lines = [f"{req.method} {'http://' + hostport + path if via_upstream else path} ".encode() + req.version,
-                 b"Host: " + hostport.encode()]
-        lines += [name + b": " + value for lname, name, value in req.headers
-                  if lname not in (b"host", b"proxy-connection", b"proxy-authorization")]
+        lines = [
+            f"{req.method} {'http://' + hostport + path if via_upstream else path} ".encode() + req.version,
+            b"Host: " + hostport.encode(),
+        ]
+        lines += [
+            name + b": " + value
+            for lname, name, value in req.headers
+            if lname not in (b"host", b"proxy-connection", b"proxy-authorization")
+        ]
         head = b"\r\n".join(lines) + b"\r\n" + (session.upstream.auth if via_upstream else b"") + b"\r\n"
         client_close = _has_token(req.headers, b"connection", b"close") or (
-            req.version == b"HTTP/1.0" and not _has_token(req.headers, b"connection", b"keep-alive"))
+            req.version == b"HTTP/1.0" and not _has_token(req.headers, b"connection", b"keep-alive")
+        )
 
         expect = has_body and _has_token(req.headers, b"expect", b"100-continue")
         reusable = True
@@ -395,12 +439,12 @@ class _Exchange:
             for attempt in (0, 1):
                 if upc is None:
                     try:
-                        upc = await (self._dial_upstream_proxy() if via_upstream else
-                                     self._dial_conn(host, port))
+                        upc = await (self._dial_upstream_proxy() if via_upstream else self._dial_conn(host, port))
                     except DialError as e:
                         if via_upstream:
-                            await self._upstream_unreachable(req.method, host, port, target, decision, e.message,
-                                                             started)
+                            await self._upstream_unreachable(
+                                req.method, host, port, target, decision, e.message, started
+                            )
                         else:
                             await self._dial_failed(req.method, host, port, target, decision, e, started)
                         return "close" if has_body else "keep"
@@ -435,8 +479,9 @@ class _Exchange:
                     raise _UpstreamFailed("upstream closed the connection without a response")
                 break
             assert upc is not None and resp_head is not None  # the loop breaks only with both
-            return await self._relay_response(req, upc, resp_head, client_close, key, host, port, target,
-                                              decision, started, reusable)
+            return await self._relay_response(
+                req, upc, resp_head, client_close, key, host, port, target, decision, started, reusable
+            )
         except (_UpstreamFailed, ProtocolError, TimeoutError) as e:
             if upc is not None:
                 upc.close()
@@ -452,9 +497,20 @@ class _Exchange:
     async def _dial_conn(self, host: str, port: int) -> Conn:
         return Conn(self.session.loop, await self.session.dial(host, port))
 
-    async def _relay_response(self, req: Request, upc: Conn, resp_head: bytes, client_close: bool, key,
-                              host: str, port: int, target: str, decision, started: float,
-                              reusable: bool = True) -> str:
+    async def _relay_response(
+        self,
+        req: Request,
+        upc: Conn,
+        resp_head: bytes,
+        client_close: bool,
+        key,
+        host: str,
+        port: int,
+        target: str,
+        decision,
+        started: float,
+        reusable: bool = True,
+    ) -> str:
         session, conn = self.session, self.conn
         while True:
             status, version, headers = _parse_response(resp_head)
@@ -477,14 +533,27 @@ class _Exchange:
                 framing = "close"
         session.record("http", req.method, host, port, target, decision, status, "allowed", started)
         try:
-            return await self._send_response(req, upc, resp_head, status, version, headers, framing, length,
-                                             client_close, key, reusable)
+            return await self._send_response(
+                req, upc, resp_head, status, version, headers, framing, length, client_close, key, reusable
+            )
         except (OSError, PeerClosed, ProtocolError, TimeoutError):
             upc.close()  # the response has started: all that is left is to close
             return "close"
 
-    async def _send_response(self, req: Request, upc: Conn, resp_head: bytes, status: int, version: bytes,
-                             headers, framing: str, length: int, client_close: bool, key, reusable: bool) -> str:
+    async def _send_response(
+        self,
+        req: Request,
+        upc: Conn,
+        resp_head: bytes,
+        status: int,
+        version: bytes,
+        headers,
+        framing: str,
+        length: int,
+        client_close: bool,
+        key,
+        reusable: bool,
+    ) -> str:
         session, conn = self.session, self.conn
         await conn.sendall(resp_head)
         if status == 101:
@@ -543,6 +612,7 @@ async def _copy_body(src: Conn, dst: Conn, framing: str, length: int, session) -
     loop = session.loop
     async with asyncio.timeout(session.idle_timeout) as deadline:
         if framing == "length":
+
             def idle_again() -> None:
                 deadline.reschedule(loop.time() + session.idle_timeout)
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-REQUESTS = Counter("fence_proxy_requests_total", "Proxy decisions, by protocol and outcome",
-                   ["protocol", "decision"])
+REQUESTS = Counter("fence_proxy_requests_total", "Proxy decisions, by protocol and outcome", ["protocol", "decision"])
 BYTES = Counter("fence_proxy_bytes_total", "Bytes relayed through proxy tunnels, by direction", ["direction"])
 TUNNELS = Gauge("fence_proxy_open_tunnels", "Proxy tunnels open now")
 

@@ -52,8 +52,22 @@ HALF_OPEN_TIMEOUT = 60.0
 
 
 class _Direction:
-    __slots__ = ("relay", "src", "dst", "sfd", "dfd", "pr", "pw", "pipe_size", "in_pipe", "done", "moved",
-                 "splicing", "pending", "eof")
+    __slots__ = (
+        "relay",
+        "src",
+        "dst",
+        "sfd",
+        "dfd",
+        "pr",
+        "pw",
+        "pipe_size",
+        "in_pipe",
+        "done",
+        "moved",
+        "splicing",
+        "pending",
+        "eof",
+    )
 
     def __init__(self, relay: Relay, src: socket.socket, dst: socket.socket):
         self.relay, self.src, self.dst = relay, src, dst
@@ -217,11 +231,31 @@ class Relay:
     The relay owns both sockets from ``start()`` on.
     """
 
-    __slots__ = ("loop", "a", "b", "ab", "ba", "closed", "on_close", "last_activity", "_timer",
-                 "half_open_timeout", "now", "buf", "view")
+    __slots__ = (
+        "loop",
+        "a",
+        "b",
+        "ab",
+        "ba",
+        "closed",
+        "on_close",
+        "last_activity",
+        "_timer",
+        "half_open_timeout",
+        "now",
+        "buf",
+        "view",
+    )
 
-    def __init__(self, loop, client: socket.socket, upstream: socket.socket, on_close=None,
-                 half_open_timeout: float = HALF_OPEN_TIMEOUT, buf: bytearray | None = None):
+    def __init__(
+        self,
+        loop,
+        client: socket.socket,
+        upstream: socket.socket,
+        on_close=None,
+        half_open_timeout: float = HALF_OPEN_TIMEOUT,
+        buf: bytearray | None = None,
+    ):
         self.loop = loop
         self.buf = buf if buf is not None else bytearray(COPY_CHUNK)
         self.view = memoryview(self.buf)

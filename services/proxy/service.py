@@ -81,8 +81,15 @@ class ProxyService(Service):
     name = "fence-proxy"
     description = "Filtering HTTP and SOCKS5 proxies, one session per sandbox"
 
-    def __init__(self, metrics=None, *, resolver=None, loopback: str = "always", session_options: dict | None = None,
-                 handoff: str = ""):
+    def __init__(
+        self,
+        metrics=None,
+        *,
+        resolver=None,
+        loopback: str = "always",
+        session_options: dict | None = None,
+        handoff: str = "",
+    ):
         """``resolver``: the sessions' name resolver hook (tests); ``loopback``: when sessions get their own
         listeners on 127.0.0.1 unless the open request says (``ProxySessionOpen.loopback``): ``"always"``
         (when the policy can allow anything), ``"relaxed"`` (only for ``"*"``, once bridges serve the others)
@@ -181,12 +188,19 @@ class ProxyService(Service):
         try:
             session = await self._on_loop(self._open_session(req.sandbox, req.network, listen=True))
         except OSError as e:
-            raise ServiceError(f"cannot open proxy listeners for {req.sandbox}: {e.strerror or e}",
-                               "unavailable") from None
+            raise ServiceError(
+                f"cannot open proxy listeners for {req.sandbox}: {e.strerror or e}", "unavailable"
+            ) from None
         self.sessions[req.sandbox] = session
         self._track(req.sandbox, handoff)
-        return ProxySessionOpened(sandbox=req.sandbox, http_port=session.http_port, socks_port=session.socks_port,
-                                  address=LOOPBACK, relaxed=relaxed, **handoff)
+        return ProxySessionOpened(
+            sandbox=req.sandbox,
+            http_port=session.http_port,
+            socks_port=session.socks_port,
+            address=LOOPBACK,
+            relaxed=relaxed,
+            **handoff,
+        )
 
     def _track(self, sandbox: str, handoff: dict) -> None:
         """A new session: remember its hand-off token (if this service takes hand-offs), update the gauge."""
@@ -197,8 +211,15 @@ class ProxyService(Service):
     async def _open_session(self, sandbox: str, network, listen: bool):
         from fence.proxy.session import Session  # lazy: the proxies themselves (~30 ms), only once a session serves
 
-        session = Session(sandbox, network, loop=self.loop, resolver=self.resolver, emit=self._emit,
-                          stats=self._metrics_stats(), **self.session_options)
+        session = Session(
+            sandbox,
+            network,
+            loop=self.loop,
+            resolver=self.resolver,
+            emit=self._emit,
+            stats=self._metrics_stats(),
+            **self.session_options,
+        )
         if listen:
             try:
                 await session.listen(LOOPBACK, network.http_proxy_port, network.socks_proxy_port)
@@ -262,9 +283,11 @@ class ProxyService(Service):
 
         token = self._tokens.get(req.sandbox)
         if req.sandbox not in self.sessions or token is None:
-            raise HandoffRefused(f"no proxy session {req.sandbox} waiting for sockets (open it with "
-                                 "fence.proxy.session.open first; a closed or already served session takes none)",
-                                 "not_found")
+            raise HandoffRefused(
+                f"no proxy session {req.sandbox} waiting for sockets (open it with "
+                "fence.proxy.session.open first; a closed or already served session takes none)",
+                "not_found",
+            )
         if not hmac.compare_digest(token.encode(), req.token.encode()):
             raise HandoffRefused(f"wrong hand-off token for proxy session {req.sandbox}")
         del self._tokens[req.sandbox]
@@ -301,8 +324,10 @@ class ProxyService(Service):
                 try:
                     await bus.publish(event(ev.sandbox, "net"), ev)
                 except Exception as e:  # the bus going away must not take the proxy with it
-                    print(printable(f"[fence:proxy] Warning: cannot publish a net event: {type(e).__name__}: {e}"),
-                          file=sys.stderr)
+                    print(
+                        printable(f"[fence:proxy] Warning: cannot publish a net event: {type(e).__name__}: {e}"),
+                        file=sys.stderr,
+                    )
                     self._events.clear()
         finally:
             self._publishing = False

@@ -32,12 +32,11 @@ import errno
 import socket
 import sys
 import time
-from typing import Any
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import unquote
 
-from fence.domains import (ALLOW, DENY, DomainFilter, HostError, canonical_host, display_host, is_ip,
-                           split_host_port)
+from fence.domains import ALLOW, DENY, DomainFilter, HostError, canonical_host, display_host, is_ip, split_host_port
 from fence.messages import NetDecisionEvent
 from fence.netintent import forwards_upstream
 from fence.proxy.conn import DeadlineExceeded, connect
@@ -96,12 +95,23 @@ class Upstream:
 class Session:
     """Filtering HTTP + SOCKS5 proxies for one sandbox."""
 
-    def __init__(self, sandbox: str, network, *, loop=None, resolver: Resolver | None = None,
-                 emit: Callable[[NetDecisionEvent], None] | None = None, stats: Any = None,
-                 dial_timeout: float = DIAL_TIMEOUT, head_timeout: float = HEAD_TIMEOUT,
-                 idle_timeout: float = IDLE_TIMEOUT, response_timeout: float = RESPONSE_TIMEOUT,
-                 half_open_timeout: float = HALF_OPEN_TIMEOUT, max_head: int = MAX_HEAD,
-                 max_connections: int = MAX_CONNECTIONS):
+    def __init__(
+        self,
+        sandbox: str,
+        network,
+        *,
+        loop=None,
+        resolver: Resolver | None = None,
+        emit: Callable[[NetDecisionEvent], None] | None = None,
+        stats: Any = None,
+        dial_timeout: float = DIAL_TIMEOUT,
+        head_timeout: float = HEAD_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+        response_timeout: float = RESPONSE_TIMEOUT,
+        half_open_timeout: float = HALF_OPEN_TIMEOUT,
+        max_head: int = MAX_HEAD,
+        max_connections: int = MAX_CONNECTIONS,
+    ):
         self.sandbox = sandbox
         self.network = network
         self.upstream: Upstream | None = None
@@ -109,13 +119,19 @@ class Session:
             try:
                 self.upstream = Upstream(network.upstream_proxy)
             except (HostError, IndexError, ValueError) as e:  # validated earlier; fail closed if not
-                print(printable(f"[fence:proxy] Warning: ignoring network.upstreamProxy {network.upstream_proxy!r}: "
-                                f"{e}; traffic matching no rule is denied"), file=sys.stderr)
+                print(
+                    printable(
+                        f"[fence:proxy] Warning: ignoring network.upstreamProxy {network.upstream_proxy!r}: "
+                        f"{e}; traffic matching no rule is denied"
+                    ),
+                    file=sys.stderr,
+                )
         if network is None:
             self.filter = DomainFilter(None)
         else:  # grey traffic goes upstream only when there is an upstream to go to
-            self.filter = DomainFilter(network.allowed_domains, network.denied_domains,
-                                       "proxy" if self.upstream is not None else "")
+            self.filter = DomainFilter(
+                network.allowed_domains, network.denied_domains, "proxy" if self.upstream is not None else ""
+            )
         self.loop = loop or asyncio.get_running_loop()
         self.resolver = resolver
         self.emit = emit
@@ -291,24 +307,49 @@ class Session:
             assert last is not None
             raise DialError(_dial_kind(last), f"{display_host(host)}:{port}: {(last.strerror or str(last)).lower()}")
         except DeadlineExceeded:
-            raise DialError("timeout", f"{display_host(host)}:{port}: connection timed out "
-                            f"after {self.dial_timeout:g}s") from None
+            raise DialError(
+                "timeout", f"{display_host(host)}:{port}: connection timed out after {self.dial_timeout:g}s"
+            ) from None
 
     # --- events ----------------------------------------------------------------------------
-    def record(self, proto: str, method: str, host: str, port: int, url: str, decision, status: int,
-               outcome: str, started: float, detail: str = "", reason: str = "", rule: str = "") -> None:
+    def record(
+        self,
+        proto: str,
+        method: str,
+        host: str,
+        port: int,
+        url: str,
+        decision,
+        status: int,
+        outcome: str,
+        started: float,
+        detail: str = "",
+        reason: str = "",
+        rule: str = "",
+    ) -> None:
         """Publish one decision (``NetDecisionEvent``) and count it."""
         if self.stats is not None:
             self.stats.request(proto, outcome)
         if self.emit is None:
             return
-        self.emit(NetDecisionEvent(
-            sandbox=self.sandbox, ts=time.time(), proto=proto, method=method, host=host, port=port, url=url,
-            decision=decision.action if decision is not None else DENY,
-            reason=reason or (decision.reason if decision is not None else "invalid"),
-            rule=rule or (decision.rule if decision is not None else ""),
-            status=status, outcome=outcome, duration_ms=round((time.monotonic() - started) * 1000, 3),
-            detail=detail))
+        self.emit(
+            NetDecisionEvent(
+                sandbox=self.sandbox,
+                ts=time.time(),
+                proto=proto,
+                method=method,
+                host=host,
+                port=port,
+                url=url,
+                decision=decision.action if decision is not None else DENY,
+                reason=reason or (decision.reason if decision is not None else "invalid"),
+                rule=rule or (decision.rule if decision is not None else ""),
+                status=status,
+                outcome=outcome,
+                duration_ms=round((time.monotonic() - started) * 1000, 3),
+                detail=detail,
+            )
+        )
 
     # --- teardown ----------------------------------------------------------------------------
     async def close(self) -> None:

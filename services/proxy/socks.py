@@ -25,8 +25,14 @@ from fence.proxy.session import DialError
 
 SUCCEEDED, GENERAL_FAILURE, NOT_ALLOWED, NET_UNREACHABLE, HOST_UNREACHABLE, REFUSED = 0, 1, 2, 3, 4, 5
 COMMAND_NOT_SUPPORTED, ADDRESS_NOT_SUPPORTED = 7, 8
-_DIAL_REPLY = {"refused": REFUSED, "net": NET_UNREACHABLE, "host": HOST_UNREACHABLE, "timeout": HOST_UNREACHABLE,
-               "dns": HOST_UNREACHABLE, "denied": NOT_ALLOWED}
+_DIAL_REPLY = {
+    "refused": REFUSED,
+    "net": NET_UNREACHABLE,
+    "host": HOST_UNREACHABLE,
+    "timeout": HOST_UNREACHABLE,
+    "dns": HOST_UNREACHABLE,
+    "denied": NOT_ALLOWED,
+}
 _COMMANDS = {1: "CONNECT", 2: "BIND", 3: "UDP"}
 
 
@@ -83,8 +89,19 @@ async def _serve(session, conn: Conn) -> bool:
     conn.deadline = None
     method = _COMMANDS.get(cmd, f"CMD{cmd}")
     if cmd != 1:
-        session.record("socks", method, raw_host, port, "", None, COMMAND_NOT_SUPPORTED, "blocked", started,
-                       "only CONNECT is supported", reason="unsupported")
+        session.record(
+            "socks",
+            method,
+            raw_host,
+            port,
+            "",
+            None,
+            COMMAND_NOT_SUPPORTED,
+            "blocked",
+            started,
+            "only CONNECT is supported",
+            reason="unsupported",
+        )
         await conn.sendall(reply(COMMAND_NOT_SUPPORTED))
         return False
     try:
@@ -92,14 +109,25 @@ async def _serve(session, conn: Conn) -> bool:
             raise HostError(f"{raw_host!r} is not UTF-8")
         host, decision = session.check(raw_host)
     except HostError as e:
-        session.record("socks", method, raw_host, port, "", None, NOT_ALLOWED, "blocked", started, str(e),
-                       reason="invalid")
+        session.record(
+            "socks", method, raw_host, port, "", None, NOT_ALLOWED, "blocked", started, str(e), reason="invalid"
+        )
         await conn.sendall(reply(NOT_ALLOWED))
         return False
     url = f"{display_host(host)}:{port}"
     if decision.action != ALLOW:  # SOCKS traffic is never forwarded to the upstream proxy
-        session.record("socks", method, host, port, url, decision, NOT_ALLOWED, "blocked", started,
-                       "SOCKS5 is never forwarded to the upstream proxy" if decision.action == "proxy" else "")
+        session.record(
+            "socks",
+            method,
+            host,
+            port,
+            url,
+            decision,
+            NOT_ALLOWED,
+            "blocked",
+            started,
+            "SOCKS5 is never forwarded to the upstream proxy" if decision.action == "proxy" else "",
+        )
         await conn.sendall(reply(NOT_ALLOWED))
         return False
     try:
@@ -107,8 +135,20 @@ async def _serve(session, conn: Conn) -> bool:
     except DialError as e:
         code = _DIAL_REPLY.get(e.kind, GENERAL_FAILURE)
         if e.kind == "denied":
-            session.record("socks", method, host, port, url, decision, code, "blocked", started, e.message,
-                           reason="resolved-denied", rule=e.rule)
+            session.record(
+                "socks",
+                method,
+                host,
+                port,
+                url,
+                decision,
+                code,
+                "blocked",
+                started,
+                e.message,
+                reason="resolved-denied",
+                rule=e.rule,
+            )
         else:
             session.record("socks", method, host, port, url, decision, code, "error", started, e.message)
         await conn.sendall(reply(code))

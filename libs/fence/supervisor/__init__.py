@@ -47,6 +47,20 @@ from fence.supervisor.natsconf import NatsPorts, nats_config, nats_server_binary
 from fence.supervisor.permissions import PERMISSIONS, USERS, Permissions, inbox_prefix, permissions_of
 from fence.supervisor.supervise import Supervisor
 
-__all__ = ["Child", "NatsPorts", "PERMISSIONS", "Permissions", "Supervisor", "USERS", "inbox_prefix", "main",
-           "main_down", "main_status", "main_up", "nats_config", "nats_server_binary", "permissions_of",
-           "render_user"]
+__all__ = [
+    "Child",
+    "NatsPorts",
+    "PERMISSIONS",
+    "Permissions",
+    "Supervisor",
+    "USERS",
+    "inbox_prefix",
+    "main",
+    "main_down",
+    "main_status",
+    "main_up",
+    "nats_config",
+    "nats_server_binary",
+    "permissions_of",
+    "render_user",
+]

@@ -36,12 +36,20 @@ DETACH_TIMEOUT = 30.0
 
 # --- fence up --------------------------------------------------------------------------------
 
+
 def _up_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fence up", description="Start the supervisor: a loopback NATS bus and the "
-                                "config, proxy, executor and monitor services. Runs in the foreground until "
-                                "SIGINT/SIGTERM unless --detach.")
-    p.add_argument("-d", "--detach", action="store_true",
-                   help=f"run in the background (log: {log_path()}); return once every component is healthy")
+    p = argparse.ArgumentParser(
+        prog="fence up",
+        description="Start the supervisor: a loopback NATS bus and the "
+        "config, proxy, executor and monitor services. Runs in the foreground until "
+        "SIGINT/SIGTERM unless --detach.",
+    )
+    p.add_argument(
+        "-d",
+        "--detach",
+        action="store_true",
+        help=f"run in the background (log: {log_path()}); return once every component is healthy",
+    )
     p.add_argument("--log", default="", help=argparse.SUPPRESS)  # set by --detach for the child
     return p
 
@@ -89,8 +97,14 @@ def _detach() -> int:
     offset = os.lseek(fd, 0, os.SEEK_END)
     t0 = time.monotonic()
     try:
-        child = subprocess.Popen([sys.executable, "-P", "-m", "fence.supervisor", "up", "--log", log],
-                                 stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True, cwd="/")
+        child = subprocess.Popen(
+            [sys.executable, "-P", "-m", "fence.supervisor", "up", "--log", log],
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=fd,
+            start_new_session=True,
+            cwd="/",
+        )
     except OSError as e:
         return error(f"cannot start the supervisor: {e}")
     finally:
@@ -101,14 +115,18 @@ def _detach() -> int:
         if code is not None:
             lines = log_since(log, offset)
             errors = [ln for ln in lines if ln.startswith("Error: ")]
-            detail = errors[-1][len("Error: "):] if errors else f"it exited with code {code}"
+            detail = errors[-1][len("Error: ") :] if errors else f"it exited with code {code}"
             return error(f"the supervisor failed to start: {detail} (log: {log})")
         info = runtime.read_info()
-        if info is not None and info.pid == child.pid and info.components \
-                and all(c.healthy for c in info.components):
+        if info is not None and info.pid == child.pid and info.components and all(c.healthy for c in info.components):
             services = [c.name for c in info.components if c.name != NATS]
-            print(printable(f"fence supervisor running (pid {info.pid}) on {info.nats_url}: {', '.join(services)} "
-                            f"healthy in {time.monotonic() - t0:.2f}s; log {log}"), flush=True)
+            print(
+                printable(
+                    f"fence supervisor running (pid {info.pid}) on {info.nats_url}: {', '.join(services)} "
+                    f"healthy in {time.monotonic() - t0:.2f}s; log {log}"
+                ),
+                flush=True,
+            )
             return 0
         time.sleep(0.05)
     child.terminate()
@@ -117,12 +135,18 @@ def _detach() -> int:
 
 # --- fence status ----------------------------------------------------------------------------
 
+
 async def _live_pings(info: SupervisorInfo, timeout: float) -> dict[str, bool]:
     """Which services answer ``$SRV.PING`` right now, asked as the ``client`` user."""
     creds = runtime.client_credentials()
-    bus = await asyncio.wait_for(NatsBus.connect(creds.url, user=creds.user, password=creds.password,
-                                                 inbox_prefix=creds.inbox_prefix, name="fence-status"), timeout)
+    bus = await asyncio.wait_for(
+        NatsBus.connect(
+            creds.url, user=creds.user, password=creds.password, inbox_prefix=creds.inbox_prefix, name="fence-status"
+        ),
+        timeout,
+    )
     try:
+
         async def one(c: ComponentInfo) -> bool:
             try:
                 data = await bus.request_raw(f"$SRV.PING.{c.service}", b"", timeout=timeout)
@@ -155,8 +179,10 @@ def main_status(argv: list[str]) -> int:
         try:
             live = asyncio.run(_live_pings(info, 1.0))
         except Exception as e:
-            print(printable(f"warning: cannot ping the services over {info.nats_url}: {type(e).__name__}: {e}"),
-                  file=sys.stderr)
+            print(
+                printable(f"warning: cannot ping the services over {info.nats_url}: {type(e).__name__}: {e}"),
+                file=sys.stderr,
+            )
     now = time.time()
     out = [f"fence supervisor pid {info.pid}, up {runtime.uptime(info.started_at, now)}, bus {info.nats_url}"]
     if info.log:
@@ -164,8 +190,16 @@ def main_status(argv: list[str]) -> int:
     rows = [("COMPONENT", "PID", "UPTIME", "RESTARTS", "HEALTHY", "METRICS")]
     for c in info.components:
         healthy = c.healthy if live is None or c.name not in live else (c.healthy and live[c.name])
-        rows.append((c.name, str(c.pid), runtime.uptime(c.started_at, now) if c.started_at else "-",
-                     str(c.restarts), "yes" if healthy else "no", c.metrics_url or "-"))
+        rows.append(
+            (
+                c.name,
+                str(c.pid),
+                runtime.uptime(c.started_at, now) if c.started_at else "-",
+                str(c.restarts),
+                "yes" if healthy else "no",
+                c.metrics_url or "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         out.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
@@ -174,6 +208,7 @@ def main_status(argv: list[str]) -> int:
 
 
 # --- fence down ------------------------------------------------------------------------------
+
 
 def main_down(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="fence down", description="Stop the supervisor and everything it started.")

@@ -116,7 +116,7 @@ def clean_stale(rdir: str) -> None:
         path = os.path.join(rdir, entry)
         if entry.startswith(f"{NATS}_") and entry.endswith(".ports"):
             try:
-                pid = int(entry[len(NATS) + 1:-len(".ports")])
+                pid = int(entry[len(NATS) + 1 : -len(".ports")])
             except ValueError:
                 continue
             if runtime.pid_alive(pid) and conf in cmdline(pid):

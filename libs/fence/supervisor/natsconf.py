@@ -38,13 +38,20 @@ def render_user(user: str, password: str, permissions: dict[str, Permissions] = 
     publish = f"allow: {_list(p.publish)}" + (f", deny: {_list(p.publish_deny)}" if p.publish_deny else "")
     subscribe = f"allow: {_list(p.subscribe)}"
     responses = ", allow_responses: true" if p.allow_responses else ""
-    return (f"    {{ user: {_q(user)}, password: {_q(password)},\n"
-            f"      permissions: {{ publish: {{ {publish} }},\n"
-            f"                     subscribe: {{ {subscribe} }}{responses} }} }}")
+    return (
+        f"    {{ user: {_q(user)}, password: {_q(password)},\n"
+        f"      permissions: {{ publish: {{ {publish} }},\n"
+        f"                     subscribe: {{ {subscribe} }}{responses} }} }}"
+    )
 
 
-def nats_config(passwords: dict[str, str], rdir: str, store_dir: str, port: int = -1,
-                permissions: dict[str, Permissions] = PERMISSIONS) -> str:
+def nats_config(
+    passwords: dict[str, str],
+    rdir: str,
+    store_dir: str,
+    port: int = -1,
+    permissions: dict[str, Permissions] = PERMISSIONS,
+) -> str:
     """The nats-server config (see ``deploy/nats/single-host.conf.example`` for a commented one).
 
     ``port`` is -1 (random) at first start and the port it got when nats-server is restarted.

@@ -46,12 +46,18 @@ def permissions_of(user: str, requests=subjects.REQUESTS, events=subjects.EVENTS
     answer is denied ``>``.
     """
     answers = tuple(r.subject for r in requests if user in r.answered_by)
-    publish = (*(r.subject for r in requests if user in r.asked_by),
-               *(e.subject for e in events if user in e.published_by))
+    publish = (
+        *(r.subject for r in requests if user in r.asked_by),
+        *(e.subject for e in events if user in e.published_by),
+    )
     watched = [e.subject for e in events if user in e.watched_by]
     watches = (subjects.EVENTS_ALL,) if events and len(watched) == len(events) else tuple(watched)
-    return Permissions(publish=publish, publish_deny=() if publish or answers else (">",),
-                       subscribe=(inbox_prefix(user) + ".>", *answers, *watches), allow_responses=bool(answers))
+    return Permissions(
+        publish=publish,
+        publish_deny=() if publish or answers else (">",),
+        subscribe=(inbox_prefix(user) + ".>", *answers, *watches),
+        allow_responses=bool(answers),
+    )
 
 
 PERMISSIONS: dict[str, Permissions] = {user: permissions_of(user) for user in USERS}

@@ -109,8 +109,13 @@ class Supervisor:
     def write_info(self) -> None:
         if self.stopping:
             return
-        info = SupervisorInfo(pid=os.getpid(), started_at=self.started_at, nats_url=self.url, log=self.log,
-                              components=[self.nats.info, *(c.info for c in self.services.values())])
+        info = SupervisorInfo(
+            pid=os.getpid(),
+            started_at=self.started_at,
+            nats_url=self.url,
+            log=self.log,
+            components=[self.nats.info, *(c.info for c in self.services.values())],
+        )
         runtime.write_struct(os.path.join(self.rdir, runtime.INFO_FILE), info)
         self.info_written = True
 
@@ -121,9 +126,10 @@ class Supervisor:
     def write_credentials(self) -> None:
         runtime.ensure_private_dir(self.creds_dir)
         for user in USERS:
-            runtime.write_struct(os.path.join(self.creds_dir, f"{user}.json"),
-                                 Credentials(url=self.url, user=user, password=self.passwords[user],
-                                             inbox_prefix=inbox_prefix(user)))
+            runtime.write_struct(
+                os.path.join(self.creds_dir, f"{user}.json"),
+                Credentials(url=self.url, user=user, password=self.passwords[user], inbox_prefix=inbox_prefix(user)),
+            )
 
     def cleanup(self) -> None:
         """Remove every file this supervisor created, then the dirs if nothing else is there."""
@@ -158,8 +164,15 @@ class Supervisor:
         binary = nats_server_binary()
         self.write_config()
         proc = await asyncio.create_subprocess_exec(
-            binary, "-c", self.conf, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True, cwd="/")
+            binary,
+            "-c",
+            self.conf,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            cwd="/",
+        )
         self.nats.proc = proc
         self.nats.info.pid = proc.pid
         self.nats.info.started_at = time.time()
@@ -208,9 +221,15 @@ class Supervisor:
     async def connect_bus(self) -> None:
         try:
             self.bus = await asyncio.wait_for(
-                NatsBus.connect(self.url, user="supervisor", password=self.passwords["supervisor"],
-                                inbox_prefix=inbox_prefix("supervisor"), name=f"fence-supervisor-{os.getpid()}"),
-                START_TIMEOUT)
+                NatsBus.connect(
+                    self.url,
+                    user="supervisor",
+                    password=self.passwords["supervisor"],
+                    inbox_prefix=inbox_prefix("supervisor"),
+                    name=f"fence-supervisor-{os.getpid()}",
+                ),
+                START_TIMEOUT,
+            )
         except Exception as e:
             raise StartFailed(f"cannot connect to {self.url} as supervisor: {type(e).__name__}: {e}") from None
 
@@ -229,8 +248,16 @@ class Supervisor:
         if child.name == "proxy":
             env["FENCE_PROXY_HANDOFF"] = os.path.join(self.rdir, runtime.PROXY_HANDOFF)
         child.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-P", "-m", "fence.serve", child.name, stdin=asyncio.subprocess.DEVNULL,
-            env=env, start_new_session=True, cwd="/")
+            sys.executable,
+            "-P",
+            "-m",
+            "fence.serve",
+            child.name,
+            stdin=asyncio.subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            cwd="/",
+        )
         child.info.pid = child.proc.pid
         child.info.started_at = time.time()
         child.info.metrics_url = ""  # the new process serves on a new port, known once it answers INFO
@@ -260,12 +287,14 @@ class Supervisor:
         while True:
             if not child.alive():
                 code = child.proc.returncode if child.proc else None
-                raise StartFailed(f"the {child.name} service exited with code {code} before answering "
-                                  f"$SRV.PING.{child.service}")
+                raise StartFailed(
+                    f"the {child.name} service exited with code {code} before answering $SRV.PING.{child.service}"
+                )
             left = deadline - time.monotonic()
             if left <= 0:
-                raise StartFailed(f"the {child.name} service did not answer $SRV.PING.{child.service} "
-                                  f"within {timeout:.0f}s")
+                raise StartFailed(
+                    f"the {child.name} service did not answer $SRV.PING.{child.service} within {timeout:.0f}s"
+                )
             if await self.ping(child, min(0.5, left)) is not None:
                 info = await self.ping(child, min(1.0, max(left, 0.2)), "INFO")
                 if info is not None:
@@ -320,8 +349,7 @@ class Supervisor:
                 child.mark_healthy(False)
             delay = self.nats.next_backoff()
             how = f"signal {-code}" if code < 0 else f"code {code}"
-            say(f"{NATS} (pid {self.nats.info.pid}) exited with {how}; restarting on port {self.port} "
-                 f"in {delay:.1f}s")
+            say(f"{NATS} (pid {self.nats.info.pid}) exited with {how}; restarting on port {self.port} in {delay:.1f}s")
             self.write_info()
             await self.close_bus(0.0)  # its connection is dead: a fresh one follows the restart
             if await self.sleep_or_stop(delay):
@@ -354,8 +382,10 @@ class Supervisor:
                 if reply is None:
                     child.failed_checks += 1
                     if child.failed_checks >= HUNG_AFTER:
-                        say(f"{child.name} service (pid {child.info.pid}) has not answered $SRV.PING for "
-                             f"{child.failed_checks} checks; killing it")
+                        say(
+                            f"{child.name} service (pid {child.info.pid}) has not answered $SRV.PING for "
+                            f"{child.failed_checks} checks; killing it"
+                        )
                         child.starting = True
                         assert child.proc is not None  # alive() above
                         child.proc.kill()
@@ -421,8 +451,7 @@ class Supervisor:
                 w.cancel()
         self.write_info()
         names = ", ".join(self.services)
-        say(f"supervisor ready (pid {os.getpid()}) on {self.url}: {names} healthy in "
-             f"{time.monotonic() - t0:.2f}s")
+        say(f"supervisor ready (pid {os.getpid()}) on {self.url}: {names} healthy in {time.monotonic() - t0:.2f}s")
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()

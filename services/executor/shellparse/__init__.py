@@ -60,8 +60,25 @@ from .tools import COMMAND_VARIABLES, git_globals, option_cluster, ssh_option
 from .words import MAX_BRACE_BYTES, MAX_BRACE_WORDS, Word
 from .wrappers import SHELLS, STDIN_PATHS, WRAPPERS
 
-__all__ = ["Command", "ParseError", "commands", "commands_from_argv", "split_words", "basename",
-           "MAX_DEPTH", "MAX_COMMANDS", "SHELLS", "WRAPPERS",
-           # also read by the SSH policy and the tests
-           "MAX_BRACE_WORDS", "MAX_BRACE_BYTES", "PARSE_BUDGET", "STDIN_PATHS", "COMMAND_VARIABLES", "Word",
-           "git_globals", "option_cluster", "ssh_option"]
+__all__ = [
+    "Command",
+    "ParseError",
+    "commands",
+    "commands_from_argv",
+    "split_words",
+    "basename",
+    "MAX_DEPTH",
+    "MAX_COMMANDS",
+    "SHELLS",
+    "WRAPPERS",
+    # also read by the SSH policy and the tests
+    "MAX_BRACE_WORDS",
+    "MAX_BRACE_BYTES",
+    "PARSE_BUDGET",
+    "STDIN_PATHS",
+    "COMMAND_VARIABLES",
+    "Word",
+    "git_globals",
+    "option_cluster",
+    "ssh_option",
+]

@@ -28,8 +28,13 @@ class Command:
 
     __slots__ = ("argv", "dynamic", "open_tail", "env")
 
-    def __init__(self, argv: list[str], dynamic: list[bool] | None = None, open_tail: bool = False,
-                 env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        argv: list[str],
+        dynamic: list[bool] | None = None,
+        open_tail: bool = False,
+        env: dict[str, str] | None = None,
+    ):
         self.argv = argv
         self.dynamic = dynamic if dynamic is not None else [False] * len(argv)
         self.open_tail = open_tail
@@ -56,8 +61,12 @@ class Command:
         return f"Command({self.argv!r}{flags})"
 
     def __eq__(self, other) -> bool:
-        return (isinstance(other, Command) and self.argv == other.argv and self.dynamic == other.dynamic
-                and self.open_tail == other.open_tail)
+        return (
+            isinstance(other, Command)
+            and self.argv == other.argv
+            and self.dynamic == other.dynamic
+            and self.open_tail == other.open_tail
+        )
 
 
 def basename(path: str) -> str:
@@ -65,4 +74,4 @@ def basename(path: str) -> str:
     i = path.rfind("/")
     if i < 0 or i == len(path) - 1:
         return path
-    return path[i + 1:]
+    return path[i + 1 :]

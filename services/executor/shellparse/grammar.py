@@ -25,8 +25,31 @@ PARSE_BUDGET = 64 * 1024
 
 _COPROC_NAME = LazyRe(r"[ \t]*[A-Za-z_][A-Za-z0-9_]*[ \t\n]+(?=[{(])")
 
-_KEYWORDS = frozenset({"!", "{", "}", "if", "then", "else", "elif", "fi", "while", "until", "do", "done", "for",
-                       "select", "case", "esac", "function", "time", "[[", "coproc", "in"})
+_KEYWORDS = frozenset(
+    {
+        "!",
+        "{",
+        "}",
+        "if",
+        "then",
+        "else",
+        "elif",
+        "fi",
+        "while",
+        "until",
+        "do",
+        "done",
+        "for",
+        "select",
+        "case",
+        "esac",
+        "function",
+        "time",
+        "[[",
+        "coproc",
+        "in",
+    }
+)
 _OPENERS = {"if": "if", "while": "loop", "until": "loop", "{": "brace"}
 _CLOSERS = {"fi": "if", "done": "loop", "esac": "case", "}": "brace"}
 
@@ -528,6 +551,7 @@ def _split_assign(w: Word, p: Parser) -> tuple[str, str | None]:
 
 # --------------------------------------------------------------------------- entry points
 
+
 def split_words(text: str) -> list[str]:
     """Split like the shell splits one simple command's words (quotes, escapes); no expansion."""
     ctx = _Ctx(len(text))
@@ -538,7 +562,7 @@ def split_words(text: str) -> list[str]:
         if p.i >= p.n:
             return out
         c = p.s[p.i]
-        if c in META and not (c in "<>" and p.s[p.i + 1:p.i + 2] == "("):
+        if c in META and not (c in "<>" and p.s[p.i + 1 : p.i + 2] == "("):
             out.append(c)
             p.i += 1
             continue

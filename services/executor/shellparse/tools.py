@@ -25,18 +25,34 @@ import re
 from .command import basename
 from .words import LazyRe
 
-COMMAND_VARIABLES = frozenset({
-    "GIT_SSH_COMMAND", "GIT_PAGER", "PAGER", "GIT_EDITOR", "EDITOR", "VISUAL", "GIT_SEQUENCE_EDITOR",
-    "GIT_EXTERNAL_DIFF", "GIT_PROXY_COMMAND", "GIT_ASKPASS", "SSH_ASKPASS", "PROMPT_COMMAND", "MANPAGER",
-    "SYSTEMD_PAGER", "RSYNC_RSH", "BROWSER",
-})
+COMMAND_VARIABLES = frozenset(
+    {
+        "GIT_SSH_COMMAND",
+        "GIT_PAGER",
+        "PAGER",
+        "GIT_EDITOR",
+        "EDITOR",
+        "VISUAL",
+        "GIT_SEQUENCE_EDITOR",
+        "GIT_EXTERNAL_DIFF",
+        "GIT_PROXY_COMMAND",
+        "GIT_ASKPASS",
+        "SSH_ASKPASS",
+        "PROMPT_COMMAND",
+        "MANPAGER",
+        "SYSTEMD_PAGER",
+        "RSYNC_RSH",
+        "BROWSER",
+    }
+)
 """Environment variables whose value is a command line some program runs: parsed as nested scripts."""
 
 _GIT_COMMAND_KEYS = LazyRe(
     r"(core\.(sshcommand|pager|editor|askpass|gitproxy|fsmonitor)|sequence\.editor|diff\.external|"
     r"gpg(\.[^.]+)?\.program|pager\..+|diff\..+\.(textconv|command)|filter\..+\.(clean|smudge|process)|"
     r"merge\..+\.driver|credential(\..+)?\.helper|alias\..+|uploadpack\.packobjectshook|"
-    r"sendemail\..*(cmd|command)|web\.browser|browser\..+\.cmd|(diff|merge)tool\..+\.cmd)\Z")
+    r"sendemail\..*(cmd|command)|web\.browser|browser\..+\.cmd|(diff|merge)tool\..+\.cmd)\Z"
+)
 
 STRING_RUNNERS = {"su": "csgGw", "runuser": "csgGuw", "script": "cEIOBTmo"}
 """Programs taking a command *string* with ``-c``/``--command`` (short options with a value listed)."""
@@ -90,7 +106,7 @@ def option_cluster(argv: list[str], i: int, arg_chars: str) -> tuple[list[tuple[
             out.append((ch, None, i))
             continue
         if j + 1 < len(word):
-            out.append((ch, word[j + 1:], i))
+            out.append((ch, word[j + 1 :], i))
             return out, i + 1
         out.append((ch, argv[i + 1] if i + 1 < len(argv) else "", i + 1))
         return out, i + 2
@@ -108,7 +124,7 @@ def find_exec(p, argv: list[str], dyn: list[bool], env: dict[str, str], name: st
             while j < n and argv[j] not in (";", "+", "\\;") and not (name != "find" and argv[j] in starters):
                 j += 1
             if j > i + 1:
-                p.nested_command(argv[i + 1:j], dyn[i + 1:j], env, False)
+                p.nested_command(argv[i + 1 : j], dyn[i + 1 : j], env, False)
             i = j + 1
         else:
             i += 1
@@ -124,7 +140,7 @@ def ssh_option(value: str) -> tuple[str, str]:
     m = re.match(r"([A-Za-z0-9]+)\s*(?:=\s*|\s+|$)", text)
     if not m:
         return text.lower(), ""
-    rest = text[m.end():].strip()
+    rest = text[m.end() :].strip()
     if len(rest) >= 2 and rest[0] == rest[-1] == '"':
         rest = rest[1:-1]
     return m.group(1).lower(), rest
@@ -159,7 +175,7 @@ def ssh_local_commands(p, argv: list[str], dyn: list[bool], name: str) -> None:
                 if argv[j - 1][-1:] in short_arg and len(argv[j - 1]) == 2:
                     j += 1
             if j > i + 1:
-                ssh_local_commands(p, [argv[0]] + argv[i + 1:j], [False] + dyn[i + 1:j], name)
+                ssh_local_commands(p, [argv[0]] + argv[i + 1 : j], [False] + dyn[i + 1 : j], name)
             return
         i += 1
 
@@ -185,13 +201,25 @@ def rsync_local_commands(p, argv: list[str], dyn: list[bool], env: dict[str, str
         elif w.startswith("-") and not w.startswith("--") and "e" in w[1:]:
             j = w.index("e", 1)
             if w[1:j].isalpha():
-                value = w[j + 1:] or (argv[k + 1] if k + 1 < n and not dyn[k + 1] else None)
+                value = w[j + 1 :] or (argv[k + 1] if k + 1 < n and not dyn[k + 1] else None)
         if value:
             p.script(value)
 
 
-_GIT_GLOBAL_ARG = frozenset({"-C", "-c", "--git-dir", "--work-tree", "--namespace", "--super-prefix",
-                             "--config-env", "--exec-path", "--list-cmds", "--attr-source"})
+_GIT_GLOBAL_ARG = frozenset(
+    {
+        "-C",
+        "-c",
+        "--git-dir",
+        "--work-tree",
+        "--namespace",
+        "--super-prefix",
+        "--config-env",
+        "--exec-path",
+        "--list-cmds",
+        "--attr-source",
+    }
+)
 
 
 def git_globals(argv: list[str]) -> tuple[int, list[str]]:
@@ -247,14 +275,14 @@ def git_local_commands(p, argv: list[str], dyn: list[bool], env: dict[str, str])
             p.script(argv[k][5:].replace("%%", "%").replace("% ", " "))
     if i < len(argv) and not dyn[i] and argv[i].lower() in aliases:
         value = aliases[argv[i].lower()]
-        rest = argv[i + 1:]
+        rest = argv[i + 1 :]
         if value.startswith("!"):
             p.script(value[1:] + "".join(" " + _quote(r) for r in rest))
         else:
             words = p.split(value)
             if words:
                 sub = argv[:i] + words + rest
-                p.nested_command(sub, dyn[:i] + [False] * len(words) + dyn[i + 1:], env, False)
+                p.nested_command(sub, dyn[:i] + [False] * len(words) + dyn[i + 1 :], env, False)
 
 
 def _quote(word: str) -> str:

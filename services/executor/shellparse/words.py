@@ -55,8 +55,21 @@ OPS_BY_CHAR = {
     ">": (">>", ">&", ">|", ">"),
 }
 REDIR_OPS = frozenset({"&>>", "&>", "<<<", "<<-", "<<", "<>", "<&", "<", ">>", ">&", ">|", ">"})
-_ANSI_SIMPLE = {"a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b", "f": "\f", "n": "\n", "r": "\r", "t": "\t",
-                "v": "\v", "\\": "\\", "'": "'", '"': '"', "?": "?"}
+_ANSI_SIMPLE = {
+    "a": "\a",
+    "b": "\b",
+    "e": "\x1b",
+    "E": "\x1b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+    "\\": "\\",
+    "'": "'",
+    '"': '"',
+    "?": "?",
+}
 
 # unquoted brace-expansion characters are carried through a word as these
 LB, COMMA, RB = "\ue000", "\ue001", "\ue002"
@@ -72,8 +85,9 @@ class Word:
 
     __slots__ = ("text", "btext", "segs", "quoted", "dynamic", "assign")
 
-    def __init__(self, text: str, btext: str | None, segs: list | None, quoted: bool, dynamic: bool,
-                 assign: str | None):
+    def __init__(
+        self, text: str, btext: str | None, segs: list | None, quoted: bool, dynamic: bool, assign: str | None
+    ):
         self.text = text  # display / literal value (sentinels mapped back)
         self.btext = btext  # with brace sentinels, when brace expansion may apply
         self.segs = segs  # [(kind, value, quoted)] with kind "l" literal, "p" parameter, "d" unknown
@@ -181,7 +195,7 @@ class Lexer:
                     self.i = i + 2
                     self._nested_list()
                     segs = self._flush(buf, segs)
-                    segs.append(("d", s[i:self.i], False))
+                    segs.append(("d", s[i : self.i], False))
                     dynamic = True
                     i = self.i
                     continue
@@ -196,7 +210,7 @@ class Lexer:
                     self.i = i + 1
                     self._array_body()
                     segs = self._flush(buf, segs)
-                    segs.append(("d", s[i:self.i], False))
+                    segs.append(("d", s[i : self.i], False))
                     dynamic = True
                     i = self.i
                     continue
@@ -216,7 +230,7 @@ class Lexer:
                 j = s.find("'", i + 1)
                 if j < 0:
                     j = n
-                buf.append(s[i + 1:j])
+                buf.append(s[i + 1 : j])
                 quoted = True
                 i = j + 1
             elif c == '"':
@@ -320,7 +334,7 @@ class Lexer:
             segs = self._flush(buf, segs)
             segs.append(("d", s[i:j], in_dq))
             return j, segs, True, False
-        if nxt == "{" and s[i + 2:i + 3] in (" ", "\t", "\n", "|"):  # ${ cmd; } and ${| cmd; }: run in this shell
+        if nxt == "{" and s[i + 2 : i + 3] in (" ", "\t", "\n", "|"):  # ${ cmd; } and ${| cmd; }: run in this shell
             self.i = i + 3
             self._nested_list("}")
             j = self.i
@@ -329,7 +343,7 @@ class Lexer:
             return j, segs, True, False
         if nxt == "{":
             j = self._param_body(i + 2)
-            inner = s[i + 2:j - 1] if j - 1 >= i + 2 and s[j - 1:j] == "}" else s[i + 2:j]
+            inner = s[i + 2 : j - 1] if j - 1 >= i + 2 and s[j - 1 : j] == "}" else s[i + 2 : j]
             segs = self._flush(buf, segs)
             if NAME.fullmatch(inner) or (len(inner) == 1 and inner in _SPECIAL_PARAMS) or inner.isdigit():
                 segs.append(("p", inner, in_dq))
@@ -589,13 +603,13 @@ def _brace(text: str, out: list[str], limit: int, depth: int) -> None:
             start, commas = stack.pop()
             if best is not None and best[0] < start:
                 continue
-            if commas or _sequence(text[start + 1:j]) is not None:
+            if commas or _sequence(text[start + 1 : j]) is not None:
                 best = (start, j, commas)
     if best is None:
         out.append(text)
         return
     start, end, commas = best
-    pre, post = text[:start], text[end + 1:]
+    pre, post = text[:start], text[end + 1 :]
     if commas:
         pieces, last = [], start + 1
         for c in commas:
@@ -603,7 +617,7 @@ def _brace(text: str, out: list[str], limit: int, depth: int) -> None:
             last = c + 1
         pieces.append(text[last:end])
     else:
-        pieces = _sequence(text[start + 1:end]) or []
+        pieces = _sequence(text[start + 1 : end]) or []
     for piece in pieces:
         _brace(pre + piece + post, out, limit, depth + 1)
         if len(out) >= limit:

@@ -16,8 +16,15 @@ go to ``p.script``, argv to ``p.nested_command``.
 from __future__ import annotations
 
 from .command import Command, basename
-from .tools import (COMMAND_VARIABLES, STRING_RUNNERS, find_exec, git_local_commands, rsync_local_commands,
-                    ssh_local_commands, string_runner)
+from .tools import (
+    COMMAND_VARIABLES,
+    STRING_RUNNERS,
+    find_exec,
+    git_local_commands,
+    rsync_local_commands,
+    ssh_local_commands,
+    string_runner,
+)
 from .words import NAME
 
 # --------------------------------------------------------------------------- shells and script builtins
@@ -25,8 +32,26 @@ from .words import NAME
 STDIN_PATHS = frozenset({"/dev/stdin", "/dev/fd/0", "/proc/self/fd/0", "-"})
 """Script file names that mean "read the script from stdin"."""
 
-SHELLS = frozenset({"sh", "bash", "zsh", "ksh", "dash", "fish", "ash", "mksh", "lksh", "pdksh", "yash", "posh",
-                    "rbash", "csh", "tcsh", "ksh93"})
+SHELLS = frozenset(
+    {
+        "sh",
+        "bash",
+        "zsh",
+        "ksh",
+        "dash",
+        "fish",
+        "ash",
+        "mksh",
+        "lksh",
+        "pdksh",
+        "yash",
+        "posh",
+        "rbash",
+        "csh",
+        "tcsh",
+        "ksh93",
+    }
+)
 """Shells whose ``-c STRING`` (or stdin) is parsed as a nested script."""
 
 SCRIPT_BUILTINS = frozenset({"source", ".", "eval", "trap", "alias"})
@@ -62,7 +87,7 @@ def _shell(p, argv: list[str], dyn: list[bool], stdin: str | None, name: str) ->
             while j < len(w):
                 ch = w[j]
                 if name == "fish" and ch in "cC":
-                    value = w[j + 1:]
+                    value = w[j + 1 :]
                     k = i
                     if not value:
                         k = i + 1 + takes
@@ -90,8 +115,8 @@ def _shell(p, argv: list[str], dyn: list[bool], stdin: str | None, name: str) ->
     elif has_c:
         if i < n and not dyn[i]:
             params = {"0": [argv[i + 1]] if i + 1 < n else [argv[0]]}
-            rest = argv[i + 2:]
-            if not any(dyn[i + 1:]):
+            rest = argv[i + 2 :]
+            if not any(dyn[i + 1 :]):
                 for k, v in enumerate(rest, 1):
                     params[str(k)] = [v]
                 params["@"] = rest
@@ -152,13 +177,21 @@ def producer_output(argv: list[str], stdin: str | None) -> str | None:
 
 # --------------------------------------------------------------------------- wrappers
 
+
 class _Spec:
     """How a wrapper's options look: which take a value, which mean "no command follows"."""
 
     __slots__ = ("short_arg", "long_arg", "skip", "stops", "assigns", "long_stops")
 
-    def __init__(self, short_arg: str = "", long_arg: tuple[str, ...] = (), skip: int = 0, stops: str = "",
-                 assigns: bool = False, long_stops: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        short_arg: str = "",
+        long_arg: tuple[str, ...] = (),
+        skip: int = 0,
+        stops: str = "",
+        assigns: bool = False,
+        long_stops: tuple[str, ...] = (),
+    ):
         self.short_arg = short_arg  # short options taking a value (attached or next word)
         self.long_arg = frozenset(long_arg)  # long options taking a value (=value or next word)
         self.skip = skip  # operands before the command (timeout DURATION, chroot DIR)
@@ -178,21 +211,54 @@ WRAPPERS: dict[str, _Spec] = {
     "time": _Spec("fo", ("--format", "--output")),
     "stdbuf": _Spec("ioe", ("--input", "--output", "--error")),
     "setsid": _Spec(),
-    "xargs": _Spec("adEILnPs", ("--arg-file", "--delimiter", "--max-args", "--max-procs", "--max-chars",
-                                "--process-slot-var")),
-    "sudo": _Spec("ugCDhprtTU", ("--user", "--group", "--close-from", "--chdir", "--host", "--prompt", "--role",
-                                 "--type", "--command-timeout", "--other-user"), stops="elvVK", assigns=True,
-                  long_stops=("--edit", "--list", "--validate", "--version", "--remove-timestamp")),
+    "xargs": _Spec(
+        "adEILnPs", ("--arg-file", "--delimiter", "--max-args", "--max-procs", "--max-chars", "--process-slot-var")
+    ),
+    "sudo": _Spec(
+        "ugCDhprtTU",
+        (
+            "--user",
+            "--group",
+            "--close-from",
+            "--chdir",
+            "--host",
+            "--prompt",
+            "--role",
+            "--type",
+            "--command-timeout",
+            "--other-user",
+        ),
+        stops="elvVK",
+        assigns=True,
+        long_stops=("--edit", "--list", "--validate", "--version", "--remove-timestamp"),
+    ),
     "doas": _Spec("uC", stops="L"),
     "pkexec": _Spec("", ("--user",)),
     "busybox": _Spec(),
     "ionice": _Spec("cn", ("--class", "--classdata"), stops="pPu", long_stops=("--pid", "--pgid", "--uid")),
-    "chrt": _Spec("TPD", ("--sched-runtime", "--sched-period", "--sched-deadline"), skip=1, stops="pm",
-                  long_stops=("--pid", "--max")),
+    "chrt": _Spec(
+        "TPD",
+        ("--sched-runtime", "--sched-period", "--sched-deadline"),
+        skip=1,
+        stops="pm",
+        long_stops=("--pid", "--max"),
+    ),
     "taskset": _Spec("", (), skip=1, stops="p", long_stops=("--pid",)),
     "chroot": _Spec("", ("--userspec", "--groups"), skip=1),
-    "unshare": _Spec("SGRw", ("--setuid", "--setgid", "--root", "--wd", "--map-user", "--map-group",
-                              "--propagation", "--setgroups", "--kill-child")),
+    "unshare": _Spec(
+        "SGRw",
+        (
+            "--setuid",
+            "--setgid",
+            "--root",
+            "--wd",
+            "--map-user",
+            "--map-group",
+            "--propagation",
+            "--setgroups",
+            "--kill-child",
+        ),
+    ),
     "nsenter": _Spec("tSGrwT", ("--target", "--setuid", "--setgid")),
     "fakeroot": _Spec("lsib", ("--lib", "--faked", "-s", "-i", "-b")),
     "unbuffer": _Spec(),
@@ -204,8 +270,22 @@ WRAPPERS: dict[str, _Spec] = {
     "catchsegv": _Spec(),
     "prlimit": _Spec("p", ("--pid",)),
     "firejail": _Spec(),
-    "systemd-run": _Spec("pEMHu", ("--property", "--setenv", "--machine", "--host", "--unit", "--description",
-                                   "--slice", "--uid", "--gid", "--nice", "--working-directory")),
+    "systemd-run": _Spec(
+        "pEMHu",
+        (
+            "--property",
+            "--setenv",
+            "--machine",
+            "--host",
+            "--unit",
+            "--description",
+            "--slice",
+            "--uid",
+            "--gid",
+            "--nice",
+            "--working-directory",
+        ),
+    ),
     "runcon": _Spec("turl", ("--type", "--user", "--role", "--range")),
     "ifne": _Spec(),
     "chronic": _Spec(),
@@ -247,7 +327,7 @@ def _options_end(p, argv: list[str], start: int, spec: _Spec) -> tuple[int, bool
                 if ch in spec.stops:
                     runs = False
                 if ch in spec.short_arg:
-                    value = w[j + 1:]
+                    value = w[j + 1 :]
                     if not value:
                         value = argv[i + 1] if i + 1 < n else ""
                         i += 1
@@ -263,8 +343,10 @@ def _options_end(p, argv: list[str], start: int, spec: _Spec) -> tuple[int, bool
 
 # --------------------------------------------------------------------------- the dispatch
 
-def expand_command(p, argv: list[str], dyn: list[bool], env: dict[str, str], stdin: str | None,
-                   open_tail: bool) -> None:
+
+def expand_command(
+    p, argv: list[str], dyn: list[bool], env: dict[str, str], stdin: str | None, open_tail: bool
+) -> None:
     """Report ``argv`` and everything it runs in turn (wrapped commands, nested scripts)."""
     p.ctx.emit(Command(argv, dyn, open_tail, env))
     if dyn[0]:
@@ -272,8 +354,9 @@ def expand_command(p, argv: list[str], dyn: list[bool], env: dict[str, str], std
     name = basename(argv[0])
     n = len(argv)
 
-    def inner(start: int, tail: bool = open_tail, more_env: dict[str, str] | None = None,
-              extra: list[str] | None = None) -> None:
+    def inner(
+        start: int, tail: bool = open_tail, more_env: dict[str, str] | None = None, extra: list[str] | None = None
+    ) -> None:
         if extra:
             sub, sdyn = extra + argv[start:], [False] * len(extra) + dyn[start:]
         else:
