@@ -102,6 +102,7 @@ def test_warning_is_printed_without_debug_too(fence, origin):
     r = run_without_netns(fence, work, "--", "true")
     assert r.returncode == 0, r.stderr
     assert r.stderr.startswith("[fence:linux] Warning: Skipping --unshare-net")
+    assert r.stderr.count("Skipping --unshare-net") == 1, r.stderr  # once per run, not once per phase
 
 
 def test_no_network_policy_is_refused_unless_opted_in(fence, origin):

@@ -136,7 +136,7 @@ async def start(
     running = Running(bus, req, resolved, facts, opened, report)
     try:
         plan = decide(req, resolved, facts, opened)  # every decision, pure: the RunPlan
-        report(plan.warnings)
+        report(plan.warnings[len(facts.warnings) :])  # the plan holds them all; the facts' were said above
         plan = running.reserve_placeholders(plan)  # missing protected paths made inert, bound ro
         rendered = render(plan)  # the bwrap invocation
         if req.debug:
