@@ -99,6 +99,8 @@ def test_relaxed_mode_shares_the_network_and_still_applies_denied(fence, origin)
     proxy, direct, denied = r.stdout.splitlines()
     assert proxy.startswith("http://127.0.0.1:") and not proxy.endswith(":3128")
     assert direct == MARKER and denied == "403"
+    # loud on every run, once (issue 14 p. 5): direct connections are open, deniedDomains binds proxy users only
+    assert r.stderr.count("relaxed mode") == 1 and r.stderr.startswith("[fence:linux] Warning: network.allowedDomains")
 
 
 def test_no_network_without_allowed_domains(fence, origin):

@@ -82,6 +82,18 @@ OUTBOUND_WITHOUT_PORTS = (
 )
 
 
+RELAXED_WARNING = (
+    '[fence:linux] Warning: network.allowedDomains has "*" (relaxed mode): the sandbox shares the host\'s '
+    "network, so direct connections are not filtered; deniedDomains binds only programs that use "
+    "HTTP_PROXY/ALL_PROXY"
+)
+
+
+def relaxed_warning(net_mode: str) -> str:
+    """Said on every relaxed run (never only with -d): it is the weakest network mode there is."""
+    return RELAXED_WARNING if net_mode == RELAXED else ""
+
+
 def outbound_warning(shared: bool, network: NetworkConfig) -> str:
     """Our wording of Fence's warning when local outbound is allowed without ports (it reaches nothing)."""
     if not shared and local_outbound(network) and not network.allow_local_outbound_ports:

@@ -122,9 +122,9 @@ def prepare(
     """
     net = network_plan(policy, facts, ports)
     warnings, notes = [], []
-    warning = network.outbound_warning(net.shared, policy.network)
-    if warning:
-        warnings.append(warning)
+    for warning in (network.relaxed_warning(net.intent), network.outbound_warning(net.shared, policy.network)):
+        if warning:
+            warnings.append(warning)
     if debug and ports:
         notes.append(f"[fence] Exposing ports: [{' '.join(str(p) for _, p in ports)}]")
         if not net.published:
