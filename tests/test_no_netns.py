@@ -20,8 +20,8 @@ import pytest
 
 from conftest import marker_server
 from fence.executor import features, netns
-from fence.executor.network import RELAXED_WARNING
 from fence.executor.host import find_bwrap
+from fence.executor.network import RELAXED_WARNING
 
 pytestmark = pytest.mark.sandbox
 
