@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import tempfile
 import threading
-from pathlib import Path
 
 import msgspec
 import pytest
 
+from conftest import session_dir
 from fence.runtime import read_cache, write_cache
 
 
@@ -27,7 +26,7 @@ class Entry(msgspec.Struct):
 
 @pytest.fixture
 def cache():
-    path = Path(tempfile.mkdtemp(prefix="fence-cache-", dir="/var/tmp"))
+    path = session_dir("fence-cache-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -15,13 +15,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from conftest import session_dir
 from fence import messages, subjects
 from fence.subjects import CLIENT, EVENTS, EXECUTOR, IDENTITIES, MONITOR, PROXY, REQUESTS, SERVICES, SUPERVISOR
 
@@ -214,7 +214,7 @@ def test_the_deploy_example_shows_the_generated_permissions():
 def server():
     from fence.supervisor import PERMISSIONS, NatsPorts, nats_config, nats_server_binary, permissions_of
 
-    root = Path(tempfile.mkdtemp(prefix="fence-subjects-", dir="/var/tmp"))
+    root = session_dir("fence-subjects-")
     users = {**PERMISSIONS, NOBODY: permissions_of(NOBODY)}  # plus one the table gives nothing
     passwords = {u: f"pw-{u}" for u in users}
     conf = root / "nats.conf"

@@ -18,13 +18,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from conftest import session_dir
 from fence import messages
 from fence.messages import RecentEventsReply, RecentEventsRequest
 from fence.natsbus import NatsBus
@@ -94,7 +94,7 @@ class Supervised:
 
 @pytest.fixture(scope="module")
 def supervised():
-    root = Path(tempfile.mkdtemp(prefix="fence-events-", dir="/var/tmp"))  # not /tmp: private inside
+    root = session_dir("fence-events-")  # not /tmp: private inside
     (root / "run").mkdir(mode=0o700)
     (root / "home").mkdir()
     sup = Supervised(root)
@@ -180,7 +180,7 @@ def test_blocked_command_reaches_the_monitor(supervised):
 
 
 def test_quarantined_path_reaches_the_monitor(supervised):
-    work = Path(tempfile.mkdtemp(prefix="fence-events-fs-", dir="/var/tmp"))
+    work = session_dir("fence-events-fs-")
     try:
         (work / "fence.json").write_text('{"filesystem": {"allowWrite": ["."]}}')
         r = supervised.fence("--", "sh", "-c", "echo {} > .mcp.json", cwd=work)
