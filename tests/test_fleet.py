@@ -191,7 +191,7 @@ def test_start_list_info_wait_and_ordered_output(fleet):
 
 def test_policy_by_template_settings_or_inline_config(fleet):
     """The three ways to name a policy give the sandbox that policy (here: its network mode)."""
-    cfg = fleet.write("filtered.json", json.dumps({"network": {"allowedDomains": ["example.com"]}}))
+    cfg = fleet.write("filtered.json", json.dumps({"network": {"allowedDomains": ["blocked.invalid"]}}))
     # every sandbox with a netns has its proxies now (they deny all without allowedDomains): what shows a
     # filtered policy is ssh's route through them (the generated ssh_config, or GIT_SSH_COMMAND without one)
     probe = [
@@ -206,7 +206,7 @@ def test_policy_by_template_settings_or_inline_config(fleet):
         for name, how in (
             ("template", {"template": "disable-telemetry"}),
             ("settings", {"settings": str(cfg)}),
-            ("config", {"config": {"network": {"allowedDomains": ["example.com"]}}}),
+            ("config", {"config": {"network": {"allowedDomains": ["blocked.invalid"]}}}),
             ("defaults", {}),
         ):
             started = await start(bus, fleet, probe, **how)

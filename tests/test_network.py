@@ -46,7 +46,7 @@ def test_allowed_through_socks5h(fence, origin):
 
 
 def test_blocked_host_gets_403_with_the_config_key(fence, origin):
-    work = config(fence, {"allowedDomains": ["example.com"]})
+    work = config(fence, {"allowedDomains": ["blocked.invalid"]})
     r = run(fence, work, f"NO_PROXY= no_proxy= curl -s --max-time 10 -w '%{{http_code}}' http://localhost:{origin}/")
     assert r.stdout.startswith("Connection blocked by network allowlist\n")
     assert "network.allowedDomains" in r.stdout and r.stdout.endswith("403")
@@ -132,23 +132,23 @@ def test_no_network_run_has_the_proxy_variables(fence):
 
 def test_no_network_block_is_answered_and_shown(fence):
     """A blocked request gets the proxy's 403 and -m prints it (nothing leaves: denied names are never resolved)."""
-    r = fence.run("-m", "--", "curl", "-s", "--max-time", "10", "http://example.com", cwd=str(fence.workdir()))
+    r = fence.run("-m", "--", "curl", "-s", "--max-time", "10", "http://blocked.invalid", cwd=str(fence.workdir()))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("Connection blocked by network allowlist\n"), (r.stdout, r.stderr)
-    assert 'Add "example.com" to network.allowedDomains' in r.stdout
+    assert 'Add "blocked.invalid" to network.allowedDomains' in r.stdout
     lines = [line for line in r.stderr.splitlines() if line.startswith("[fence:http]")]
-    assert len(lines) == 1 and " ✗ GET     403 example.com http://example.com/ (" in lines[0], r.stderr
+    assert len(lines) == 1 and " ✗ GET     403 blocked.invalid http://blocked.invalid/ (" in lines[0], r.stderr
 
 
 def test_no_network_blocks_over_connect_and_socks_are_shown(fence):
     script = (
-        "curl -s --max-time 10 -o /dev/null -w '%{http_connect}\\n' https://example.com/; "
-        'curl -s --max-time 10 --proxy "$ALL_PROXY" http://example.com/; echo "socks=$?"'
+        "curl -s --max-time 10 -o /dev/null -w '%{http_connect}\\n' https://blocked.invalid/; "
+        'curl -s --max-time 10 --proxy "$ALL_PROXY" http://blocked.invalid/; echo "socks=$?"'
     )
     r = fence.run("-m", "-c", script, cwd=str(fence.workdir()))
     assert r.stdout.splitlines() == ["403", "socks=97"], (r.stdout, r.stderr)  # 97: the SOCKS5 proxy refused
-    assert " ✗ CONNECT 403 example.com https://example.com:443 (" in r.stderr, r.stderr
-    assert " ✗ CONNECT example.com:80 BLOCKED" in r.stderr, r.stderr
+    assert " ✗ CONNECT 403 blocked.invalid https://blocked.invalid:443 (" in r.stderr, r.stderr
+    assert " ✗ CONNECT blocked.invalid:80 BLOCKED" in r.stderr, r.stderr
 
 
 def _blocked_signals(pid: int) -> dict[int, int]:
@@ -172,7 +172,7 @@ def test_threads_leave_signals_to_the_main_thread(fence, connect):
     import subprocess
 
     work = config(fence, {})
-    first = "curl -s --max-time 10 -o /dev/null http://example.com; " if connect else ""
+    first = "curl -s --max-time 10 -o /dev/null http://blocked.invalid; " if connect else ""
     proc = fence.popen("-c", f"{first}echo ready; sleep 30", cwd=str(work), stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"

@@ -137,12 +137,12 @@ def test_allowed_host_reached_blocked_host_403(sup, origin):
 def test_no_network_block_is_answered_and_shown(sup):
     """No domain allowed: the proxy process still gets the sandbox's listeners, denies, and -m shows it."""
     cfg = sup.config({})
-    r = sup.fence("-m", "-s", str(cfg), "-c", "curl -s --max-time 10 http://example.com/; echo; echo $HTTP_PROXY")
+    r = sup.fence("-m", "-s", str(cfg), "-c", "curl -s --max-time 10 http://blocked.invalid/; echo; echo $HTTP_PROXY")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == BLOCKED and lines[-1] == "http://127.0.0.1:3128", (r.stdout, r.stderr)
     net = [line for line in r.stderr.splitlines() if line.startswith("[fence:http]")]
-    assert len(net) == 1 and " ✗ GET     403 example.com http://example.com/ (" in net[0], r.stderr
+    assert len(net) == 1 and " ✗ GET     403 blocked.invalid http://blocked.invalid/ (" in net[0], r.stderr
 
 
 def test_debug_says_the_run_went_through_the_supervisor(sup):
