@@ -44,7 +44,7 @@ from fence.messages import (
     SandboxInfo,
 )
 from fence.natsbus import NatsBus
-from fence.runtime import client_credentials, find_supervisor, read_credentials, uptime
+from fence.runtime import bus_credentials, find_supervisor, uptime
 from fence.subjects import EXEC_INFO, EXEC_KILL, EXEC_LIST, EXEC_OUTPUT, EXEC_SIGNAL, EXEC_START, EXEC_STDIN, EXEC_WAIT
 
 USAGE = """\
@@ -373,13 +373,7 @@ async def _with_bus(flag: str, go) -> int:
     url = bus_url(flag)
     creds = _credentials()
     try:
-        bus = await NatsBus.connect(
-            url,
-            user=creds.user,
-            password=creds.password,
-            inbox_prefix=creds.inbox_prefix,
-            name=f"fence-cli-{os.getpid()}",
-        )
+        bus = await NatsBus.connect_as(url, creds, f"fence-cli-{os.getpid()}")
     except BusError as e:
         raise CliError(f"cannot reach the supervisor's bus at {url}: {e}") from None
     try:
@@ -408,8 +402,7 @@ async def _ask(bus, subject: str, msg, reply_type, timeout: float = REQUEST_TIME
 
 def _credentials():
     """The ``client`` user's credentials: ``$FENCE_BUS_CREDS`` or the supervisor's runtime dir."""
-    path = os.environ.get("FENCE_BUS_CREDS")
     try:
-        return read_credentials(path) if path else client_credentials()
+        return bus_credentials()
     except (OSError, ValueError) as e:
         raise CliError(f"cannot read the supervisor's client credentials: {e}") from None

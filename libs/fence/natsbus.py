@@ -78,7 +78,7 @@ import asyncio
 import re
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvloop
 
@@ -98,6 +98,9 @@ from fence.bus import (
     fit_reply,
 )
 from fence.textsafe import printable
+
+if TYPE_CHECKING:
+    from fence.runtime import Credentials
 
 T = TypeVar("T")
 
@@ -193,6 +196,13 @@ class NatsBus(TypedBus):
         self._mux = ""
         self._mux_sub: NatsSubscription | None = None
         self._next = 0
+
+    @classmethod
+    async def connect_as(cls, url: str, creds: Credentials, name: str) -> NatsBus:
+        """``connect`` as the user ``creds`` name (a ``fence.runtime.Credentials``), with its reply inbox."""
+        return await cls.connect(
+            url, user=creds.user, password=creds.password, inbox_prefix=creds.inbox_prefix, name=name
+        )
 
     @classmethod
     async def connect(

@@ -404,6 +404,15 @@ def client_credentials() -> Credentials:
     return read_credentials(creds_path(CLIENT_USER))
 
 
+def bus_credentials() -> Credentials:
+    """What a client connects with: the file ``$FENCE_BUS_CREDS`` names, else the ``client`` user's.
+
+    Both read as private files only (``read_credentials``); raises ``OSError``/``ValueError``.
+    """
+    path = os.environ.get("FENCE_BUS_CREDS")
+    return read_credentials(path) if path else client_credentials()
+
+
 def uptime(since: float, now: float | None = None) -> str:
     """``3d4h``, ``2h05m``, ``4m12s``, ``9s``: a compact age for ``fence status``."""
     s = max(0, int((time.time() if now is None else now) - since))

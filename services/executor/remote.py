@@ -13,10 +13,8 @@ Everything imported here (asyncio, uvloop, nats) is off the lone-run path.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 
-import msgspec
 import uvloop
 
 from fence.bus import BusError
@@ -26,7 +24,7 @@ from fence.executor.plan import HostFacts
 from fence.executor.runner import FenceError, RunRequest, run
 from fence.messages import Event, LifecycleEvent
 from fence.natsbus import NatsBus
-from fence.runtime import Credentials, client_credentials
+from fence.runtime import bus_credentials
 
 EVENT_ECHO_WAIT = 1.0
 """How long a supervised run with -d/-m waits for its own "exited" event to come back before it leaves."""
@@ -38,13 +36,7 @@ def run_over_nats(url: str, supervisor, req: RunRequest, host: HostFacts, monito
     async def main() -> int:
         loop = asyncio.get_running_loop()
         try:
-            bus = await NatsBus.connect(
-                url,
-                user=creds.user,
-                password=creds.password,
-                inbox_prefix=creds.inbox_prefix,
-                name=f"fence-run-{req.sandbox}",
-            )
+            bus = await NatsBus.connect_as(url, creds, f"fence-run-{req.sandbox}")
         except BusError as e:
             raise FenceError(f"cannot reach the supervisor's bus at {url}: {e}") from None
         current: list[Sandbox] = []
@@ -96,14 +88,7 @@ def run_over_nats(url: str, supervisor, req: RunRequest, host: HostFacts, monito
 
 def _credentials():
     """The ``client`` user's credentials: ``$FENCE_BUS_CREDS`` or the supervisor's runtime dir."""
-    path = os.environ.get("FENCE_BUS_CREDS")
-    if path:
-        try:
-            with open(path, "rb") as f:
-                return msgspec.json.decode(f.read(), type=Credentials)
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
-            raise FenceError(f"cannot read bus credentials {path}: {e}") from None
     try:
-        return client_credentials()
-    except Exception as e:
+        return bus_credentials()
+    except (OSError, ValueError) as e:
         raise FenceError(f"cannot read the supervisor's client credentials: {e}") from None
